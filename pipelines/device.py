@@ -1,0 +1,75 @@
+"""Which device and dtype a backend runs on: automatic by default, overridable by name.
+
+Automatic: CUDA, else Apple MPS, else CPU. Half precision only on CUDA
+(bfloat16 where the GPU supports it, since it does not overflow where fp16
+can; float16 otherwise); MPS and CPU run float32, where half precision is
+slow or unsupported.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def choose_device(requested: str | None = None) -> torch.device:
+    """``requested`` ("cuda", "cuda:1", "mps", "cpu") checked for availability, or the best available."""
+    if requested is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {requested!r}: use 'cuda', 'cuda:N', 'mps' or 'cpu'") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {requested!r} requested but only {count} CUDA device(s) exist")
+    elif device.type == "mps":
+        if not _mps_available():
+            raise ValueError(f"device {requested!r} requested but Apple MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {requested!r}: use 'cuda', 'cuda:N', 'mps' or 'cpu'")
+    return device
+
+
+def choose_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
+    """``requested`` by name ("float32", "float16", "bfloat16"), or the best dtype for ``device``."""
+    if requested is not None:
+        name = _DTYPE_ALIASES.get(requested.lower(), requested.lower())
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {requested!r}: use one of {', '.join(DTYPES)}")
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name ``choose_dtype`` accepts for ``dtype`` ("float16", ...)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def from_pretrained_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The ``from_pretrained`` keyword for ``dtype``: ``dtype`` on newer diffusers, ``torch_dtype`` before."""
+    from diffusers.utils import deprecation_utils
+
+    # Newer diffusers resolve ``dtype`` and warn on every ``torch_dtype``; older ones only know the latter.
+    keyword = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    return {keyword: dtype}

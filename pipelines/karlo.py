@@ -1,0 +1,203 @@
+"""Karlo (unCLIP) backend: CLIP prior, 64 px pixel decoder, two-stage super-resolution.
+
+The directory is what ``UnCLIPPipeline.save_pretrained`` writes. Variations
+need two more sub-folders, ``image_encoder/`` (CLIPVisionModelWithProjection)
+and ``feature_extractor/`` (CLIPImageProcessor), the components
+UnCLIPImageVariationPipeline adds; without them the task raises
+MissingComponent.
+
+The output size is fixed by the super-resolution UNet's ``sample_size`` (256
+for Karlo v1 alpha). Karlo has no negative prompt and no step callback: the
+schedulers' ``step`` is observed instead, for cancellation at every step of
+every stage and for previews, which are the decoder's clean-image estimate
+(pixels, so no decode is needed) upscaled to the output size.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from .base import Cancelled, ImageJob, MissingComponent, ModelInfo
+from .device import dtype_name, from_pretrained_dtype
+from .images import to_pil
+from .model_config import read_easel_config
+from .presets import presets_for
+from .step_hooks import after_each_step, predicted_clean, preview_steps
+from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
+
+VARIATION_COMPONENTS = ("image_encoder", "feature_extractor")
+DEFAULT_SUPER_RES_STEPS = 7  # Karlo's own default, for presets that do not set it
+
+
+class KarloBackend:
+    """An :class:`pipelines.base.ImageBackend` for UnCLIP (Karlo) models."""
+
+    def __init__(self, name: str, model_dir: Path, *, presets: str, device: torch.device, dtype: torch.dtype):
+        if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+            # The super-resolution stage's antialiased bicubic upscale has no CPU half kernel.
+            raise ValueError(f"Karlo cannot run in {dtype_name(dtype)} on the CPU: use float32")
+        register_unclip_for_loading()
+        config = read_easel_config(model_dir)
+        self.device = device
+        self.dtype = dtype
+        self.pipe: UnCLIPPipeline = UnCLIPPipeline.from_pretrained(
+            model_dir, local_files_only=True, **from_pretrained_dtype(dtype)
+        ).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.missing_for_variation = [c for c in VARIATION_COMPONENTS if not (model_dir / c).is_dir()]
+        self.variation_pipe = None if self.missing_for_variation else self._load_variation(model_dir)
+        side_w, side_h = _square(self.pipe.super_res_first.config.sample_size)
+        self.info = ModelInfo(
+            name=name,
+            family="karlo",
+            native_area=side_w * side_h,
+            size_multiple=side_w,
+            min_side=config.min_side,
+            max_side=config.max_side,
+            fixed_native_size=(side_w, side_h),
+            # Variation stays listed without the image encoder, so a request for it
+            # gets MissingComponent's explanation rather than "unsupported task".
+            tasks=frozenset({"generate", "variation"}),
+            presets=presets_for(presets),
+            parameter_counts=self._parameter_counts(),
+            device=str(device),
+            dtype=dtype_name(dtype),
+            supports_negative_prompt=False,
+            created=config.created,
+        )
+
+    def _load_variation(self, model_dir: Path) -> UnCLIPImageVariationPipeline:
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(model_dir / "image_encoder", local_files_only=True)
+        image_encoder = image_encoder.to(self.device, self.dtype).eval()
+        feature_extractor = CLIPImageProcessor.from_pretrained(model_dir / "feature_extractor", local_files_only=True)
+        pipe = self.pipe
+        variation = UnCLIPImageVariationPipeline(
+            decoder=pipe.decoder,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            text_proj=pipe.text_proj,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+            super_res_first=pipe.super_res_first,
+            super_res_last=pipe.super_res_last,
+            decoder_scheduler=pipe.decoder_scheduler,
+            super_res_scheduler=pipe.super_res_scheduler,
+        )
+        variation.set_progress_bar_config(disable=True)
+        return variation
+
+    def _parameter_counts(self) -> dict[str, int]:
+        pipe = self.pipe
+        components = {
+            "text_encoder": pipe.text_encoder,
+            "prior": pipe.prior,
+            "text_proj": pipe.text_proj,
+            "decoder": pipe.decoder,
+            "super_res_first": pipe.super_res_first,
+            "super_res_last": pipe.super_res_last,
+        }
+        if self.variation_pipe is not None:
+            components["image_encoder"] = self.variation_pipe.image_encoder
+        return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}
+
+    # -- ImageBackend ----------------------------------------------------------------
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.pipe.tokenizer(prompt, add_special_tokens=False).input_ids)
+
+    @torch.inference_mode()
+    def run(self, job: ImageJob) -> list[Image.Image]:
+        self._check_job(job)
+        if job.should_cancel is not None and job.should_cancel():
+            raise Cancelled()
+        generators = [torch.Generator(self.device).manual_seed(seed) for seed in job.seeds]
+        steps = {
+            "decoder_num_inference_steps": job.preset.decoder_steps,
+            "super_res_num_inference_steps": job.preset.super_res_steps or DEFAULT_SUPER_RES_STEPS,
+            "decoder_guidance_scale": job.preset.decoder_guidance,
+        }
+        with self._observed(job):
+            if job.task == "generate":
+                output = self.pipe(
+                    prompt=job.prompt,
+                    num_images_per_prompt=job.n,
+                    prior_num_inference_steps=job.preset.prior_steps,
+                    prior_guidance_scale=job.preset.prior_guidance,
+                    generator=generators,
+                    **steps,
+                )
+            else:
+                output = self.variation_pipe(
+                    image=job.image.convert("RGB"), num_images_per_prompt=job.n, generator=generators, **steps
+                )
+        return output.images
+
+    # -- step observation ---------------------------------------------------------------
+
+    def _observed(self, job: ImageJob) -> ExitStack:
+        """Cancellation after every scheduler step of every stage; previews from decoder steps."""
+        stack = ExitStack()
+        pipe = self.pipe
+
+        def check_cancel(step: int, output: Any) -> None:
+            if job.should_cancel is not None and job.should_cancel():
+                raise Cancelled()
+
+        decoder_scheduler = pipe.decoder_scheduler
+        if job.on_preview is not None and job.preview_count > 0:
+            stack.enter_context(after_each_step(decoder_scheduler, self._preview_emitter(job)))
+        schedulers = {id(s): s for s in (pipe.prior_scheduler, decoder_scheduler, pipe.super_res_scheduler)}
+        for scheduler in schedulers.values():
+            stack.enter_context(after_each_step(scheduler, check_cancel))
+        return stack
+
+    def _preview_emitter(self, job: ImageJob):
+        chosen = preview_steps(job.preset.decoder_steps, job.preview_count)
+        size = self.info.fixed_native_size
+
+        def emit(step: int, output: Any) -> None:
+            if step not in chosen:
+                return
+            pixels = predicted_clean(output).float().clamp(-1, 1)
+            upscaled = F.interpolate(pixels, size=(size[1], size[0]), mode="bicubic", align_corners=False)
+            job.on_preview(chosen.index(step), to_pil(upscaled))
+
+        return emit
+
+    # -- checks -----------------------------------------------------------------------
+
+    def _check_job(self, job: ImageJob) -> None:
+        if job.task not in self.info.tasks:
+            raise ValueError(f"task {job.task!r} is not supported by Karlo (supported: {sorted(self.info.tasks)})")
+        if job.negative_prompt is not None:
+            raise ValueError("Karlo does not support negative_prompt")
+        if len(job.seeds) != job.n or job.n < 1:
+            raise ValueError(f"need one seed per image: n={job.n}, {len(job.seeds)} seeds")
+        if (job.width, job.height) != self.info.fixed_native_size:
+            w, h = self.info.fixed_native_size
+            raise ValueError(f"Karlo generates {w}x{h} only, not {job.width}x{job.height}")
+        if job.task == "variation":
+            if self.variation_pipe is None:
+                raise MissingComponent(
+                    f"model {self.info.name!r} cannot make variations: its directory lacks "
+                    f"{', '.join(self.missing_for_variation)}. Save CLIPVisionModelWithProjection and "
+                    "CLIPImageProcessor (from kakaobrain/karlo-v1-alpha-image-variations) into the sub-folders "
+                    "image_encoder/ and feature_extractor/ of the model directory."
+                )
+            if job.image is None:
+                raise ValueError("task 'variation' needs an image")
+
+
+def _square(sample_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(sample_size, int):
+        return sample_size, sample_size
+    height, width = sample_size
+    return width, height
+

@@ -1,0 +1,85 @@
+"""Load a model directory into an :class:`pipelines.base.ImageBackend`, offline, once.
+
+Nothing here touches the network: the Hugging Face hub is switched to offline
+mode before diffusers or transformers are imported, and every load passes
+``local_files_only``. A missing model is a ``FileNotFoundError`` that says how
+to get it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+from .base import ImageBackend  # noqa: E402
+from .device import choose_device, choose_dtype  # noqa: E402
+from .presets import presets_for  # noqa: E402
+
+FAMILIES = ("kandinsky22", "karlo")
+
+_HOW_TO_GET = {
+    "kandinsky22": (
+        "On a machine with internet access, download kandinsky-community/kandinsky-2-2-prior and "
+        "kandinsky-community/kandinsky-2-2-decoder, build one pipeline with "
+        "KandinskyV22CombinedPipeline.from_pretrained('kandinsky-community/kandinsky-2-2-decoder') "
+        "(it pulls the prior too) and save it with .save_pretrained(<folder>); then copy that folder to {path}."
+    ),
+    "karlo": (
+        "On a machine with internet access, run UnCLIPPipeline.from_pretrained('kakaobrain/karlo-v1-alpha')"
+        ".save_pretrained(<folder>); for variations also save CLIPVisionModelWithProjection and "
+        "CLIPImageProcessor from kakaobrain/karlo-v1-alpha-image-variations into <folder>/image_encoder and "
+        "<folder>/feature_extractor; then copy that folder to {path}."
+    ),
+}
+_HOW_TO_GET_EASEL_MINI = "Train it with `python -m pipelines.training.train`, which writes it to {path}."
+
+
+def _missing_model_message(name: str, family: str, presets: str, path: Path, what: str) -> str:
+    if name == "easel-mini" or presets == "easel-mini":
+        how = _HOW_TO_GET_EASEL_MINI
+    else:
+        how = _HOW_TO_GET[family]
+    return f"model {name!r}: {what}. " + how.format(path=path)
+
+
+def load_backend(
+    name: str,
+    family: str,
+    path: Path | str,
+    *,
+    presets: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> ImageBackend:
+    """The backend for the model saved at ``path``.
+
+    ``family`` is "kandinsky22" or "karlo"; ``presets`` names the quality table
+    in :mod:`pipelines.presets` (default: the family's). ``device`` and ``dtype``
+    are chosen automatically unless given (see :mod:`pipelines.device`).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}: expected one of {', '.join(FAMILIES)}")
+    presets = presets or family
+    try:
+        presets_for(presets)
+    except KeyError:
+        raise ValueError(f"unknown preset table {presets!r} (see pipelines/presets.py)") from None
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"no directory {path}"))
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            _missing_model_message(name, family, presets, path, f"{path} has no model_index.json")
+        )
+    torch_device = choose_device(device)
+    torch_dtype = choose_dtype(torch_device, dtype)
+    if family == "kandinsky22":
+        from .kandinsky import KandinskyBackend
+
+        return KandinskyBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
+    from .karlo import KarloBackend
+
+    return KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)

@@ -1,0 +1,67 @@
+"""``easel.json``: what a model directory says about itself beyond diffusers' own files.
+
+It sits next to ``model_index.json``. Every key is optional:
+
+``native_size``
+    The resolution the model was trained at: an int (a square side, e.g. ``64``)
+    or ``[width, height]``. Its area becomes ``ModelInfo.native_area``; other
+    aspect ratios keep that area. Without it a Kandinsky backend assumes 512x512
+    (the real Kandinsky 2.2); a Karlo backend always reads its output size from
+    the super-resolution UNet's config and ignores this key.
+``min_side`` / ``max_side``
+    Bounds, in output pixels, for free ``WxH`` requests (defaults 64 and 2048).
+``created``
+    Unix time the weights were written (for ``/v1/models``); defaults to the
+    modification time of ``model_index.json``.
+
+Other keys (e.g. training notes written by ``pipelines.training``) are allowed
+and not read by the backends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+EASEL_CONFIG_NAME = "easel.json"
+DEFAULT_MIN_SIDE = 64
+DEFAULT_MAX_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class EaselConfig:
+    native_size: tuple[int, int] | None
+    min_side: int
+    max_side: int
+    created: int
+
+
+def _parse_native_size(value: object, source: Path) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, value
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return value[0], value[1]
+    raise ValueError(f"{source}: native_size must be a positive int or [width, height], got {value!r}")
+
+
+def read_easel_config(model_dir: Path) -> EaselConfig:
+    """The directory's ``easel.json`` merged over the defaults (all defaults if the file is absent)."""
+    path = model_dir / EASEL_CONFIG_NAME
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    index = model_dir / "model_index.json"
+    created_default = int(index.stat().st_mtime) if index.is_file() else 0
+    return EaselConfig(
+        native_size=_parse_native_size(data.get("native_size"), path),
+        min_side=int(data.get("min_side", DEFAULT_MIN_SIDE)),
+        max_side=int(data.get("max_side", DEFAULT_MAX_SIDE)),
+        created=int(data.get("created", created_default)),
+    )
