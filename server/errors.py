@@ -1,0 +1,109 @@
+"""API errors and the OpenAI error envelope.
+
+Every non-2xx response Easel sends has the body
+``{"error": {"message", "type", "param", "code"}}``. Handlers here turn
+:class:`APIError`, Starlette's ``HTTPException`` (unknown route, wrong method)
+and any unexpected exception into that shape. Unexpected exceptions are logged
+with their traceback and the request id; the client only gets a generic
+message and the id to quote.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+log = logging.getLogger("easel.errors")
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+class APIError(Exception):
+    """An error the client should see, with its HTTP status and OpenAI fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})  # top-level keys next to "error" (e.g. readiness details)
+
+
+def invalid(param: str | None, message: str, code: str | None = None) -> APIError:
+    """A 400 naming the offending request parameter."""
+    return APIError(400, message, param=param, code=code)
+
+
+def envelope(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    body = envelope(error.message, error.type, error.param, error.code)
+    body.update(error.extra)
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", "unknown"))
+
+
+async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    target = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        message = f"Invalid URL ({target})"
+    elif exc.status_code == 405:
+        message = f"Method not allowed ({target})"
+    else:
+        message = str(exc.detail)
+    kind = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
+    return error_response(APIError(exc.status_code, message, type=kind, headers=exc.headers))
+
+
+def internal_error(request_id: str) -> APIError:
+    return APIError(
+        500,
+        f"The server had an error while processing your request. Quote request id {request_id} when reporting it.",
+        type=SERVER_ERROR,
+    )
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Last resort for bugs: log the traceback server-side, tell the client only the request id."""
+    request_id = request_id_of(request)
+    log.error("unhandled error in %s %s [request_id=%s]", request.method, request.url.path, request_id, exc_info=exc)
+    response = error_response(internal_error(request_id))
+    # This handler runs outside the request-id middleware, so set the header here.
+    response.headers["x-request-id"] = request_id
+    return response
+
+
+EXCEPTION_HANDLERS = {
+    APIError: handle_api_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,161 @@
+"""Shared fixtures: tiny model directories, real uvicorn servers on loopback, openai SDK clients.
+
+Servers run in-process (a uvicorn ``Server`` in a background thread, on a
+free port of 127.0.0.1) with the tiny random-weight models from
+:mod:`pipelines.tiny`, loaded by the real :func:`pipelines.loader.load_backend`.
+Requests pass ``FAST`` (two prior and two decoder steps) so each generation
+takes a fraction of a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import contextlib  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, Iterator  # noqa: E402
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+import uvicorn  # noqa: E402
+from openai import AsyncOpenAI, OpenAI  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+
+from server.app import create_app  # noqa: E402
+from server.catalog import Loader  # noqa: E402
+from server.config import ModelSpec, Settings  # noqa: E402
+from server.state import ServerState  # noqa: E402
+from weights.registry import load_registry  # noqa: E402
+
+FAST = {"prior_steps": 2, "decoder_steps": 2}  # extension fields: keep test generations quick
+SLOW = {"prior_steps": 2, "decoder_steps": 200}  # a job that runs for seconds, to be cancelled
+TINY = "easel-tiny"
+KARLO = "karlo-tiny"
+TEST_KEY = "sk-easel-test"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from pipelines.tiny import build_tiny_karlo, build_tiny_kandinsky
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        "kandinsky": build_tiny_kandinsky(root / "kandinsky"),
+        "karlo": build_tiny_karlo(root / "karlo"),
+    }
+
+
+@dataclass
+class LiveServer:
+    url: str  # http://127.0.0.1:PORT
+    app: Starlette
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def state(self) -> ServerState:
+        return self.app.state.easel
+
+    def readiness(self) -> dict:
+        return httpx.get(self.url + "/health/ready", timeout=10).json()
+
+    def wait_for(self, condition: Callable[[dict], bool], timeout: float = 60.0) -> dict:
+        """Poll /health/ready until ``condition(body)`` holds; returns that body."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.readiness()
+            if condition(body):
+                return body
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met; last readiness: {body}")
+            time.sleep(0.05)
+
+    def model_stats(self, model: str) -> dict:
+        return self.readiness()["models"][model]
+
+
+@contextlib.contextmanager
+def running_server(settings: Settings, *, loader: Loader | None = None, wait_ready: bool = True) -> Iterator[LiveServer]:
+    """A real uvicorn server for ``settings`` on a free loopback port, stopped on exit."""
+    app = create_app(settings, loader=loader)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        live = LiveServer(url=f"http://127.0.0.1:{port}", app=app)
+        if wait_ready:
+            live.wait_for(lambda body: body.get("status") == "ready", timeout=120)
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def tiny_settings(dirs: dict[str, Path], **overrides) -> Settings:
+    """The tiny Kandinsky and Karlo models, every registry alias pointing at the tiny Kandinsky."""
+    models = (
+        ModelSpec(name=TINY, family="kandinsky22", path=dirs["kandinsky"]),
+        ModelSpec(name=KARLO, family="karlo", path=dirs["karlo"]),
+    )
+    aliases = {alias: TINY for alias in load_registry().aliases}
+    values = dict(models=models, aliases=aliases, default_model=TINY)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def api_server(tiny_model_dirs: dict[str, Path]) -> Iterator[LiveServer]:
+    with running_server(tiny_settings(tiny_model_dirs)) as live:
+        yield live
+
+
+@pytest.fixture
+def client(api_server: LiveServer) -> OpenAI:
+    return OpenAI(base_url=api_server.api_url, api_key="any-key-works", max_retries=0)
+
+
+@pytest.fixture
+def async_client(api_server: LiveServer) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=api_server.api_url, api_key="any-key-works", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dirs: dict[str, Path]):
+    from pipelines.loader import load_backend
+
+    return load_backend(TINY, "kandinsky22", tiny_model_dirs["kandinsky"])
+
+
+def assert_envelope(response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None) -> dict:
+    """The OpenAI error envelope, exactly, with a request id header; returns the error object."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers.get("x-request-id")
+    body = response.json()
+    assert set(body) >= {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
