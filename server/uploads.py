@@ -1,0 +1,286 @@
+"""Uploaded images, decoded safely and turned into what the backends take.
+
+Formats
+    PNG, JPEG and WebP, recognised by their first bytes; the declared content
+    type and file name are ignored. Anything else (GIF, BMP, TIFF, HEIC, text)
+    is refused. Animated files give their first frame. JPEG EXIF orientation is
+    applied, so an image is used the way viewers show it.
+
+Limits (``UploadLimits``; answers are 400 ``invalid_request_error`` naming the
+part, ``image`` or ``mask``, as OpenAI answers oversized uploads)
+    * 50 MiB per file, image and mask alike (OpenAI's limit for GPT image
+      models; a mask has the image's dimensions, so it gets the same room);
+      ``--max-upload-mb``. The request body limit (``--max-body-mb``, 413)
+      applies to the whole request first.
+    * 40 megapixels per image (``--max-upload-megapixels``), read from the file header *before* any pixel is
+      decoded (``Image.open`` is lazy), so a small file claiming huge
+      dimensions (a decompression bomb) costs nothing. Pillow's own bomb check
+      is turned into the same 400.
+    * Truncated or corrupt files fail while decoding and answer 400 too.
+
+Edit masks (OpenAI's semantics)
+    The fully transparent pixels (alpha 0) of ``mask`` mark the area to repaint;
+    the mask must have the image's dimensions. Without a mask, the image's own
+    fully transparent pixels mark it. A mask without an alpha channel, an image
+    without one and no mask, or an alpha channel with no fully transparent pixel
+    (nothing would be edited) is refused with param ``mask``. The backends get
+    the repaint area as a mode "L" image, 255 = repaint.
+
+Colour
+    Semi-transparent pixels are flattened over white, the way a page shows them;
+    pixels under alpha 0 are repainted (edits) or become white (variations).
+    16-bit greyscale is scaled to 8 bits.
+
+Aspect ratio and output size
+    Any aspect ratio is accepted: the backend resizes the input to the native
+    resolution it chooses for the requested output size, and the answer comes at
+    the requested ``size``. ``size: auto`` (and, for edits, no ``size``) means
+    the input's own size, scaled down or up into the model's side bounds
+    (``/v1/models`` capabilities) if it falls outside them.
+
+JSON edits (``images: [{"image_url": ...}]``, ``mask: {"image_url": ...}``)
+    Only ``data:`` URLs with base64 content are accepted. Easel never fetches
+    ``http(s)`` URLs: a server that fetches what clients name can be steered at
+    internal addresses (SSRF), and Easel is meant to run on offline machines.
+    ``file_id`` is refused: Easel has no Files API.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from .config import Settings
+from .errors import APIError, invalid
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadLimits:
+        return cls(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels)
+
+
+_ACCEPTED = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
+
+# Formats people commonly send by mistake, named in the refusal.
+_OTHER_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"%PDF", "PDF"),
+)
+
+
+MAX_FILE_PARTS = 20  # OpenAI takes up to 16 images and a mask; more is refused by the parser
+
+
+@dataclass(frozen=True)
+class MultipartBody:
+    fields: dict[str, Any]  # every part not named in file_parts, for server.validation.FieldReader
+    files: dict[str, list[bytes]]  # contents of the file parts, by part name as sent
+
+
+def part_param(name: str) -> str:
+    """The parameter a part reports errors under: ``image[]`` parts are ``image``."""
+    return name.removesuffix("[]")
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_multipart(request: Request, file_parts: frozenset[str], limits: UploadLimits) -> MultipartBody:
+    """Split a multipart body into text fields and file contents, enforcing the byte limit per file."""
+    fields: dict[str, Any] = {}
+    files: dict[str, list[bytes]] = {}
+    async with request.form(max_files=MAX_FILE_PARTS) as form:
+        for name, value in form.multi_items():
+            if name not in file_parts:
+                if name in fields:
+                    raise invalid(name, f"'{name}' was given more than once.", code="invalid_value")
+                fields[name] = value
+                continue
+            param = part_param(name)
+            if not isinstance(value, UploadFile):
+                raise invalid(param, f"'{param}' must be a file upload (a multipart file part), not a text field.")
+            if value.size is not None and value.size > limits.max_bytes:
+                raise invalid(param, f"The '{param}' file is {value.size} bytes; the limit is {limits.max_bytes} bytes.")
+            files.setdefault(name, []).append(await value.read())
+    return MultipartBody(fields, files)
+
+
+def size_for_input(width: int, height: int, min_side: int, max_side: int) -> tuple[int, int]:
+    """The input's size, scaled (keeping its aspect ratio) into [min_side, max_side] where needed."""
+    scale = 1.0
+    if max(width, height) > max_side:
+        scale = max_side / max(width, height)
+    elif min(width, height) < min_side:
+        scale = min_side / min(width, height)
+    # An extreme aspect ratio may not fit both bounds; clamp each side then.
+    return tuple(min(max_side, max(min_side, round(side * scale))) for side in (width, height))  # type: ignore[return-value]
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Pillow's format name for PNG, JPEG or WebP bytes; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _describe_unaccepted(data: bytes) -> str:
+    for signature, name in _OTHER_SIGNATURES:
+        if data.startswith(signature):
+            return f"a {name} file"
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return "an HEIF/AVIF file"
+    return "not a recognised image"
+
+
+def open_upload(data: bytes, param: str, limits: UploadLimits) -> Image.Image:
+    """Decode an uploaded file completely, refusing anything unsafe or broken with a 400."""
+    if not data:
+        raise invalid(param, f"The '{param}' file is empty.")
+    if len(data) > limits.max_bytes:
+        raise invalid(param, f"The '{param}' file is {len(data)} bytes; the limit is {limits.max_bytes} bytes.")
+    image_format = sniff_format(data)
+    if image_format is None:
+        description = _describe_unaccepted(data)
+        raise invalid(param, f"The '{param}' file is {description}; upload a PNG, JPEG or WebP image.")
+    name = _ACCEPTED[image_format]
+    try:
+        image = Image.open(io.BytesIO(data), formats=[image_format])
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise invalid(
+                param,
+                f"The '{param}' image is {width}x{height} ({width * height} pixels); "
+                f"the limit is {limits.max_pixels} pixels.",
+            )
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise invalid(param, f"The '{param}' image has too many pixels to decode safely.") from None
+    except APIError:
+        raise
+    except UnidentifiedImageError:
+        raise invalid(param, f"The '{param}' file starts like a {name} file but its header is invalid.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise invalid(param, f"The '{param}' {name} file is truncated or corrupt: {exc}") from None
+    return ImageOps.exif_transpose(image)
+
+
+def alpha_band(image: Image.Image) -> Image.Image | None:
+    """The alpha channel as mode "L", or None when the file carries no transparency."""
+    if not _has_transparency(image):
+        return None
+    return image.convert("RGBA").getchannel("A")
+
+
+def flatten_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparency flattened over white."""
+    image = _to_8_bit(image)
+    if not _has_transparency(image):
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def repaint_mask(image: Image.Image, mask: Image.Image | None) -> Image.Image:
+    """Where to repaint, mode "L" 255/0, from the mask's alpha 0 pixels (or the image's)."""
+    if mask is not None and mask.size != image.size:
+        raise invalid(
+            "mask",
+            f"The mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
+            "they must have the same dimensions.",
+        )
+    source = mask if mask is not None else image
+    alpha = alpha_band(source)
+    if alpha is None:
+        if mask is not None:
+            raise invalid(
+                "mask",
+                "The mask has no alpha channel: its fully transparent pixels (alpha 0) mark the area to edit.",
+            )
+        raise invalid(
+            "mask",
+            "No mask was given and the image has no alpha channel, so nothing marks the area to edit: "
+            "send a mask whose fully transparent pixels (alpha 0) cover it, or an image with such pixels.",
+        )
+    repaint = alpha.point([255] + [0] * 255)
+    if repaint.getbbox() is None:
+        owner = "mask" if mask is not None else "image (no mask was given)"
+        raise invalid("mask", f"The {owner} has no fully transparent pixel (alpha 0): nothing would be edited.")
+    return repaint
+
+
+def data_url_bytes(url: str, param: str, limits: UploadLimits) -> bytes:
+    """The bytes of a base64 ``data:`` URL; remote URLs are refused (see the module docstring)."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("http", "https"):
+        raise invalid(
+            param,
+            f"'{param}' is a remote URL; Easel does not fetch remote images. "
+            "Send the image inline as a data URL (data:image/png;base64,...) or upload it as multipart/form-data.",
+        )
+    if scheme != "data":
+        raise invalid(param, f"'{param}' must be a base64 data URL (data:image/png;base64,...).")
+    header, sep, payload = url.partition(",")
+    if not sep or not header.lower().endswith(";base64"):
+        raise invalid(param, f"'{param}' must be a base64 data URL (data:image/png;base64,...).")
+    if len(payload) // 4 * 3 > limits.max_bytes:
+        raise invalid(param, f"The '{param}' image is larger than {limits.max_bytes} bytes.")
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(param, f"'{param}' does not hold valid base64 data.") from None
+
+
+def image_ref_bytes(ref: object, param: str, limits: UploadLimits) -> bytes:
+    """The bytes behind one JSON image reference (``{"image_url": ...}``)."""
+    if not isinstance(ref, dict):
+        raise invalid(param, f"'{param}' must be an object with an 'image_url'.")
+    unknown = sorted(set(ref) - {"image_url", "file_id"})
+    if unknown:
+        raise invalid(param, f"'{param}' has unknown field(s): {', '.join(unknown)}.")
+    if "file_id" in ref:
+        raise invalid(
+            param,
+            f"'{param}' uses file_id, but Easel has no Files API; send the image as a data URL in 'image_url'.",
+        )
+    url = ref.get("image_url")
+    if not isinstance(url, str):
+        raise invalid(param, f"'{param}' must have a string 'image_url'.")
+    return data_url_bytes(url, param, limits)
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return True
+    return "transparency" in image.info
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    # Pillow clips 16/32-bit greyscale to 255 when converting; scale it instead.
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+    if image.mode == "I":
+        return Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8))
+    return image
