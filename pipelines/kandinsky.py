@@ -37,10 +37,11 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .base import Cancelled, ImageJob, ModelInfo
+from .base import ImageJob, ModelInfo
 from .device import dtype_name, from_pretrained_dtype
 from .images import to_pil
 from .inpaint import binary_repaint_mask, composite_unmasked
+from .jobs import check_seeds, raise_if_cancelled, seeded_generators
 from .model_config import read_easel_config
 from .presets import presets_for
 from .step_hooks import after_each_step, predicted_clean, preview_steps
@@ -94,8 +95,8 @@ class KandinskyBackend:
     @torch.inference_mode()
     def run(self, job: ImageJob) -> list[Image.Image]:
         self._check_job(job)
-        _raise_if_cancelled(job)
-        generators = [torch.Generator(self.device).manual_seed(seed) for seed in job.seeds]
+        raise_if_cancelled(job)
+        generators = seeded_generators(self.device, job.seeds)
         if job.task == "generate":
             embeds, negative = self._text_to_embeds(job)
             return self._decode(job, embeds, negative, generators)
@@ -109,11 +110,12 @@ class KandinskyBackend:
 
     def _text_to_embeds(self, job: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior: ``n`` image embeddings for the prompt and ``n`` negative ones."""
-        generators = [torch.Generator(self.device).manual_seed(seed) for seed in job.seeds]
+        # The prior's own generators: the decoder's must start unused.
+        generators = seeded_generators(self.device, job.seeds)
         if job.negative_prompt is not None:
             # The prior embeds the negative prompt as extra batch rows after the
             # prompt's; give those rows their own generators from the same seeds.
-            generators += [torch.Generator(self.device).manual_seed(seed) for seed in job.seeds]
+            generators += seeded_generators(self.device, job.seeds)
         output = self.prior_pipe(
             prompt=job.prompt,
             negative_prompt=job.negative_prompt,
@@ -171,7 +173,7 @@ class KandinskyBackend:
         scheduler = self.decoder_pipe.scheduler
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-            _raise_if_cancelled(job)
+            raise_if_cancelled(job)
             previews.maybe_emit(step)
             if blend is None:
                 return {}
@@ -225,8 +227,7 @@ class KandinskyBackend:
     def _check_job(self, job: ImageJob) -> None:
         if job.task not in self.info.tasks:
             raise ValueError(f"task {job.task!r} is not one of {sorted(self.info.tasks)}")
-        if len(job.seeds) != job.n or job.n < 1:
-            raise ValueError(f"need one seed per image: n={job.n}, {len(job.seeds)} seeds")
+        check_seeds(job)
         multiple = self.info.size_multiple
         if job.width % multiple or job.height % multiple:
             raise ValueError(f"{job.width}x{job.height} is not a multiple of {multiple}")
@@ -286,15 +287,9 @@ def _inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, 
     return {"image": [image] * n, "mask_image": [mask] * n}
 
 
-
-def _raise_if_cancelled(job: ImageJob) -> None:
-    if job.should_cancel is not None and job.should_cancel():
-        raise Cancelled()
-
-
 def _cancel_check(job: ImageJob):
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        _raise_if_cancelled(job)
+        raise_if_cancelled(job)
         return {}
 
     return on_step_end

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from .base import Cancelled, ImageJob, MissingComponent, ModelInfo
+from .base import ImageJob, MissingComponent, ModelInfo
 from .device import dtype_name, from_pretrained_dtype
 from .images import to_pil
+from .jobs import check_seeds, raise_if_cancelled, seeded_generators
 from .model_config import read_easel_config
 from .presets import presets_for
 from .step_hooks import after_each_step, predicted_clean, preview_steps
@@ -115,9 +116,8 @@ class KarloBackend:
     @torch.inference_mode()
     def run(self, job: ImageJob) -> list[Image.Image]:
         self._check_job(job)
-        if job.should_cancel is not None and job.should_cancel():
-            raise Cancelled()
-        generators = [torch.Generator(self.device).manual_seed(seed) for seed in job.seeds]
+        raise_if_cancelled(job)
+        generators = seeded_generators(self.device, job.seeds)
         steps = {
             "decoder_num_inference_steps": job.preset.decoder_steps,
             "super_res_num_inference_steps": job.preset.super_res_steps or DEFAULT_SUPER_RES_STEPS,
@@ -147,8 +147,7 @@ class KarloBackend:
         pipe = self.pipe
 
         def check_cancel(step: int, output: Any) -> None:
-            if job.should_cancel is not None and job.should_cancel():
-                raise Cancelled()
+            raise_if_cancelled(job)
 
         decoder_scheduler = pipe.decoder_scheduler
         if job.on_preview is not None and job.preview_count > 0:
@@ -178,8 +177,7 @@ class KarloBackend:
             raise ValueError(f"task {job.task!r} is not supported by Karlo (supported: {sorted(self.info.tasks)})")
         if job.negative_prompt is not None:
             raise ValueError("Karlo does not support negative_prompt")
-        if len(job.seeds) != job.n or job.n < 1:
-            raise ValueError(f"need one seed per image: n={job.n}, {len(job.seeds)} seeds")
+        check_seeds(job)
         if (job.width, job.height) != self.info.fixed_native_size:
             w, h = self.info.fixed_native_size
             raise ValueError(f"Karlo generates {w}x{h} only, not {job.width}x{job.height}")

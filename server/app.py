@@ -82,6 +82,7 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
         finally:
             stop_loading.set()
             sweeper.cancel()
+            await asyncio.wait({sweeper})  # let it finish cancelling; raises nothing
             await asyncio.to_thread(state.engine.shutdown)
             if own_image_dir:
                 shutil.rmtree(image_dir, ignore_errors=True)

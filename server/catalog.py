@@ -137,6 +137,8 @@ def load_all(
         spec = entry.spec
         try:
             backend = loader(spec.name, spec.family, spec.path, presets=spec.presets, device=settings.device, dtype=settings.dtype)
+            if stop.is_set():  # the server stopped while this model loaded
+                return
             on_ready(spec.name, backend)
         except Exception as error:  # the server keeps running and reports it
             entry.error = str(error) if isinstance(error, (FileNotFoundError, ValueError)) else f"{type(error).__name__}: {error}"

@@ -15,6 +15,7 @@ pixels give identical bytes.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 
@@ -35,14 +36,19 @@ def center_crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.
     return image.crop((0, top, w, top + new_h))
 
 
+def resize_exactly(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` stretched to ``width`` x ``height`` (Lanczos), or itself if it has that size."""
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
 def fit_to_size(image: Image.Image, width: int, height: int) -> Image.Image:
     """``image`` at exactly ``width`` x ``height``: cropped to the aspect ratio if needed, then resized."""
     w, h = image.size
     if abs(math.log((w / h) / (width / height))) > ASPECT_TOLERANCE:
         image = center_crop_to_aspect(image, width, height)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-    return image
+    return resize_exactly(image, width, height)
 
 
 def encode(image: Image.Image, output_format: str, compression: int) -> bytes:
@@ -57,6 +63,11 @@ def encode(image: Image.Image, output_format: str, compression: int) -> bytes:
     else:
         raise ValueError(f"unknown output format {output_format!r}")
     return buffer.getvalue()
+
+
+def base64_text(data: bytes) -> str:
+    """``data`` as the base64 text of a ``b64_json`` field."""
+    return base64.b64encode(data).decode("ascii")
 
 
 def finish_images(

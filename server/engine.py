@@ -120,6 +120,9 @@ class JobHandle:
         self._previews.put_nowait(None)
         if self._result.done():
             return
+        if isinstance(error, StopIteration):
+            # A future refuses StopIteration (TypeError), which would leave the request waiting forever.
+            error = RuntimeError(f"backend raised StopIteration: {error}")
         if error is not None:
             self._result.set_exception(error)
         else:
@@ -284,11 +287,14 @@ class Engine:
         self._lanes: dict[str, ModelLane] = {}
         self._workers: dict[str, DeviceWorker] = {}
         self._lock = threading.Lock()
+        self._stopped = False
 
     def add_model(self, name: str, backend: ImageBackend) -> None:
-        """Make a loaded model available (called from the loading thread)."""
+        """Make a loaded model available (called from the loading thread); EngineStopped after shutdown."""
         device = _device_key(backend.info.device)
         with self._lock:
+            if self._stopped:  # a model that finished loading as the server stopped: start no worker for it
+                raise EngineStopped("the server is shutting down")
             worker = self._workers.get(device)
             if worker is None:
                 worker = self._workers[device] = DeviceWorker(device)
@@ -322,6 +328,7 @@ class Engine:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._lock:
+            self._stopped = True
             workers = list(self._workers.values())
         for worker in workers:
             worker.stop(timeout)

@@ -52,6 +52,14 @@ def invalid(param: str | None, message: str, code: str | None = None) -> APIErro
     return APIError(400, message, param=param, code=code)
 
 
+def missing_parameter(param: str) -> APIError:
+    return invalid(param, f"Missing required parameter: '{param}'.", code="missing_required_parameter")
+
+
+def shutting_down(message: str = "The server is shutting down.") -> APIError:
+    return APIError(503, message, type=SERVER_ERROR, code="shutting_down")
+
+
 def envelope(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

@@ -20,13 +20,13 @@ its number of latent positions.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipelines.base import ModelInfo
 
 from .catalog import ApiStyle, ModelEntry
+from .encoding import base64_text
 
 OUTPUT_TOKEN_PATCH = 8
 GPT_IMAGE_QUALITY = {"low": "low", "medium": "medium", "high": "high", "standard": "medium", "auto": "medium", "hd": "high"}
@@ -60,7 +60,7 @@ def image_item(image: FinishedImage, revised_prompt: str | None) -> dict[str, An
     if image.url is not None:
         item["url"] = image.url
     else:
-        item["b64_json"] = base64.b64encode(image.data).decode("ascii")
+        item["b64_json"] = base64_text(image.data)
     if revised_prompt is not None:
         item["revised_prompt"] = revised_prompt
     item["seed"] = image.seed

@@ -34,7 +34,6 @@ import asyncio
 import json
 import logging
 import time
-from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Literal, Mapping
 
@@ -44,11 +43,11 @@ from starlette.responses import StreamingResponse
 
 from pipelines.base import ImageJob
 
-from .dispatch import ClientGone, backend_outcome
-from .encoding import encode, fit_to_size
-from .engine import JobHandle
-from .errors import SERVER_ERROR, APIError, internal_error, invalid, request_id_of
-from .responses import GPT_IMAGE_QUALITY, output_image_tokens, usage
+from .dispatch import Prepare, backend_outcome, encode_results, job_usage
+from .encoding import base64_text, encode, fit_to_size
+from .engine import JobHandle, Preview
+from .errors import APIError, internal_error, invalid, request_id_of
+from .responses import GPT_IMAGE_QUALITY, usage
 from .state import ServerState
 from .validation import ImageOptions
 
@@ -77,8 +76,7 @@ class ImageEventFields:
     output_format: str
 
 
-def partial_image_event(kind: StreamKind, fields: ImageEventFields, b64_json: str, index: int) -> bytes:
-    event_type = f"{kind}.partial_image"
+def _image_event(event_type: str, fields: ImageEventFields, b64_json: str, **specific: Any) -> bytes:
     return encode_event(
         event_type,
         {
@@ -89,26 +87,17 @@ def partial_image_event(kind: StreamKind, fields: ImageEventFields, b64_json: st
             "quality": fields.quality,
             "background": fields.background,
             "output_format": fields.output_format,
-            "partial_image_index": index,
+            **specific,
         },
     )
+
+
+def partial_image_event(kind: StreamKind, fields: ImageEventFields, b64_json: str, index: int) -> bytes:
+    return _image_event(f"{kind}.partial_image", fields, b64_json, partial_image_index=index)
 
 
 def completed_event(kind: StreamKind, fields: ImageEventFields, b64_json: str, usage: Mapping[str, Any]) -> bytes:
-    event_type = f"{kind}.completed"
-    return encode_event(
-        event_type,
-        {
-            "type": event_type,
-            "b64_json": b64_json,
-            "created_at": int(time.time()),
-            "size": fields.size,
-            "quality": fields.quality,
-            "background": fields.background,
-            "output_format": fields.output_format,
-            "usage": dict(usage),
-        },
-    )
+    return _image_event(f"{kind}.completed", fields, b64_json, usage=dict(usage))
 
 
 def error_event(error: APIError) -> bytes:
@@ -154,23 +143,35 @@ class ImageStream:
     usage: Callable[[], Mapping[str, Any]]  # the request's usage, read once the job has finished
 
 
-def generation_stream(options: ImageOptions, job: ImageJob, handle: JobHandle) -> ImageStream:
-    """Events for ``/v1/images/generations``: images resized as the JSON answer's are.
+FitToSize = Callable[[Image.Image, int, int], Image.Image]
 
-    The handle's ``before_run`` must count the prompt's tokens (for the usage).
+
+def job_stream(
+    kind: StreamKind,
+    options: ImageOptions,
+    job: ImageJob,
+    handle: JobHandle,
+    *,
+    fit_preview: FitToSize = fit_to_size,
+    prepare: Prepare | None = None,
+) -> ImageStream:
+    """Events for a job submitted with ``count_prompt_tokens`` (streams always report usage).
+
+    Previews are fitted to the requested size by ``fit_preview``; the final
+    images are made exactly as the JSON answer's (:func:`server.dispatch.encode_results`).
     """
     size = options.size
 
-    def encode_one(image: Image.Image) -> bytes:
-        return encode(fit_to_size(image, size.width, size.height), options.output_format, options.output_compression)
+    def encode_preview(image: Image.Image) -> bytes:
+        return encode(fit_preview(image, size.width, size.height), options.output_format, options.output_compression)
 
-    def encode_all(images: list[Image.Image]) -> list[bytes]:
-        return [encode_one(image) for image in images]
+    def encode_final(images: list[Image.Image]) -> list[bytes]:
+        return encode_results(images, options, prepare)
 
     def request_usage() -> dict[str, Any]:
-        return usage(int(handle.before_run_result or 0), output_image_tokens(job.width, job.height, job.n))
+        return job_usage(job, handle)
 
-    return ImageStream("image_generation", event_fields(options), encode_one, encode_all, request_usage)
+    return ImageStream(kind, event_fields(options), encode_preview, encode_final, request_usage)
 
 
 class _JobEventResponse(StreamingResponse):
@@ -206,20 +207,12 @@ def stream_job(request: Request, state: ServerState, handle: JobHandle, stream: 
 async def _events(request: Request, handle: JobHandle, stream: ImageStream) -> AsyncIterator[bytes]:
     try:
         async for preview in handle.previews():
-            data = await asyncio.to_thread(stream.encode_preview, preview.images[0])
-            yield partial_image_event(stream.kind, stream.fields, _b64(data), preview.index)
+            yield await asyncio.to_thread(_partial_image_event, stream, preview)
         result = asyncio.ensure_future(handle.result())
         await asyncio.wait({result})
-        try:
-            images = backend_outcome(request, result)
-        except ClientGone:
-            # Cancelled without the client leaving: the server is stopping.
-            raise APIError(
-                503, "The job was stopped: the server is shutting down.", type=SERVER_ERROR, code="shutting_down"
-            ) from None
-        files = await asyncio.to_thread(stream.encode_final, images)
-        for data, image_usage in zip(files, shared_usage(stream.usage(), len(files))):
-            yield completed_event(stream.kind, stream.fields, _b64(data), image_usage)
+        images = backend_outcome(request, result)
+        for event in await asyncio.to_thread(_completed_events, stream, images):
+            yield event
     except APIError as error:
         yield error_event(error)
     except Exception as error:  # the 200 is sent: report it in the stream, never drop the connection
@@ -228,5 +221,15 @@ async def _events(request: Request, handle: JobHandle, stream: ImageStream) -> A
         yield error_event(internal_error(request_id))
 
 
-def _b64(data: bytes) -> str:
-    return b64encode(data).decode("ascii")
+# Encoding, base64 and JSON of whole images: these run in a thread, off the event loop.
+
+
+def _partial_image_event(stream: ImageStream, preview: Preview) -> bytes:
+    data = stream.encode_preview(preview.images[0])
+    return partial_image_event(stream.kind, stream.fields, base64_text(data), preview.index)
+
+
+def _completed_events(stream: ImageStream, images: list[Image.Image]) -> list[bytes]:
+    files = stream.encode_final(images)
+    parts = shared_usage(stream.usage(), len(files))
+    return [completed_event(stream.kind, stream.fields, base64_text(data), part) for data, part in zip(files, parts)]

@@ -18,7 +18,7 @@ from pathlib import Path
 log = logging.getLogger("easel.storage")
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_FILE_NAME = re.compile(r"^[A-Za-z0-9_-]{43}\.(png|jpeg|webp)$")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_-]{43}\.(png|jpeg|webp)")  # token_urlsafe(32) + a MEDIA_TYPES key
 
 
 class ImageStore:
@@ -45,7 +45,7 @@ class ImageStore:
 
     def open(self, name: str) -> tuple[Path, float] | None:
         """The live file for ``name`` and its expiry time, or None (unknown, malformed or expired)."""
-        if not _FILE_NAME.match(name):
+        if not _FILE_NAME.fullmatch(name):
             return None
         path = self.directory / name
         try:
@@ -56,6 +56,18 @@ class ImageStore:
             path.unlink(missing_ok=True)
             return None
         return path, expires
+
+    def read(self, name: str) -> tuple[bytes, float] | None:
+        """The live file's bytes and expiry time, or None (see :meth:`open`). File I/O: run it in a thread."""
+        found = self.open(name)
+        if found is None:
+            return None
+        path, expires = found
+        try:
+            # Read whole (images are small) so a sweep between the check and the send cannot break the response.
+            return path.read_bytes(), expires
+        except FileNotFoundError:
+            return None
 
     def sweep(self) -> int:
         """Delete every expired file (and stale partial writes); returns how many."""

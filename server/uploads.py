@@ -99,10 +99,6 @@ def part_param(name: str) -> str:
     return name.removesuffix("[]")
 
 
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
 async def read_multipart(request: Request, file_parts: frozenset[str], limits: UploadLimits) -> MultipartBody:
     """Split a multipart body into text fields and file contents, enforcing the byte limit per file."""
     fields: dict[str, Any] = {}
@@ -188,6 +184,7 @@ def open_upload(data: bytes, param: str, limits: UploadLimits) -> Image.Image:
 
 def alpha_band(image: Image.Image) -> Image.Image | None:
     """The alpha channel as mode "L", or None when the file carries no transparency."""
+    image = _to_8_bit(image)
     if not _has_transparency(image):
         return None
     return image.convert("RGBA").getchannel("A")
@@ -278,9 +275,14 @@ def _has_transparency(image: Image.Image) -> bool:
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
-    # Pillow clips 16/32-bit greyscale to 255 when converting; scale it instead.
-    if image.mode.startswith("I;16"):
-        return Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
-    if image.mode == "I":
-        return Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8))
-    return image
+    # Pillow clips 16/32-bit greyscale to 255 when converting; scale it instead. A transparent
+    # grey level (PNG tRNS) becomes an alpha channel, which Pillow's conversion would not give.
+    if not (image.mode == "I" or image.mode.startswith("I;16")):
+        return image
+    values = np.asarray(image).astype(np.int64)
+    grey = Image.fromarray((values.clip(0, 65535) >> 8).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return grey
+    alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))
+    return Image.merge("LA", (grey, alpha))

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 from pipelines.base import ModelInfo
 from pipelines.presets import QUALITIES, STYLES
 
-from .errors import invalid
+from .errors import invalid, missing_parameter
 
 RESPONSE_FORMATS = ("url", "b64_json")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
@@ -53,7 +53,7 @@ MAX_FREE_SIDE = 8192  # parse limit; the model's own max_side is checked later
 
 PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image": 32000, "easel": 32000}
 
-_SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+_SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # fullmatch: "$" would let a trailing newline in
 
 # Every endpoint may read these; each endpoint lists the fields it accepts.
 EXTENSION_FIELDS = frozenset(
@@ -116,11 +116,14 @@ class FieldReader:
             name, f"Invalid type for '{name}': expected {expected}, but got {_type_name(value)} instead.", code="invalid_type"
         )
 
+    def _out_of_range(self, name: str, value: Any, low: float, high: float) -> Exception:
+        return invalid(name, f"Invalid '{name}': {value} is out of range; expected {low} to {high}.", code="invalid_value")
+
     def string(self, name: str, *, required: bool = False, max_length: int | None = None) -> str | None:
         value = self.raw(name)
         if value is None:
             if required:
-                raise invalid(name, f"Missing required parameter: '{name}'.", code="missing_required_parameter")
+                raise missing_parameter(name)
             return None
         if not isinstance(value, str):
             raise self._wrong_type(name, "a string", value)
@@ -144,11 +147,16 @@ class FieldReader:
         if value is None:
             return None
         if self.form and isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
-            value = int(value)
+            try:
+                value = int(value)
+            except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+                raise invalid(
+                    name, f"Invalid '{name}': the number has too many digits; expected {low} to {high}.", code="invalid_value"
+                ) from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._wrong_type(name, "an integer", value)
         if not low <= value <= high:
-            raise invalid(name, f"Invalid '{name}': {value} is out of range; expected {low} to {high}.", code="invalid_value")
+            raise self._out_of_range(name, value, low, high)
         return value
 
     def number(self, name: str, low: float, high: float) -> float | None:
@@ -163,7 +171,7 @@ class FieldReader:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._wrong_type(name, "a number", value)
         if not math.isfinite(value) or not low <= value <= high:
-            raise invalid(name, f"Invalid '{name}': {value} is out of range; expected {low} to {high}.", code="invalid_value")
+            raise self._out_of_range(name, value, low, high)
         return float(value)
 
     def boolean(self, name: str) -> bool | None:
@@ -191,7 +199,7 @@ class RequestedSize:
 def parse_size(value: str | None) -> RequestedSize:
     if value is None or value == "auto":
         return RequestedSize(*AUTO_SIZE, standard=True)
-    match = _SIZE_PATTERN.match(value)
+    match = _SIZE_PATTERN.fullmatch(value)
     if match is None:
         raise invalid(
             "size",
@@ -295,11 +303,16 @@ class GenerationRequest:
     options: ImageOptions
 
 
-def parse_generation(body: Any) -> GenerationRequest:
-    """Check a POST /v1/images/generations JSON body."""
+def require_object(body: Any) -> dict[str, Any]:
+    """A parsed JSON body, which must be an object."""
     if not isinstance(body, dict):
         raise invalid(None, "The request body must be a JSON object.", code="invalid_json")
-    reader = FieldReader(body)
+    return body
+
+
+def parse_generation(body: Any) -> GenerationRequest:
+    """Check a POST /v1/images/generations JSON body."""
+    reader = FieldReader(require_object(body))
     reader.reject_unknown(GENERATION_FIELDS)
     return GenerationRequest(
         prompt=read_prompt(reader),
@@ -309,9 +322,14 @@ def parse_generation(body: Any) -> GenerationRequest:
     )
 
 
+def max_n_for(api_style: str) -> int:
+    """The most images one request may ask for under this model name (dall-e-3, like OpenAI's: one)."""
+    return 1 if api_style == "dall-e-3" else MAX_N
+
+
 def check_for_model(options: ImageOptions, prompt: str | None, api_style: str, info: ModelInfo) -> None:
     """Checks that need the model: its bounds and features, and the OpenAI name's own limits."""
-    if api_style == "dall-e-3" and options.n != 1:
+    if options.n > max_n_for(api_style):  # read_image_options caps n at MAX_N: only dall-e-3's limit is left
         raise invalid("n", "dall-e-3 only supports n=1 (as OpenAI's does); use a local model name for batches.", code="invalid_value")
     if api_style == "gpt-image" and options.response_format == "url":
         raise invalid(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 from pipelines.base import ImageJob
 from server.config import ModelSpec, Settings
 
-from .conftest import FAST, LiveServer, assert_envelope, running_server
+from .conftest import FAST, SLOW, LiveServer, assert_envelope, running_server
 
 SECRET = "/very/secret/internal/path.py"
 
@@ -123,3 +124,21 @@ def test_backend_exception_is_500_without_internals(odd_server: LiveServer, capl
     assert caught.value.status_code == 500 and caught.value.type == "server_error"
     stats = httpx.get(odd_server.url + "/health/ready").json()["models"]["broken"]
     assert stats["failed"] == 2 and stats["completed"] == 0
+
+
+def test_requests_the_stopping_engine_drops_are_503_shutting_down(tiny_model_dirs: dict[str, Path]):
+    settings = Settings(models=(ModelSpec(name="tiny", family="kandinsky22", path=tiny_model_dirs["kandinsky"]),))
+    with running_server(settings) as live, ThreadPoolExecutor(2) as pool:
+        url = live.api_url + "/images/generations"
+        slow = {"prompt": "x", "model": "tiny", "response_format": "b64_json", **SLOW}
+        running = pool.submit(httpx.post, url, json=slow, timeout=60)
+        live.wait_for(lambda body: body["models"]["tiny"]["running"] == 1)
+        waiting = pool.submit(httpx.post, url, json=slow, timeout=60)
+        live.wait_for(lambda body: body["models"]["tiny"]["queued"] == 1)
+
+        live.state.engine.shutdown()  # what the app's lifespan does as the server stops
+        stopped = assert_envelope(running.result(), 503, code="shutting_down")  # interrupted mid-run
+        assert stopped["message"] == "The job was stopped: the server is shutting down."
+        assert_envelope(waiting.result(), 503, code="shutting_down")  # dropped from the queue
+        assert_envelope(post(live, "tiny"), 503, code="shutting_down")  # refused at the door
+

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.base import Cancelled, ImageJob
 from pipelines.presets import resolve_preset
-from server.engine import Engine, QueueFull
+from server.engine import Engine, EngineStopped, QueueFull
 
 
 def make_job(backend, *, n: int = 1, decoder_steps: int = 2, seed: int = 0, preview_count: int = 0) -> ImageJob:
@@ -151,3 +151,40 @@ def test_backend_errors_reach_the_caller(tiny_backend):
         assert engine.stats("tiny")["failed"] == 1
     finally:
         engine.shutdown()
+
+
+class StopIterationBackend:
+    """A backend with a bug that lets StopIteration escape (say, ``next()`` on an empty iterator)."""
+
+    def __init__(self, inner) -> None:
+        self.info = inner.info
+
+    def run(self, job):
+        raise StopIteration("empty")
+
+    def count_tokens(self, prompt):
+        return 0
+
+
+def test_a_backend_raising_stop_iteration_fails_the_job_instead_of_hanging_it(tiny_backend):
+    engine = Engine(queue_size=2)
+    engine.add_model("tiny", StopIterationBackend(tiny_backend))
+    try:
+        async def scenario():
+            handle = engine.submit("tiny", make_job(tiny_backend))
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await asyncio.wait_for(handle.result(), timeout=30)
+
+        asyncio.run(scenario())
+        assert engine.stats("tiny")["failed"] == 1
+    finally:
+        engine.shutdown()
+
+
+def test_a_model_added_after_shutdown_starts_no_worker(tiny_backend):
+    engine = Engine(queue_size=1)
+    engine.shutdown()
+    with pytest.raises(EngineStopped):
+        engine.add_model("late", tiny_backend)
+    assert engine._workers == {} and engine.stats("late") is None
+

@@ -139,6 +139,17 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
     np.testing.assert_array_equal(rgb[..., 0], (ramp >> 8).astype(np.uint8))
 
 
+def test_sixteen_bit_greyscale_with_a_transparent_level_has_an_alpha_band() -> None:
+    levels = np.full((8, 8), 40000, dtype=np.uint16)
+    levels[2:5, 3:6] = 1234  # the PNG's tRNS grey level: these pixels are transparent
+    image = open_upload(encode(Image.fromarray(levels), transparency=1234), "image", LIMITS)
+    alpha = np.asarray(alpha_band(image))
+    np.testing.assert_array_equal(alpha, np.where(levels == 1234, 0, 255))
+    rgb = np.asarray(flatten_to_rgb(image))
+    assert tuple(rgb[3, 4]) == (255, 255, 255) and tuple(rgb[0, 0]) == (156, 156, 156)  # over white; 40000 >> 8
+    np.testing.assert_array_equal(np.asarray(repaint_mask(image, None)), np.where(levels == 1234, 255, 0))
+
+
 def test_transparency_is_flattened_over_white() -> None:
     rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
     rgba.putpixel((1, 1), (200, 10, 10, 255))

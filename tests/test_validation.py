@@ -81,7 +81,7 @@ def test_parse_size(size, width, height, standard):
     assert (parsed_size.width, parsed_size.height, parsed_size.standard) == (width, height, standard)
 
 
-@pytest.mark.parametrize("size", ["", "1024", "1024X1024", "01024x1024", "-5x5", "1024x1024x3", " 512x512", "99999x10", "0x0"])
+@pytest.mark.parametrize("size", ["", "1024", "1024X1024", "01024x1024", "-5x5", "1024x1024x3", " 512x512", "512x512\n", "99999x10", "0x0"])
 def test_bad_sizes(size):
     assert error_of(lambda: parse_size(size)).param == "size"
 
@@ -212,3 +212,32 @@ def test_request_id_on_errors_from_routing(app):
     response = call(app, "GET", "/nowhere", headers={"x-request-id": "abc-123"})
     assert_envelope(response, 404)
     assert response.headers["x-request-id"] == "abc-123"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 50_000,  # nested past the parser's recursion limit (and within the 64 KiB body limit)
+        b'{"prompt": "x", "n": ' + b"9" * 5000 + b"}",  # an integer over Python's digit limit
+        b'{"prompt": "a \\ud800 b"}',  # a lone surrogate: no tokenizer reads it, no response could echo it
+        b'{"prompt": "x", "\\udfff": 1}',  # one in a key, which the unknown-field error would echo
+        b'{"prompt": "x", "model": "\\ud83d"}',  # half a pair, echoed by the 404
+    ],
+    ids=["deep", "huge-int", "surrogate-prompt", "surrogate-key", "surrogate-model"],
+)
+def test_json_python_cannot_read_as_text_is_a_400_not_a_500(app, raw: bytes):
+    response = call(app, "POST", "/v1/images/generations", content=raw, headers={"content-type": "application/json"})
+    assert_envelope(response, 400, code="invalid_json")
+
+
+def test_a_surrogate_pair_is_ordinary_text(app):
+    body = b'{"prompt": "a \\ud83d\\ude00", "model": "zzz"}'  # an emoji, escaped
+    response = call(app, "POST", "/v1/images/generations", content=body, headers={"content-type": "application/json"})
+    assert_envelope(response, 404, param="model")  # parsed, validated, then the unknown model
+
+
+def test_form_integer_with_more_digits_than_python_converts_is_a_400():
+    error = error_of(lambda: FieldReader({"n": "9" * 5000}, form=True).integer("n", 1, 10))
+    assert (error.status, error.param, error.code) == (400, "n", "invalid_value")
+    assert error.message == "Invalid 'n': the number has too many digits; expected 1 to 10."
+

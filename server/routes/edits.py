@@ -24,45 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from PIL import Image
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from pipelines.base import ImageBackend, ModelInfo
 from pipelines.inpaint import composite_unmasked
 
-from ..dispatch import ClientGone, build_job, finish, submit, wait_for_result
-from ..encoding import encode
-from ..errors import invalid, request_id_of
-from ..responses import images_response, output_image_tokens, usage
-from ..sse import ImageStream, check_stream_options, event_fields, stream_job
+from ..bodies import media_type, parse_json
+from ..dispatch import build_job, ready_model, reports_usage, respond_with_images, sized_for_input, submit
+from ..encoding import resize_exactly
+from ..errors import invalid, missing_parameter, request_id_of
+from ..sse import check_stream_options, job_stream, stream_job
 from ..state import server_state
-from ..uploads import (
-    UploadLimits,
-    flatten_to_rgb,
-    image_ref_bytes,
-    media_type,
-    open_upload,
-    read_multipart,
-    repaint_mask,
-    size_for_input,
-)
+from ..uploads import UploadLimits, flatten_to_rgb, image_ref_bytes, open_upload, read_multipart, repaint_mask
 from ..validation import (
     EXTENSION_FIELDS,
     MODERATIONS,
     FieldReader,
-    ImageOptions,
-    RequestedSize,
     check_for_model,
     read_image_options,
     read_prompt,
+    require_object,
 )
-from .images import CLIENT_CLOSED_REQUEST, read_json
 
 log = logging.getLogger("easel.edits")
 
@@ -95,17 +82,6 @@ def refuse_several_images(count: int, param: str) -> None:
         )
 
 
-def require_task(info: ModelInfo, task: str, endpoint: str) -> None:
-    if task not in info.tasks:
-        raise invalid("model", f"Model '{info.name}' does not support {endpoint}.", code="unsupported_model")
-
-
-def sized_for_input(options: ImageOptions, image: Image.Image, info: ModelInfo) -> ImageOptions:
-    """``size`` auto: the input's own size, within the model's bounds (see :mod:`server.uploads`)."""
-    width, height = size_for_input(image.width, image.height, info.min_side, info.max_side)
-    return replace(options, size=RequestedSize(width, height, standard=False))
-
-
 async def read_edit_body(request: Request, limits: UploadLimits) -> EditBody:
     kind = media_type(request)
     if kind == "multipart/form-data":
@@ -117,24 +93,27 @@ async def read_edit_body(request: Request, limits: UploadLimits) -> EditBody:
         refuse_several_images(len(images), "image")
         return EditBody(body.fields, True, "image", images, masks[0] if masks else None)
     if kind == "application/json":
-        payload = await read_json(request)
-        if not isinstance(payload, dict):
-            raise invalid(None, "The request body must be a JSON object.", code="invalid_json")
-        refs = payload.get("images")
-        if refs is not None and not isinstance(refs, list):
-            raise invalid("images", "'images' must be an array of {\"image_url\": ...} objects.", code="invalid_type")
-        refuse_several_images(len(refs or []), "images")
-        images = [image_ref_bytes(ref, "images", limits) for ref in refs or []]
-        mask_ref = payload.get("mask")
-        mask = None if mask_ref is None else image_ref_bytes(mask_ref, "mask", limits)
-        fields = {name: value for name, value in payload.items() if name not in JSON_IMAGE_FIELDS}
-        return EditBody(fields, False, "images", images, mask)
+        return await asyncio.to_thread(json_edit_body, await request.body(), limits)
     raise invalid(
         None,
         "Send an edit as multipart/form-data (image, mask, prompt, ...) or as application/json "
         "(images, mask, prompt, ...).",
         code="unsupported_content_type",
     )
+
+
+def json_edit_body(raw: bytes, limits: UploadLimits) -> EditBody:
+    """A JSON edit body with its data URLs decoded (megabytes of base64: run it in a thread)."""
+    payload = require_object(parse_json(raw))
+    refs = payload.get("images")
+    if refs is not None and not isinstance(refs, list):
+        raise invalid("images", "'images' must be an array of {\"image_url\": ...} objects.", code="invalid_type")
+    refuse_several_images(len(refs or []), "images")
+    images = [image_ref_bytes(ref, "images", limits) for ref in refs or []]
+    mask_ref = payload.get("mask")
+    mask = None if mask_ref is None else image_ref_bytes(mask_ref, "mask", limits)
+    fields = {name: value for name, value in payload.items() if name not in JSON_IMAGE_FIELDS}
+    return EditBody(fields, False, "images", images, mask)
 
 
 def decode_edit_inputs(body: EditBody, limits: UploadLimits) -> tuple[Image.Image, Image.Image]:
@@ -148,8 +127,7 @@ def composite_at_size(
     images: list[Image.Image], original: Image.Image, repaint: Image.Image, width: int, height: int
 ) -> list[Image.Image]:
     """Each result at ``width`` x ``height`` with the original's pixels outside the mask."""
-    if original.size != (width, height):
-        original = original.resize((width, height), Image.Resampling.LANCZOS)
+    original = resize_exactly(original, width, height)
     return [composite_unmasked(original, image, repaint) for image in images]
 
 
@@ -164,18 +142,12 @@ async def create_edit(request: Request) -> Response:
     reader.choice("moderation", MODERATIONS)  # checked; Easel runs no moderation model (server.validation)
     check_stream_options(options)
     if not body.images:
-        param = body.image_param
-        raise invalid(param, f"Missing required parameter: '{param}'.", code="missing_required_parameter")
-    resolved = state.catalog.resolve(options.model)
-    backend = state.catalog.ready_backend(resolved)
-    info = backend.info
-    require_task(info, "edit", "image edits")
+        raise missing_parameter(body.image_param)
+    resolved, info = ready_model(state, options.model, "edit")
     original, repaint = await asyncio.to_thread(decode_edit_inputs, body, limits)
     if reader.raw("size") in (None, "auto"):
         options = sized_for_input(options, original, info)
     check_for_model(options, prompt, resolved.api_style, info)
-    gpt_image = resolved.api_style == "gpt-image"
-    response_format = options.response_format or ("b64_json" if gpt_image else "url")
 
     job = build_job("edit", options, info, prompt=prompt, image=original, mask=repaint)
     log.info(
@@ -183,51 +155,17 @@ async def create_edit(request: Request) -> Response:
         resolved.requested, resolved.entry.name, job.n, original.width, original.height, options.size.label,
         job.width, job.height, job.seeds[0], options.stream, options.user, request_id_of(request),
     )
-
-    def count_prompt_tokens(model: ImageBackend) -> int:
-        return model.count_tokens(prompt)
-
-    counts_usage = gpt_image or options.stream
-    handle = submit(state, resolved.entry.name, job, before_run=count_prompt_tokens if counts_usage else None)
-
-    def edit_usage() -> dict[str, Any]:
-        return usage(
-            int(handle.before_run_result or 0),
-            output_image_tokens(job.width, job.height, job.n),
-            input_image_tokens=output_image_tokens(job.width, job.height, 1),
-        )
-
+    handle = submit(state, resolved.entry.name, job, count_prompt_tokens=reports_usage(resolved, options))
     width, height = options.size.width, options.size.height
+
+    def composite(images: list[Image.Image]) -> list[Image.Image]:
+        return composite_at_size(images, original, repaint, width, height)
+
     if options.stream:
-
-        def encode_preview(image: Image.Image) -> bytes:
-            resized = image.resize((width, height), Image.Resampling.LANCZOS)
-            return encode(resized, options.output_format, options.output_compression)
-
-        def encode_final(images: list[Image.Image]) -> list[bytes]:
-            composited = composite_at_size(images, original, repaint, width, height)
-            return [encode(image, options.output_format, options.output_compression) for image in composited]
-
-        stream = ImageStream("image_edit", event_fields(options), encode_preview, encode_final, edit_usage)
+        # Previews are stretched to the requested size, as the composited result is (never cropped).
+        stream = job_stream("image_edit", options, job, handle, fit_preview=resize_exactly, prepare=composite)
         return stream_job(request, state, handle, stream)
-
-    try:
-        images = await wait_for_result(request, state, handle)
-    except ClientGone:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    composited = await asyncio.to_thread(composite_at_size, images, original, repaint, width, height)
-    finished = await finish(request, state, composited, job.seeds, options, response_format)
-    body_json = images_response(
-        created=int(time.time()),
-        images=finished,
-        api_style=resolved.api_style,
-        prompt=prompt,
-        size_label=options.size.label,
-        quality=options.quality,
-        output_format=options.output_format,
-        usage_block=edit_usage() if gpt_image else None,
-    )
-    return JSONResponse(body_json)
+    return await respond_with_images(request, state, resolved, options, job, handle, prompt=prompt, prepare=composite)
 
 
 routes = [Route("/v1/images/edits", create_edit, methods=["POST"])]

@@ -19,25 +19,16 @@ from ..state import server_state
 from ..storage import MEDIA_TYPES
 
 
-def _not_found() -> APIError:
-    return APIError(404, "This image does not exist or its URL has expired.", code="image_not_found")
-
-
 async def serve_image(request: Request) -> Response:
     name = request.path_params["name"]
-    found = server_state(request).store.open(name)
+    found = await asyncio.to_thread(server_state(request).store.read, name)
     if found is None:
-        raise _not_found()
-    path, expires = found
-    try:
-        # Read whole (images are small) so a sweep between the check and the send cannot break the response.
-        data = await asyncio.to_thread(path.read_bytes)
-    except FileNotFoundError:
-        raise _not_found() from None
+        raise APIError(404, "This image does not exist or its URL has expired.", code="image_not_found")
+    data, expires = found
     remaining = max(0, math.floor(expires - time.time()))
     return Response(
         data,
-        media_type=MEDIA_TYPES[path.suffix.lstrip(".")],
+        media_type=MEDIA_TYPES[name.rsplit(".", 1)[1]],
         headers={"cache-control": f"private, max-age={remaining}"},
     )
 

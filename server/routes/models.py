@@ -12,29 +12,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ..catalog import Catalog
 from ..responses import model_list, model_object
 from ..state import server_state
-from ..validation import MAX_N
+from ..validation import max_n_for
 
 
-def _max_n(name: str) -> int:
-    return 1 if name == "dall-e-3" else MAX_N
+def _model_object(catalog: Catalog, name: str) -> dict:
+    resolved = catalog.resolve(name)  # 404 model_not_found for unknown names
+    return model_object(resolved.entry, name, max_n_for(resolved.api_style))
 
 
 async def list_models(request: Request) -> JSONResponse:
     catalog = server_state(request).catalog
-    objects = []
-    for name in catalog.names():
-        resolved = catalog.resolve(name)
-        objects.append(model_object(resolved.entry, name, _max_n(name)))
-    return JSONResponse(model_list(objects))
+    return JSONResponse(model_list([_model_object(catalog, name) for name in catalog.names()]))
 
 
 async def retrieve_model(request: Request) -> JSONResponse:
-    catalog = server_state(request).catalog
-    name = request.path_params["model"]
-    resolved = catalog.resolve(name)  # 404 model_not_found for unknown names
-    return JSONResponse(model_object(resolved.entry, name, _max_n(name)))
+    return JSONResponse(_model_object(server_state(request).catalog, request.path_params["model"]))
 
 
 routes = [

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from PIL import Image
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from ..dispatch import ClientGone, build_job, finish, submit, wait_for_result
-from ..errors import invalid, request_id_of
-from ..responses import images_response, output_image_tokens, usage
+from ..bodies import media_type
+from ..dispatch import build_job, ready_model, respond_with_images, sized_for_input, submit
+from ..errors import invalid, missing_parameter, request_id_of
 from ..state import server_state
-from ..uploads import UploadLimits, flatten_to_rgb, media_type, open_upload, read_multipart
+from ..uploads import UploadLimits, flatten_to_rgb, open_upload, read_multipart
 from ..validation import FieldReader, check_for_model, read_image_options
-from .edits import require_task, sized_for_input
-from .images import CLIENT_CLOSED_REQUEST
 
 log = logging.getLogger("easel.variations")
 
@@ -68,19 +65,14 @@ async def create_variation(request: Request) -> Response:
     options = read_image_options(reader)
     images = body.files.get("image", [])
     if not images:
-        raise invalid("image", "Missing required parameter: 'image'.", code="missing_required_parameter")
+        raise missing_parameter("image")
     if len(images) > 1:
         raise invalid("image", f"Send one image; {len(images)} were sent.", code="invalid_value")
-    resolved = state.catalog.resolve(options.model)
-    backend = state.catalog.ready_backend(resolved)
-    info = backend.info
-    require_task(info, "variation", "image variations")
+    resolved, info = ready_model(state, options.model, "variation")
     source = await asyncio.to_thread(decode_variation_input, images[0], limits)
     if reader.raw("size") == "auto":
         options = sized_for_input(options, source, info)
     check_for_model(options, None, resolved.api_style, info)
-    gpt_image = resolved.api_style == "gpt-image"
-    response_format = options.response_format or ("b64_json" if gpt_image else "url")
 
     job = build_job("variation", options, info, image=source)
     log.info(
@@ -88,27 +80,8 @@ async def create_variation(request: Request) -> Response:
         resolved.requested, resolved.entry.name, job.n, source.width, source.height, options.size.label,
         job.width, job.height, job.seeds[0], options.user, request_id_of(request),
     )
-    handle = submit(state, resolved.entry.name, job)
-    try:
-        results = await wait_for_result(request, state, handle)
-    except ClientGone:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    finished = await finish(request, state, results, job.seeds, options, response_format)
-    usage_block = None
-    if gpt_image:
-        native = output_image_tokens(job.width, job.height, 1)
-        usage_block = usage(0, output_image_tokens(job.width, job.height, job.n), input_image_tokens=native)
-    body_json = images_response(
-        created=int(time.time()),
-        images=finished,
-        api_style=resolved.api_style,
-        prompt=None,
-        size_label=options.size.label,
-        quality=options.quality,
-        output_format=options.output_format,
-        usage_block=usage_block,
-    )
-    return JSONResponse(body_json)
+    handle = submit(state, resolved.entry.name, job)  # no prompt, so no prompt tokens to count
+    return await respond_with_images(request, state, resolved, options, job, handle)
 
 
 routes = [Route("/v1/images/variations", create_variation, methods=["POST"])]
