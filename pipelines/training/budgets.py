@@ -1,0 +1,55 @@
+"""How much data and how many steps each component gets.
+
+``full`` reproduces the shipped weights in about an hour on an otherwise idle
+2-core CPU (figures in weights/easel-mini/easel.json); ``tiny`` runs a few
+steps of everything in seconds, to check the whole path end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Budget:
+    pool_scenes: int  # rendered train-split scenes every component draws from
+    tokenizer_captions: int  # captions the BPE merges are learnt from
+    clip_steps: int
+    clip_batch: int
+    movq_steps: int
+    movq_batch: int
+    prior_steps: int
+    prior_batch: int
+    decoder_steps: int
+    decoder_batch: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+BUDGETS: dict[str, Budget] = {
+    "full": Budget(
+        pool_scenes=40_000,
+        tokenizer_captions=40_000,
+        clip_steps=800,
+        clip_batch=128,
+        movq_steps=800,
+        movq_batch=32,
+        prior_steps=600,
+        prior_batch=128,
+        decoder_steps=2800,
+        decoder_batch=64,
+    ),
+    "tiny": Budget(
+        pool_scenes=48,
+        tokenizer_captions=200,
+        clip_steps=3,
+        clip_batch=16,
+        movq_steps=3,
+        movq_batch=8,
+        prior_steps=3,
+        prior_batch=16,
+        decoder_steps=3,
+        decoder_batch=8,
+    ),
+}

@@ -1,0 +1,229 @@
+"""easel-mini's training code: tokenizer, latent normalisation, the tiny end-to-end run, the shipped weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from pipelines.base import ImageJob
+from pipelines.loader import load_backend
+from pipelines.presets import presets_for
+from pipelines.scenes import Scene, SceneObject, caption, sample_scene
+from pipelines.scorer import score_image
+from pipelines.training import components
+from pipelines.training.data import build_pool, object_labels
+from pipelines.training.tokenizer import BOS, EOS, build_tokenizer
+from pipelines.training.train import main as train_main
+from pipelines.training.train_movq import normalize_latents
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "weights" / "easel-mini"
+
+ODD_PROMPTS = [
+    "a red circle in the center",
+    "Ünïcödé café, naïve façade — 日本語のテキスト 🎨🖌️",
+    "R2-D2 at 3:45pm, 100% sure?! (yes) #1 @home ~/path\\to\\file",
+    "zxqvbnmplk qwertyuiop supercalifragilistic",
+    "   MANY    spaces\tand\ttabs\nand newlines   ",
+    "<|endoftext|> pretending to be special",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    rng = random.Random(0)
+    return build_tokenizer([caption(sample_scene(rng), rng) for _ in range(500)])
+
+
+def test_special_tokens_come_last_with_end_of_text_largest(tokenizer):
+    assert tokenizer.convert_tokens_to_ids(BOS) == len(tokenizer) - 2
+    assert tokenizer.convert_tokens_to_ids(EOS) == len(tokenizer) - 1
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id == len(tokenizer) - 1
+    assert tokenizer.model_max_length == 77
+
+
+@pytest.mark.parametrize("prompt", ODD_PROMPTS)
+def test_any_prompt_tokenizes_with_end_of_text_only_at_the_end(tokenizer, prompt):
+    ids = tokenizer(prompt).input_ids
+    assert ids[0] == tokenizer.bos_token_id
+    assert ids[-1] == tokenizer.eos_token_id
+    body = ids[1:-1]
+    assert tokenizer.eos_token_id not in body and tokenizer.bos_token_id not in body
+
+
+def test_scene_words_and_common_words_are_single_tokens(tokenizer):
+    tokens = tokenizer.tokenize("a purple triangle in the top left corner, photo of a horse")
+    assert tokens == ["a</w>", "purple</w>", "triangle</w>", "in</w>", "the</w>", "top</w>", "left</w>",
+                      "corner</w>", ",</w>", "photo</w>", "of</w>", "a</w>", "horse</w>"]
+
+
+def test_unknown_words_fall_back_to_pieces_that_decode_back(tokenizer):
+    prompt = "zxqvbnmplk 日本 café 42"
+    ids = tokenizer(prompt).input_ids
+    assert len(ids) > 6
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "zxqvbnmplk 日本 café 4 2"
+
+
+def test_long_prompts_truncate_to_77_ending_in_end_of_text(tokenizer):
+    batch = tokenizer(["a red circle " * 60], padding="max_length", max_length=77, truncation=True)
+    assert len(batch.input_ids[0]) == 77
+    assert batch.input_ids[0][-1] == tokenizer.eos_token_id
+    assert batch.input_ids[0].count(tokenizer.eos_token_id) == 1
+
+
+def test_text_encoder_pools_at_end_of_text(tokenizer):
+    text = components.text_encoder(tokenizer).eval()
+    assert text.config.eos_token_id == tokenizer.eos_token_id
+    short = tokenizer(["a red circle"], return_tensors="pt").input_ids
+    padded = tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        a, b = text(short), text(padded)
+    torch.testing.assert_close(a.text_embeds, b.text_embeds)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state[:, : short.shape[1]])
+
+
+def test_folding_latent_statistics_changes_latents_not_images():
+    torch.manual_seed(0)
+    movq = components.movq().eval()
+    pixels = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = movq.encode(pixels).latents
+        before = movq.decode(latents, force_not_quantize=True).sample
+        standardised = normalize_latents(movq, latents)
+        after_latents = movq.encode(pixels).latents
+        after = movq.decode(after_latents, force_not_quantize=True).sample
+    torch.testing.assert_close(after_latents, standardised, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(standardised.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+def test_object_labels_list_objects_in_position_order_padded_with_zeros():
+    scene = Scene(
+        (SceneObject("red", "star", "small", "right"), SceneObject("blue", "ring", "large", "left")), "white"
+    )
+    # POSITIONS order: center, left, right, ...; colours and shapes count from 1, 0 means "no object".
+    assert object_labels(scene) == [[2, 5, 6, 2], [3, 1, 4, 1]]
+    single = Scene((SceneObject("white", "circle", "large", "center"),), "black")
+    assert object_labels(single) == [[1, 9, 1, 2], [0, 0, 0, 0]]
+
+
+def test_pool_is_deterministic_and_never_holds_heldout_combinations():
+    from pipelines.scenes import is_heldout
+
+    first, second = build_pool(64, seed=5), build_pool(64, seed=5)
+    assert first.images.shape == (64, 3, 64, 64) and first.images.dtype == torch.uint8
+    assert torch.equal(first.images, second.images) and torch.equal(first.objects, second.objects)
+    assert not any(is_heldout(scene) for scene in first.scenes)
+
+
+def test_image_encoder_starts_with_distinct_patch_positions():
+    vision = components.image_encoder()
+    codes = vision.vision_model.embeddings.position_embedding.weight[1:]
+    assert codes.shape == (64, components.EMBED_DIM)
+    distances = torch.cdist(codes, codes) + torch.eye(64) * 1e3
+    assert distances.min() > 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    args = ["--out", str(root / "model"), "--budget", "tiny", "--workdir", str(root / "runs"), "--seed", "3"]
+    train_main(args)
+    return root, args
+
+
+def test_tiny_budget_writes_a_kandinsky_directory(tiny_model):
+    root, _ = tiny_model
+    model = root / "model"
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["_class_name"] == "KandinskyV22CombinedPipeline"
+    assert index["prior_scheduler"] == ["diffusers", "UnCLIPScheduler"]
+    assert index["prior_image_processor"] == ["transformers", "CLIPImageProcessor"]
+    for folder in ("unet", "movq", "prior_prior"):
+        assert (model / folder / "diffusion_pytorch_model.safetensors").is_file()
+    for folder in ("prior_text_encoder", "prior_image_encoder"):
+        assert (model / folder / "model.safetensors").is_file()
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        assert (model / "prior_tokenizer" / name).is_file()
+    easel = json.loads((model / "easel.json").read_text())
+    assert easel["native_size"] == 64
+    assert easel["training"]["seed"] == 3
+    assert set(easel["training"]["components"]) == {"clip", "movq", "prior", "decoder"}
+    assert easel["training"]["components"]["decoder"]["steps"] == 3
+    assert not list(root.glob("*.partial"))
+
+
+def test_tiny_model_prior_keeps_real_embedding_statistics(tiny_model):
+    from diffusers import PriorTransformer
+
+    prior = PriorTransformer.from_pretrained(tiny_model[0] / "model" / "prior_prior")
+    assert prior.clip_std.abs().min() > 0
+    assert prior.clip_mean.abs().sum() > 0
+
+
+def test_tiny_model_loads_in_the_backend_and_generates_64px(tiny_model):
+    backend = load_backend("easel-mini", "kandinsky22", tiny_model[0] / "model", presets="easel-mini", device="cpu")
+    assert backend.info.native_area == 64 * 64
+    width, height = backend.info.native_size_for(1024, 1024)
+    assert (width, height) == (64, 64)
+    job = ImageJob(task="generate", n=2, width=width, height=height, seeds=[1, 2],
+                   preset=presets_for("easel-mini")["low"], prompt="a blue star at the top 🎨")
+    images = backend.run(job)
+    assert [(im.mode, im.size) for im in images] == [("RGB", (64, 64))] * 2
+
+
+def test_rerunning_a_finished_workdir_skips_training_and_rewrites_the_same_weights(tiny_model):
+    root, args = tiny_model
+    before = (root / "model" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    done_before = (root / "runs" / "tiny" / "decoder" / "done.json").read_text()
+    train_main(args)
+    assert (root / "model" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    assert (root / "runs" / "tiny" / "decoder" / "done.json").read_text() == done_before
+
+
+def test_workdir_refuses_a_different_seed(tiny_model):
+    root, args = tiny_model
+    with pytest.raises(SystemExit, match="holds a run"):
+        train_main([*args[:-1], "4"])
+
+
+# --- the shipped model -------------------------------------------------------
+
+SIMPLE_SCENES = [
+    ("a red circle in the center", Scene((SceneObject("red", "circle", "large", "center"),), "white")),
+    ("a blue square on the left", Scene((SceneObject("blue", "square", "large", "left"),), "white")),
+    ("a yellow triangle at the bottom", Scene((SceneObject("yellow", "triangle", "large", "bottom"),), "black")),
+    ("a green star in the top right corner", Scene((SceneObject("green", "star", "large", "top right"),), "white")),
+]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    assert (SHIPPED / "model_index.json").is_file(), "weights/easel-mini is missing: run pipelines.training.train"
+    return load_backend("easel-mini", "kandinsky22", SHIPPED, presets="easel-mini", device="cpu")
+
+
+def test_shipped_weights_are_small_and_described(shipped):
+    size = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
+    assert size <= 40 * 1024 * 1024
+    easel = json.loads((SHIPPED / "easel.json").read_text())
+    assert easel["native_size"] == 64
+    assert easel["training"]["budget"]["decoder_steps"] > 1000
+
+
+@pytest.mark.parametrize("prompt,scene", SIMPLE_SCENES, ids=[p for p, _ in SIMPLE_SCENES])
+def test_shipped_model_draws_the_asked_colour(shipped, prompt, scene):
+    job = ImageJob(task="generate", n=2, width=64, height=64, seeds=[0, 1],
+                   preset=presets_for("easel-mini")["medium"], prompt=prompt)
+    images = shipped.run(job)
+    colours = [score_image(image, scene).objects[0].color for image in images]
+    assert any(colours), f"{prompt!r}: neither image has the asked colour"
