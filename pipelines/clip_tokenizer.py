@@ -53,18 +53,23 @@ def _merges_for(words: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def make_clip_tokenizer(words: list[str] | tuple[str, ...] = DEFAULT_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
-    """A ``CLIPTokenizer`` whose vocabulary is the byte alphabet plus one token per word."""
+def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """CLIP's layout: byte symbols, byte symbols + ``</w>``, merge results, then BOS and EOS."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = _merges_for(list(words))
     ordered = alphabet + [symbol + SUFFIX for symbol in alphabet] + [left + right for left, right in merges]
     vocab: dict[str, int] = {}
     for token in ordered:
         vocab.setdefault(token, len(vocab))
     vocab[BOS] = len(vocab)
     vocab[EOS] = len(vocab)
+    return vocab
+
+
+def make_clip_tokenizer(words: list[str] | tuple[str, ...] = DEFAULT_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` whose vocabulary is the byte alphabet plus one token per word."""
+    merges = _merges_for(list(words))
     return CLIPTokenizer(
-        vocab=vocab,
+        vocab=clip_vocab(merges),
         merges=merges,
         model_max_length=model_max_length,
     )

@@ -20,9 +20,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"
-SUFFIX = "</w>"
+from ..clip_tokenizer import BOS, EOS, SUFFIX, clip_vocab
+
 MODEL_MAX_LENGTH = 77
 
 # CLIPTokenizer's own pre-tokenisation (transformers' tokenization_clip.py), repeated so
@@ -87,18 +86,6 @@ def learn_merges(texts: Iterable[str], num_merges: int) -> list[tuple[str, str]]
     bpe.train_from_iterator(texts, trainer=trainer)
     merges = json.loads(bpe.to_str())["model"]["merges"]
     return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges][:num_merges]
-
-
-def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
-    """CLIP's layout: byte symbols, byte symbols + ``</w>``, merge results, then BOS and EOS."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    ordered = alphabet + [s + SUFFIX for s in alphabet] + [left + right for left, right in merges]
-    vocab: dict[str, int] = {}
-    for token in ordered:
-        vocab.setdefault(token, len(vocab))
-    vocab[BOS] = len(vocab)
-    vocab[EOS] = len(vocab)
-    return vocab
 
 
 def build_tokenizer(captions: Iterable[str], num_merges: int = 1500, word_weight: int = 20) -> CLIPTokenizer:
