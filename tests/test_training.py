@@ -133,6 +133,48 @@ def test_image_encoder_starts_with_distinct_patch_positions():
     assert distances.min() > 0.5
 
 
+def _toy_component(steps: int) -> tuple[torch.nn.Module, "Component"]:
+    from pipelines.training.loop import Component, Schedule
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def step_loss(step: int) -> dict[str, torch.Tensor]:
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+        fit = (model(x) - x.sum(dim=1, keepdim=True)).square().mean()
+        return {"loss": fit, "one": torch.tensor(1.0)}
+
+    return model, Component("toy", {"toy": model}, optimizer, Schedule(1e-2, steps, warmup=3), step_loss, log_every=4)
+
+
+def test_an_interrupted_component_resumes_exactly_and_logs_true_averages(tmp_path, monkeypatch):
+    from pipelines.training import loop
+
+    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 0.0)  # checkpoint after every step
+    straight, component = _toy_component(steps=10)
+    loop.train(component, tmp_path / "straight")
+
+    resumed, component = _toy_component(steps=10)
+    original = component.step_loss
+
+    def interrupted(step: int) -> dict[str, torch.Tensor]:
+        if step == 5:
+            raise KeyboardInterrupt
+        return original(step)
+
+    component.step_loss = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(component, tmp_path / "resumed")
+    assert not loop.is_done(tmp_path / "resumed", "toy")
+    resumed, component = _toy_component(steps=10)
+    record = loop.train(component, tmp_path / "resumed")
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert record["final_losses"]["one"] == 1.0  # an average over the steps since the last log line
+    assert loop.is_done(tmp_path / "resumed", "toy")
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")

@@ -170,7 +170,17 @@ def unet() -> UNet2DConditionModel:
 
 
 def scheduler() -> DDIMScheduler:
-    # Kandinsky 2.2's decoder noise schedule; DDIM with trailing spacing samples well in 15-25 steps.
+    """Kandinsky 2.2's decoder noise schedule, rescaled to zero terminal SNR, with v-prediction.
+
+    The stock schedule leaves 7% of the image in the last training step's input
+    (alphas_cumprod[-1] = 0.0047). On 16x16 latents that is enough to read the
+    layout off the noise, so a decoder trained on it took shape and position
+    from the sampling noise rather than from the image embedding (with the true
+    embedding of a held-out scene: shape 23%, position 30%). At zero terminal
+    SNR the first step sees pure noise and must draw the layout from the
+    embedding; epsilon is undefined there, so the UNet predicts v. DDIM with
+    trailing spacing starts exactly at that step and samples well in 15-25 steps.
+    """
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
@@ -179,6 +189,7 @@ def scheduler() -> DDIMScheduler:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=0,
-        prediction_type="epsilon",
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
         timestep_spacing="trailing",
     )

@@ -1,6 +1,6 @@
 """The training loop every component shares: resumable, logged, with a progress bar.
 
-A component trains in ``workdir/<name>/``. Every couple of minutes (and at
+A component trains in ``workdir/<name>/``. Every minute (and at
 the end) the loop writes ``checkpoint.pt``: model, EMA and optimiser states,
 the step reached and the seconds spent so far. Batches are a function of
 (seed, step) only, so a run resumed from a checkpoint continues exactly where
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger("easel.training")
 
-CHECKPOINT_EVERY_S = 120.0
+CHECKPOINT_EVERY_S = 60.0
 
 
 @dataclass
@@ -103,6 +103,7 @@ def train(component: Component, workdir: Path) -> dict:
         model.train()
     params = [p for group in component.optimizer.param_groups for p in group["params"]]
     totals: dict[str, float] = {}
+    counted = 0  # steps summed in ``totals`` since the last log line
     last_losses: dict[str, float] = {}
     began, last_save = time.monotonic(), time.monotonic()
     bar = tqdm(range(start_step, component.schedule.steps), desc=component.name, initial=start_step,
@@ -119,11 +120,11 @@ def train(component: Component, workdir: Path) -> dict:
             component.ema.update(component.models[component.ema_of], step)
         for key, value in losses.items():
             totals[key] = totals.get(key, 0.0) + float(value.detach())
+        counted += 1
         done_steps = step + 1
         if done_steps % component.log_every == 0 or done_steps == component.schedule.steps:
-            count = (done_steps - start_step - 1) % component.log_every + 1
-            last_losses = {key: value / count for key, value in totals.items()}
-            totals = {}
+            last_losses = {key: value / counted for key, value in totals.items()}
+            totals, counted = {}, 0
             bar.set_postfix({k: f"{v:.4f}" for k, v in last_losses.items()})
             log.info("%s step %d/%d lr %.2e %s", component.name, done_steps, component.schedule.steps,
                      component.schedule.lr(step), " ".join(f"{k} {v:.4f}" for k, v in last_losses.items()))

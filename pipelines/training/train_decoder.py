@@ -4,10 +4,12 @@ Trained with the noise schedule of the scheduler that ships with it, on
 latents standardised by :func:`train_movq.normalize_latents`. One condition in
 ten is replaced by the embedding of the all-zero image, which is what
 Kandinsky's pipelines pass as the negative embedding, so decoder guidance
-pushes away from "no particular image". The loss is Min-SNR weighted (gamma 5),
-which converges markedly faster than plain noise MSE on short budgets. Only the
-noise half of the UNet's output is trained: the variance half is discarded by
-the pipeline for a non-learned-variance scheduler.
+pushes away from "no particular image". The UNet predicts v (the schedule
+reaches zero SNR, see :func:`components.scheduler`); the loss is v-MSE, which
+weighs clean-latent error by SNR+1, truncated at gamma = 5 so the many easy
+low-noise steps do not crowd out the high-noise ones where the layout is
+decided. Only the first half of the UNet's output is trained: the variance
+half is discarded by the pipeline for a non-learned-variance scheduler.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def decoder_component(
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    weights = snr.clamp(max=MIN_SNR_GAMMA) / snr
+    weights = (snr + 1).clamp(max=MIN_SNR_GAMMA) / (snr + 1)
     timesteps = scheduler.config.num_train_timesteps
     channels = latents.shape[1]
     latents = latents.to(device)
@@ -63,8 +65,9 @@ def decoder_component(
         t = torch.randint(0, timesteps, (batch_size,), generator=generator, device=device)
         noise = torch.randn(clean.shape, generator=generator, device=device)
         noisy = scheduler.add_noise(clean, noise, t)
+        target = scheduler.get_velocity(clean, noise, t)
         predicted = unet(noisy, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": condition}).sample
-        per_sample = F.mse_loss(predicted[:, :channels], noise, reduction="none").mean(dim=(1, 2, 3))
+        per_sample = F.mse_loss(predicted[:, :channels], target, reduction="none").mean(dim=(1, 2, 3))
         return {"loss": (weights[t] * per_sample).mean(), "mse": per_sample.mean()}
 
     return Component(
