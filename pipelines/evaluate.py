@@ -15,6 +15,11 @@ rows frame the figures:
 - ground-truth renders: renders of the prompts' own scenes (what the scorer
   itself gets right; the ceiling).
 
+When the model does variations, a third row splits the figure by stage:
+variations of those ground-truth renders go through the image encoder and the
+decoder alone, with no text and no prior, so they measure what the decoder
+draws from a true image embedding (``--no-variations`` skips them).
+
 Writes to ``--out``: ``table.md``, ``results.json`` (summaries and every
 image's score), ``contact_sheet.png`` (the first images with their prompts)
 and ``images/`` (every generated image). Prints the table and the seconds per
@@ -30,7 +35,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         quality=args.quality,
         images_per_prompt=args.images_per_prompt,
         out=Path(args.out),
+        variations=args.variations,
     )
     print((Path(args.out) / "table.md").read_text(), end="")
     print(
@@ -105,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="picks the prompt set and the image seeds")
     parser.add_argument("--quality", default="medium")
     parser.add_argument("--images-per-prompt", type=int, default=1)
+    parser.add_argument("--variations", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score variations of the ground-truth renders (decoder alone)")
     parser.add_argument("--device")
     parser.add_argument("--dtype")
     parser.add_argument("--out", default="runs/eval")
@@ -112,7 +120,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def evaluate(
-    backend: ImageBackend, *, count: int, seed: int, quality: str, images_per_prompt: int, out: Path
+    backend: ImageBackend,
+    *,
+    count: int,
+    seed: int,
+    quality: str,
+    images_per_prompt: int,
+    out: Path,
+    variations: bool = True,
 ) -> dict:
     """Generate, score, write everything to ``out``; return what results.json holds."""
     if count < 1 or images_per_prompt < 1:
@@ -124,6 +139,7 @@ def evaluate(
 
     images: list[list[Image.Image]] = []
     seeds: list[list[int]] = []
+    jobs: list[ImageJob] = []
     generating = 0.0
     for index, (prompt, _) in enumerate(prompts):
         job_seeds = [seed * 1_000_000 + index * images_per_prompt + i for i in range(images_per_prompt)]
@@ -131,6 +147,7 @@ def evaluate(
             task="generate", n=images_per_prompt, width=width, height=height, seeds=job_seeds, preset=preset,
             prompt=prompt,
         )  # fmt: skip
+        jobs.append(job)
         started = time.perf_counter()
         images.append(backend.run(job))
         generating += time.perf_counter() - started
@@ -144,6 +161,14 @@ def evaluate(
         "random_baseline": summarize(random_baseline_scores(scenes, seed), scenes),
         "ground_truth": summarize([score_image(render(scene, SCENE_SIDE), scene) for scene in scenes], scenes),
     }
+    if variations and "variation" in backend.info.tasks:
+        varied = [
+            backend.run(replace(job, task="variation", prompt="", image=render(scene, SCENE_SIDE)))
+            for job, scene in zip(jobs, scenes)
+        ]
+        summaries["variations"] = summarize(
+            [score_image(image, scene) for row, scene in zip(varied, scenes) for image in row], flat_scenes
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
@@ -190,7 +215,13 @@ def random_baseline_scores(scenes: list[Scene], seed: int) -> list[ImageScore]:
 
 
 def markdown_table(model_name: str, summaries: dict[str, dict]) -> str:
-    columns = (("model", model_name), ("random_baseline", "random baseline"), ("ground_truth", "ground-truth renders"))
+    columns = (
+        ("model", model_name),
+        ("variations", "its variations of ground-truth renders"),
+        ("random_baseline", "random baseline"),
+        ("ground_truth", "ground-truth renders"),
+    )
+    columns = tuple((key, title) for key, title in columns if key in summaries)
     lines = [
         "| metric | " + " | ".join(title for _, title in columns) + " |",
         "|---" * (len(columns) + 1) + "|",

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -58,7 +59,10 @@ def test_end_to_end_on_a_tiny_model_writes_every_output(tiny_run, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "images", "results.json", "table.md"]
 
     table = (out / "table.md").read_text()
-    assert table.startswith("| metric | easel-tiny | random baseline | ground-truth renders |\n|---|---|---|---|\n")
+    assert table.startswith(
+        "| metric | easel-tiny | its variations of ground-truth renders | random baseline | ground-truth renders |\n"
+        "|---|---|---|---|---|\n"
+    )
     for row in METRIC_ROWS:
         assert f"| {row} | " in table
     # The scorer gets its own renders right: the ground-truth column is 100 % throughout.
@@ -70,8 +74,8 @@ def test_end_to_end_on_a_tiny_model_writes_every_output(tiny_run, capsys):
     assert (saved["width"], saved["height"]) == (64, 64)
     assert saved["preset"]["decoder_steps"] == presets_for("easel-mini")["low"].decoder_steps
     assert saved["seconds_per_image"] > 0
-    assert set(saved["summaries"]) == {"model", "random_baseline", "ground_truth"}
-    assert saved["summaries"]["model"]["prompts"] == 6
+    assert set(saved["summaries"]) == {"model", "variations", "random_baseline", "ground_truth"}
+    assert saved["summaries"]["model"]["prompts"] == saved["summaries"]["variations"]["prompts"] == 6
     prompts = heldout_prompts(6, seed=0)
     assert [r["prompt"] for r in saved["prompts"]] == [text for text, _ in prompts]
     assert [r["images"][0]["seed"] for r in saved["prompts"]] == list(range(6))
@@ -93,12 +97,14 @@ class PerfectBackend:
         self.jobs: list[ImageJob] = []
         self.info = ModelInfo(
             name="perfect", family="kandinsky22", native_area=64 * 64, size_multiple=8, min_side=64, max_side=512,
-            fixed_native_size=None, tasks=frozenset({"generate"}), presets=presets_for("easel-mini"),
+            fixed_native_size=None, tasks=frozenset({"generate", "variation"}), presets=presets_for("easel-mini"),
             parameter_counts={}, device="cpu", dtype="float32",
         )  # fmt: skip
 
     def run(self, job: ImageJob) -> list[Image.Image]:
         self.jobs.append(job)
+        if job.task == "variation":  # a perfect decoder gives back the picture it was shown
+            return [job.image.resize((job.width, job.height)) for _ in range(job.n)]
         return [render(self.scenes[job.prompt], job.width) for _ in range(job.n)]
 
     def count_tokens(self, prompt: str) -> int:
@@ -108,15 +114,33 @@ class PerfectBackend:
 def test_a_perfect_model_scores_like_ground_truth(tmp_path):
     backend = PerfectBackend(heldout_prompts(10, seed=3))
     results = evaluate(backend, count=10, seed=3, quality="high", images_per_prompt=2, out=tmp_path)
-    model, truth = results["summaries"]["model"], results["summaries"]["ground_truth"]
-    assert model["all_correct"] == truth["all_correct"] == 1.0
-    assert model["prompts"] == 20 and truth["prompts"] == 10
-    assert len(backend.jobs) == 10
-    assert all(job.n == 2 and job.task == "generate" and (job.width, job.height) == (64, 64) for job in backend.jobs)
+    summaries = results["summaries"]
+    model, varied, truth = summaries["model"], summaries["variations"], summaries["ground_truth"]
+    assert model["all_correct"] == varied["all_correct"] == truth["all_correct"] == 1.0
+    assert model["prompts"] == varied["prompts"] == 20 and truth["prompts"] == 10
+    assert len(backend.jobs) == 20
+    generations, variations = backend.jobs[:10], backend.jobs[10:]
+    assert all(job.n == 2 and job.task == "generate" and (job.width, job.height) == (64, 64) for job in generations)
+    # Each variation starts from its prompt's ground-truth render, with that prompt's seeds.
+    for generation, variation in zip(generations, variations):
+        assert variation.task == "variation" and variation.prompt == ""
+        assert variation.seeds == generation.seeds
+        assert variation.image.tobytes() == render(backend.scenes[generation.prompt], 64).tobytes()
     assert backend.jobs[0].preset == presets_for("easel-mini")["high"]
     assert [job.seeds for job in backend.jobs[:2]] == [[3_000_000, 3_000_001], [3_000_002, 3_000_003]]
     assert len(list((tmp_path / "images").iterdir())) == 20
     assert Image.open(tmp_path / "contact_sheet.png").size == (8 * CELL_WIDTH, 2 * CELL_HEIGHT)
+
+
+def test_variations_are_skipped_on_request_and_for_models_without_them(tmp_path):
+    backend = PerfectBackend(heldout_prompts(3, seed=0))
+    results = evaluate(backend, count=3, seed=0, quality="low", images_per_prompt=1, out=tmp_path, variations=False)
+    assert "variations" not in results["summaries"] and len(backend.jobs) == 3
+    backend.info = dataclasses.replace(backend.info, tasks=frozenset({"generate"}))
+    backend.jobs.clear()
+    results = evaluate(backend, count=3, seed=0, quality="low", images_per_prompt=1, out=tmp_path)
+    assert "variations" not in results["summaries"] and len(backend.jobs) == 3
+    assert "variations" not in (tmp_path / "table.md").read_text()
 
 
 def test_random_baseline_is_deterministic_and_low():
