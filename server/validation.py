@@ -31,12 +31,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+
 from pipelines.base import ModelInfo
 from pipelines.presets import QUALITIES, STYLES
 
 from .errors import invalid, missing_parameter
 
 RESPONSE_FORMATS = ("url", "b64_json")
+_FORM_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 BACKGROUNDS = ("transparent", "opaque", "auto")
 MODERATIONS = ("low", "auto")
@@ -163,11 +165,9 @@ class FieldReader:
         value = self.raw(name)
         if value is None:
             return None
-        if self.form and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        # A JSON-style decimal only: Python's float() would also take "1_0", "inf" and " nan ".
+        if self.form and isinstance(value, str) and _FORM_NUMBER.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._wrong_type(name, "a number", value)
         if not math.isfinite(value) or not low <= value <= high:

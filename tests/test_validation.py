@@ -241,3 +241,14 @@ def test_form_integer_with_more_digits_than_python_converts_is_a_400():
     assert (error.status, error.param, error.code) == (400, "n", "invalid_value")
     assert error.message == "Invalid 'n': the number has too many digits; expected 1 to 10."
 
+
+
+@pytest.mark.parametrize("text, value", [("2", 2.0), ("-0.5", -0.5), (".5", 0.5), ("3.", 3.0), ("1e1", 10.0), (" 7.5 ", 7.5)])
+def test_form_numbers_read_as_decimals(text, value):
+    assert FieldReader({"scale": text}, form=True).number("scale", -100, 100) == value
+
+
+@pytest.mark.parametrize("text", ["1_0", "inf", "nan", "0x10", "1,5", "--1"])
+def test_form_numbers_python_alone_would_take_are_refused(text):
+    error = error_of(lambda: FieldReader({"scale": text}, form=True).number("scale", -100, 100))
+    assert error.param == "scale" and error.status == 400
