@@ -6,6 +6,7 @@ import json
 import os
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -148,6 +149,44 @@ def _toy_component(steps: int) -> tuple[torch.nn.Module, "Component"]:
     return model, Component("toy", {"toy": model}, optimizer, Schedule(1e-2, steps, warmup=3), step_loss, log_every=4)
 
 
+def test_decoder_schedule_ends_in_pure_noise_and_predicts_v():
+    scheduler = components.scheduler()
+    assert scheduler.alphas_cumprod[-1] == 0.0  # the first sampling step holds no trace of an image
+    assert scheduler.config.prediction_type == "v_prediction"
+    scheduler.set_timesteps(20)
+    assert int(scheduler.timesteps[0]) == 999  # trailing spacing starts exactly there
+
+
+class _OracleUNet(torch.nn.Module):
+    """Knows the one clean latent of its pool, so it can answer v or epsilon exactly."""
+
+    def __init__(self, clean: torch.Tensor, scheduler, answer: str):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.clean, self.scheduler, self.answer = clean, scheduler, answer
+
+    def forward(self, noisy, t, **_):
+        abar = self.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1).double()
+        alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+        noise = (noisy.double() - alpha * self.clean) / sigma
+        answer = alpha * noise - sigma * self.clean if self.answer == "v" else noise
+        return SimpleNamespace(sample=torch.cat([answer, answer], dim=1).float() + 0 * self.weight)
+
+
+@pytest.mark.parametrize("answer, exact", [("v", True), ("epsilon", False)])
+def test_decoder_loss_is_zero_exactly_for_the_true_velocity(answer, exact):
+    from pipelines.training.train_decoder import decoder_component
+
+    scheduler = components.scheduler()
+    clean = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).double()
+    unet = _OracleUNet(clean, scheduler, answer)
+    run = decoder_component(unet, scheduler, clean.float().expand(8, -1, -1, -1), torch.randn(8, components.EMBED_DIM),
+                            torch.zeros(1, components.EMBED_DIM), steps=1, batch_size=16, seed=0,
+                            device=torch.device("cpu"))
+    loss = float(run.step_loss(0)["mse"].detach())
+    assert (loss < 1e-4) if exact else (loss > 0.1)
+
+
 def test_an_interrupted_component_resumes_exactly_and_logs_true_averages(tmp_path, monkeypatch):
     from pipelines.training import loop
 
@@ -262,10 +301,16 @@ def test_shipped_weights_are_small_and_described(shipped):
     assert easel["training"]["budget"]["decoder_steps"] > 1000
 
 
-@pytest.mark.parametrize("prompt,scene", SIMPLE_SCENES, ids=[p for p, _ in SIMPLE_SCENES])
-def test_shipped_model_draws_the_asked_colour(shipped, prompt, scene):
-    job = ImageJob(task="generate", n=2, width=64, height=64, seeds=[0, 1],
-                   preset=presets_for("easel-mini")["medium"], prompt=prompt)
-    images = shipped.run(job)
-    colours = [score_image(image, scene).objects[0].color for image in images]
-    assert any(colours), f"{prompt!r}: neither image has the asked colour"
+def test_shipped_model_draws_the_asked_colour_and_place(shipped):
+    # Four seeds of each prompt, judged together: a missing, random or mis-exported checkpoint
+    # scores near the random baseline (colour 8%, position 19%); the shipped one scores about 85%.
+    preset = presets_for("easel-mini")["medium"]
+    colours, places = [], []
+    for prompt, scene in SIMPLE_SCENES:
+        job = ImageJob(task="generate", n=4, width=64, height=64, seeds=[0, 1, 2, 3], preset=preset, prompt=prompt)
+        scores = [score_image(image, scene).objects[0] for image in shipped.run(job)]
+        print(f"{prompt!r}: colour {sum(s.color for s in scores)}/4, position {sum(s.position for s in scores)}/4")
+        colours += [s.color for s in scores]
+        places += [s.position for s in scores]
+    assert sum(colours) >= 0.6 * len(colours)
+    assert sum(places) >= 0.6 * len(places)

@@ -1,7 +1,7 @@
 """How much data and how many steps each component gets.
 
-``full`` is the shipped recipe: about 1.5 hours on an otherwise idle 2-core
-CPU, 4 minutes on one H200 (measured figures in the README and in
+``full`` is the shipped recipe: 95.5 minutes on the 2-core development
+CPU, 5 minutes on one H200 (measured figures in the README and in
 weights/easel-mini/easel.json); ``tiny`` runs a few
 steps of everything in seconds, to check the whole path end to end.
 """
