@@ -44,6 +44,11 @@ class Schedule:
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return self.peak_lr * (self.final_fraction + (1 - self.final_fraction) * cosine)
 
+    @classmethod
+    def warming_up_for_a_tenth(cls, peak_lr: float, steps: int) -> "Schedule":
+        """Every component's schedule: warm-up over a tenth of the steps, at most 100 and at least 1."""
+        return cls(peak_lr=peak_lr, steps=steps, warmup=min(100, max(1, steps // 10)))
+
 
 class Ema:
     """Exponential moving average of a model's weights (what ships for the diffusion models)."""

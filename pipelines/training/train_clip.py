@@ -119,6 +119,6 @@ def clip_component(
         name="clip",
         models=models,
         optimizer=optimizer,
-        schedule=Schedule(peak_lr=lr, steps=steps, warmup=min(100, max(1, steps // 10))),
+        schedule=Schedule.warming_up_for_a_tenth(lr, steps),
         step_loss=step_loss,
     )

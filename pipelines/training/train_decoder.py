@@ -74,7 +74,7 @@ def decoder_component(
         name="decoder",
         models={"unet": unet},
         optimizer=optimizer,
-        schedule=Schedule(peak_lr=lr, steps=steps, warmup=min(100, max(1, steps // 10))),
+        schedule=Schedule.warming_up_for_a_tenth(lr, steps),
         step_loss=step_loss,
         ema=Ema(unet, decay=0.999),
         ema_of="unet",

@@ -49,7 +49,7 @@ def movq_component(
         name="movq",
         models={"movq": movq},
         optimizer=optimizer,
-        schedule=Schedule(peak_lr=lr, steps=steps, warmup=min(100, max(1, steps // 10))),
+        schedule=Schedule.warming_up_for_a_tenth(lr, steps),
         step_loss=step_loss,
     )
 

@@ -105,7 +105,7 @@ def prior_component(
         name="prior",
         models={"prior": prior},
         optimizer=optimizer,
-        schedule=Schedule(peak_lr=lr, steps=steps, warmup=min(100, max(1, steps // 10))),
+        schedule=Schedule.warming_up_for_a_tenth(lr, steps),
         step_loss=step_loss,
         ema=Ema(prior, decay=0.995),
         ema_of="prior",
