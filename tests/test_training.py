@@ -269,6 +269,11 @@ def test_rerunning_a_finished_workdir_skips_training_and_rewrites_the_same_weigh
     train_main(args)
     assert (root / "model" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
     assert (root / "runs" / "tiny" / "decoder" / "done.json").read_text() == done_before
+    # The cached one-off computations still count towards the reported total.
+    notes = json.loads((root / "model" / "easel.json").read_text())["training"]
+    assert set(notes["precompute_seconds"]) == {"render_pool", "image_embeds", "movq_latents"}
+    components = sum(record["seconds"] for record in notes["components"].values())
+    assert notes["total_seconds"] == pytest.approx(components + sum(notes["precompute_seconds"].values()), abs=0.2)
 
 
 def test_workdir_refuses_a_different_seed(tiny_model):

@@ -83,7 +83,11 @@ class Trainer:
     def __init__(self, budget: Budget, seed: int, device: torch.device, workdir: Path):
         self.budget, self.seed, self.device, self.workdir = budget, seed, device, workdir
         self.records: dict[str, dict] = {}
-        self.precompute_seconds: dict[str, float] = {}
+        # Seconds of the one-off computations; kept in the workdir so a resumed run still reports them.
+        self._timings_path = workdir / "precompute.json"
+        self.precompute_seconds: dict[str, float] = (
+            json.loads(self._timings_path.read_text()) if self._timings_path.is_file() else {}
+        )
 
     def run(self) -> dict:
         b, device = self.budget, self.device
@@ -91,7 +95,7 @@ class Trainer:
         tokenizer = self._tokenizer()
         began = time.monotonic()
         pool = build_pool(b.pool_scenes, self.seed)
-        self.precompute_seconds["render_pool"] = round(time.monotonic() - began, 1)
+        self._timed("render_pool", began)
         log.info("pool: %d scenes rendered in %.1f s", len(pool), self.precompute_seconds["render_pool"])
 
         text = components.text_encoder(tokenizer).to(device)
@@ -167,8 +171,8 @@ class Trainer:
             return torch.load(path, weights_only=True)
         began = time.monotonic()
         value = compute()
-        self.precompute_seconds[name] = round(time.monotonic() - began, 1)
         torch.save(value, path)
+        self._timed(name, began)
         return value
 
     def _normalised_movq(self, movq, pool) -> torch.Tensor:
@@ -180,9 +184,13 @@ class Trainer:
             return state["latents"]
         began = time.monotonic()
         latents = normalize_latents(movq, encode_pool(movq, pool, self.device))
-        self.precompute_seconds["movq_latents"] = round(time.monotonic() - began, 1)
         torch.save({"movq": movq.state_dict(), "latents": latents}, path)
+        self._timed("movq_latents", began)
         return latents
+
+    def _timed(self, name: str, began: float) -> None:
+        self.precompute_seconds[name] = round(time.monotonic() - began, 1)
+        self._timings_path.write_text(json.dumps(self.precompute_seconds, indent=2) + "\n")
 
 
 def export(trained: dict, out: Path, *, fp16: bool, notes: dict) -> None:
