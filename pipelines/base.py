@@ -39,6 +39,8 @@ class StagePreset:
     decoder_steps: int
     decoder_guidance: float
     super_res_steps: int | None = None  # Karlo only
+    # Kandinsky only: guide the decoder while the timestep is above this, run it unguided below.
+    decoder_guidance_min_timestep: int | None = None
 
 
 @dataclass(frozen=True)

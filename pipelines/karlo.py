@@ -177,6 +177,8 @@ class KarloBackend:
             raise ValueError(f"task {job.task!r} is not supported by Karlo (supported: {sorted(self.info.tasks)})")
         if job.negative_prompt is not None:
             raise ValueError("Karlo does not support negative_prompt")
+        if job.preset.decoder_guidance_min_timestep is not None:
+            raise ValueError("Karlo's pipeline has no step callback to stop decoder guidance part-way")
         check_seeds(job)
         if (job.width, job.height) != self.info.fixed_native_size:
             w, h = self.info.fixed_native_size

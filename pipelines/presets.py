@@ -32,10 +32,14 @@ _FAMILY_PRESETS: dict[str, dict[str, StagePreset]] = {
         "high": StagePreset(prior_steps=40, prior_guidance=4.0, decoder_steps=50, decoder_guidance=8.0, super_res_steps=14),
     },
     # The embedded miniature model (Kandinsky 2.2 format, trained by pipelines/training).
+    # Its decoder is guided only above t=600 (see kandinsky._GuidanceInterval): +7 points of colour.
     "easel-mini": {
-        "low": StagePreset(prior_steps=10, prior_guidance=1.0, decoder_steps=10, decoder_guidance=3.0),
-        "medium": StagePreset(prior_steps=20, prior_guidance=1.0, decoder_steps=20, decoder_guidance=3.0),
-        "high": StagePreset(prior_steps=25, prior_guidance=1.0, decoder_steps=50, decoder_guidance=3.0),
+        "low": StagePreset(prior_steps=10, prior_guidance=1.0, decoder_steps=10, decoder_guidance=3.0,
+                           decoder_guidance_min_timestep=600),
+        "medium": StagePreset(prior_steps=20, prior_guidance=1.0, decoder_steps=20, decoder_guidance=3.0,
+                              decoder_guidance_min_timestep=600),
+        "high": StagePreset(prior_steps=25, prior_guidance=1.0, decoder_steps=50, decoder_guidance=3.0,
+                            decoder_guidance_min_timestep=600),
     },
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -224,6 +225,69 @@ def test_edit_previews_and_generation_with_inpaint_weights(inpaint_backend):
     images = inpaint_backend.run(job(n=2, prompt=PROMPT, preview_count=1, on_preview=lambda i, ims: seen.append(len(ims))))
     assert [i.size for i in images] == [(64, 64)] * 2
     assert seen == [2]
+
+
+def unet_batches(model: KandinskyBackend, monkeypatch) -> list[tuple[int, int]]:
+    """Records (timestep, batch rows) of every decoder UNet call."""
+    unet = model.decoder_pipe.unet
+    calls: list[tuple[int, int]] = []
+
+    def forward(sample, timestep, *args, **kwargs):
+        calls.append((int(timestep), sample.shape[0]))
+        return type(unet).forward(unet, sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward)
+    return calls
+
+
+def decoder_timesteps(model: KandinskyBackend, steps: int) -> list[int]:
+    scheduler = model.decoder_pipe.scheduler
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+@pytest.mark.parametrize(
+    ("which", "task"), [("blended", "generate"), ("blended", "edit"), ("blended", "variation"),
+                        ("inpaint_weights", "generate"), ("inpaint_weights", "edit")],
+)
+def test_decoder_guidance_stops_below_its_timestep(backend, inpaint_backend, monkeypatch, which, task):
+    model = backend if which == "blended" else inpaint_backend
+    timesteps = decoder_timesteps(model, FAST.decoder_steps)
+    threshold = timesteps[1]  # guided at timesteps[0] only: "above", not "at"
+    source = noise_image((80, 52), 4)
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (10, 10, 50, 40))
+    inputs = {"prompt": PROMPT} if task == "generate" else {"image": source}
+    if task == "edit":
+        inputs.update(prompt=PROMPT, mask=mask)
+    calls = unet_batches(model, monkeypatch)
+    preset = replace(FAST, decoder_guidance_min_timestep=threshold)
+    images = model.run(replace(job(task=task, n=2, size=(80, 52), **inputs), preset=preset))
+    assert [i.size for i in images] == [(80, 52)] * 2
+    assert calls == [(timesteps[0], 4)] + [(t, 2) for t in timesteps[1:]]
+    calls.clear()
+    model.run(job(task=task, n=2, size=(80, 52), **inputs))
+    assert calls == [(t, 4) for t in timesteps]  # without the setting, every step is guided
+
+
+def test_decoder_guidance_interval_leaves_guided_steps_alone_and_keeps_the_conditional_half(backend):
+    plain = backend.run(job(n=2, prompt=PROMPT, negative_prompt="blue dog"))
+    never_stops = replace(FAST, decoder_guidance_min_timestep=-1)
+    assert [i.tobytes() for i in backend.run(replace(job(n=2, prompt=PROMPT, negative_prompt="blue dog"),
+                                                      preset=never_stops))] == [i.tobytes() for i in plain]
+    # With guidance barely above 1 a guided step is the conditional prediction; the unguided
+    # steps after the first must be that too, not the negative prompt's.
+    barely = replace(FAST, decoder_guidance=1.0001)
+    stops_early = replace(barely, decoder_guidance_min_timestep=decoder_timesteps(backend, FAST.decoder_steps)[1])
+    guided = backend.run(replace(job(seeds=[3], prompt=PROMPT, negative_prompt="blue dog"), preset=barely))[0]
+    interval = backend.run(replace(job(seeds=[3], prompt=PROMPT, negative_prompt="blue dog"), preset=stops_early))[0]
+    negative = backend.run(replace(job(seeds=[3], prompt="blue dog", negative_prompt=PROMPT), preset=barely))[0]
+    assert np.abs(pixels(guided) - pixels(interval)).max() <= 2
+    assert np.abs(pixels(negative) - pixels(interval)).mean() > 5
+    # The setting does not outlive its job.
+    assert [i.tobytes() for i in backend.run(job(n=2, prompt=PROMPT, negative_prompt="blue dog"))] == [
+        i.tobytes() for i in plain
+    ]
 
 
 def test_missing_directory_says_how_to_get_the_model(tmp_path):

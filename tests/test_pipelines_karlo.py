@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,6 +134,13 @@ def test_negative_prompt_and_edit_are_refused(backend):
     mask = Image.new("L", NATIVE, 255)
     with pytest.raises(ValueError, match="edit"):
         backend.run(job(task="edit", prompt="a cat", image=Image.new("RGB", NATIVE), mask=mask))
+
+
+def test_a_guidance_interval_in_a_preset_is_refused_not_ignored(backend):
+    interval = job(prompt="a cat")
+    interval = replace(interval, preset=replace(interval.preset, decoder_guidance_min_timestep=500))
+    with pytest.raises(ValueError, match="guidance"):
+        backend.run(interval)
 
 
 def test_variation_without_image_encoder_names_what_is_missing(tmp_path):
