@@ -64,7 +64,7 @@ def main() -> None:
         times.sort()
         print(f"{quality:>6}: {sum(times) / len(times):.3f} s/image (median {times[len(times) // 2]:.3f}, "
               f"min {times[0]:.3f}) prior {preset.prior_steps} steps x{preset.prior_guidance}, "
-              f"decoder {preset.decoder_steps} steps x{preset.decoder_guidance}")
+              f"decoder {preset.decoder_steps} steps x{preset.decoder_guidance}{_interval(preset)}")
 
     start = time.perf_counter()
     backend.run(_job(presets["medium"], 4, [7, 8, 9, 10], width, height, PROMPTS[1]))
@@ -76,6 +76,11 @@ def main() -> None:
 def _job(preset, n: int, seeds: list[int], width: int, height: int, prompt: str) -> ImageJob:
     return ImageJob(task="generate", n=n, width=width, height=height, seeds=seeds, preset=preset, prompt=prompt)
 
+
+
+def _interval(preset) -> str:
+    below = preset.decoder_guidance_min_timestep
+    return "" if below is None else f" above t={below}, unguided below"
 
 if __name__ == "__main__":
     main()

@@ -86,6 +86,18 @@ async def generate(http: httpx.AsyncClient, url: str, body: dict) -> tuple[float
     return time.perf_counter() - started, response.status_code
 
 
+async def warm_up(http: httpx.AsyncClient, url: str, body: dict, patience_s: float = 300.0) -> None:
+    """One generation that succeeds: a server just started answers 503 while its model loads."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        _, status = await generate(http, url, body)
+        if status == 200:
+            return
+        if status != 503 or time.monotonic() > deadline:
+            raise SystemExit(f"warm-up generation answered HTTP {status}")
+        await asyncio.sleep(1.0)
+
+
 async def probe_health(http: httpx.AsyncClient, url: str, stop: asyncio.Event, timings: list[float]) -> None:
     while not stop.is_set():
         started = time.perf_counter()
@@ -107,7 +119,7 @@ async def run(url: str, args: argparse.Namespace) -> None:
         body["model"] = args.model
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     async with httpx.AsyncClient(headers=headers) as http:
-        await generate(http, url, body)  # warm-up
+        await warm_up(http, url, body)
 
         sequential = [(await generate(http, url, body))[0] for _ in range(args.requests)]
         print(describe(f"sequential generation ({args.size}, n={args.n}, steps {args.prior_steps}+{args.decoder_steps})", sequential))
