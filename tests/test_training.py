@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -274,6 +275,37 @@ def test_rerunning_a_finished_workdir_skips_training_and_rewrites_the_same_weigh
     assert set(notes["precompute_seconds"]) == {"render_pool", "image_embeds", "movq_latents"}
     components = sum(record["seconds"] for record in notes["components"].values())
     assert notes["total_seconds"] == pytest.approx(components + sum(notes["precompute_seconds"].values()), abs=0.2)
+
+
+def test_budget_fields_can_be_set_on_the_command_line(tmp_path):
+    args = ["--out", str(tmp_path / "model"), "--budget", "tiny", "--workdir", str(tmp_path / "runs"), "--seed", "3"]
+    train_main([*args, "--set", "decoder_steps=5", "--set", "prior_steps=4"])
+    notes = json.loads((tmp_path / "model" / "easel.json").read_text())["training"]
+    assert (notes["budget"]["decoder_steps"], notes["budget"]["prior_steps"]) == (5, 4)
+    assert notes["components"]["decoder"]["steps"] == 5
+    assert "--set decoder_steps=5" in notes["command"]
+    for wrong in ("decoder_stepz=5", "decoder_steps=0", "decoder_steps=2.5", "decoder_steps"):
+        with pytest.raises(SystemExit, match="--set"):
+            train_main([*args, "--set", wrong])
+
+
+def test_a_finished_workdir_takes_a_new_budget_only_for_components_not_yet_trained(tiny_model, tmp_path):
+    root, args = tiny_model
+    workdir = tmp_path / "runs"
+    shutil.copytree(root / "runs", workdir)
+    args = [*args[:args.index("--workdir")], "--workdir", str(workdir), *args[args.index("--workdir") + 2:]]
+    args[args.index("--out") + 1] = str(tmp_path / "model")
+    for trained in ("decoder_steps=4", "clip_batch=8", "pool_scenes=40"):
+        with pytest.raises(SystemExit, match="holds a run"):
+            train_main([*args, "--set", trained])
+    clip_record = (workdir / "tiny" / "clip" / "done.json").read_text()
+    shutil.rmtree(workdir / "tiny" / "decoder")  # as if the run had stopped before the decoder
+    train_main([*args, "--set", "decoder_steps=4"])
+    assert json.loads((workdir / "tiny" / "decoder" / "done.json").read_text())["steps"] == 4
+    assert (workdir / "tiny" / "clip" / "done.json").read_text() == clip_record  # reused, not retrained
+    assert json.loads((workdir / "tiny" / "run.json").read_text())["budget_values"]["decoder_steps"] == 4
+    with pytest.raises(SystemExit, match="holds a run"):
+        train_main(args)  # and now the decoder was trained with 4 steps
 
 
 def test_workdir_refuses_a_different_seed(tiny_model):

@@ -8,7 +8,7 @@ steps of everything in seconds, to check the whole path end to end.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,25 @@ class Budget:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def with_overrides(self, assignments: list[str]) -> Budget:
+        """This budget with ``field=N`` assignments applied (``--set decoder_steps=4500``)."""
+        names = [f.name for f in fields(self)]
+        changes: dict[str, int] = {}
+        for assignment in assignments:
+            name, _, value = assignment.partition("=")
+            if name not in names:
+                raise ValueError(f"--set {assignment}: {name!r} is not a budget field ({', '.join(names)})")
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"--set {assignment}: the value must be a whole number of at least 1")
+            changes[name] = int(value)
+        return replace(self, **changes)
+
+
+def trained_by(field: str) -> str | None:
+    """The component a budget field belongs to, or None for the data every component shares."""
+    component = field.split("_", 1)[0]
+    return component if component in ("clip", "movq", "prior", "decoder") else None
 
 
 BUDGETS: dict[str, Budget] = {

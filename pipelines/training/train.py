@@ -32,9 +32,9 @@ from transformers import CLIPTokenizer  # noqa: E402
 
 from ..scenes import caption, sample_scene  # noqa: E402
 from . import components  # noqa: E402
-from .budgets import BUDGETS, Budget  # noqa: E402
+from .budgets import BUDGETS, Budget, trained_by  # noqa: E402
 from .data import build_pool  # noqa: E402
-from .loop import Component, is_done, load_trained, read_done, train  # noqa: E402
+from .loop import Component, component_dir, is_done, load_trained, read_done, train  # noqa: E402
 from .tokenizer import build_tokenizer, write_vocab_files  # noqa: E402
 from .train_clip import clip_component  # noqa: E402
 from .train_decoder import decoder_component, zero_image_embedding  # noqa: E402
@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--workdir", type=Path, default=Path("runs/train"), help="checkpoints, caches and log")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=N",
+                        help="change one field of the budget, e.g. --set decoder_steps=4500 (repeatable; "
+                             "recorded in easel.json)")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                         help="store weights as float16 (halves the directory; backends load them in any dtype)")
     return parser.parse_args(argv)
@@ -59,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    try:
+        budget = BUDGETS[args.budget].with_overrides(args.overrides)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     _keep_freed_memory()
     device = _device(args.device)
     if args.threads:
@@ -68,8 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
     _setup_logging(workdir / "train.log")
     command = "python -m pipelines.training.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("%s | device %s, %d threads, workdir %s", command, device, torch.get_num_threads(), workdir)
-    _check_workdir(workdir, args)
-    budget = BUDGETS[args.budget]
+    _check_workdir(workdir, args, budget)
     trainer = Trainer(budget, args.seed, device, workdir)
     trained = trainer.run()
     export(trained, args.out, fp16=args.fp16, notes=trainer.notes(command))
@@ -262,18 +268,36 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
-def _check_workdir(workdir: Path, args: argparse.Namespace) -> None:
-    """A workdir belongs to one (budget, seed): resuming with other settings would mix runs."""
+def _check_workdir(workdir: Path, args: argparse.Namespace, budget: Budget) -> None:
+    """A workdir belongs to one (budget, seed): resuming with other settings would mix runs.
+
+    The one change allowed is to the budget of components not trained yet, so
+    an experiment can reuse the finished ones (say, a longer decoder on the
+    same CLIP, MoVQ and prior); the stamp then records the new values.
+    """
     stamp = workdir / "run.json"
-    settings = {"budget": args.budget, "seed": args.seed, "budget_values": BUDGETS[args.budget].as_dict()}
+    settings = {"budget": args.budget, "seed": args.seed, "budget_values": budget.as_dict()}
     if stamp.is_file():
         previous = json.loads(stamp.read_text())
         if previous != settings:
-            raise SystemExit(f"{workdir} holds a run with {previous}; use another --workdir or delete it")
-    else:
-        stamp.write_text(json.dumps(settings, indent=2))
+            _refuse_unless_only_untrained_components_change(workdir, previous, settings)
+            log.info("%s: budget of components not trained yet changed to %s", workdir, settings["budget_values"])
+    stamp.write_text(json.dumps(settings, indent=2))
 
 
+def _refuse_unless_only_untrained_components_change(workdir: Path, previous: dict, settings: dict) -> None:
+    refusal = f"{workdir} holds a run with {previous}; use another --workdir or delete it"
+    if {k: v for k, v in previous.items() if k != "budget_values"} != {
+        k: v for k, v in settings.items() if k != "budget_values"
+    }:
+        raise SystemExit(refusal)
+    before, after = previous["budget_values"], settings["budget_values"]
+    changed = [name for name in after if before.get(name) != after[name]]
+    for name in changed:
+        component = trained_by(name)
+        if component is None or is_done(workdir, component) or (component_dir(workdir, component) / "checkpoint.pt").exists():
+            raise SystemExit(f"{refusal} ({name} changed, and {component or 'every component'} "
+                             "has started training with the old value)")
 def _setup_logging(path: Path) -> None:
     logger = logging.getLogger("easel.training")
     logger.setLevel(logging.INFO)
