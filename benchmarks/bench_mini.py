@@ -80,7 +80,7 @@ def _job(preset, n: int, seeds: list[int], width: int, height: int, prompt: str)
 
 def _interval(preset) -> str:
     below = preset.decoder_guidance_min_timestep
-    return "" if below is None else f" above t={below}, unguided below"
+    return "" if below is None else f" at t>={below}, unguided below"
 
 if __name__ == "__main__":
     main()

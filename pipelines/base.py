@@ -39,7 +39,7 @@ class StagePreset:
     decoder_steps: int
     decoder_guidance: float
     super_res_steps: int | None = None  # Karlo only
-    # Kandinsky only: guide the decoder while the timestep is above this, run it unguided below.
+    # Kandinsky only: guide the decoder at timesteps >= this, run it unguided below (None: every step).
     decoder_guidance_min_timestep: int | None = None
 
 
@@ -60,6 +60,7 @@ class ModelInfo:
     device: str
     dtype: str
     supports_negative_prompt: bool = True
+    supports_guidance_interval: bool = True  # honours StagePreset.decoder_guidance_min_timestep
     created: int = 0  # unix time the weights were written
 
     def native_size_for(self, width: int, height: int) -> tuple[int, int]:

@@ -172,6 +172,8 @@ class KandinskyBackend:
         previews = _Previews(job, self.decoder_pipe.movq, preview_steps(steps, job.preview_count), blend)
         scheduler = self.decoder_pipe.scheduler
         interval = _GuidanceInterval(job.preset.decoder_guidance_min_timestep, inpaint=bool(extra))
+        scheduler.set_timesteps(steps)  # the pipeline sets the same ones again; needed here for the first
+        guidance = interval.first_step_guidance(job.preset.decoder_guidance, int(scheduler.timesteps[0]))
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
             raise_if_cancelled(job)
@@ -190,7 +192,7 @@ class KandinskyBackend:
                 height=job.height,
                 width=job.width,
                 num_inference_steps=steps,
-                guidance_scale=job.preset.decoder_guidance,
+                guidance_scale=guidance,
                 generator=generators,
                 latents=blend.initial_noise if blend is not None else None,
                 callback_on_step_end=on_step_end,
@@ -262,7 +264,7 @@ class _LatentBlend:
 
 
 class _GuidanceInterval:
-    """Classifier-free guidance only at high noise: below ``min_timestep`` the decoder runs unguided.
+    """Classifier-free guidance only at high noise: at timesteps below ``min_timestep`` the decoder runs unguided.
 
     Guidance decides what is drawn while the latents are mostly noise; applied
     at low noise too it over-pushes details that are already settled. On
@@ -280,10 +282,14 @@ class _GuidanceInterval:
         doubled = ["image_embeds", "masked_image", "mask_image"] if inpaint else ["image_embeds"]
         self.tensors = doubled if min_timestep is not None else []
 
+    def first_step_guidance(self, guidance: float, first_timestep: int) -> float:
+        """The scale to start with: none at all if even the first step is below the interval."""
+        return 1.0 if self.min_timestep is not None and first_timestep < self.min_timestep else guidance
+
     def maybe_stop(self, pipe: Any, next_timestep: Any, tensors: dict) -> dict:
         if self.min_timestep is None or next_timestep is None or not pipe.do_classifier_free_guidance:
             return {}
-        if int(next_timestep) > self.min_timestep:
+        if int(next_timestep) >= self.min_timestep:
             return {}
         pipe._guidance_scale = 1.0  # read by the pipeline's loop (and its do_classifier_free_guidance) each step
         # Unconditional rows come first (negative embeddings; the mask inputs are two equal copies).

@@ -71,6 +71,7 @@ class KarloBackend:
             device=str(device),
             dtype=dtype_name(dtype),
             supports_negative_prompt=False,
+            supports_guidance_interval=False,
             created=config.created,
         )
 

@@ -32,7 +32,7 @@ _FAMILY_PRESETS: dict[str, dict[str, StagePreset]] = {
         "high": StagePreset(prior_steps=40, prior_guidance=4.0, decoder_steps=50, decoder_guidance=8.0, super_res_steps=14),
     },
     # The embedded miniature model (Kandinsky 2.2 format, trained by pipelines/training).
-    # Its decoder is guided only above t=600 (see kandinsky._GuidanceInterval): +7 points of colour.
+    # Its decoder is guided only at t >= 600 (see kandinsky._GuidanceInterval): +7 points of colour.
     "easel-mini": {
         "low": StagePreset(prior_steps=10, prior_guidance=1.0, decoder_steps=10, decoder_guidance=3.0,
                            decoder_guidance_min_timestep=600),
@@ -64,6 +64,7 @@ def resolve_preset(
     prior_guidance: float | None = None,
     decoder_steps: int | None = None,
     decoder_guidance: float | None = None,
+    decoder_guidance_min_timestep: int | None = None,
 ) -> StagePreset:
     """The preset for ``quality``, with ``style`` applied and explicit per-stage overrides on top."""
     preset = presets[quality]
@@ -74,5 +75,6 @@ def resolve_preset(
         "prior_guidance": prior_guidance,
         "decoder_steps": decoder_steps,
         "decoder_guidance": decoder_guidance,
+        "decoder_guidance_min_timestep": decoder_guidance_min_timestep,
     }
     return replace(preset, **{k: v for k, v in overrides.items() if v is not None})

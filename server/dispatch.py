@@ -86,6 +86,7 @@ def build_job(
         prior_guidance=options.prior_guidance_scale,
         decoder_steps=options.decoder_steps,
         decoder_guidance=options.decoder_guidance_scale,
+        decoder_guidance_min_timestep=options.decoder_guidance_min_timestep,
     )
     first_seed = options.seed if options.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
     width, height = info.native_size_for(options.size.width, options.size.height)

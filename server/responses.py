@@ -102,6 +102,7 @@ def capabilities(info: ModelInfo) -> dict[str, Any]:
         "size_bounds": {"min_side": info.min_side, "max_side": info.max_side},
         "endpoints": endpoints,
         "supports_negative_prompt": info.supports_negative_prompt,
+        "supports_guidance_interval": info.supports_guidance_interval,
         "quality_presets": {name: asdict(preset) for name, preset in info.presets.items()},
         "parameter_counts": dict(info.parameter_counts),
         "device": info.device,

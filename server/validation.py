@@ -21,7 +21,8 @@ Field decisions (documented in the README as well):
 - ``size``: one of OpenAI's sizes, ``auto`` (= 1024x1024), or a free ``WxH``
   checked against the model's bounds.
 - Easel extensions: ``seed``, ``negative_prompt``, ``prior_steps``,
-  ``prior_guidance_scale``, ``decoder_steps``, ``decoder_guidance_scale``.
+  ``prior_guidance_scale``, ``decoder_steps``, ``decoder_guidance_scale``,
+  ``decoder_guidance_min_timestep``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ MAX_SEED = 2**53 - 1  # largest integer every JSON client round-trips exactly
 MIN_STEPS = 2  # UnCLIPScheduler (every prior, Karlo's decoder) divides by steps - 1
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
+MAX_TIMESTEP = 1000  # every supported decoder schedule has 1000 training timesteps
 MAX_USER_LENGTH = 256
 MAX_FREE_SIDE = 8192  # parse limit; the model's own max_side is checked later
 
@@ -59,7 +61,10 @@ _SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # fullmatch:
 
 # Every endpoint may read these; each endpoint lists the fields it accepts.
 EXTENSION_FIELDS = frozenset(
-    {"seed", "negative_prompt", "prior_steps", "prior_guidance_scale", "decoder_steps", "decoder_guidance_scale"}
+    {
+        "seed", "negative_prompt", "prior_steps", "prior_guidance_scale", "decoder_steps", "decoder_guidance_scale",
+        "decoder_guidance_min_timestep",
+    }
 )
 GENERATION_FIELDS = frozenset(
     {
@@ -234,6 +239,7 @@ class ImageOptions:
     prior_guidance_scale: float | None
     decoder_steps: int | None
     decoder_guidance_scale: float | None
+    decoder_guidance_min_timestep: int | None
 
 
 def read_image_options(reader: FieldReader) -> ImageOptions:
@@ -284,6 +290,7 @@ def read_image_options(reader: FieldReader) -> ImageOptions:
         prior_guidance_scale=reader.number("prior_guidance_scale", 0.0, MAX_GUIDANCE),
         decoder_steps=reader.integer("decoder_steps", MIN_STEPS, MAX_STEPS),
         decoder_guidance_scale=reader.number("decoder_guidance_scale", 0.0, MAX_GUIDANCE),
+        decoder_guidance_min_timestep=reader.integer("decoder_guidance_min_timestep", 0, MAX_TIMESTEP),
     )
 
 
@@ -352,5 +359,11 @@ def check_for_model(options: ImageOptions, prompt: str | None, api_style: str, i
         )
     if options.negative_prompt is not None and not info.supports_negative_prompt:
         raise invalid("negative_prompt", f"Model '{info.name}' does not support negative_prompt.", code="unsupported_value")
+    if options.decoder_guidance_min_timestep is not None and not info.supports_guidance_interval:
+        raise invalid(
+            "decoder_guidance_min_timestep",
+            f"Model '{info.name}' guides every decoder step; it does not support decoder_guidance_min_timestep.",
+            code="unsupported_value",
+        )
     if options.quality not in info.presets:
         raise invalid("quality", f"Model '{info.name}' has no '{options.quality}' quality preset.", code="unsupported_value")

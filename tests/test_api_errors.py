@@ -64,6 +64,10 @@ BAD_FIELDS = [
     ({"prior_guidance_scale": -1}, "prior_guidance_scale"),
     ({"prior_guidance_scale": "x"}, "prior_guidance_scale"),
     ({"decoder_guidance_scale": 31}, "decoder_guidance_scale"),
+    ({"decoder_guidance_min_timestep": -1}, "decoder_guidance_min_timestep"),
+    ({"decoder_guidance_min_timestep": 1001}, "decoder_guidance_min_timestep"),
+    ({"decoder_guidance_min_timestep": 600.5}, "decoder_guidance_min_timestep"),
+    ({"decoder_guidance_min_timestep": 600, "model": KARLO}, "decoder_guidance_min_timestep"),  # guides every step
     ({"foo": 1}, "foo"),
     ({"svg": {}}, "svg"),
     ({"model": "dall-e-3", "n": 2}, "n"),

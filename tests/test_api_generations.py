@@ -229,6 +229,15 @@ def test_guidance_overrides_change_the_image(client):
     assert b64_image(base.data[0])[0] != b64_image(other.data[0])[0]
 
 
+def test_guidance_interval_override(client, tiny_backend):
+    assert tiny_backend.info.presets["medium"].decoder_guidance_min_timestep is None  # guides every step
+    preset = generate_b64(client, size="256x256", extra_body={"seed": 6})
+    every_step = generate_b64(client, size="256x256", extra_body={"seed": 6, "decoder_guidance_min_timestep": 0})
+    no_step = generate_b64(client, size="256x256", extra_body={"seed": 6, "decoder_guidance_min_timestep": 1000})
+    assert b64_image(every_step.data[0])[0] == b64_image(preset.data[0])[0]
+    assert b64_image(no_step.data[0])[0] != b64_image(preset.data[0])[0]
+
+
 def test_every_field_accepted_for_a_local_model(client):
     result = client.images.generate(
         prompt=PROMPT,
@@ -245,7 +254,8 @@ def test_every_field_accepted_for_a_local_model(client):
         user="user-1234",
         stream=False,
         partial_images=0,
-        extra_body={**FAST, "seed": 1, "negative_prompt": "dull", "prior_guidance_scale": 2.0, "decoder_guidance_scale": 3.0},
+        extra_body={**FAST, "seed": 1, "negative_prompt": "dull", "prior_guidance_scale": 2.0, "decoder_guidance_scale": 3.0,
+                    "decoder_guidance_min_timestep": 500},
     )
     assert [seed_of(item) for item in result.data] == [1, 2]
     assert all(b64_image(item)[1].size == (320, 240) for item in result.data)

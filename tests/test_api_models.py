@@ -51,6 +51,7 @@ def test_capabilities_describe_the_loaded_model(api_server: LiveServer, tiny_bac
     assert caps["size_bounds"] == {"min_side": info.min_side, "max_side": info.max_side}
     assert caps["endpoints"] == ["generations", "edits", "variations"]
     assert caps["supports_negative_prompt"] is True
+    assert caps["supports_guidance_interval"] is True
     assert set(caps["quality_presets"]) == set(QUALITIES)
     assert caps["quality_presets"]["low"] == asdict(info.presets["low"])
     assert caps["parameter_counts"] == info.parameter_counts and all(v > 0 for v in caps["parameter_counts"].values())
@@ -63,6 +64,7 @@ def test_karlo_capabilities(api_server: LiveServer):
     assert caps["fixed_native_size"] == caps["native_size"]
     assert caps["endpoints"] == ["generations", "variations"]
     assert caps["supports_negative_prompt"] is False
+    assert caps["supports_guidance_interval"] is False
     assert caps["quality_presets"]["high"]["super_res_steps"] is not None
 
 

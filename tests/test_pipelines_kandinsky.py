@@ -253,7 +253,7 @@ def decoder_timesteps(model: KandinskyBackend, steps: int) -> list[int]:
 def test_decoder_guidance_stops_below_its_timestep(backend, inpaint_backend, monkeypatch, which, task):
     model = backend if which == "blended" else inpaint_backend
     timesteps = decoder_timesteps(model, FAST.decoder_steps)
-    threshold = timesteps[1]  # guided at timesteps[0] only: "above", not "at"
+    threshold = timesteps[1] + 1  # guided at timesteps[0] only: from this timestep up
     source = noise_image((80, 52), 4)
     mask = Image.new("L", source.size, 0)
     mask.paste(255, (10, 10, 50, 40))
@@ -272,18 +272,23 @@ def test_decoder_guidance_stops_below_its_timestep(backend, inpaint_backend, mon
 
 def test_decoder_guidance_interval_leaves_guided_steps_alone_and_keeps_the_conditional_half(backend):
     plain = backend.run(job(n=2, prompt=PROMPT, negative_prompt="blue dog"))
-    never_stops = replace(FAST, decoder_guidance_min_timestep=-1)
+    never_stops = replace(FAST, decoder_guidance_min_timestep=0)
     assert [i.tobytes() for i in backend.run(replace(job(n=2, prompt=PROMPT, negative_prompt="blue dog"),
                                                       preset=never_stops))] == [i.tobytes() for i in plain]
     # With guidance barely above 1 a guided step is the conditional prediction; the unguided
     # steps after the first must be that too, not the negative prompt's.
     barely = replace(FAST, decoder_guidance=1.0001)
-    stops_early = replace(barely, decoder_guidance_min_timestep=decoder_timesteps(backend, FAST.decoder_steps)[1])
+    stops_early = replace(barely, decoder_guidance_min_timestep=decoder_timesteps(backend, FAST.decoder_steps)[1] + 1)
     guided = backend.run(replace(job(seeds=[3], prompt=PROMPT, negative_prompt="blue dog"), preset=barely))[0]
     interval = backend.run(replace(job(seeds=[3], prompt=PROMPT, negative_prompt="blue dog"), preset=stops_early))[0]
     negative = backend.run(replace(job(seeds=[3], prompt="blue dog", negative_prompt=PROMPT), preset=barely))[0]
     assert np.abs(pixels(guided) - pixels(interval)).max() <= 2
     assert np.abs(pixels(negative) - pixels(interval)).mean() > 5
+    # Above the first timestep, no step is guided: the first runs unguided as well.
+    with pytest.MonkeyPatch.context() as patch:
+        calls = unet_batches(backend, patch)
+        backend.run(replace(job(n=2, prompt=PROMPT), preset=replace(FAST, decoder_guidance_min_timestep=1000)))
+    assert [rows for _, rows in calls] == [2] * FAST.decoder_steps
     # The setting does not outlive its job.
     assert [i.tobytes() for i in backend.run(job(n=2, prompt=PROMPT, negative_prompt="blue dog"))] == [
         i.tobytes() for i in plain

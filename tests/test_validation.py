@@ -43,12 +43,14 @@ def test_defaults():
     assert (options.stream, options.partial_images, options.user, options.seed) == (False, 0, None, None)
     assert options.negative_prompt is None
     assert (options.prior_steps, options.decoder_steps, options.prior_guidance_scale, options.decoder_guidance_scale) == (None,) * 4
+    assert options.decoder_guidance_min_timestep is None
 
 
 def test_nulls_are_defaults():
     nulls = {name: None for name in ("model", "n", "size", "quality", "response_format", "output_format", "output_compression",
                                      "style", "background", "moderation", "user", "stream", "partial_images", "seed",
-                                     "negative_prompt", "prior_steps", "prior_guidance_scale", "decoder_steps", "decoder_guidance_scale")}
+                                     "negative_prompt", "prior_steps", "prior_guidance_scale", "decoder_steps", "decoder_guidance_scale",
+                                     "decoder_guidance_min_timestep")}
     assert parsed(**nulls) == parsed()
 
 
@@ -56,7 +58,7 @@ def test_values_are_carried():
     request = parsed(model="dall-e-3", n=3, size="1536x1024", quality="hd", response_format="b64_json", output_format="jpeg",
                      output_compression=40, style="natural", background="opaque", moderation="low", user="u1", stream=True,
                      partial_images=2, seed=5, negative_prompt="fog", prior_steps=3, prior_guidance_scale=2,
-                     decoder_steps=4, decoder_guidance_scale=7.5)
+                     decoder_steps=4, decoder_guidance_scale=7.5, decoder_guidance_min_timestep=0)
     options = request.options
     assert (request.style, request.moderation) == ("natural", "low")
     assert (options.model, options.n, options.size.label, options.quality) == ("dall-e-3", 3, "1536x1024", "hd")
@@ -65,6 +67,7 @@ def test_values_are_carried():
     assert (options.seed, options.negative_prompt) == (5, "fog")
     assert (options.prior_steps, options.prior_guidance_scale, options.decoder_steps, options.decoder_guidance_scale) == (3, 2.0, 4, 7.5)
     assert isinstance(options.prior_guidance_scale, float)
+    assert options.decoder_guidance_min_timestep == 0
 
 
 def test_safety_identifier_counts_as_user():

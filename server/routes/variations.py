@@ -9,8 +9,8 @@ Body: ``multipart/form-data`` with ``image`` (decoding and limits:
 :mod:`server.uploads`; transparency is flattened over white), ``model``,
 ``n``, ``size`` (default ``1024x1024`` as OpenAI's; ``auto`` is the input's
 own size), ``response_format``, ``user``; and as Easel extensions ``quality``,
-``output_format``, ``output_compression``, ``seed``, ``decoder_steps`` and
-``decoder_guidance_scale``. The prior's controls and ``negative_prompt`` are
+``output_format``, ``output_compression``, ``seed``, ``decoder_steps``,
+``decoder_guidance_scale`` and ``decoder_guidance_min_timestep``. The prior's controls and ``negative_prompt`` are
 refused with a reason, since a variation never runs the prior; any other
 field is refused as unknown.
 """
@@ -38,6 +38,7 @@ VARIATION_FIELDS = frozenset(
     {
         "model", "n", "size", "response_format", "user", "safety_identifier",
         "quality", "output_format", "output_compression", "seed", "decoder_steps", "decoder_guidance_scale",
+        "decoder_guidance_min_timestep",
     }
 )
 NOT_FOR_VARIATIONS = {
