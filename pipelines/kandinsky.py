@@ -171,7 +171,7 @@ class KandinskyBackend:
         steps = job.preset.decoder_steps
         previews = _Previews(job, self.decoder_pipe.movq, preview_steps(steps, job.preview_count), blend)
         scheduler = self.decoder_pipe.scheduler
-        interval = _GuidanceInterval(job.preset.decoder_guidance_min_timestep, inpaint=bool(extra))
+        interval = _GuidanceInterval(job.preset.decoder_guidance_min_timestep, inpaint=self.inpaint_weights)
         scheduler.set_timesteps(steps)  # the pipeline sets the same ones again; needed here for the first
         guidance = interval.first_step_guidance(job.preset.decoder_guidance, int(scheduler.timesteps[0]))
 
