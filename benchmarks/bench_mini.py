@@ -77,10 +77,10 @@ def _job(preset, n: int, seeds: list[int], width: int, height: int, prompt: str)
     return ImageJob(task="generate", n=n, width=width, height=height, seeds=seeds, preset=preset, prompt=prompt)
 
 
-
 def _interval(preset) -> str:
     below = preset.decoder_guidance_min_timestep
     return "" if below is None else f" at t>={below}, unguided below"
+
 
 if __name__ == "__main__":
     main()

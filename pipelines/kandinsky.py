@@ -172,8 +172,7 @@ class KandinskyBackend:
         previews = _Previews(job, self.decoder_pipe.movq, preview_steps(steps, job.preview_count), blend)
         scheduler = self.decoder_pipe.scheduler
         interval = _GuidanceInterval(job.preset.decoder_guidance_min_timestep, inpaint=self.inpaint_weights)
-        scheduler.set_timesteps(steps)  # the pipeline sets the same ones again; needed here for the first
-        guidance = interval.first_step_guidance(job.preset.decoder_guidance, int(scheduler.timesteps[0]))
+        guidance = interval.first_step_guidance(job.preset.decoder_guidance, scheduler, steps)
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
             raise_if_cancelled(job)
@@ -282,9 +281,12 @@ class _GuidanceInterval:
         doubled = ["image_embeds", "masked_image", "mask_image"] if inpaint else ["image_embeds"]
         self.tensors = doubled if min_timestep is not None else []
 
-    def first_step_guidance(self, guidance: float, first_timestep: int) -> float:
+    def first_step_guidance(self, guidance: float, scheduler: Any, steps: int) -> float:
         """The scale to start with: none at all if even the first step is below the interval."""
-        return 1.0 if self.min_timestep is not None and first_timestep < self.min_timestep else guidance
+        if self.min_timestep is None:
+            return guidance
+        scheduler.set_timesteps(steps)  # the pipeline sets the same ones again when it starts
+        return 1.0 if int(scheduler.timesteps[0]) < self.min_timestep else guidance
 
     def maybe_stop(self, pipe: Any, next_timestep: Any, tensors: dict) -> dict:
         if self.min_timestep is None or next_timestep is None or not pipe.do_classifier_free_guidance:

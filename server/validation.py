@@ -32,14 +32,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-
 from pipelines.base import ModelInfo
 from pipelines.presets import QUALITIES, STYLES
 
 from .errors import invalid, missing_parameter
 
 RESPONSE_FORMATS = ("url", "b64_json")
-_FORM_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 BACKGROUNDS = ("transparent", "opaque", "auto")
 MODERATIONS = ("low", "auto")
@@ -57,6 +55,7 @@ MAX_FREE_SIDE = 8192  # parse limit; the model's own max_side is checked later
 
 PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image": 32000, "easel": 32000}
 
+_FORM_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # a JSON-style decimal
 _SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # fullmatch: "$" would let a trailing newline in
 
 # Every endpoint may read these; each endpoint lists the fields it accepts.

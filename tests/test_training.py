@@ -290,11 +290,10 @@ def test_budget_fields_can_be_set_on_the_command_line(tmp_path):
 
 
 def test_a_finished_workdir_takes_a_new_budget_only_for_components_not_yet_trained(tiny_model, tmp_path):
-    root, args = tiny_model
+    root, _ = tiny_model
     workdir = tmp_path / "runs"
     shutil.copytree(root / "runs", workdir)
-    args = [*args[:args.index("--workdir")], "--workdir", str(workdir), *args[args.index("--workdir") + 2:]]
-    args[args.index("--out") + 1] = str(tmp_path / "model")
+    args = ["--out", str(tmp_path / "model"), "--budget", "tiny", "--workdir", str(workdir), "--seed", "3"]
     for trained in ("decoder_steps=4", "clip_batch=8", "pool_scenes=40"):
         with pytest.raises(SystemExit, match="holds a run"):
             train_main([*args, "--set", trained])

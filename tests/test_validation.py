@@ -245,7 +245,6 @@ def test_form_integer_with_more_digits_than_python_converts_is_a_400():
     assert error.message == "Invalid 'n': the number has too many digits; expected 1 to 10."
 
 
-
 @pytest.mark.parametrize("text, value", [("2", 2.0), ("-0.5", -0.5), (".5", 0.5), ("3.", 3.0), ("1e1", 10.0), (" 7.5 ", 7.5)])
 def test_form_numbers_read_as_decimals(text, value):
     assert FieldReader({"scale": text}, form=True).number("scale", -100, 100) == value

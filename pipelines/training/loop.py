@@ -87,8 +87,17 @@ def component_dir(workdir: Path, name: str) -> Path:
     return workdir / name
 
 
+def checkpoint_path(workdir: Path, name: str) -> Path:
+    return component_dir(workdir, name) / "checkpoint.pt"
+
+
 def is_done(workdir: Path, name: str) -> bool:
     return (component_dir(workdir, name) / "done.json").is_file()
+
+
+def has_started(workdir: Path, name: str) -> bool:
+    """Finished, or interrupted with a checkpoint to resume from."""
+    return is_done(workdir, name) or checkpoint_path(workdir, name).is_file()
 
 
 def read_done(workdir: Path, name: str) -> dict:
@@ -99,7 +108,7 @@ def train(component: Component, workdir: Path) -> dict:
     """Run (or resume) ``component`` to its last step; returns what done.json records."""
     folder = component_dir(workdir, component.name)
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = folder / "checkpoint.pt"
+    checkpoint = checkpoint_path(workdir, component.name)
     start_step, spent = 0, 0.0
     if checkpoint.is_file():
         start_step, spent = _load_checkpoint(component, checkpoint)
@@ -148,7 +157,7 @@ def train(component: Component, workdir: Path) -> dict:
 
 def load_trained(component: Component, workdir: Path) -> None:
     """Put a finished component's final weights (and EMA) into its modules."""
-    _load_checkpoint(component, component_dir(workdir, component.name) / "checkpoint.pt")
+    _load_checkpoint(component, checkpoint_path(workdir, component.name))
 
 
 def _save_checkpoint(component: Component, path: Path, step: int, seconds: float) -> None:

@@ -34,7 +34,7 @@ from ..scenes import caption, sample_scene  # noqa: E402
 from . import components  # noqa: E402
 from .budgets import BUDGETS, Budget, trained_by  # noqa: E402
 from .data import build_pool  # noqa: E402
-from .loop import Component, component_dir, is_done, load_trained, read_done, train  # noqa: E402
+from .loop import Component, has_started, is_done, load_trained, read_done, train  # noqa: E402
 from .tokenizer import build_tokenizer, write_vocab_files  # noqa: E402
 from .train_clip import clip_component  # noqa: E402
 from .train_decoder import decoder_component, zero_image_embedding  # noqa: E402
@@ -295,9 +295,11 @@ def _refuse_unless_only_untrained_components_change(workdir: Path, previous: dic
     changed = [name for name in after if before.get(name) != after[name]]
     for name in changed:
         component = trained_by(name)
-        if component is None or is_done(workdir, component) or (component_dir(workdir, component) / "checkpoint.pt").exists():
+        if component is None or has_started(workdir, component):
             raise SystemExit(f"{refusal} ({name} changed, and {component or 'every component'} "
                              "has started training with the old value)")
+
+
 def _setup_logging(path: Path) -> None:
     logger = logging.getLogger("easel.training")
     logger.setLevel(logging.INFO)
