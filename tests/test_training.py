@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipelines.base import ImageJob
 from pipelines.loader import load_backend
@@ -350,3 +351,33 @@ def test_shipped_model_draws_the_asked_colour_and_place(shipped):
         places += [s.position for s in scores]
     assert sum(colours) >= 0.6 * len(colours)
     assert sum(places) >= 0.6 * len(places)
+
+
+def test_embedding_probe_reads_what_an_embedding_encodes_and_nothing_from_noise():
+    from pipelines.probe_embeddings import fit_probe, probe_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    classes = 9
+    labels = torch.randint(0, classes, (3000, 2), generator=generator)
+    labels[:, 1] *= torch.rand(3000, generator=generator) < 0.5  # about half the scenes have one object
+    encoded = torch.cat([F.one_hot(labels[:, 0], classes), F.one_hot(labels[:, 1], classes)], dim=1).float()
+    encoded += 0.1 * torch.randn(encoded.shape, generator=generator)
+    noise = torch.randn(3000, 2 * classes, generator=generator)
+    train, test = slice(0, 2500), slice(2500, 3000)
+    for embeds, expected in ((encoded, (0.99, 1.0)), (noise, (0.0, 0.3))):
+        probe = fit_probe(embeds[train], labels[train], classes, steps=300, seed=0)
+        assert expected[0] <= probe_accuracy(probe, embeds[test], labels[test]) <= expected[1]
+
+
+def test_embedding_probe_command_scores_every_attribute_on_both_sets(tiny_model, tmp_path):
+    from pipelines.probe_embeddings import main as probe_main
+
+    out = tmp_path / "probe.json"
+    root, _ = tiny_model
+    results = probe_main(["--model", str(root / "model"), "--train-scenes", "64", "--test-scenes", "12",
+                          "--steps", "5", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert list(results) == ["position", "color", "shape", "size"]
+    for row in results.values():
+        assert list(row) == ["seen combinations", "unseen (held-out) combinations"]
+        assert all(0.0 <= value <= 1.0 for value in row.values())

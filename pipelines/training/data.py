@@ -50,7 +50,11 @@ class ScenePool:
 def build_pool(count: int, seed: int, size: int = 64) -> ScenePool:
     """``count`` train-split scenes (never a held-out combination), rendered and labelled."""
     rng = random.Random(seed)
-    scenes = [sample_scene(rng, split="train") for _ in range(count)]
+    return pool_of([sample_scene(rng, split="train") for _ in range(count)], size)
+
+
+def pool_of(scenes: list[Scene], size: int = 64) -> ScenePool:
+    """``scenes`` rendered and labelled."""
     images = np.stack([np.asarray(render(scene, size)) for scene in scenes])
     return ScenePool(
         scenes=scenes,
