@@ -4,8 +4,9 @@
 
 The decoder draws from the image embedding alone (and the prior is trained to
 produce it), so an attribute the embedding does not carry cannot come out
-right. A small MLP probe per attribute learns to read every object's position,
-colour, shape and size off the image embeddings of train-split scenes. It is
+right. The attribute probes of the CLIP training (one small MLP with a head per
+attribute) learn afresh to read every object's position, colour, shape and
+size off the image embeddings of train-split scenes. It is
 then scored on two sets it never saw: fresh train-split scenes (attribute
 combinations the model trained on) and the held-out evaluation scenes
 (combinations it never saw). A drop from the first column to the second is the
@@ -25,19 +26,17 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 from transformers import CLIPVisionModelWithProjection  # noqa: E402
 
 from .scenes import heldout_prompts  # noqa: E402
 from .training.data import (  # noqa: E402
     ATTRIBUTE_CLASSES,
-    MAX_OBJECTS,
     ScenePool,
     build_pool,
     pool_of,
     to_clip_pixels,
 )
+from .training.train_clip import AttributeProbes  # noqa: E402
 
 EMBED_BATCH = 500
 PROBE_BATCH = 512
@@ -49,18 +48,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     vision = CLIPVisionModelWithProjection.from_pretrained(args.model / "prior_image_encoder").float().eval()
     train = build_pool(args.train_scenes, seed=args.seed + 1)
     seen = build_pool(args.test_scenes, seed=args.seed + 2)
-    unseen = pool_of([scene for _, scene in heldout_prompts(args.test_scenes, 0)])
+    unseen = pool_of([scene for _, scene in heldout_prompts(args.test_scenes, args.seed)])
     embeds = {name: embed(vision, pool) for name, pool in (("train", train), ("seen", seen), ("unseen", unseen))}
     mean, std = embeds["train"].mean(0), embeds["train"].std(0).clamp(min=1e-6)
     embeds = {name: (e - mean) / std for name, e in embeds.items()}
-    results = {}
-    for column, attribute in enumerate(ATTRIBUTE_CLASSES):
-        probe = fit_probe(embeds["train"], train.objects[:, :, column], ATTRIBUTE_CLASSES[attribute],
-                          steps=args.steps, seed=args.seed)
-        results[attribute] = {
-            "seen combinations": probe_accuracy(probe, embeds["seen"], seen.objects[:, :, column]),
-            "unseen (held-out) combinations": probe_accuracy(probe, embeds["unseen"], unseen.objects[:, :, column]),
+    probes = fit_probe(embeds["train"], train.objects, steps=args.steps, seed=args.seed)
+    results = {
+        attribute: {
+            "seen combinations": probe_accuracy(probes, embeds["seen"], seen.objects, attribute),
+            "unseen (held-out) combinations": probe_accuracy(probes, embeds["unseen"], unseen.objects, attribute),
         }
+        for attribute in ATTRIBUTE_CLASSES
+    }
     print(table(results, args))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,40 +85,26 @@ def embed(vision: CLIPVisionModelWithProjection, pool: ScenePool) -> torch.Tenso
     return torch.cat(chunks)
 
 
-class Probe(nn.Module):
-    """An MLP reading each object's class of one attribute (0 = no such object) off an embedding."""
-
-    def __init__(self, dim: int, classes: int):
-        super().__init__()
-        self.classes = classes
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, MAX_OBJECTS * classes)
-        )
-
-    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        """(N, MAX_OBJECTS, classes) logits."""
-        return self.mlp(embeds).view(len(embeds), MAX_OBJECTS, self.classes)
-
-
-def fit_probe(embeds: torch.Tensor, labels: torch.Tensor, classes: int, *, steps: int, seed: int) -> Probe:
-    """A probe for (N, MAX_OBJECTS) labels, learnt from (N, D) embeddings."""
+def fit_probe(embeds: torch.Tensor, objects: torch.Tensor, *, steps: int, seed: int) -> AttributeProbes:
+    """The CLIP training's attribute probes, learnt afresh from (N, D) embeddings and their (N, MAX_OBJECTS, 4) labels."""
     generator = torch.Generator().manual_seed(seed)
-    probe = Probe(embeds.shape[1], classes)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    probes = AttributeProbes(dim=embeds.shape[1])
+    optimizer = torch.optim.AdamW(probes.parameters(), lr=1e-3)
     for _ in range(steps):
         rows = torch.randint(0, len(embeds), (PROBE_BATCH,), generator=generator)
-        loss = F.cross_entropy(probe(embeds[rows]).flatten(0, 1), labels[rows].flatten())
+        loss = probes.loss(embeds[rows], objects[rows], tuple(ATTRIBUTE_CLASSES), None)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return probe.eval()
+    return probes.eval()
 
 
 @torch.no_grad()
-def probe_accuracy(probe: Probe, embeds: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of the objects present (label > 0) whose class the probe reads right."""
+def probe_accuracy(probes: AttributeProbes, embeds: torch.Tensor, objects: torch.Tensor, attribute: str) -> float:
+    """Share of the objects present (label > 0) whose ``attribute`` the probes read right."""
+    labels = objects[:, :, list(ATTRIBUTE_CLASSES).index(attribute)]
     present = labels > 0
-    return float(((probe(embeds).argmax(-1) == labels) & present).sum() / present.sum())
+    return float(((probes.logits(embeds, attribute).argmax(-1) == labels) & present).sum() / present.sum())
 
 
 def table(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:

@@ -355,18 +355,21 @@ def test_shipped_model_draws_the_asked_colour_and_place(shipped):
 
 def test_embedding_probe_reads_what_an_embedding_encodes_and_nothing_from_noise():
     from pipelines.probe_embeddings import fit_probe, probe_accuracy
+    from pipelines.training.data import ATTRIBUTE_CLASSES
 
     generator = torch.Generator().manual_seed(0)
-    classes = 9
-    labels = torch.randint(0, classes, (3000, 2), generator=generator)
-    labels[:, 1] *= torch.rand(3000, generator=generator) < 0.5  # about half the scenes have one object
-    encoded = torch.cat([F.one_hot(labels[:, 0], classes), F.one_hot(labels[:, 1], classes)], dim=1).float()
-    encoded += 0.1 * torch.randn(encoded.shape, generator=generator)
-    noise = torch.randn(3000, 2 * classes, generator=generator)
+    objects = torch.stack([torch.randint(1, classes, (3000, 2), generator=generator)
+                           for classes in ATTRIBUTE_CLASSES.values()], dim=-1)
+    objects[:, 1] *= (torch.rand(3000, generator=generator) < 0.5)[:, None]  # about half the scenes have one object
+    encoded = torch.cat([F.one_hot(objects[:, slot, column], classes)
+                         for slot in range(2) for column, classes in enumerate(ATTRIBUTE_CLASSES.values())], dim=1)
+    encoded = encoded.float() + 0.1 * torch.randn(encoded.shape, generator=generator)
+    noise = torch.randn(encoded.shape, generator=generator)
     train, test = slice(0, 2500), slice(2500, 3000)
+    assert ATTRIBUTE_CLASSES["shape"] == 9  # eight shapes (and "none"): chance is 1 in 8
     for embeds, expected in ((encoded, (0.99, 1.0)), (noise, (0.0, 0.3))):
-        probe = fit_probe(embeds[train], labels[train], classes, steps=300, seed=0)
-        assert expected[0] <= probe_accuracy(probe, embeds[test], labels[test]) <= expected[1]
+        probes = fit_probe(embeds[train], objects[train], steps=300, seed=0)
+        assert expected[0] <= probe_accuracy(probes, embeds[test], objects[test], "shape") <= expected[1]
 
 
 def test_embedding_probe_command_scores_every_attribute_on_both_sets(tiny_model, tmp_path):
