@@ -6,12 +6,16 @@ The decoder draws from the image embedding alone (and the prior is trained to
 produce it), so an attribute the embedding does not carry cannot come out
 right. The attribute probes of the CLIP training (one small MLP with a head per
 attribute) learn afresh to read every object's position, colour, shape and
-size off the image embeddings of train-split scenes. It is
-then scored on two sets it never saw: fresh train-split scenes (attribute
-combinations the model trained on) and the held-out evaluation scenes
-(combinations it never saw). A drop from the first column to the second is the
-image encoder failing to represent the unseen combinations, which caps what
-the decoder can draw for them.
+size off the image embeddings of train-split scenes. They are then scored on
+objects of two sets they never saw, each half one-object and half two-object
+scenes as in the evaluation: fresh train-split scenes (combinations the model
+trained on) and held-out scenes (the evaluation's own generator; only the
+held-out objects are scored, not their companions). One-object and
+two-object scenes get separate columns because they fail differently: an
+embedding can carry one object's shape well and still blur two objects'.
+A drop from a "seen" column to its "held-out" column is the image encoder
+failing to represent the unseen combinations, which caps what the decoder can
+draw for them.
 
 Prints a table; ``--out`` also writes it as JSON.
 """
@@ -25,14 +29,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import random  # noqa: E402
+
 import torch  # noqa: E402
 from transformers import CLIPVisionModelWithProjection  # noqa: E402
 
-from .scenes import heldout_prompts  # noqa: E402
+from .scenes import Scene, heldout_prompts, object_is_heldout, sample_scene  # noqa: E402
 from .training.data import (  # noqa: E402
     ATTRIBUTE_CLASSES,
+    MAX_OBJECTS,
     ScenePool,
     build_pool,
+    ordered_objects,
     pool_of,
     to_clip_pixels,
 )
@@ -47,16 +55,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     torch.manual_seed(args.seed)
     vision = CLIPVisionModelWithProjection.from_pretrained(args.model / "prior_image_encoder").float().eval()
     train = build_pool(args.train_scenes, seed=args.seed + 1)
-    seen = build_pool(args.test_scenes, seed=args.seed + 2)
+    rng = random.Random(args.seed + 2)
+    seen = pool_of([sample_scene(rng, split="train", two_object_prob=0.5) for _ in range(args.test_scenes)])
     unseen = pool_of([scene for _, scene in heldout_prompts(args.test_scenes, args.seed)])
     embeds = {name: embed(vision, pool) for name, pool in (("train", train), ("seen", seen), ("unseen", unseen))}
     mean, std = embeds["train"].mean(0), embeds["train"].std(0).clamp(min=1e-6)
     embeds = {name: (e - mean) / std for name, e in embeds.items()}
     probes = fit_probe(embeds["train"], train.objects, steps=args.steps, seed=args.seed)
+    every_seen, heldout_objects = seen.objects[:, :, 0] > 0, heldout_mask(unseen.scenes)
+    columns = {
+        "seen, one-object scenes": ("seen", every_seen & ~two_object_rows(seen)),
+        "seen, two-object scenes": ("seen", every_seen & two_object_rows(seen)),
+        "held-out, one-object scenes": ("unseen", heldout_objects & ~two_object_rows(unseen)),
+        "held-out, two-object scenes": ("unseen", heldout_objects & two_object_rows(unseen)),
+    }
+    pools = {"seen": seen, "unseen": unseen}
     results = {
         attribute: {
-            "seen combinations": probe_accuracy(probes, embeds["seen"], seen.objects, attribute),
-            "unseen (held-out) combinations": probe_accuracy(probes, embeds["unseen"], unseen.objects, attribute),
+            column: probe_accuracy(probes, embeds[name], pools[name].objects, attribute, scored)
+            for column, (name, scored) in columns.items()
         }
         for attribute in ATTRIBUTE_CLASSES
     }
@@ -67,11 +84,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     return results
 
 
+def two_object_rows(pool: ScenePool) -> torch.Tensor:
+    """(N, MAX_OBJECTS) bool: True across the rows of two-object scenes."""
+    return (pool.objects[:, 1, 0] > 0)[:, None].expand(-1, MAX_OBJECTS)
+
+
+def heldout_mask(scenes: list[Scene]) -> torch.Tensor:
+    """(N, MAX_OBJECTS) bool: which label slots hold a held-out object (slots follow the labels' position order)."""
+    rows = []
+    for scene in scenes:
+        flags = [object_is_heldout(obj) for obj in ordered_objects(scene)]
+        rows.append(flags + [False] * (MAX_OBJECTS - len(flags)))
+    return torch.tensor(rows, dtype=torch.bool)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipelines.probe_embeddings", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("weights/easel-mini"))
     parser.add_argument("--train-scenes", type=int, default=20_000, help="train-split scenes the probes learn from")
-    parser.add_argument("--test-scenes", type=int, default=200, help="scenes in each scored set")
+    parser.add_argument("--test-scenes", type=int, default=1000, help="scenes in each scored set")
     parser.add_argument("--steps", type=int, default=3000, help="probe training steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
@@ -100,18 +131,24 @@ def fit_probe(embeds: torch.Tensor, objects: torch.Tensor, *, steps: int, seed: 
 
 
 @torch.no_grad()
-def probe_accuracy(probes: AttributeProbes, embeds: torch.Tensor, objects: torch.Tensor, attribute: str) -> float:
-    """Share of the objects present (label > 0) whose ``attribute`` the probes read right."""
+def probe_accuracy(
+    probes: AttributeProbes, embeds: torch.Tensor, objects: torch.Tensor, attribute: str,
+    scored: torch.Tensor | None = None,
+) -> float:
+    """Share of the scored objects (default: every object present) whose ``attribute`` the probes read right."""
     labels = objects[:, :, list(ATTRIBUTE_CLASSES).index(attribute)]
-    present = labels > 0
-    return float(((probes.logits(embeds, attribute).argmax(-1) == labels) & present).sum() / present.sum())
+    scored = labels > 0 if scored is None else scored & (labels > 0)
+    if not scored.any():
+        return float("nan")
+    right = (probes.logits(embeds, attribute).argmax(-1) == labels) & scored
+    return int(right.sum()) / int(scored.sum())
 
 
 def table(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     columns = list(next(iter(results.values())))
     lines = [
         f"Probes trained on {args.train_scenes} train-split image embeddings of {args.model}, "
-        f"scored on {args.test_scenes} scenes per column:",
+        f"scored on the objects of {args.test_scenes} fresh seen-combination and {args.test_scenes} held-out scenes:",
         "",
         "| attribute (per object) | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",

@@ -377,10 +377,30 @@ def test_embedding_probe_command_scores_every_attribute_on_both_sets(tiny_model,
 
     out = tmp_path / "probe.json"
     root, _ = tiny_model
-    results = probe_main(["--model", str(root / "model"), "--train-scenes", "64", "--test-scenes", "12",
+    results = probe_main(["--model", str(root / "model"), "--train-scenes", "64", "--test-scenes", "40",
                           "--steps", "5", "--out", str(out)])
     assert json.loads(out.read_text()) == results
     assert list(results) == ["position", "color", "shape", "size"]
     for row in results.values():
-        assert list(row) == ["seen combinations", "unseen (held-out) combinations"]
+        assert list(row) == ["seen, one-object scenes", "seen, two-object scenes",
+                             "held-out, one-object scenes", "held-out, two-object scenes"]
         assert all(0.0 <= value <= 1.0 for value in row.values())
+
+
+def test_embedding_probe_scores_only_the_heldout_objects_of_heldout_scenes():
+    from pipelines.probe_embeddings import heldout_mask, probe_accuracy
+    from pipelines.scenes import Scene, SceneObject
+
+    # Label slots follow position order, so the held-out red star on the right is slot 1.
+    scene = Scene((SceneObject("red", "star", "small", "right"), SceneObject("red", "circle", "small", "left")), "blue")
+    single = Scene((SceneObject("blue", "heart", "large", "top"),), "white")
+    assert heldout_mask([scene, single]).tolist() == [[False, True], [True, False]]
+
+    class Reads:  # a probe whose shape logits favour class 1 in slot 0 and class 2 in slot 1
+        def logits(self, embeds, attribute):
+            return torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]]).expand(len(embeds), -1, -1)
+
+    objects = torch.tensor([[[1, 1, 1, 1], [2, 1, 2, 1]], [[1, 1, 2, 1], [0, 0, 0, 0]]])
+    embeds = torch.zeros(2, 4)
+    assert probe_accuracy(Reads(), embeds, objects, "shape") == 2 / 3  # the single scene's object is misread
+    assert probe_accuracy(Reads(), embeds, objects, "shape", torch.tensor([[False, True], [True, False]])) == 0.5

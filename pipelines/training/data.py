@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..scenes import COLORS, POSITIONS, SHAPES, SIZES, Scene, caption, render, sample_scene
+from ..scenes import COLORS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, caption, render, sample_scene
 from .components import CLIP_MEAN, CLIP_STD
 
 COLOR_NAMES = tuple(COLORS)
@@ -64,9 +64,13 @@ def pool_of(scenes: list[Scene], size: int = 64) -> ScenePool:
     )
 
 
+def ordered_objects(scene: Scene) -> list[SceneObject]:
+    """The scene's objects in the canonical (position) order the label slots follow."""
+    return sorted(scene.objects, key=lambda obj: POSITION_NAMES.index(obj.position))
+
+
 def object_labels(scene: Scene) -> list[list[int]]:
     """Each object's (position, colour, shape, size) classes in position order, padded with zeros."""
-    ordered = sorted(scene.objects, key=lambda obj: POSITION_NAMES.index(obj.position))
     labels = [
         [
             1 + POSITION_NAMES.index(obj.position),
@@ -74,7 +78,7 @@ def object_labels(scene: Scene) -> list[list[int]]:
             1 + SHAPES.index(obj.shape),
             1 + SIZE_NAMES.index(obj.size),
         ]
-        for obj in ordered
+        for obj in ordered_objects(scene)
     ]
     return labels + [[0, 0, 0, 0]] * (MAX_OBJECTS - len(labels))
 
