@@ -29,7 +29,9 @@ Edit masks (OpenAI's semantics)
 Colour
     Semi-transparent pixels are flattened over white, the way a page shows them;
     pixels under alpha 0 are repainted (edits) or become white (variations).
-    16-bit greyscale is scaled to 8 bits.
+    16-bit greyscale is scaled to 8 bits. A 16-bit RGB PNG's transparent
+    colour (tRNS) is matched on the 8-bit samples Pillow keeps, so colours
+    within 1/256 of it per channel are transparent too.
 
 Aspect ratio and output size
     Any aspect ratio is accepted: the backend resizes the input to the native
@@ -179,7 +181,20 @@ def open_upload(data: bytes, param: str, limits: UploadLimits) -> Image.Image:
         raise invalid(param, f"The '{param}' file starts like a {name} file but its header is invalid.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise invalid(param, f"The '{param}' {name} file is truncated or corrupt: {exc}") from None
+    if image_format == "PNG":
+        _reduce_16_bit_colour_key(image, data)
     return ImageOps.exif_transpose(image)
+
+
+def _reduce_16_bit_colour_key(image: Image.Image, data: bytes) -> None:
+    # Pillow decodes a 16-bit RGB PNG to 8 bits (each sample's high byte) but keeps
+    # its tRNS colour in 16 bits, so no pixel ever matches it and the transparency
+    # is lost. Reduce the key the same way. The exact 16-bit samples are gone, so
+    # colours within 1/256 of the key per channel turn transparent with it.
+    bit_depth, colour_type = data[24], data[25]  # IHDR follows the signature and is always first
+    key = image.info.get("transparency")
+    if bit_depth == 16 and colour_type == 2 and isinstance(key, tuple):
+        image.info["transparency"] = tuple(value >> 8 for value in key)
 
 
 def alpha_band(image: Image.Image) -> Image.Image | None:

@@ -150,6 +150,30 @@ def test_sixteen_bit_greyscale_with_a_transparent_level_has_an_alpha_band() -> N
     np.testing.assert_array_equal(np.asarray(repaint_mask(image, None)), np.where(levels == 1234, 255, 0))
 
 
+def sixteen_bit_rgb_png(pixels: np.ndarray, transparent: tuple[int, int, int]) -> bytes:
+    """A 16-bit RGB PNG with a tRNS colour key, written by hand: Pillow cannot write one."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"tRNS", struct.pack(">HHH", *transparent)) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_rgb_with_a_transparent_colour_has_an_alpha_band() -> None:
+    pixels = np.empty((6, 8, 3), dtype=np.uint16)
+    pixels[:] = (0x1234, 0x5678, 0x9ABC)
+    pixels[1:3, 2:5] = (0xFF00, 0x00FF, 0x8080)  # the tRNS colour: these pixels are transparent
+    image = open_upload(sixteen_bit_rgb_png(pixels, (0xFF00, 0x00FF, 0x8080)), "image", LIMITS)
+    key = np.all(pixels == (0xFF00, 0x00FF, 0x8080), axis=-1)
+    np.testing.assert_array_equal(np.asarray(alpha_band(image)), np.where(key, 0, 255))
+    rgb = np.asarray(flatten_to_rgb(image))
+    assert tuple(rgb[1, 2]) == (255, 255, 255) and tuple(rgb[0, 0]) == (0x12, 0x56, 0x9A)
+    np.testing.assert_array_equal(np.asarray(repaint_mask(image, None)), np.where(key, 255, 0))
+
+
 def test_transparency_is_flattened_over_white() -> None:
     rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
     rgba.putpixel((1, 1), (200, 10, 10, 255))
