@@ -62,18 +62,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     mean, std = embeds["train"].mean(0), embeds["train"].std(0).clamp(min=1e-6)
     embeds = {name: (e - mean) / std for name, e in embeds.items()}
     probes = fit_probe(embeds["train"], train.objects, steps=args.steps, seed=args.seed)
-    every_seen, heldout_objects = seen.objects[:, :, 0] > 0, heldout_mask(unseen.scenes)
+    # probe_accuracy scores only objects present, so a mask need not exclude empty slots.
+    heldout_objects = heldout_mask(unseen.scenes)
     columns = {
-        "seen, one-object scenes": ("seen", every_seen & ~two_object_rows(seen)),
-        "seen, two-object scenes": ("seen", every_seen & two_object_rows(seen)),
-        "held-out, one-object scenes": ("unseen", heldout_objects & ~two_object_rows(unseen)),
-        "held-out, two-object scenes": ("unseen", heldout_objects & two_object_rows(unseen)),
+        "seen, one-object scenes": (embeds["seen"], seen.objects, ~two_object_rows(seen)),
+        "seen, two-object scenes": (embeds["seen"], seen.objects, two_object_rows(seen)),
+        "held-out, one-object scenes": (embeds["unseen"], unseen.objects, heldout_objects & ~two_object_rows(unseen)),
+        "held-out, two-object scenes": (embeds["unseen"], unseen.objects, heldout_objects & two_object_rows(unseen)),
     }
-    pools = {"seen": seen, "unseen": unseen}
     results = {
         attribute: {
-            column: probe_accuracy(probes, embeds[name], pools[name].objects, attribute, scored)
-            for column, (name, scored) in columns.items()
+            column: probe_accuracy(probes, column_embeds, objects, attribute, scored)
+            for column, (column_embeds, objects, scored) in columns.items()
         }
         for attribute in ATTRIBUTE_CLASSES
     }
