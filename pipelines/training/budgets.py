@@ -1,9 +1,9 @@
 """How much data and how many steps each component gets.
 
-``full`` is the shipped recipe: 95.5 minutes on the 2-core development
-CPU, 5 minutes on one H200 (measured figures in the README and in
-weights/easel-mini/easel.json); ``tiny`` runs a few
-steps of everything in seconds, to check the whole path end to end.
+``full`` is the shipped recipe: about 100 minutes on the 2-core development
+CPU (measured figures in the README and in weights/easel-mini/easel.json);
+``tiny`` runs a few steps of everything in seconds, to check the whole path
+end to end.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget(
         pool_scenes=40_000,
         tokenizer_captions=40_000,
-        clip_steps=800,
+        clip_steps=1600,  # 800 left two-object shapes entangled in the embedding (README)
         clip_batch=128,
         movq_steps=1000,
         movq_batch=32,
