@@ -15,7 +15,8 @@ Edits: with inpaint weights, diffusers' inpaint decoder. With a standard
 4-channel decoder (as easel-mini has), blended latents: after every step the
 latents outside the mask are replaced by the original image's latents noised
 to the same step, and the result is composited so unmasked pixels are the
-original's (:mod:`pipelines.inpaint`).
+original's (:mod:`pipelines.inpaint`). Loading inpaint weights swaps diffusers'
+per-pixel mask-preparation loop for :mod:`pipelines.kandinsky_mask`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from . import kandinsky_mask
 from .base import ImageJob, ModelInfo
 from .device import dtype_name, from_pretrained_dtype
 from .images import to_pil
@@ -64,6 +66,8 @@ class KandinskyBackend:
             pipe.set_progress_bar_config(disable=True)
         _pin_noise_schedule(self.decoder_pipe.scheduler, device)
         self.inpaint_weights = self.decoder_pipe.unet.config.in_channels == INPAINT_UNET_CHANNELS
+        if self.inpaint_weights:
+            kandinsky_mask.install()
         self.movq_scale_factor = self.decoder_pipe.movq_scale_factor
         self._zero_image_embed = self._encode_zero_image()
         # Without a negative prompt the prior pipeline re-encodes an all-zero image on
