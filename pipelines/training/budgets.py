@@ -1,6 +1,6 @@
 """How much data and how many steps each component gets.
 
-``full`` is the shipped recipe: about 100 minutes on the 2-core development
+``full`` is the shipped recipe: 101.5 minutes on the 2-core development
 CPU (measured figures in the README and in weights/easel-mini/easel.json);
 ``tiny`` runs a few steps of everything in seconds, to check the whole path
 end to end.
