@@ -3,7 +3,7 @@
 Before denoising, diffusers shrinks the kept region of the latent-resolution
 mask by one latent pixel (``prepare_mask`` in
 ``pipeline_kandinsky2_2_inpainting``) with a Python loop over every pixel.
-That costs 0.3 s for a 768-pixel edit on a CPU, and on a GPU every iteration
+That costs about 0.2 s for a 768-pixel edit on a CPU, and on a GPU every iteration
 also waits for the device. :func:`shrink_kept_region` computes exactly the same
 mask with a few tensor shifts; :func:`install` puts it in diffusers' place.
 """
