@@ -25,13 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import httpx  # noqa: E402
+import httpx
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -122,7 +121,12 @@ async def run(url: str, args: argparse.Namespace) -> None:
         await warm_up(http, url, body)
 
         sequential = [(await generate(http, url, body))[0] for _ in range(args.requests)]
-        print(describe(f"sequential generation ({args.size}, n={args.n}, steps {args.prior_steps}+{args.decoder_steps})", sequential))
+        print(
+            describe(
+                f"sequential generation ({args.size}, n={args.n}, steps {args.prior_steps}+{args.decoder_steps})",
+                sequential,
+            )
+        )
 
         idle_health = []
         for _ in range(20):
@@ -157,7 +161,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1)
     parser.add_argument("--prior-steps", type=int, default=4)
     parser.add_argument("--decoder-steps", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=5, help="sequential requests; the concurrent phase sends this x concurrency")
+    parser.add_argument(
+        "--requests", type=int, default=5, help="sequential requests; the concurrent phase sends this x concurrency"
+    )
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     if bool(args.base_url) == bool(args.tiny):

@@ -65,7 +65,9 @@ def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     return vocab
 
 
-def make_clip_tokenizer(words: list[str] | tuple[str, ...] = DEFAULT_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
+def make_clip_tokenizer(
+    words: list[str] | tuple[str, ...] = DEFAULT_WORDS, model_max_length: int = 77
+) -> CLIPTokenizer:
     """A ``CLIPTokenizer`` whose vocabulary is the byte alphabet plus one token per word."""
     merges = _merges_for(list(words))
     return CLIPTokenizer(

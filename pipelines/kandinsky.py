@@ -39,14 +39,22 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import kandinsky_mask
-from .base import ImageJob, ModelInfo
+from .base import (
+    ImageJob,
+    ModelInfo,
+    after_each_step,
+    check_job,
+    parameter_counts,
+    predicted_clean,
+    preview_steps,
+    raise_if_cancelled,
+    seeded_generators,
+    to_pil,
+)
 from .device import dtype_name, from_pretrained_dtype
-from .images import to_pil
 from .inpaint import binary_repaint_mask, composite_unmasked
-from .jobs import check_seeds, raise_if_cancelled, seeded_generators
 from .model_config import read_easel_config
 from .presets import presets_for
-from .step_hooks import after_each_step, predicted_clean, preview_steps
 
 REAL_KANDINSKY_NATIVE_SIDE = 512
 INPAINT_UNET_CHANNELS = 9
@@ -84,7 +92,7 @@ class KandinskyBackend:
             fixed_native_size=None,
             tasks=frozenset({"generate", "variation", "edit"}),
             presets=presets_for(presets),
-            parameter_counts=_parameter_counts(combined),
+            parameter_counts=parameter_counts(_components(combined)),
             device=str(device),
             dtype=dtype_name(dtype),
             supports_negative_prompt=True,
@@ -98,13 +106,14 @@ class KandinskyBackend:
 
     @torch.inference_mode()
     def run(self, job: ImageJob) -> list[Image.Image]:
-        self._check_job(job)
+        check_job(job, self.info)
         raise_if_cancelled(job)
         generators = seeded_generators(self.device, job.seeds)
         if job.task == "generate":
             embeds, negative = self._text_to_embeds(job)
             return self._decode(job, embeds, negative, generators)
         if job.task == "variation":
+            assert job.image is not None  # check_job
             embeds = self._image_to_embed(job.image).repeat(job.n, 1)
             return self._decode(job, embeds, self._zero_embeds(job.n), generators)
         embeds, negative = self._text_to_embeds(job)
@@ -207,6 +216,7 @@ class KandinskyBackend:
     def _edit(
         self, job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
     ) -> list[Image.Image]:
+        assert job.image is not None and job.mask is not None  # check_job
         size = (job.width, job.height)
         original = job.image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
         if self.inpaint_weights:
@@ -223,26 +233,13 @@ class KandinskyBackend:
         pixels = torch.from_numpy(np.asarray(original, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
         original_latents = movq.encode(pixels.to(self.device, movq.dtype)).latents
         latent_size = original_latents.shape[-2:]
+        assert job.mask is not None  # check_job
         repaint = torch.from_numpy(binary_repaint_mask(job.mask, (job.width, job.height)))[None, None]
         # A latent cell is regenerated if any of its pixels is to be repainted.
         repaint = F.adaptive_max_pool2d(repaint, latent_size).to(self.device, original_latents.dtype)
         noise_shape = (job.n, original_latents.shape[1], *latent_size)
         noise = randn_tensor(noise_shape, generator=generators, device=self.device, dtype=original_latents.dtype)
         return _LatentBlend(original_latents, keep=1 - repaint, initial_noise=noise)
-
-    # -- checks -----------------------------------------------------------------------
-
-    def _check_job(self, job: ImageJob) -> None:
-        if job.task not in self.info.tasks:
-            raise ValueError(f"task {job.task!r} is not one of {sorted(self.info.tasks)}")
-        check_seeds(job)
-        multiple = self.info.size_multiple
-        if job.width % multiple or job.height % multiple:
-            raise ValueError(f"{job.width}x{job.height} is not a multiple of {multiple}")
-        if job.task in ("variation", "edit") and job.image is None:
-            raise ValueError(f"task {job.task!r} needs an image")
-        if job.task == "edit" and job.mask is None:
-            raise ValueError("task 'edit' needs a mask")
 
 
 class _LatentBlend:
@@ -270,13 +267,11 @@ class _GuidanceInterval:
     """Classifier-free guidance only at high noise: at timesteps below ``min_timestep`` the decoder runs unguided.
 
     Guidance decides what is drawn while the latents are mostly noise; applied
-    at low noise too it over-pushes details that are already settled. On
-    easel-mini, guiding all the way down shifted one colour in seven (with the
-    true image embedding: colour 86% guided throughout, 93% guided only above
-    t=600; Kynkaenniemi et al. 2024 report the same effect on large models).
-    Stopping means what diffusers' dynamic-guidance recipe does: guidance scale
-    1 and the conditional half of every doubled batch input, so the remaining
-    steps also cost half as much.
+    at low noise too it over-pushes details that are already settled (figures
+    for easel-mini in the README; Kynkaenniemi et al. 2024 report the same on
+    large models). Stopping means what diffusers' dynamic-guidance recipe does:
+    guidance scale 1 and the conditional half of every doubled batch input, so
+    the remaining steps also cost half as much.
     """
 
     def __init__(self, min_timestep: int | None, *, inpaint: bool):
@@ -317,7 +312,7 @@ class _Previews:
             self.latest = predicted_clean(output)
 
     def maybe_emit(self, step: int) -> None:
-        if step not in self.steps or self.latest is None:
+        if step not in self.steps or self.latest is None or self.job.on_preview is None:
             return
         latents = self.blend.clean(self.latest) if self.blend is not None else self.latest
         decoded = self.movq.decode(latents, force_not_quantize=True).sample
@@ -360,12 +355,11 @@ def _load_combined(model_dir: Path, dtype: torch.dtype):
     return pipeline_class.from_pretrained(model_dir, local_files_only=True, **from_pretrained_dtype(dtype))
 
 
-def _parameter_counts(combined: Any) -> dict[str, int]:
-    components = {
+def _components(combined: Any) -> dict[str, Any]:
+    return {
         "text_encoder": combined.prior_text_encoder,
         "image_encoder": combined.prior_image_encoder,
         "prior": combined.prior_prior,
         "unet": combined.unet,
         "movq": combined.movq,
     }
-    return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}

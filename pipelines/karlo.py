@@ -24,13 +24,22 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from .base import ImageJob, MissingComponent, ModelInfo
+from .base import (
+    ImageJob,
+    MissingComponent,
+    ModelInfo,
+    after_each_step,
+    check_job,
+    parameter_counts,
+    predicted_clean,
+    preview_steps,
+    raise_if_cancelled,
+    seeded_generators,
+    to_pil,
+)
 from .device import dtype_name, from_pretrained_dtype
-from .images import to_pil
-from .jobs import check_seeds, raise_if_cancelled, seeded_generators
 from .model_config import read_easel_config
 from .presets import presets_for
-from .step_hooks import after_each_step, predicted_clean, preview_steps
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
 
 VARIATION_COMPONENTS = ("image_encoder", "feature_extractor")
@@ -76,7 +85,9 @@ class KarloBackend:
         )
 
     def _load_variation(self, model_dir: Path) -> UnCLIPImageVariationPipeline:
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(model_dir / "image_encoder", local_files_only=True)
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+            model_dir / "image_encoder", local_files_only=True
+        )
         image_encoder = image_encoder.to(self.device, self.dtype).eval()
         feature_extractor = CLIPImageProcessor.from_pretrained(model_dir / "feature_extractor", local_files_only=True)
         pipe = self.pipe
@@ -97,7 +108,7 @@ class KarloBackend:
 
     def _parameter_counts(self) -> dict[str, int]:
         pipe = self.pipe
-        components = {
+        components: dict[str, Any] = {
             "text_encoder": pipe.text_encoder,
             "prior": pipe.prior,
             "text_proj": pipe.text_proj,
@@ -107,7 +118,7 @@ class KarloBackend:
         }
         if self.variation_pipe is not None:
             components["image_encoder"] = self.variation_pipe.image_encoder
-        return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}
+        return parameter_counts(components)
 
     # -- ImageBackend ----------------------------------------------------------------
 
@@ -135,6 +146,7 @@ class KarloBackend:
                     **steps,
                 )
             else:
+                assert self.variation_pipe is not None and job.image is not None  # _check_job
                 output = self.variation_pipe(
                     image=job.image.convert("RGB"), num_images_per_prompt=job.n, generator=generators, **steps
                 )
@@ -161,9 +173,10 @@ class KarloBackend:
     def _preview_emitter(self, job: ImageJob):
         chosen = preview_steps(job.preset.decoder_steps, job.preview_count)
         size = self.info.fixed_native_size
+        assert size is not None  # Karlo's output size is fixed
 
         def emit(step: int, output: Any) -> None:
-            if step not in chosen:
+            if step not in chosen or job.on_preview is None:
                 return
             pixels = predicted_clean(output).float().clamp(-1, 1)
             upscaled = F.interpolate(pixels, size=(size[1], size[0]), mode="bicubic", align_corners=False)
@@ -174,26 +187,14 @@ class KarloBackend:
     # -- checks -----------------------------------------------------------------------
 
     def _check_job(self, job: ImageJob) -> None:
-        if job.task not in self.info.tasks:
-            raise ValueError(f"task {job.task!r} is not supported by Karlo (supported: {sorted(self.info.tasks)})")
-        if job.negative_prompt is not None:
-            raise ValueError("Karlo does not support negative_prompt")
-        if job.preset.decoder_guidance_min_timestep is not None:
-            raise ValueError("Karlo's pipeline has no step callback to stop decoder guidance part-way")
-        check_seeds(job)
-        if (job.width, job.height) != self.info.fixed_native_size:
-            w, h = self.info.fixed_native_size
-            raise ValueError(f"Karlo generates {w}x{h} only, not {job.width}x{job.height}")
-        if job.task == "variation":
-            if self.variation_pipe is None:
-                raise MissingComponent(
-                    f"model {self.info.name!r} cannot make variations: its directory lacks "
-                    f"{', '.join(self.missing_for_variation)}. Save CLIPVisionModelWithProjection and "
-                    "CLIPImageProcessor (from kakaobrain/karlo-v1-alpha-image-variations) into the sub-folders "
-                    "image_encoder/ and feature_extractor/ of the model directory."
-                )
-            if job.image is None:
-                raise ValueError("task 'variation' needs an image")
+        check_job(job, self.info)
+        if job.task == "variation" and self.variation_pipe is None:
+            raise MissingComponent(
+                f"model {self.info.name!r} cannot make variations: its directory lacks "
+                f"{', '.join(self.missing_for_variation)}. Save CLIPVisionModelWithProjection and "
+                "CLIPImageProcessor (from kakaobrain/karlo-v1-alpha-image-variations) into the sub-folders "
+                "image_encoder/ and feature_extractor/ of the model directory."
+            )
 
 
 def _square(sample_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -201,4 +202,3 @@ def _square(sample_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
         return sample_size, sample_size
     height, width = sample_size
     return width, height
-

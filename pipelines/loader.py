@@ -1,22 +1,17 @@
 """Load a model directory into an :class:`pipelines.base.ImageBackend`, offline, once.
 
-Nothing here touches the network: the Hugging Face hub is switched to offline
-mode before diffusers or transformers are imported, and every load passes
-``local_files_only``. A missing model is a ``FileNotFoundError`` that says how
-to get it.
+Nothing here touches the network (the package puts the hub in offline mode
+and every load passes ``local_files_only``). A missing model is a
+``FileNotFoundError`` that says how to get it.
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from pathlib import Path  # noqa: E402
-
-from .base import ImageBackend  # noqa: E402
-from .device import choose_device, choose_dtype  # noqa: E402
-from .presets import presets_for  # noqa: E402
+from .base import ImageBackend
+from .device import choose_device, choose_dtype
+from .presets import presets_for
 
 FAMILIES = ("kandinsky22", "karlo")
 
@@ -34,7 +29,7 @@ _HOW_TO_GET = {
         "<folder>/feature_extractor; then copy that folder to {path}."
     ),
 }
-_HOW_TO_GET_EASEL_MINI = "Train it with `python -m pipelines.training.train`, which writes it to {path}."
+_HOW_TO_GET_EASEL_MINI = "Train it with `python -m pipelines.lab.training.train`, which writes it to {path}."
 
 
 def _missing_model_message(name: str, family: str, presets: str, path: Path, what: str) -> str:
@@ -71,9 +66,7 @@ def load_backend(
     if not path.is_dir():
         raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"no directory {path}"))
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(
-            _missing_model_message(name, family, presets, path, f"{path} has no model_index.json")
-        )
+        raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"{path} has no model_index.json"))
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(torch_device, dtype)
     if family == "kandinsky22":

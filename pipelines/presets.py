@@ -2,14 +2,12 @@
 
 OpenAI's quality names map onto steps and guidance per model family. ``auto``
 and ``standard`` are the family's default; ``hd`` is an alias of ``high``.
-``style`` scales decoder guidance: ``vivid`` (OpenAI's default) pushes harder
-toward the prompt, which gives more saturated, higher-contrast images;
-``natural`` eases off for softer ones.
+``style`` scales decoder guidance (:meth:`StagePreset.adjusted`): ``vivid``
+(OpenAI's default) pushes harder toward the prompt, which gives more
+saturated, higher-contrast images; ``natural`` eases off for softer ones.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 from .base import StagePreset
 
@@ -27,20 +25,40 @@ _FAMILY_PRESETS: dict[str, dict[str, StagePreset]] = {
     },
     # Karlo's defaults: prior 25 / 4.0, decoder 25 / 8.0, super-resolution 7.
     "karlo": {
-        "low": StagePreset(prior_steps=10, prior_guidance=4.0, decoder_steps=10, decoder_guidance=8.0, super_res_steps=4),
-        "medium": StagePreset(prior_steps=25, prior_guidance=4.0, decoder_steps=25, decoder_guidance=8.0, super_res_steps=7),
-        "high": StagePreset(prior_steps=40, prior_guidance=4.0, decoder_steps=50, decoder_guidance=8.0, super_res_steps=14),
+        "low": StagePreset(
+            prior_steps=10, prior_guidance=4.0, decoder_steps=10, decoder_guidance=8.0, super_res_steps=4
+        ),
+        "medium": StagePreset(
+            prior_steps=25, prior_guidance=4.0, decoder_steps=25, decoder_guidance=8.0, super_res_steps=7
+        ),
+        "high": StagePreset(
+            prior_steps=40, prior_guidance=4.0, decoder_steps=50, decoder_guidance=8.0, super_res_steps=14
+        ),
     },
-    # The embedded miniature model (Kandinsky 2.2 format, trained by pipelines/training).
-    # Its decoder is guided only at t >= 600 (see kandinsky._GuidanceInterval): +7 points of colour.
-    # Prior guidance 2 beat 1, 1.5, 3 and 4 on a held-out prompt set other than the evaluation's (README).
+    # The embedded miniature model (Kandinsky 2.2 format, trained by pipelines/lab/training). Its decoder is
+    # guided only at t >= 600 (kandinsky._GuidanceInterval); both guidance choices were measured (README).
     "easel-mini": {
-        "low": StagePreset(prior_steps=10, prior_guidance=2.0, decoder_steps=10, decoder_guidance=3.0,
-                           decoder_guidance_min_timestep=600),
-        "medium": StagePreset(prior_steps=20, prior_guidance=2.0, decoder_steps=20, decoder_guidance=3.0,
-                              decoder_guidance_min_timestep=600),
-        "high": StagePreset(prior_steps=25, prior_guidance=2.0, decoder_steps=50, decoder_guidance=3.0,
-                            decoder_guidance_min_timestep=600),
+        "low": StagePreset(
+            prior_steps=10,
+            prior_guidance=2.0,
+            decoder_steps=10,
+            decoder_guidance=3.0,
+            decoder_guidance_min_timestep=600,
+        ),
+        "medium": StagePreset(
+            prior_steps=20,
+            prior_guidance=2.0,
+            decoder_steps=20,
+            decoder_guidance=3.0,
+            decoder_guidance_min_timestep=600,
+        ),
+        "high": StagePreset(
+            prior_steps=25,
+            prior_guidance=2.0,
+            decoder_steps=50,
+            decoder_guidance=3.0,
+            decoder_guidance_min_timestep=600,
+        ),
     },
 }
 
@@ -54,28 +72,3 @@ def presets_for(family: str) -> dict[str, StagePreset]:
     for alias, target in _ALIASES.items():
         full[alias] = table[target]
     return full
-
-
-def resolve_preset(
-    presets: dict[str, StagePreset],
-    quality: str,
-    style: str | None = None,
-    *,
-    prior_steps: int | None = None,
-    prior_guidance: float | None = None,
-    decoder_steps: int | None = None,
-    decoder_guidance: float | None = None,
-    decoder_guidance_min_timestep: int | None = None,
-) -> StagePreset:
-    """The preset for ``quality``, with ``style`` applied and explicit per-stage overrides on top."""
-    preset = presets[quality]
-    if style is not None:
-        preset = replace(preset, decoder_guidance=preset.decoder_guidance * STYLE_DECODER_GUIDANCE_FACTOR[style])
-    overrides = {
-        "prior_steps": prior_steps,
-        "prior_guidance": prior_guidance,
-        "decoder_steps": decoder_steps,
-        "decoder_guidance": decoder_guidance,
-        "decoder_guidance_min_timestep": decoder_guidance_min_timestep,
-    }
-    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})

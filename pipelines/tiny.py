@@ -18,9 +18,9 @@ from diffusers import (
     KandinskyV22CombinedPipeline,
     KandinskyV22InpaintCombinedPipeline,
     PriorTransformer,
+    UnCLIPScheduler,
     UNet2DConditionModel,
     UNet2DModel,
-    UnCLIPScheduler,
     VQModel,
 )
 from transformers import (
@@ -260,5 +260,3 @@ def build_tiny_karlo(path: Path | str, *, with_image_encoder: bool = True) -> Pa
         _image_encoder().save_pretrained(path / "image_encoder")
         _image_processor().save_pretrained(path / "feature_extractor")
     return path
-
-

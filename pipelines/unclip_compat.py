@@ -30,9 +30,9 @@ UnCLIPTextProjModel = _deprecated_unclip.UnCLIPTextProjModel
 def register_unclip_for_loading() -> None:
     """Put the deprecated UnCLIP module and text projection class where the loader looks (idempotent)."""
     if not hasattr(diffusers.pipelines, "unclip"):
-        setattr(diffusers.pipelines, "unclip", _deprecated_unclip)
+        diffusers.pipelines.unclip = _deprecated_unclip
     if not hasattr(diffusers, "UnCLIPTextProjModel"):
-        setattr(diffusers, "UnCLIPTextProjModel", UnCLIPTextProjModel)
+        diffusers.UnCLIPTextProjModel = UnCLIPTextProjModel
 
 
 register_unclip_for_loading()

@@ -4,5 +4,4 @@
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo_root/scripts/bootstrap.sh" ""
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 exec "$py" -m server "$@"

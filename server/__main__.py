@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+import uvicorn
 
-import uvicorn  # noqa: E402
-
-from .app import create_app  # noqa: E402
-from .config import load_settings  # noqa: E402
+from .app import create_app
+from .config import load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -23,7 +20,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
-        logging.getLogger("easel").warning("listening on %s without API keys: anyone who can reach it can use it", settings.host)
+        logging.getLogger("easel").warning(
+            "listening on %s without API keys: anyone who can reach it can use it", settings.host
+        )
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from weights.registry import REGISTRY_PATH, load_registry
 
@@ -100,31 +100,93 @@ def _split(value: str | None) -> list[str]:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def default(name: str, fallback: object = None) -> object:
+    # Defaults are strings, as on the command line: argparse converts them with the option's type.
+    def default(name: str, fallback: str | None = None) -> str | None:
         return env.get(f"EASEL_{name}", fallback)
 
-    parser = argparse.ArgumentParser(prog="easel", description="OpenAI-compatible image API on prior+decoder diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="easel", description="OpenAI-compatible image API on prior+decoder diffusion models."
+    )
     parser.add_argument("--host", default=default("HOST", "127.0.0.1"), help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=int(default("PORT", 8000)), help="port (default 8000)")
-    parser.add_argument("--model", action="append", metavar="NAME=FAMILY:PATH", help="model to serve (repeatable; env EASEL_MODELS, comma-separated); default: weights/registry.json")
-    parser.add_argument("--alias", action="append", metavar="ALIAS=MODEL", help="extra model name (repeatable; env EASEL_ALIASES)")
-    parser.add_argument("--default-model", default=default("DEFAULT_MODEL"), help="model used when a request names none")
-    parser.add_argument("--registry", type=Path, default=Path(str(default("REGISTRY", REGISTRY_PATH))), help="registry file")
-    parser.add_argument("--api-key", action="append", metavar="KEY", help="accepted bearer key (repeatable; also EASEL_API_KEYS); none: no auth")
-    parser.add_argument("--public-base-url", default=default("PUBLIC_BASE_URL"), help="base of image URLs (default: the request's scheme and host)")
-    parser.add_argument("--url-ttl-seconds", type=float, default=float(default("URL_TTL_SECONDS", 3600)), help="lifetime of image URLs (default 3600)")
-    parser.add_argument("--queue-size", type=int, default=int(default("QUEUE_SIZE", 16)), help="jobs waiting per model before 429 (default 16)")
-    parser.add_argument("--device", default=default("DEVICE"), help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=default("DTYPE"), help="torch dtype (default: the loader's choice for the device)")
-    parser.add_argument("--max-body-mb", type=float, default=float(default("MAX_BODY_MB", DEFAULT_MAX_BODY_MB)), help="request body limit in MiB (default 50)")
-    parser.add_argument("--max-upload-mb", type=float, default=float(default("MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)), help="limit per uploaded image in MiB (default 50)")
-    parser.add_argument("--max-upload-megapixels", type=float, default=float(default("MAX_UPLOAD_MEGAPIXELS", DEFAULT_MAX_UPLOAD_MEGAPIXELS)), help="limit per uploaded image in megapixels (default 40)")
-    parser.add_argument("--image-dir", type=Path, default=default("IMAGE_DIR"), help="directory for URL images (default: a temporary one)")
-    parser.add_argument("--log-level", default=str(default("LOG_LEVEL", "info")).lower(), choices=["debug", "info", "warning", "error"], help="default info")
+    parser.add_argument("--port", type=int, default=default("PORT", "8000"), help="port (default 8000)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=FAMILY:PATH",
+        help="model to serve (repeatable; env EASEL_MODELS, comma-separated); default: weights/registry.json",
+    )
+    parser.add_argument(
+        "--alias", action="append", metavar="ALIAS=MODEL", help="extra model name (repeatable; env EASEL_ALIASES)"
+    )
+    parser.add_argument(
+        "--default-model", default=default("DEFAULT_MODEL"), help="model used when a request names none"
+    )
+    parser.add_argument("--registry", type=Path, default=default("REGISTRY", str(REGISTRY_PATH)), help="registry file")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="accepted bearer key (repeatable; also EASEL_API_KEYS); none: no auth",
+    )
+    parser.add_argument(
+        "--public-base-url",
+        default=default("PUBLIC_BASE_URL"),
+        help="base of image URLs (default: the request's scheme and host)",
+    )
+    parser.add_argument(
+        "--url-ttl-seconds",
+        type=float,
+        default=default("URL_TTL_SECONDS", "3600"),
+        help="lifetime of image URLs (default 3600)",
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=default("QUEUE_SIZE", "16"),
+        help="jobs waiting per model before 429 (default 16)",
+    )
+    parser.add_argument(
+        "--device", default=default("DEVICE"), help="torch device (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--dtype", default=default("DTYPE"), help="torch dtype (default: the loader's choice for the device)"
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=default("MAX_BODY_MB", str(DEFAULT_MAX_BODY_MB)),
+        help="request body limit in MiB (default 50)",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=default("MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_MB)),
+        help="limit per uploaded image in MiB (default 50)",
+    )
+    parser.add_argument(
+        "--max-upload-megapixels",
+        type=float,
+        default=default("MAX_UPLOAD_MEGAPIXELS", str(DEFAULT_MAX_UPLOAD_MEGAPIXELS)),
+        help="limit per uploaded image in megapixels (default 40)",
+    )
+    parser.add_argument(
+        "--image-dir",
+        type=Path,
+        default=default("IMAGE_DIR"),
+        help="directory for URL images (default: a temporary one)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=str(default("LOG_LEVEL", "info")).lower(),
+        choices=["debug", "info", "warning", "error"],
+        help="default info",
+    )
     return parser
 
 
-def _models_and_aliases(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[list[ModelSpec], dict[str, str], str]:
+def _models_and_aliases(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[list[ModelSpec], dict[str, str], str]:
     registry = load_registry(args.registry)
     model_texts = args.model or _split(env.get("EASEL_MODELS"))
     if model_texts:

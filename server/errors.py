@@ -1,7 +1,7 @@
-"""API errors and the OpenAI error envelope.
+"""API errors, the OpenAI error envelope, and the one table that maps engine and backend exceptions to them.
 
 Every non-2xx response Easel sends has the body
-``{"error": {"message", "type", "param", "code"}}``. Handlers here turn
+``{"error": {"message", "type", "param", "code"}}``. The handlers here turn
 :class:`APIError`, Starlette's ``HTTPException`` (unknown route, wrong method)
 and any unexpected exception into that shape. Unexpected exceptions are logged
 with their traceback and the request id; the client only gets a generic
@@ -11,11 +11,16 @@ message and the id to quote.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from pipelines.base import Cancelled, MissingComponent
+
+from .engine.base import EngineStopped, QueueFull
 
 log = logging.getLogger("easel.errors")
 
@@ -60,6 +65,47 @@ def shutting_down(message: str = "The server is shutting down.") -> APIError:
     return APIError(503, message, type=SERVER_ERROR, code="shutting_down")
 
 
+def internal_error(request_id: str) -> APIError:
+    return APIError(
+        500,
+        f"The server had an error while processing your request. Quote request id {request_id} when reporting it.",
+        type=SERVER_ERROR,
+    )
+
+
+def _queue_full(error: QueueFull) -> APIError:
+    return APIError(
+        429,
+        f"Model '{error.model}' has {error.waiting} requests waiting, the most this server queues; "
+        f"retry after {error.retry_after} s.",
+        type="rate_limit_error",
+        code="queue_full",
+        headers={"retry-after": str(error.retry_after)},
+    )
+
+
+# What the engine and the backends raise, as the client sees it. The first matching row wins.
+# A ValueError from a backend is a job it refuses (its input, not a bug); anything not listed is a bug: 500.
+ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], APIError]]] = [
+    (APIError, lambda error: error),
+    (QueueFull, _queue_full),
+    (EngineStopped, lambda error: shutting_down()),
+    # Only the engine's shutdown cancels a job whose client is still waiting for it.
+    (Cancelled, lambda error: shutting_down("The job was stopped: the server is shutting down.")),
+    (MissingComponent, lambda error: APIError(400, str(error), param="model", code="missing_component")),
+    (ValueError, lambda error: APIError(400, str(error), code="invalid_value")),
+]
+
+
+def job_error(error: BaseException, request_id: str) -> APIError:
+    """The API error for what submitting or running a job raised; a bug is logged and answered 500."""
+    for kind, to_api_error in ERROR_TABLE:
+        if isinstance(error, kind):
+            return to_api_error(error)
+    log.error("backend failed [request_id=%s]", request_id, exc_info=error)
+    return internal_error(request_id)
+
+
 def envelope(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -90,14 +136,6 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
         message = str(exc.detail)
     kind = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
     return error_response(APIError(exc.status_code, message, type=kind, headers=exc.headers))
-
-
-def internal_error(request_id: str) -> APIError:
-    return APIError(
-        500,
-        f"The server had an error while processing your request. Quote request id {request_id} when reporting it.",
-        type=SERVER_ERROR,
-    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

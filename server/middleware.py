@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-from typing import Iterable
+from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,7 +25,10 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Give every request an id (the client's ``x-request-id`` if sane) and echo it on every response."""
+    """Give every request an id (the client's ``x-request-id`` if sane) and echo it on every response.
+
+    The id is ``request.state.request_id`` for everything behind this middleware.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -84,7 +87,9 @@ class BearerAuthMiddleware:
                 headers={"www-authenticate": "Bearer"},
             )
         elif not self._matches(token.strip()):
-            error = APIError(401, "Incorrect API key provided.", code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+            error = APIError(
+                401, "Incorrect API key provided.", code="invalid_api_key", headers={"www-authenticate": "Bearer"}
+            )
         else:
             await self.app(scope, receive, send)
             return

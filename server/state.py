@@ -1,15 +1,14 @@
-"""What the routes share for the lifetime of the app (``request.app.state.easel``)."""
+"""What the routes share for the lifetime of the app: ``request.app.state.easel``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.requests import Request
-
-from .catalog import Catalog
 from .config import Settings
-from .engine import Engine
-from .storage import ImageStore
+from .engine.base import Engine
+from .serving.files import ImageStore
+from .serving.images import ImageServing
+from .serving.models import Catalog
 
 
 @dataclass
@@ -18,7 +17,4 @@ class ServerState:
     catalog: Catalog
     engine: Engine
     store: ImageStore
-
-
-def server_state(request: Request) -> ServerState:
-    return request.app.state.easel
+    images: ImageServing

@@ -9,29 +9,25 @@ takes a fraction of a second on a CPU.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import httpx
+import pytest
+import uvicorn
+from openai import AsyncOpenAI, OpenAI
+from starlette.applications import Starlette
 
-import contextlib  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Iterator  # noqa: E402
-
-import httpx  # noqa: E402
-import pytest  # noqa: E402
-import uvicorn  # noqa: E402
-from openai import AsyncOpenAI, OpenAI  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-
-from server.app import create_app  # noqa: E402
-from server.catalog import Loader  # noqa: E402
-from server.config import ModelSpec, Settings  # noqa: E402
-from server.state import ServerState  # noqa: E402
-from weights.registry import load_registry  # noqa: E402
+from server.app import create_app
+from server.config import ModelSpec, Settings
+from server.engine.local import Loader
+from server.state import ServerState
+from weights.registry import load_registry
 
 FAST = {"prior_steps": 2, "decoder_steps": 2}  # extension fields: keep test generations quick
 SLOW = {"prior_steps": 2, "decoder_steps": 200}  # a job that runs for seconds, to be cancelled
@@ -42,7 +38,7 @@ TEST_KEY = "sk-easel-test"
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from pipelines.tiny import build_tiny_karlo, build_tiny_kandinsky
+    from pipelines.tiny import build_tiny_kandinsky, build_tiny_karlo
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {
@@ -83,7 +79,9 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings, *, loader: Loader | None = None, wait_ready: bool = True) -> Iterator[LiveServer]:
+def running_server(
+    settings: Settings, *, loader: Loader | None = None, wait_ready: bool = True
+) -> Iterator[LiveServer]:
     """A real uvicorn server for ``settings`` on a free loopback port, stopped on exit."""
     app = create_app(settings, loader=loader)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -145,7 +143,9 @@ def tiny_backend(tiny_model_dirs: dict[str, Path]):
     return load_backend(TINY, "kandinsky22", tiny_model_dirs["kandinsky"])
 
 
-def assert_envelope(response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None) -> dict:
+def assert_envelope(
+    response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None
+) -> dict:
     """The OpenAI error envelope, exactly, with a request id header; returns the error object."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"

@@ -1,4 +1,1 @@
-"""HTTP routes, one module per resource; each module exposes ``routes``.
-
-``server.app.ROUTE_MODULES`` lists the modules the app serves.
-"""
+"""HTTP routes, one module per resource; each module exposes ``routes``, which ``server.app.ROUTES`` gathers."""

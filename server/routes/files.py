@@ -15,13 +15,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import APIError
-from ..state import server_state
-from ..storage import MEDIA_TYPES
+from ..serving.files import MEDIA_TYPES, ImageStore
 
 
 async def serve_image(request: Request) -> Response:
+    store: ImageStore = request.app.state.easel.store
     name = request.path_params["name"]
-    found = await asyncio.to_thread(server_state(request).store.read, name)
+    found = await asyncio.to_thread(store.read, name)
     if found is None:
         raise APIError(404, "This image does not exist or its URL has expired.", code="image_not_found")
     data, expires = found

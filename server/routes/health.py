@@ -8,36 +8,21 @@ envelope); both carry ``models``: each model's status (``loading``,
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import SERVER_ERROR, APIError, error_response
-from ..state import ServerState, server_state
+from ..state import ServerState
 
 
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def model_readiness(state: ServerState) -> dict[str, Any]:
-    report: dict[str, Any] = {}
-    for name, entry in state.catalog.entries.items():
-        item: dict[str, Any] = {"status": entry.status}
-        if entry.error is not None:
-            item["error"] = entry.error
-        if entry.backend is not None:
-            item.update(device=entry.backend.info.device, dtype=entry.backend.info.dtype)
-            item.update(state.engine.stats(name) or {})
-        report[name] = item
-    return report
-
-
 async def ready(request: Request) -> JSONResponse:
-    state = server_state(request)
-    models = model_readiness(state)
+    state: ServerState = request.app.state.easel
+    models = state.catalog.readiness(state.engine)
     if state.catalog.all_ready():
         return JSONResponse({"status": "ready", "models": models})
     waiting = [f"{name} ({item['status']})" for name, item in models.items() if item["status"] != "ready"]

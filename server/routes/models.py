@@ -1,9 +1,8 @@
 """``GET /v1/models`` and ``GET /v1/models/{model}``: OpenAI's model objects plus Easel's capabilities.
 
-Local models and aliases are both listed; an alias has ``alias_of`` (the
-model it resolves to). ``capabilities`` (sizes, endpoints, quality presets,
-parameter counts, device, dtype, ``max_n``) is null while a model loads;
-``status`` says ``loading``, ``ready`` or ``failed`` (then ``error`` says why).
+``capabilities`` (sizes, endpoints, quality presets, parameter counts, device,
+dtype, ``max_n``) is null while a model loads; ``status`` says ``loading``,
+``ready`` or ``failed`` (then ``error`` says why). Unknown names are a 404.
 """
 
 from __future__ import annotations
@@ -12,24 +11,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ..catalog import Catalog
-from ..responses import model_list, model_object
-from ..state import server_state
-from ..validation import max_n_for
-
-
-def _model_object(catalog: Catalog, name: str) -> dict:
-    resolved = catalog.resolve(name)  # 404 model_not_found for unknown names
-    return model_object(resolved.entry, name, max_n_for(resolved.api_style))
+from ..protocol.models import model_list
+from ..serving.models import Catalog
 
 
 async def list_models(request: Request) -> JSONResponse:
-    catalog = server_state(request).catalog
-    return JSONResponse(model_list([_model_object(catalog, name) for name in catalog.names()]))
+    catalog: Catalog = request.app.state.easel.catalog
+    return JSONResponse(model_list([catalog.model_object(name) for name in catalog.names()]))
 
 
 async def retrieve_model(request: Request) -> JSONResponse:
-    return JSONResponse(_model_object(server_state(request).catalog, request.path_params["model"]))
+    catalog: Catalog = request.app.state.easel.catalog
+    return JSONResponse(catalog.model_object(request.path_params["model"]))
 
 
 routes = [

@@ -1,0 +1,60 @@
+"""OpenAI's model objects, plus Easel's ``status`` and ``capabilities``.
+
+Local models and aliases are both listed; an alias has ``alias_of``.
+``capabilities`` is null until the model has loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from pipelines.base import ModelInfo
+
+
+def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
+    square = info.native_size_for(1, 1)
+    endpoints = ["generations"] + [
+        name for task, name in (("edit", "edits"), ("variation", "variations")) if task in info.tasks
+    ]
+    return {
+        "family": info.family,
+        "native_size": f"{square[0]}x{square[1]}",
+        "fixed_native_size": None if info.fixed_native_size is None else "{}x{}".format(*info.fixed_native_size),
+        "size_multiple": info.size_multiple,
+        "size_bounds": {"min_side": info.min_side, "max_side": info.max_side},
+        "endpoints": endpoints,
+        "supports_negative_prompt": info.supports_negative_prompt,
+        "supports_guidance_interval": info.supports_guidance_interval,
+        "quality_presets": {name: asdict(preset) for name, preset in info.presets.items()},
+        "parameter_counts": dict(info.parameter_counts),
+        "device": info.device,
+        "dtype": info.dtype,
+        "max_n": max_n,
+    }
+
+
+def model_object(
+    *,
+    model_id: str,
+    model_name: str,
+    created: int,
+    owned_by: str,
+    status: str,
+    error: str | None,
+    info: ModelInfo | None,
+    max_n: int,
+) -> dict[str, Any]:
+    """An OpenAI model object for ``model_id`` (an alias of ``model_name`` when they differ)."""
+    body: dict[str, Any] = {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+    if model_id != model_name:
+        body["alias_of"] = model_name
+    body["status"] = status
+    if error is not None:
+        body["error"] = error
+    body["capabilities"] = None if info is None else capabilities(info, max_n)
+    return body
+
+
+def model_list(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"object": "list", "data": objects}

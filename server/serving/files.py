@@ -1,0 +1,164 @@
+"""The files a client gets: each image fitted to the requested size and encoded; ``url`` files kept until they expire.
+
+Fitting. Backends generate at a native resolution near the requested aspect
+ratio (:meth:`ModelInfo.native_size_for`). When that aspect ratio is within 2 %
+of the request (rounding to the model's size multiple), the image is resized
+straight to the requested size. When it differs more (models with a fixed
+native size, like Karlo's 256x256, asked for 1792x1024), the image is first
+center-cropped to the requested aspect ratio so nothing is stretched. Resizing
+uses Lanczos.
+
+Encoding. ``output_compression`` is the encoder quality for JPEG and WebP
+(0-100, default 100). PNG is lossless and always written the same way, so
+identical pixels give identical bytes.
+
+URL storage (:class:`ImageStore`). The store owns only the files it writes: names it makes itself (an
+unguessable id, ``secrets.token_urlsafe(32)``, 256 bits, plus the extension)
+and the partial writes behind them. Anything else in the directory (a user's
+own files, symlinks, folders) is never read, served or deleted, so pointing
+``--image-dir`` at a folder that holds other files is safe.
+
+A file's modification time is its birth, so expiry survives restarts when
+``--image-dir`` is reused: an expired file is refused (404) and deleted on
+access, and a periodic sweep deletes the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import secrets
+import stat
+import time
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger("easel.files")
+
+ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference resized without cropping
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_ID = r"[A-Za-z0-9_-]{43}"  # secrets.token_urlsafe(32)
+_EXTENSION = "(png|jpeg|webp)"  # a MEDIA_TYPES key
+_FILE_NAME = re.compile(rf"{_ID}\.{_EXTENSION}")
+_PARTIAL_NAME = re.compile(rf"\.{_ID}\.{_EXTENSION}\.part")  # a write in progress, or one a crash left behind
+
+
+def center_crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
+    target = width / height
+    w, h = image.size
+    if w / h > target:
+        new_w = max(1, round(h * target))
+        left = (w - new_w) // 2
+        return image.crop((left, 0, left + new_w, h))
+    new_h = max(1, round(w / target))
+    top = (h - new_h) // 2
+    return image.crop((0, top, w, top + new_h))
+
+
+def resize_exactly(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` stretched to ``width`` x ``height`` (Lanczos), or itself if it has that size."""
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def fit_to_size(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` at exactly ``width`` x ``height``: cropped to the aspect ratio if needed, then resized."""
+    w, h = image.size
+    if abs(math.log((w / h) / (width / height))) > ASPECT_TOLERANCE:
+        image = center_crop_to_aspect(image, width, height)
+    return resize_exactly(image, width, height)
+
+
+def encode(image: Image.Image, output_format: str, compression: int) -> bytes:
+    buffer = io.BytesIO()
+    rgb = image.convert("RGB")
+    if output_format == "png":
+        rgb.save(buffer, format="PNG")
+    elif output_format == "jpeg":
+        rgb.save(buffer, format="JPEG", quality=compression)
+    elif output_format == "webp":
+        rgb.save(buffer, format="WEBP", quality=compression)
+    else:
+        raise ValueError(f"unknown output format {output_format!r}")
+    return buffer.getvalue()
+
+
+def finish_images(
+    images: list[Image.Image], width: int, height: int, output_format: str, compression: int
+) -> list[bytes]:
+    """Fit and encode every image (CPU work: run it in a thread, not on the event loop)."""
+    return [encode(fit_to_size(image, width, height), output_format, compression) for image in images]
+
+
+def _own_regular_file(path: Path) -> os.stat_result | None:
+    """The file's status if it is a regular file (never a symlink, whose target is not ours); else None."""
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        return None
+    return status if stat.S_ISREG(status.st_mode) else None
+
+
+class ImageStore:
+    def __init__(self, directory: Path, ttl_seconds: float) -> None:
+        self.directory = directory
+        self.ttl_seconds = ttl_seconds
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def sweep_interval(self) -> float:
+        """Often enough that a file outlives its TTL by at most a quarter of it (and at most a minute)."""
+        return max(0.25, min(60.0, self.ttl_seconds / 4))
+
+    def save(self, data: bytes, extension: str) -> str:
+        """Store ``data``; returns the file name to put in the URL."""
+        name = f"{secrets.token_urlsafe(32)}.{extension}"
+        temporary = self.directory / f".{name}.part"
+        # O_EXCL: never write through a file or symlink someone else put at this name.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(temporary, self.directory / name)  # never serve a half-written file
+        return name
+
+    def read(self, name: str) -> tuple[bytes, float] | None:
+        """The live file's bytes and expiry time, or None (unknown, not ours, or expired). File I/O: run in a thread."""
+        if not _FILE_NAME.fullmatch(name):
+            return None
+        path = self.directory / name
+        status = _own_regular_file(path)
+        if status is None:
+            return None
+        expires = status.st_mtime + self.ttl_seconds
+        if expires <= time.time():
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            # O_NOFOLLOW: a symlink swapped in since the check is refused. Read whole (images are
+            # small) so a sweep between the check and the send cannot break the response.
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        with os.fdopen(descriptor, "rb") as file:
+            return file.read(), expires
+
+    def sweep(self) -> int:
+        """Delete this store's expired files (and stale partial writes); returns how many."""
+        now = time.time()
+        removed = 0
+        for path in self.directory.iterdir():
+            if not (_FILE_NAME.fullmatch(path.name) or _PARTIAL_NAME.fullmatch(path.name)):
+                continue
+            status = _own_regular_file(path)
+            if status is not None and status.st_mtime + self.ttl_seconds <= now:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.debug("swept %d expired images", removed)
+        return removed

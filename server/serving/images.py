@@ -1,0 +1,220 @@
+"""Serving the image endpoints: resolve the model, submit the job, wait (or stream), finish the files, answer.
+
+A typed request (:mod:`server.protocol.images`) comes in; the answer goes out
+in the style of the model name the client used. The job waits in the engine;
+a client that disconnects before its images are ready cancels it. Log lines
+carry ``request.state.request_id``, set by :class:`~server.middleware.RequestIdMiddleware`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive
+
+from pipelines.base import ImageJob
+from pipelines.inpaint import composite_unmasked
+
+from ..config import Settings
+from ..engine.base import Engine, JobHandle, JobResult
+from ..errors import job_error
+from ..protocol.events import ImageEventFields, StreamKind
+from ..protocol.fields import ImageOptions
+from ..protocol.images import (
+    EditRequest,
+    FinishedImage,
+    GenerationRequest,
+    VariationRequest,
+    images_response,
+    job_usage,
+)
+from .decoding import UploadLimits, decode_edit_inputs, decode_variation_input
+from .files import ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .models import Catalog, ReadyModel
+from .streaming import ImageStream, stream_job
+
+log = logging.getLogger("easel.images")
+
+CLIENT_CLOSED_REQUEST = 499  # never reaches the client; shows in access logs
+
+# Work on a job's native images before they are fitted to the requested size (edits: compositing); runs in a thread.
+Prepare = Callable[[list[Image.Image]], list[Image.Image]]
+FitToSize = Callable[[Image.Image, int, int], Image.Image]
+
+
+class ImageServing:
+    def __init__(self, settings: Settings, catalog: Catalog, engine: Engine, store: ImageStore) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.engine = engine
+        self.store = store
+        self.upload_limits = UploadLimits.from_settings(settings)
+
+    async def generate(self, request: Request, generation: GenerationRequest) -> Response:
+        model = self.catalog.ready(generation.options.model, "generate")
+        job = generation.to_job(model.info, model.api_style)
+        options = generation.options
+        log.info(
+            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s seeds=%d.. user=%r [request_id=%s]",
+            model.requested, model.name, job.n, options.size.label, job.width, job.height,
+            options.quality, job.seeds[0], options.user, request.state.request_id,
+        )  # fmt: skip
+        handle = self._submit(request, model, job)
+        if options.stream:
+            return self._stream(request, "image_generation", options, handle)
+        return await self._respond(request, model, options, handle, prompt=generation.prompt)
+
+    async def edit(self, request: Request, edit: EditRequest) -> Response:
+        model = self.catalog.ready(edit.options.model, "edit")
+        original, repaint = await asyncio.to_thread(
+            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits
+        )
+        edit = edit.sized_for(original, model.info)
+        job = edit.to_job(model.info, model.api_style, original, repaint)
+        options = edit.options
+        log.info(
+            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r [request_id=%s]",
+            model.requested, model.name, job.n, original.width, original.height, options.size.label,
+            job.width, job.height, job.seeds[0], options.stream, options.user, request.state.request_id,
+        )  # fmt: skip
+        handle = self._submit(request, model, job)
+        width, height = options.size.width, options.size.height
+
+        def composite(images: list[Image.Image]) -> list[Image.Image]:
+            # The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged.
+            sized_original = resize_exactly(original, width, height)
+            return [composite_unmasked(sized_original, image, repaint) for image in images]
+
+        if options.stream:
+            # Previews are stretched to the requested size, as the composited result is (never cropped).
+            return self._stream(request, "image_edit", options, handle, fit_preview=resize_exactly, prepare=composite)
+        return await self._respond(request, model, options, handle, prompt=edit.prompt, prepare=composite)
+
+    async def vary(self, request: Request, variation: VariationRequest) -> Response:
+        model = self.catalog.ready(variation.options.model, "variation")
+        source = await asyncio.to_thread(decode_variation_input, variation.image, self.upload_limits)
+        variation = variation.sized_for(source, model.info)
+        job = variation.to_job(model.info, model.api_style, source)
+        options = variation.options
+        log.info(
+            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r [request_id=%s]",
+            model.requested, model.name, job.n, source.width, source.height, options.size.label,
+            job.width, job.height, job.seeds[0], options.user, request.state.request_id,
+        )  # fmt: skip
+        handle = self._submit(request, model, job)
+        return await self._respond(request, model, options, handle)
+
+    # -- the steps every endpoint shares ------------------------------------------------------------
+
+    def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
+        """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
+        try:
+            return self.engine.submit(model.name, job)
+        except Exception as error:
+            raise job_error(error, request.state.request_id) from None
+
+    async def _respond(
+        self,
+        request: Request,
+        model: ReadyModel,
+        options: ImageOptions,
+        handle: JobHandle,
+        *,
+        prompt: str | None = None,
+        prepare: Prepare | None = None,
+    ) -> Response:
+        """The JSON answer with the job's images (499, nothing sent, if the client left first)."""
+        result = await self._wait(request, handle)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        gpt_image = model.api_style == "gpt-image"
+        response_format = options.response_format or ("b64_json" if gpt_image else "url")
+        url_base = self._url_base(request) if response_format == "url" else None
+        usage_block = job_usage(handle.job, result.prompt_tokens) if gpt_image else None
+
+        def render() -> JSONResponse:
+            # Resizing, encoding, writing files, base64 and JSON of megabytes: all off the event loop.
+            finished = []
+            for data, seed in zip(_finish(result.images, options, prepare), handle.job.seeds, strict=True):
+                url = None if url_base is None else f"{url_base}/{self.store.save(data, options.output_format)}"
+                finished.append(FinishedImage(data, seed, url))
+            body = images_response(
+                created=int(time.time()),
+                images=finished,
+                api_style=model.api_style,
+                prompt=prompt,
+                options=options,
+                usage_block=usage_block,
+            )
+            return JSONResponse(body)
+
+        return await asyncio.to_thread(render)
+
+    async def _wait(self, request: Request, handle: JobHandle) -> JobResult | None:
+        """The job's result; None, with the job cancelled, if the client disconnects first."""
+        result = asyncio.ensure_future(handle.result())
+        gone = asyncio.ensure_future(_wait_for_disconnect(request.receive))
+        try:
+            await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not result.done():
+            self.engine.cancel(handle)
+            result.cancel()
+            log.info("client went away; job dropped [request_id=%s]", request.state.request_id)
+            return None
+        error = result.exception()
+        if error is not None:
+            raise job_error(error, request.state.request_id) from error
+        return result.result()
+
+    def _stream(
+        self,
+        request: Request,
+        kind: StreamKind,
+        options: ImageOptions,
+        handle: JobHandle,
+        *,
+        fit_preview: FitToSize = fit_to_size,
+        prepare: Prepare | None = None,
+    ) -> Response:
+        """Events for the job; streams always report usage. Final images are made exactly as the JSON answer's."""
+        size = options.size
+
+        def encode_preview(image: Image.Image) -> bytes:
+            return encode(
+                fit_preview(image, size.width, size.height), options.output_format, options.output_compression
+            )
+
+        def encode_final(images: list[Image.Image]) -> list[bytes]:
+            return _finish(images, options, prepare)
+
+        def usage(result: JobResult) -> dict:
+            return job_usage(handle.job, result.prompt_tokens)
+
+        stream = ImageStream(kind, ImageEventFields.of(options), encode_preview, encode_final, usage)
+        return stream_job(self.engine, handle, stream, request.state.request_id)
+
+    def _url_base(self, request: Request) -> str:
+        base = self.settings.public_base_url or str(request.base_url).rstrip("/")
+        return f"{base}/v1/files/images"
+
+
+def _finish(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
+    """The files a client gets for a job's native images (CPU work: run it in a thread)."""
+    if prepare is not None:
+        images = prepare(images)
+    size = options.size
+    return finish_images(images, size.width, size.height, options.output_format, options.output_compression)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    """Returns when the client has gone (call only after the body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,171 @@
+"""The models this server offers: their load state, their aliases, and name resolution.
+
+Models load one by one in a background thread after the server starts
+listening, so each entry is ``loading``, ``ready`` or ``failed`` (with the
+loader's message); the image endpoints answer 503 until theirs is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipelines.base import ModelInfo, Task
+
+from ..config import ModelSpec, Settings
+from ..engine.base import Engine, EngineStopped, ModelToLoad
+from ..errors import SERVER_ERROR, APIError
+from ..protocol.images import ApiStyle, api_style_for, check_task, max_n_for
+from ..protocol.models import model_object
+
+log = logging.getLogger("easel.models")
+
+LOADING_RETRY_AFTER_SECONDS = 5
+
+
+class ModelEntry:
+    """One configured model and where its loading stands."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.status: Literal["loading", "ready", "failed"] = "loading"
+        self.info: ModelInfo | None = None
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def created(self) -> int:
+        if self.info is not None:
+            return self.info.created
+        try:
+            return int(self.spec.path.stat().st_mtime)
+        except OSError:
+            return 0
+
+
+@dataclass(frozen=True)
+class ReadyModel:
+    """A loaded model, as a request named it."""
+
+    requested: str  # the name the client used (alias or model)
+    name: str  # the model it resolves to
+    api_style: ApiStyle
+    info: ModelInfo
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"The model `{name}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+class Catalog:
+    def __init__(self, settings: Settings) -> None:
+        self.entries = {spec.name: ModelEntry(spec) for spec in settings.models}
+        self.aliases = dict(settings.aliases)
+        self.default_name = settings.default_model_name
+
+    def names(self) -> list[str]:
+        """Every name a client may use: models first, then aliases."""
+        return [*self.entries, *self.aliases]
+
+    def entry(self, requested: str | None) -> ModelEntry:
+        """The entry for a requested name (``None``: the default model); 404 if unknown."""
+        name = requested if requested is not None else self.default_name
+        entry = self.entries.get(self.aliases.get(name, name))
+        if entry is None:
+            raise model_not_found(name)
+        return entry
+
+    def ready(self, requested: str | None, task: Task) -> ReadyModel:
+        """The loaded model for a request (404 unknown; 503 loading or failed; 400 if it lacks the task)."""
+        entry = self.entry(requested)
+        if entry.status == "loading":
+            raise APIError(
+                503,
+                f"Model '{entry.name}' is still loading; retry shortly.",
+                type=SERVER_ERROR,
+                code="model_loading",
+                headers={"retry-after": str(LOADING_RETRY_AFTER_SECONDS)},
+            )
+        if entry.info is None:
+            raise APIError(
+                503,
+                f"Model '{entry.name}' failed to load: {entry.error}",
+                type=SERVER_ERROR,
+                code="model_unavailable",
+                headers={"x-should-retry": "false"},  # it will not load by itself; tells the openai SDK not to retry
+            )
+        check_task(entry.info, task)
+        name = requested if requested is not None else self.default_name
+        return ReadyModel(requested=name, name=entry.name, api_style=api_style_for(name), info=entry.info)
+
+    def model_object(self, model_id: str) -> dict[str, Any]:
+        """The OpenAI model object for a name clients may use; 404 if unknown."""
+        entry = self.entry(model_id)
+        return model_object(
+            model_id=model_id,
+            model_name=entry.name,
+            created=entry.created(),
+            owned_by=entry.spec.owned_by,
+            status=entry.status,
+            error=entry.error,
+            info=entry.info,
+            max_n=max_n_for(api_style_for(model_id)),
+        )
+
+    def all_ready(self) -> bool:
+        return all(entry.status == "ready" for entry in self.entries.values())
+
+    def readiness(self, engine: Engine) -> dict[str, Any]:
+        """Each model's status: ``loading``, ``ready`` with queue figures, or ``failed`` with the loader's reason."""
+        report: dict[str, Any] = {}
+        for name, entry in self.entries.items():
+            item: dict[str, Any] = {"status": entry.status}
+            if entry.error is not None:
+                item["error"] = entry.error
+            if entry.info is not None:
+                item.update(device=entry.info.device, dtype=entry.info.dtype)
+                item.update(engine.stats(name) or {})
+            report[name] = item
+        return report
+
+
+def load_all(catalog: Catalog, engine: Engine, settings: Settings, stop: threading.Event) -> None:
+    """Load every model in turn (run in a background thread); failures are recorded, never raised."""
+    for entry in catalog.entries.values():
+        if stop.is_set():
+            return
+        started = time.monotonic()
+        spec = entry.spec
+        try:
+            info = engine.load(
+                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
+            )
+        except EngineStopped:  # the server stopped while this model loaded
+            return
+        except Exception as error:  # the server keeps running and reports it
+            # A missing directory or a bad setting has a message written for people; anything else is
+            # unexpected, so its type is kept in the message and its traceback goes to the log.
+            expected = isinstance(error, (FileNotFoundError, ValueError))
+            entry.error = str(error) if expected else f"{type(error).__name__}: {error}"
+            entry.status = "failed"
+            log.error(
+                "model %s failed to load: %s", spec.name, entry.error, exc_info=not isinstance(error, FileNotFoundError)
+            )
+            continue
+        if stop.is_set():  # the server stopped while this model loaded
+            return
+        entry.info = info
+        entry.load_seconds = time.monotonic() - started
+        entry.status = "ready"
+        log.info("model %s ready on %s (%s) in %.1f s", spec.name, info.device, info.dtype, entry.load_seconds)

@@ -1,0 +1,162 @@
+"""Image files out of request bodies: multipart parts as the openai SDK sends them, or data URLs in JSON edits.
+
+Each file is limited to ``--max-upload-mb`` as it is read (the request body
+limit, ``--max-body-mb``, applies to the whole request first); decoding the
+bytes into pixels is :mod:`server.serving.decoding`.
+
+Edits arrive as ``multipart/form-data`` (one ``image`` part, or ``image[]``
+parts for a list, optional ``mask``) or ``application/json`` with ``images:
+[{"image_url": "data:..."}]`` and ``mask: {"image_url": ...}``. One image per
+edit: OpenAI takes up to 16, the extra ones as references, which
+prior+decoder models cannot use, so more are refused rather than dropped.
+
+JSON edits accept only ``data:`` URLs with base64 content. Easel never fetches
+``http(s)`` URLs: a server that fetches what clients name can be steered at
+internal addresses (SSRF), and Easel is meant to run on offline machines.
+``file_id`` is refused: Easel has no Files API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from ..errors import invalid
+from ..protocol.fields import media_type, parse_json, require_object
+from ..protocol.images import UploadedBody
+from .decoding import UploadLimits
+
+MAX_FILE_PARTS = 20  # OpenAI takes up to 16 images and a mask; more is refused by the parser
+EDIT_FILE_PARTS = frozenset({"image", "image[]", "mask"})
+JSON_IMAGE_FIELDS = ("images", "mask")
+
+
+@dataclass(frozen=True)
+class MultipartBody:
+    fields: dict[str, Any]  # every part not named in file_parts, for the protocol's FieldReader
+    files: dict[str, list[bytes]]  # contents of the file parts, by part name as sent
+
+
+def part_param(name: str) -> str:
+    """The parameter a part reports errors under: ``image[]`` parts are ``image``."""
+    return name.removesuffix("[]")
+
+
+async def read_multipart(request: Request, file_parts: frozenset[str], limits: UploadLimits) -> MultipartBody:
+    """Split a multipart body into text fields and file contents, enforcing the byte limit per file."""
+    fields: dict[str, Any] = {}
+    files: dict[str, list[bytes]] = {}
+    async with request.form(max_files=MAX_FILE_PARTS) as form:
+        for name, value in form.multi_items():
+            if name not in file_parts:
+                if name in fields:
+                    raise invalid(name, f"'{name}' was given more than once.", code="invalid_value")
+                fields[name] = value
+                continue
+            param = part_param(name)
+            if not isinstance(value, UploadFile):
+                raise invalid(param, f"'{param}' must be a file upload (a multipart file part), not a text field.")
+            if value.size is not None and value.size > limits.max_bytes:
+                raise invalid(
+                    param, f"The '{param}' file is {value.size} bytes; the limit is {limits.max_bytes} bytes."
+                )
+            files.setdefault(name, []).append(await value.read())
+    return MultipartBody(fields, files)
+
+
+async def read_variation_body(request: Request, limits: UploadLimits) -> UploadedBody:
+    if media_type(request) != "multipart/form-data":
+        message = "Send a variation request as multipart/form-data with an 'image' file part."
+        raise invalid(None, message, code="unsupported_content_type")
+    body = await read_multipart(request, frozenset({"image"}), limits)
+    return UploadedBody(body.fields, True, "image", body.files.get("image", []))
+
+
+async def read_edit_body(request: Request, limits: UploadLimits) -> UploadedBody:
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        body = await read_multipart(request, EDIT_FILE_PARTS, limits)
+        masks = body.files.get("mask", [])
+        if len(masks) > 1:
+            raise invalid("mask", f"Send one mask; {len(masks)} were sent.", code="invalid_value")
+        images = body.files.get("image", []) + body.files.get("image[]", [])
+        _refuse_several_images(len(images), "image")
+        return UploadedBody(body.fields, True, "image", images, masks[0] if masks else None)
+    if kind == "application/json":
+        return await asyncio.to_thread(_json_edit_body, await request.body(), limits)
+    raise invalid(
+        None,
+        "Send an edit as multipart/form-data (image, mask, prompt, ...) or as application/json "
+        "(images, mask, prompt, ...).",
+        code="unsupported_content_type",
+    )
+
+
+def _refuse_several_images(count: int, param: str) -> None:
+    if count > 1:
+        raise invalid(
+            param,
+            f"Easel edits one image per request, but {count} were sent. Send a single image (and optionally a mask): "
+            "prior+decoder models cannot use extra images as references.",
+            code="invalid_value",
+        )
+
+
+def _json_edit_body(raw: bytes, limits: UploadLimits) -> UploadedBody:
+    """A JSON edit body with its data URLs decoded (megabytes of base64: run it in a thread)."""
+    payload = require_object(parse_json(raw))
+    refs = payload.get("images")
+    if refs is not None and not isinstance(refs, list):
+        raise invalid("images", "'images' must be an array of {\"image_url\": ...} objects.", code="invalid_type")
+    _refuse_several_images(len(refs or []), "images")
+    images = [image_ref_bytes(ref, "images", limits) for ref in refs or []]
+    mask_ref = payload.get("mask")
+    mask = None if mask_ref is None else image_ref_bytes(mask_ref, "mask", limits)
+    fields = {name: value for name, value in payload.items() if name not in JSON_IMAGE_FIELDS}
+    return UploadedBody(fields, False, "images", images, mask)
+
+
+def data_url_bytes(url: str, param: str, limits: UploadLimits) -> bytes:
+    """The bytes of a base64 ``data:`` URL; remote URLs are refused (see the module docstring)."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("http", "https"):
+        raise invalid(
+            param,
+            f"'{param}' is a remote URL; Easel does not fetch remote images. "
+            "Send the image inline as a data URL (data:image/png;base64,...) or upload it as multipart/form-data.",
+        )
+    if scheme != "data":
+        raise invalid(param, f"'{param}' must be a base64 data URL (data:image/png;base64,...).")
+    header, sep, payload = url.partition(",")
+    if not sep or not header.lower().endswith(";base64"):
+        raise invalid(param, f"'{param}' must be a base64 data URL (data:image/png;base64,...).")
+    if len(payload) // 4 * 3 > limits.max_bytes:
+        raise invalid(param, f"The '{param}' image is larger than {limits.max_bytes} bytes.")
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(param, f"'{param}' does not hold valid base64 data.") from None
+
+
+def image_ref_bytes(ref: object, param: str, limits: UploadLimits) -> bytes:
+    """The bytes behind one JSON image reference (``{"image_url": ...}``)."""
+    if not isinstance(ref, dict):
+        raise invalid(param, f"'{param}' must be an object with an 'image_url'.")
+    unknown = sorted(set(ref) - {"image_url", "file_id"})
+    if unknown:
+        raise invalid(param, f"'{param}' has unknown field(s): {', '.join(unknown)}.")
+    if "file_id" in ref:
+        raise invalid(
+            param,
+            f"'{param}' uses file_id, but Easel has no Files API; send the image as a data URL in 'image_url'.",
+        )
+    url = ref.get("image_url")
+    if not isinstance(url, str):
+        raise invalid(param, f"'{param}' must have a string 'image_url'.")
+    return data_url_bytes(url, param, limits)

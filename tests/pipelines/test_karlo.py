@@ -1,0 +1,173 @@
+"""Karlo (unCLIP) backend and the UnCLIP loading fix, on tiny random-weight models."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
+from pipelines.karlo import KarloBackend
+from pipelines.loader import load_backend
+from pipelines.tiny import build_tiny_karlo
+from pipelines.unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel, register_unclip_for_loading
+
+torch.set_num_threads(1)
+
+FAST = StagePreset(prior_steps=2, prior_guidance=4.0, decoder_steps=4, decoder_guidance=8.0, super_res_steps=2)
+NATIVE = (64, 64)  # the tiny model's super-resolution sample_size
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_karlo(tmp_path_factory.mktemp("models") / "tiny-karlo")
+
+
+@pytest.fixture(scope="module")
+def backend(model_dir) -> KarloBackend:
+    return load_backend("tiny-karlo", "karlo", model_dir, device="cpu")
+
+
+def job(task="generate", n=1, seeds=None, **kwargs) -> ImageJob:
+    seeds = seeds if seeds is not None else list(range(3, 3 + n))
+    return ImageJob(task=task, n=n, width=NATIVE[0], height=NATIVE[1], seeds=seeds, preset=FAST, **kwargs)
+
+
+def test_saved_pipeline_round_trips(model_dir):
+    index = json.loads((model_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "UnCLIPPipeline"
+    assert index["text_proj"] == ["unclip", "UnCLIPTextProjModel"]  # the published Karlo form
+    pipe = UnCLIPPipeline.from_pretrained(model_dir, local_files_only=True)
+    assert isinstance(pipe.text_proj, UnCLIPTextProjModel)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    images = pipe(
+        "a cat",
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+        super_res_num_inference_steps=2,
+        generator=generator,
+        output_type="np",
+    ).images
+    assert images.shape == (1, 64, 64, 3)
+
+
+def test_index_naming_the_class_under_diffusers_loads(tmp_path, model_dir):
+    # What diffusers >= 0.38 writes when the module is not registered.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for item in model_dir.iterdir():
+        (copy / item.name).symlink_to(item)
+    (copy / "model_index.json").unlink()
+    index = json.loads((model_dir / "model_index.json").read_text())
+    index["text_proj"] = ["diffusers", "UnCLIPTextProjModel"]
+    (copy / "model_index.json").write_text(json.dumps(index))
+    pipe = UnCLIPPipeline.from_pretrained(copy, local_files_only=True)
+    assert isinstance(pipe.text_proj, UnCLIPTextProjModel)
+
+
+def test_registration_is_idempotent():
+    register_unclip_for_loading()
+    register_unclip_for_loading()
+    assert diffusers.pipelines.unclip.UnCLIPPipeline is UnCLIPPipeline
+    assert diffusers.UnCLIPTextProjModel is UnCLIPTextProjModel
+
+
+def test_model_info(backend):
+    info = backend.info
+    assert info.family == "karlo"
+    assert info.fixed_native_size == NATIVE
+    assert info.native_size_for(1792, 1024) == NATIVE
+    assert info.native_area == 64 * 64
+    assert info.tasks == {"generate", "variation"}
+    assert info.supports_negative_prompt is False
+    assert set(info.parameter_counts) == {
+        "text_encoder",
+        "prior",
+        "text_proj",
+        "decoder",
+        "super_res_first",
+        "super_res_last",
+        "image_encoder",
+    }
+
+
+def test_generate_batched_reproducible_per_image_seeds(backend, monkeypatch):
+    calls = []
+    original = backend.pipe.__class__.__call__
+    monkeypatch.setattr(
+        backend.pipe.__class__, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
+    pair = backend.run(job(n=2, seeds=[10, 11], prompt="a red cat"))
+    assert len(calls) == 1
+    assert [(i.size, i.mode) for i in pair] == [(NATIVE, "RGB")] * 2
+    again = backend.run(job(n=2, seeds=[10, 11], prompt="a red cat"))
+    assert [i.tobytes() for i in pair] == [i.tobytes() for i in again]
+    assert pair[0].tobytes() != pair[1].tobytes()
+    single = backend.run(job(n=1, seeds=[11], prompt="a red cat"))
+    assert np.abs(np.asarray(pair[1], float) - np.asarray(single[0], float)).max() <= 2
+
+
+def test_previews_are_upscaled_decoder_estimates(backend):
+    seen = []
+    backend.run(
+        job(n=2, prompt="a cat", preview_count=3, on_preview=lambda i, ims: seen.append((i, [x.size for x in ims])))
+    )
+    assert seen == [(i, [NATIVE, NATIVE]) for i in range(3)]
+
+
+def test_cancellation_in_every_stage(backend):
+    steps_before = {"prior": 0, "decoder": FAST.prior_steps, "super_res": FAST.prior_steps + FAST.decoder_steps}
+    for allowed in steps_before.values():
+        answers = iter([False] * (allowed + 1) + [True] * 100)  # +1: the check before the first step
+        with pytest.raises(Cancelled):
+            backend.run(job(prompt="a cat", should_cancel=lambda answers=answers: next(answers)))
+    # Every scheduler's step is back to the class method afterwards.
+    for scheduler in (backend.pipe.prior_scheduler, backend.pipe.decoder_scheduler, backend.pipe.super_res_scheduler):
+        assert "step" not in scheduler.__dict__
+
+
+def test_variation(backend):
+    source = Image.fromarray((np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8))
+    images = backend.run(job(task="variation", n=2, image=source))
+    assert [i.size for i in images] == [NATIVE, NATIVE]
+    assert images[0].tobytes() != images[1].tobytes()
+
+
+def test_negative_prompt_and_edit_are_refused(backend):
+    with pytest.raises(ValueError, match="negative_prompt"):
+        backend.run(job(prompt="a cat", negative_prompt="a dog"))
+    mask = Image.new("L", NATIVE, 255)
+    with pytest.raises(ValueError, match="edit"):
+        backend.run(job(task="edit", prompt="a cat", image=Image.new("RGB", NATIVE), mask=mask))
+
+
+def test_a_guidance_interval_in_a_preset_is_refused_not_ignored(backend):
+    interval = job(prompt="a cat")
+    interval = replace(interval, preset=replace(interval.preset, decoder_guidance_min_timestep=500))
+    with pytest.raises(ValueError, match="guidance"):
+        backend.run(interval)
+
+
+def test_variation_without_image_encoder_names_what_is_missing(tmp_path):
+    path = build_tiny_karlo(tmp_path / "no-encoder", with_image_encoder=False)
+    backend = load_backend("bare-karlo", "karlo", path, device="cpu")
+    assert "image_encoder" not in backend.info.parameter_counts
+    with pytest.raises(MissingComponent, match="image_encoder, feature_extractor"):
+        backend.run(job(task="variation", image=Image.new("RGB", (32, 32))))
+    assert len(backend.run(job(prompt="still generates"))) == 1
+
+
+def test_missing_directory_says_how_to_get_karlo(tmp_path):
+    with pytest.raises(FileNotFoundError, match="karlo-v1-alpha"):
+        load_backend("karlo", "karlo", tmp_path / "absent")
+
+
+def test_half_precision_on_cpu_is_refused(model_dir):
+    with pytest.raises(ValueError, match="float32"):
+        load_backend("tiny-karlo", "karlo", model_dir, device="cpu", dtype="float16")
