@@ -12,10 +12,11 @@ server can start listening before torch has loaded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Union
 
 from PIL import Image
 
@@ -117,16 +118,38 @@ class ImageJob:
     should_cancel: Callable[[], bool] | None = None
 
 
+JobOutcome = Union[list[Image.Image], BaseException]  # noqa: UP007 (a runtime alias: Python 3.10 has no list[...] | type)
+# A job's images, or why it has none.
+
+
+@dataclass
+class BatchResult:
+    """What one pipeline call made: an outcome per job, in order, and the seconds each stage took."""
+
+    outcomes: list[JobOutcome]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
 class ImageBackend(Protocol):
-    """A loaded model. ``run`` is called from a worker thread, one call at a time per device."""
+    """A loaded model. ``run_batch`` is called from a worker thread, one call at a time per backend."""
 
     info: ModelInfo
 
-    def run(self, job: ImageJob) -> list[Image.Image]:
-        """Return ``job.n`` RGB images at (job.width, job.height), in seed order.
+    def batch_key(self, job: ImageJob) -> Hashable | None:
+        """Jobs with equal keys may share one pipeline call; None: this job always runs alone."""
+        ...
 
-        Raises Cancelled, MissingComponent, or ValueError for a job the model cannot do.
+    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
+        """Run jobs of one batch key together; each gets ``job.n`` RGB images at its native size, in seed order.
+
+        A job's own failure is its outcome, not an exception: Cancelled when it left (its
+        ``should_cancel`` turned true; it stops costing work at the next denoising step),
+        MissingComponent or ValueError when the model cannot do it.
         """
+        ...
+
+    def run(self, job: ImageJob) -> list[Image.Image]:
+        """One job alone: its images, or its outcome raised."""
         ...
 
     def count_tokens(self, prompt: str) -> int:
@@ -159,6 +182,18 @@ def check_job(job: ImageJob, info: ModelInfo) -> None:
         raise ValueError("task 'edit' needs a mask")
 
 
+def use_cpu_threads(count: int) -> None:
+    """How many CPU threads the calling thread's pipeline calls use from now on (the engine sets it per batch).
+
+    OpenMP keeps the setting per thread, so two worker threads can each run on
+    their own share of the cores without oversubscribing them.
+    """
+    import torch
+
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
 def raise_if_cancelled(job: ImageJob) -> None:
     if job.should_cancel is not None and job.should_cancel():
         raise Cancelled()
@@ -174,25 +209,6 @@ def seeded_generators(device: torch.device, seeds: list[int]) -> list[torch.Gene
 def parameter_counts(components: dict[str, Any]) -> dict[str, int]:
     """Parameters per named ``torch.nn.Module``."""
     return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """Images in [-1, 1], shaped (N, 3, H, W), as RGB PIL images."""
-    import torch
-
-    array = ((images.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
-
-
-def preview_steps(total_steps: int, count: int) -> list[int]:
-    """``count`` step indices, evenly spaced, all strictly before the last step.
-
-    At most ``total_steps - 1`` previews exist (one per step but the last);
-    asking for more gives that many, as OpenAI's partial images may be fewer
-    than requested when the image is finished sooner.
-    """
-    count = min(count, total_steps - 1)
-    return [((j + 1) * total_steps) // (count + 1) - 1 for j in range(max(count, 0))]
 
 
 _NOTHING = object()
@@ -230,7 +246,120 @@ def after_each_step(scheduler: Any, observer: Callable[[int, Any], None]) -> Ite
             scheduler.step = shadowed
 
 
-def predicted_clean(step_output: Any) -> Any:
-    """The scheduler's estimate of the final sample, or the new sample if it gives none."""
-    predicted = getattr(step_output, "pred_original_sample", None)
-    return predicted if predicted is not None else step_output.prev_sample
+def run_alone(backend: ImageBackend, job: ImageJob) -> list[Image.Image]:
+    """``job`` as a batch of one: its images, or its outcome raised."""
+    outcome = backend.run_batch([job]).outcomes[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_isolated(backend: ImageBackend, jobs: list[ImageJob]) -> BatchResult:
+    """The batch's outcomes; when a shared call fails as a whole, each job runs alone so one bad job fails alone."""
+    try:
+        return backend.run_batch(jobs)
+    except BaseException as error:  # reported to the requests that own the jobs
+        if len(jobs) == 1 or isinstance(error, Cancelled):
+            return BatchResult([error] * len(jobs))
+        outcomes: list[JobOutcome] = []
+        for job in jobs:
+            try:
+                outcomes.extend(backend.run_batch([job]).outcomes)
+            except BaseException as alone:
+                outcomes.append(alone)
+        return BatchResult(outcomes)
+
+
+class BatchRows:
+    """Which rows of a batched pipeline call belong to which job, as jobs leave it.
+
+    Rows are in job order, ``job.n`` each. A job whose ``should_cancel`` turns
+    true leaves at the next step: its rows are dropped from every batched
+    tensor, so it stops costing work and the others go on undisturbed.
+    """
+
+    def __init__(self, jobs: Sequence[ImageJob]) -> None:
+        self.jobs = list(jobs)  # the jobs still in the batch, in row order
+        self.left: list[ImageJob] = []
+
+    @property
+    def size(self) -> int:
+        return sum(job.n for job in self.jobs)
+
+    def spans(self) -> list[tuple[ImageJob, slice]]:
+        spans, start = [], 0
+        for job in self.jobs:
+            spans.append((job, slice(start, start + job.n)))
+            start += job.n
+        return spans
+
+    def drop_leaving(self) -> torch.Tensor | None:
+        """Remove the jobs that asked to stop; the boolean mask of rows kept, or None if none left.
+
+        Raises Cancelled when no job is left, which ends the pipeline call.
+        """
+        leaving = [job for job in self.jobs if job.should_cancel is not None and job.should_cancel()]
+        if not leaving:
+            return None
+        if len(leaving) == len(self.jobs):
+            raise Cancelled()
+        import torch
+
+        keep = torch.tensor([job not in leaving for job in self.jobs for _ in range(job.n)])
+        self.jobs = [job for job in self.jobs if job not in leaving]
+        self.left.extend(leaving)
+        return keep
+
+    def outcomes(self, images: Sequence[Image.Image]) -> dict[int, JobOutcome]:
+        """Each job's outcome by ``id``: its slice of the call's images, or Cancelled if it left."""
+        done: dict[int, JobOutcome] = {id(job): list(images[rows]) for job, rows in self.spans()}
+        done.update({id(job): Cancelled() for job in self.left})
+        return done
+
+
+def keep_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``tensor`` without the dropped rows; a classifier-free-guidance input (two halves, each one row per
+    image: unconditional then conditional) loses the rows in both halves."""
+    if tensor.shape[0] == 2 * keep.shape[0]:
+        return tensor[keep.repeat(2).to(tensor.device)]
+    return tensor[keep.to(tensor.device)]
+
+
+class StageClock:
+    """Seconds per pipeline stage, for metrics: the forward passes of each stage's module, summed.
+
+    On a GPU the clock waits for the device at every boundary, so the figures are the
+    stage's own work rather than the time to queue it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: dict[str, float] = {}
+        self._sync = device.type == "cuda"
+
+    def _now(self) -> float:
+        if self._sync:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextmanager
+    def timing(self, stages: dict[str, Any]) -> Iterator[None]:
+        """Inside the block, add every forward pass of each ``stages`` module (by stage name) to its stage."""
+        handles = []
+        for name, module in stages.items():
+            started: list[float] = []
+            handles.append(module.register_forward_pre_hook(lambda *_, started=started: started.append(self._now())))
+            handles.append(
+                module.register_forward_hook(
+                    lambda *_, name=name, started=started: self._add(name, self._now() - started.pop())
+                )
+            )
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -15,6 +15,7 @@ every stage and for previews, which are the decoder's clean-image estimate
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,20 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .base import (
+    BatchResult,
+    BatchRows,
+    Cancelled,
     ImageJob,
+    JobOutcome,
     MissingComponent,
     ModelInfo,
+    StageClock,
     after_each_step,
     check_job,
     parameter_counts,
-    predicted_clean,
-    preview_steps,
     raise_if_cancelled,
+    run_alone,
     seeded_generators,
-    to_pil,
 )
 from .device import dtype_name, from_pretrained_dtype
 from .model_config import read_easel_config
@@ -64,6 +68,8 @@ class KarloBackend:
         self.missing_for_variation = [c for c in VARIATION_COMPONENTS if not (model_dir / c).is_dir()]
         self.variation_pipe = None if self.missing_for_variation else self._load_variation(model_dir)
         side_w, side_h = _square(self.pipe.super_res_first.config.sample_size)
+        components = self._components()
+        self._stages = {name: module for name, module in components.items() if name != "text_proj"}  # for metrics
         self.info = ModelInfo(
             name=name,
             family="karlo",
@@ -76,7 +82,7 @@ class KarloBackend:
             # gets MissingComponent's explanation rather than "unsupported task".
             tasks=frozenset({"generate", "variation"}),
             presets=presets_for(presets),
-            parameter_counts=self._parameter_counts(),
+            parameter_counts=parameter_counts(components),
             device=str(device),
             dtype=dtype_name(dtype),
             supports_negative_prompt=False,
@@ -106,7 +112,8 @@ class KarloBackend:
         variation.set_progress_bar_config(disable=True)
         return variation
 
-    def _parameter_counts(self) -> dict[str, int]:
+    def _components(self) -> dict[str, Any]:
+        """The pipeline's modules by name; all but ``text_proj`` (a few matrix products) are timed as stages."""
         pipe = self.pipe
         components: dict[str, Any] = {
             "text_encoder": pipe.text_encoder,
@@ -118,15 +125,32 @@ class KarloBackend:
         }
         if self.variation_pipe is not None:
             components["image_encoder"] = self.variation_pipe.image_encoder
-        return parameter_counts(components)
+        return components
 
     # -- ImageBackend ----------------------------------------------------------------
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.pipe.tokenizer(prompt, add_special_tokens=False).input_ids)
 
-    @torch.inference_mode()
+    def batch_key(self, job: ImageJob) -> Hashable | None:
+        return None  # UnCLIP has no step callback: one job's rows could not leave a shared call
+
     def run(self, job: ImageJob) -> list[Image.Image]:
+        return run_alone(self, job)
+
+    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
+        clock = StageClock(self.device)
+        outcomes: list[JobOutcome] = []
+        with clock.timing(self._stages):
+            for job in jobs:  # one at a time (batch_key): the engine sends batches of one
+                try:
+                    outcomes.append(self._run_one(job))
+                except (Cancelled, MissingComponent, ValueError) as error:
+                    outcomes.append(error)
+        return BatchResult(outcomes, clock.seconds)
+
+    @torch.inference_mode()
+    def _run_one(self, job: ImageJob) -> list[Image.Image]:
         self._check_job(job)
         raise_if_cancelled(job)
         generators = seeded_generators(self.device, job.seeds)
@@ -164,25 +188,31 @@ class KarloBackend:
 
         decoder_scheduler = pipe.decoder_scheduler
         if job.on_preview is not None and job.preview_count > 0:
-            stack.enter_context(after_each_step(decoder_scheduler, self._preview_emitter(job)))
+            stack.enter_context(after_each_step(decoder_scheduler, self._preview_observer(job)))
         schedulers = {id(s): s for s in (pipe.prior_scheduler, decoder_scheduler, pipe.super_res_scheduler)}
         for scheduler in schedulers.values():
             stack.enter_context(after_each_step(scheduler, check_cancel))
         return stack
 
-    def _preview_emitter(self, job: ImageJob):
-        chosen = preview_steps(job.preset.decoder_steps, job.preview_count)
+    def _preview_observer(self, job: ImageJob) -> Callable[[int, Any], None]:
+        from .previews import Previews
+
         size = self.info.fixed_native_size
         assert size is not None  # Karlo's output size is fixed
 
-        def emit(step: int, output: Any) -> None:
-            if step not in chosen or job.on_preview is None:
-                return
-            pixels = predicted_clean(output).float().clamp(-1, 1)
-            upscaled = F.interpolate(pixels, size=(size[1], size[0]), mode="bicubic", align_corners=False)
-            job.on_preview(chosen.index(step), to_pil(upscaled))
+        def decode(pixels: torch.Tensor, rows: slice) -> torch.Tensor:
+            # The decoder's estimate is already pixels, at 64 px: upscaled to the output size.
+            return F.interpolate(
+                pixels.float().clamp(-1, 1), size=(size[1], size[0]), mode="bicubic", align_corners=False
+            )
 
-        return emit
+        previews = Previews(BatchRows([job]), job.preset.decoder_steps, decode)
+
+        def observe(step: int, output: Any) -> None:
+            previews.record(step, output)
+            previews.emit(step)
+
+        return observe
 
     # -- checks -----------------------------------------------------------------------
 

@@ -6,10 +6,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
-from .app import create_app
 from .config import load_settings
+from .runner import serve
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -23,8 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("easel").warning(
             "listening on %s without API keys: anyone who can reach it can use it", settings.host
         )
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    serve(settings)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ class Settings:
     max_upload_pixels: int = int(DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1_000_000)
     image_dir: Path | None = None  # where URL images live; None: a temporary directory per run
     log_level: str = "info"
+    workers: int | None = None  # worker slots per device; None: by device (engine.base.BatchPolicy)
+    max_batch_images: int | None = None  # images one pipeline call may merge from several requests; None: by device
+    batch_wait_ms: float | None = None  # how long a call may wait for companions; None: by device
+    shutdown_timeout: float = 30.0  # seconds to finish queued and running jobs after SIGTERM/SIGINT
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.models]
@@ -72,6 +76,12 @@ class Settings:
             raise ValueError("url_ttl_seconds, queue_size and max_body_bytes must be positive")
         if self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
             raise ValueError("max_upload_bytes and max_upload_pixels must be positive")
+        if (self.workers is not None and self.workers < 1) or (
+            self.max_batch_images is not None and self.max_batch_images < 1
+        ):
+            raise ValueError("--workers and --max-batch-images must be at least 1")
+        if (self.batch_wait_ms is not None and self.batch_wait_ms < 0) or self.shutdown_timeout < 0:
+            raise ValueError("--batch-wait-ms and --shutdown-timeout must not be negative")
 
     @property
     def default_model_name(self) -> str:
@@ -181,6 +191,31 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="default info",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default("WORKERS"),
+        help="worker slots per device (default: 2 on a CPU, which split the cores when busy; 1 per GPU)",
+    )
+    parser.add_argument(
+        "--max-batch-images",
+        type=int,
+        default=default("MAX_BATCH_IMAGES"),
+        help="images one pipeline call may merge from several requests (default: 8 on a CPU, 16 on a GPU; "
+        "1 keeps every request's images byte-identical to it alone)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=default("BATCH_WAIT_MS"),
+        help="how long a call may wait for companions when clients send in parallel (default: 30 on CPU, 10 on GPU)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=default("SHUTDOWN_TIMEOUT", "30"),
+        help="seconds to finish queued and running jobs after SIGTERM or SIGINT; the rest are cancelled (default 30)",
+    )
     return parser
 
 
@@ -230,6 +265,10 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
             max_upload_pixels=int(args.max_upload_megapixels * 1_000_000),
             image_dir=Path(args.image_dir) if args.image_dir else None,
             log_level=str(args.log_level).lower(),
+            workers=args.workers,
+            max_batch_images=args.max_batch_images,
+            batch_wait_ms=args.batch_wait_ms,
+            shutdown_timeout=args.shutdown_timeout,
         )
     except ValueError as exc:
         parser.error(str(exc))

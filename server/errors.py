@@ -11,6 +11,7 @@ message and the id to quote.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,8 +62,12 @@ def missing_parameter(param: str) -> APIError:
     return invalid(param, f"Missing required parameter: '{param}'.", code="missing_required_parameter")
 
 
+SHUTDOWN_RETRY_AFTER_SECONDS = 2  # another replica, or this server once restarted
+
+
 def shutting_down(message: str = "The server is shutting down.") -> APIError:
-    return APIError(503, message, type=SERVER_ERROR, code="shutting_down")
+    headers = {"retry-after": str(SHUTDOWN_RETRY_AFTER_SECONDS)}
+    return APIError(503, message, type=SERVER_ERROR, code="shutting_down", headers=headers)
 
 
 def internal_error(request_id: str) -> APIError:
@@ -74,13 +79,23 @@ def internal_error(request_id: str) -> APIError:
 
 
 def _queue_full(error: QueueFull) -> APIError:
+    # retry-after-ms keeps the engine's jitter (the openai SDK prefers it); retry-after is whole seconds.
+    # The x-ratelimit headers are OpenAI's, read as: this many requests may wait, none is free.
+    seconds = error.retry_after
+    reset = f"{round(seconds * 1000)}ms" if seconds < 1 else f"{round(seconds, 1):g}s"
     return APIError(
         429,
         f"Model '{error.model}' has {error.waiting} requests waiting, the most this server queues; "
-        f"retry after {error.retry_after} s.",
+        f"retry after {math.ceil(seconds)} s.",
         type="rate_limit_error",
         code="queue_full",
-        headers={"retry-after": str(error.retry_after)},
+        headers={
+            "retry-after": str(math.ceil(seconds)),
+            "retry-after-ms": str(round(seconds * 1000)),
+            "x-ratelimit-limit-requests": str(error.waiting),
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": reset,
+        },
     )
 
 

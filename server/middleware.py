@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, bearer-key auth, request body size limit.
+"""ASGI middleware: request ids, bearer-key auth, request body size limit, request metrics.
 
 Plain ASGI classes rather than ``BaseHTTPMiddleware`` so that request bodies
 stream through untouched and client disconnects stay visible to endpoints.
@@ -9,12 +9,14 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+import time
 from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError, error_response
+from .metrics import HTTPMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -138,3 +140,41 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, receive_with_limit, send)
+
+
+class MetricsMiddleware:
+    """Count every HTTP request by route, status and model, and time it to its last byte.
+
+    The route is the path template the router matched (``/v1/images/generations``,
+    not each image URL); the model is the configured model the request resolved
+    to, which serving puts at ``request.state.model``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: HTTPMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app fails before answering
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            model = scope.get("state", {}).get("model", "")
+            self.metrics.requests.labels(route, str(status), model).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+            if status == 429:
+                self.metrics.rejected.labels(model).inc()
+            elif status >= 500:
+                self.metrics.server_errors.labels(route).inc()

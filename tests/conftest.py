@@ -23,6 +23,7 @@ import uvicorn
 from openai import AsyncOpenAI, OpenAI
 from starlette.applications import Starlette
 
+from pipelines.base import BatchResult, ImageJob
 from server.app import create_app
 from server.config import ModelSpec, Settings
 from server.engine.local import Loader
@@ -106,6 +107,22 @@ def running_server(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+class OneJobAtATime:
+    """For test backends that wrap a real one with a plain ``run(job)``: never batched, each job run by ``run``."""
+
+    def batch_key(self, job: ImageJob) -> None:
+        return None
+
+    def run_batch(self, jobs: list[ImageJob]) -> BatchResult:
+        outcomes: list = []
+        for job in jobs:
+            try:
+                outcomes.append(self.run(job))  # type: ignore[attr-defined]
+            except Exception as error:
+                outcomes.append(error)
+        return BatchResult(outcomes)
 
 
 def tiny_settings(dirs: dict[str, Path], **overrides) -> Settings:

@@ -18,14 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, Task
 from pipelines.inpaint import composite_unmasked
 
 from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
-from ..errors import job_error
+from ..errors import job_error, shutting_down
 from ..protocol.events import ImageEventFields, StreamKind
-from ..protocol.fields import ImageOptions
+from ..protocol.fields import ImageOptions, read_json
 from ..protocol.images import (
     EditRequest,
     FinishedImage,
@@ -38,6 +38,7 @@ from .decoding import UploadLimits, decode_edit_inputs, decode_variation_input
 from .files import ImageStore, encode, finish_images, fit_to_size, resize_exactly
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
+from .uploads import read_edit_body, read_variation_body
 
 log = logging.getLogger("easel.images")
 
@@ -55,9 +56,29 @@ class ImageServing:
         self.engine = engine
         self.store = store
         self.upload_limits = UploadLimits.from_settings(settings)
+        self.draining = False  # set when the server shuts down: new image requests are refused
+
+    def _ready(self, request: Request, requested: str | None, task: Task) -> ReadyModel:
+        if self.draining:
+            raise shutting_down()
+        model = self.catalog.ready(requested, task)
+        request.state.model = model.name  # for the request metrics
+        return model
+
+    # -- the endpoints (server/routes/images.py): read the body, then serve it ---------------------
+
+    async def create_generation(self, request: Request) -> Response:
+        return await self.generate(request, GenerationRequest.parse(await read_json(request)))
+
+    async def create_edit(self, request: Request) -> Response:
+        return await self.edit(request, EditRequest.parse(await read_edit_body(request, self.upload_limits)))
+
+    async def create_variation(self, request: Request) -> Response:
+        body = await read_variation_body(request, self.upload_limits)
+        return await self.vary(request, VariationRequest.parse(body))
 
     async def generate(self, request: Request, generation: GenerationRequest) -> Response:
-        model = self.catalog.ready(generation.options.model, "generate")
+        model = self._ready(request, generation.options.model, "generate")
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
         log.info(
@@ -71,7 +92,7 @@ class ImageServing:
         return await self._respond(request, model, options, handle, prompt=generation.prompt)
 
     async def edit(self, request: Request, edit: EditRequest) -> Response:
-        model = self.catalog.ready(edit.options.model, "edit")
+        model = self._ready(request, edit.options.model, "edit")
         original, repaint = await asyncio.to_thread(
             decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits
         )
@@ -97,7 +118,7 @@ class ImageServing:
         return await self._respond(request, model, options, handle, prompt=edit.prompt, prepare=composite)
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self.catalog.ready(variation.options.model, "variation")
+        model = self._ready(request, variation.options.model, "variation")
         source = await asyncio.to_thread(decode_variation_input, variation.image, self.upload_limits)
         variation = variation.sized_for(source, model.info)
         job = variation.to_job(model.info, model.api_style, source)

@@ -91,11 +91,10 @@ def test_a_generation_request_passes_at_most_ten_project_files(tiny_model_dirs):
     assert response.status_code == 200 and "url" in response.json()["data"][0]
     files = list(seen)
     assert len(files) <= MAX_REQUEST_PATH_FILES, files
-    # The flow reads top to bottom: route -> protocol -> serving -> engine -> backend -> files.
+    # The flow reads top to bottom: serving's endpoint -> protocol -> engine -> backend -> files.
     order = [
-        "server/routes/images.py",
-        "server/protocol/",
         "server/serving/images.py",
+        "server/protocol/",
         "server/engine/",
         "pipelines/kandinsky.py",
         "server/serving/files.py",
