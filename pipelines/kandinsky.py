@@ -54,7 +54,8 @@ from .base import (
 from .device import dtype_name, from_pretrained_dtype
 from .inpaint import binary_repaint_mask, composite_unmasked
 from .model_config import read_easel_config
-from .presets import presets_for
+from .presets import complexities_for, presets_for
+from .walks import mix_in_image, walk_frames
 
 REAL_KANDINSKY_NATIVE_SIDE = 512
 INPAINT_UNET_CHANNELS = 9
@@ -97,6 +98,8 @@ class KandinskyBackend:
             dtype=dtype_name(dtype),
             supports_negative_prompt=True,
             created=config.created,
+            complexities=complexities_for(presets),
+            supports_animation=True,
         )
 
     # -- ImageBackend ----------------------------------------------------------------
@@ -109,6 +112,8 @@ class KandinskyBackend:
         check_job(job, self.info)
         raise_if_cancelled(job)
         generators = seeded_generators(self.device, job.seeds)
+        if job.task == "generate" and job.frames > 1:
+            return self._animate(job)
         if job.task == "generate":
             embeds, negative = self._text_to_embeds(job)
             return self._decode(job, embeds, negative, generators)
@@ -120,6 +125,20 @@ class KandinskyBackend:
         return self._edit(job, embeds, negative, generators)
 
     # -- stages -----------------------------------------------------------------------
+
+    def _animate(self, job: ImageJob) -> list[Image.Image]:
+        """Frames walking between two prior samples, each decoded from the image's own initial noise."""
+
+        def decode(frame_job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor) -> list[Image.Image]:
+            return self._decode(frame_job, embeds, negative, seeded_generators(self.device, frame_job.seeds))
+
+        return walk_frames(job, self._text_to_embeds, decode)
+
+    def _with_input_fidelity(self, job: ImageJob, embeds: torch.Tensor) -> torch.Tensor:
+        """The prompt's embeddings mixed with the input image's own, as much as ``input_image_weight`` asks."""
+        if job.input_image_weight <= 0 or job.image is None:
+            return embeds
+        return mix_in_image(embeds, self._image_to_embed(job.image), job.input_image_weight)
 
     def _text_to_embeds(self, job: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior: ``n`` image embeddings for the prompt and ``n`` negative ones."""
@@ -217,6 +236,7 @@ class KandinskyBackend:
         self, job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
     ) -> list[Image.Image]:
         assert job.image is not None and job.mask is not None  # check_job
+        embeds = self._with_input_fidelity(job, embeds)
         size = (job.width, job.height)
         original = job.image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
         if self.inpaint_weights:

@@ -10,8 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.fields import read_json
-from ..protocol.images import EditRequest, GenerationRequest, VariationRequest
+from ..protocol.images import GenerationRequest
 from ..serving.images import ImageServing
 from ..serving.uploads import read_edit_body, read_variation_body
 

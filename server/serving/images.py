@@ -24,18 +24,11 @@ from pipelines.inpaint import composite_unmasked
 from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
 from ..errors import job_error
+from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
-from ..protocol.fields import ImageOptions
-from ..protocol.images import (
-    EditRequest,
-    FinishedImage,
-    GenerationRequest,
-    VariationRequest,
-    images_response,
-    job_usage,
-)
+from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
 from .decoding import UploadLimits, decode_edit_inputs, decode_variation_input
-from .files import ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
 
@@ -61,9 +54,10 @@ class ImageServing:
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
         log.info(
-            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s seeds=%d.. user=%r [request_id=%s]",
-            model.requested, model.name, job.n, options.size.label, job.width, job.height,
-            options.quality, job.seeds[0], options.user, request.state.request_id,
+            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s format=%s seeds=%d.. "
+            "user=%r safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
+            options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         if options.stream:
@@ -73,15 +67,16 @@ class ImageServing:
     async def edit(self, request: Request, edit: EditRequest) -> Response:
         model = self.catalog.ready(edit.options.model, "edit")
         original, repaint = await asyncio.to_thread(
-            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits
+            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, edit.markup
         )
         edit = edit.sized_for(original, model.info)
         job = edit.to_job(model.info, model.api_style, original, repaint)
         options = edit.options
         log.info(
-            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r [request_id=%s]",
-            model.requested, model.name, job.n, original.width, original.height, options.size.label,
-            job.width, job.height, job.seeds[0], options.stream, options.user, request.state.request_id,
+            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r "
+            "safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, original.width, original.height, options.size.label, job.width,
+            job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         width, height = options.size.width, options.size.height
@@ -103,9 +98,10 @@ class ImageServing:
         job = variation.to_job(model.info, model.api_style, source)
         options = variation.options
         log.info(
-            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r [request_id=%s]",
-            model.requested, model.name, job.n, source.width, source.height, options.size.label,
-            job.width, job.height, job.seeds[0], options.user, request.state.request_id,
+            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
+            "safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
+            job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         return await self._respond(request, model, options, handle)
@@ -211,7 +207,17 @@ def _finish(images: list[Image.Image], options: ImageOptions, prepare: Prepare |
     if prepare is not None:
         images = prepare(images)
     size = options.size
-    return finish_images(images, size.width, size.height, options.output_format, options.output_compression)
+    return finish_images(images, size.width, size.height, encoding_of(options))
+
+
+def encoding_of(options: ImageOptions) -> Encoding:
+    return Encoding(
+        options.output_format,
+        options.output_compression,
+        options.frames,
+        options.frame_duration_ms,
+        options.trace_detail or "medium",
+    )
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
