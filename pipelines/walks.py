@@ -2,8 +2,8 @@
 
 unCLIP decoders draw from a CLIP image embedding, so images between two
 embeddings are meaningful (DALL-E 2's interpolations). An animation's two
-ends are two prior samples of the same prompt: the image's own seed, and the
-seed shifted by :data:`END_SEED_OFFSET`, which no request can use as a seed.
+ends are two prior samples of the same prompt: from the image's own seed, and
+from that seed shifted by :data:`END_SEED_OFFSET`.
 Each frame decodes a point on the path between them with the image's own
 initial noise, so only the embedding changes from frame to frame. The path
 goes out and back with an eased pace, so a looping GIF has no jump; frames
@@ -24,7 +24,7 @@ from .base import ImageJob
 if TYPE_CHECKING:
     import torch
 
-END_SEED_OFFSET = 2**53  # above the largest request seed (2**53 - 1), below torch's seed limit (2**64)
+END_SEED_OFFSET = 2**31  # torch's CPU generator keeps a seed's low 32 bits: the shift must change them
 _PARALLEL = 1e-6  # sin(angle) below which two directions count as the same
 
 SampleEmbeds = Callable[[ImageJob], "tuple[torch.Tensor, torch.Tensor]"]  # job -> (embeds, negative), n rows each
