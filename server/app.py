@@ -22,8 +22,8 @@ from starlette.middleware import Middleware
 from .config import Settings
 from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
-from .middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from .routes import files, health, images, models
+from .middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware, cors
+from .routes import files, health, images, models, openapi
 from .serving.files import ImageStore
 from .serving.images import ImageServing
 from .serving.models import Catalog, load_all
@@ -31,8 +31,8 @@ from .state import ServerState
 
 log = logging.getLogger("easel.app")
 
-ROUTES = [*health.routes, *models.routes, *images.routes, *files.routes]
-PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/")  # no API key needed
+ROUTES = [*health.routes, *models.routes, *images.routes, *files.routes, *openapi.routes]
+PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/", "/openapi.json")  # no API key needed
 
 
 async def _sweep_forever(store: ImageStore) -> None:
@@ -76,6 +76,8 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
         routes=ROUTES,
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(AccessLogMiddleware),
+            *cors(settings.cors_allow_origins),  # outside auth: preflights carry no key, 401s need CORS headers
             Middleware(BearerAuthMiddleware, keys=settings.api_keys, public_prefixes=PUBLIC_PATH_PREFIXES),
             Middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes),
         ],

@@ -54,6 +54,9 @@ class Settings:
     max_upload_pixels: int = int(DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1_000_000)
     image_dir: Path | None = None  # where URL images live; None: a temporary directory per run
     log_level: str = "info"
+    cors_allow_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any); none: no CORS
+    log_format: str = "text"  # "text" or "json" (server.logs)
+    sse_keepalive_seconds: float = 15.0  # a comment line on a stream idle this long; 0 or less: never
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.models]
@@ -181,6 +184,24 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="default info",
     )
+    parser.add_argument(
+        "--cors-allow-origins",
+        default=default("CORS_ALLOW_ORIGINS", ""),
+        metavar="ORIGIN,...",
+        help="browser origins allowed to call the API, comma-separated, or * (default: none, no CORS headers)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=str(default("LOG_FORMAT", "text")).lower(),
+        choices=["text", "json"],
+        help="text lines or one JSON object a line (default text)",
+    )
+    parser.add_argument(
+        "--sse-keepalive-seconds",
+        type=float,
+        default=default("SSE_KEEPALIVE_SECONDS", "15"),
+        help="send an SSE comment line when a stream has been idle this long; 0: never (default 15)",
+    )
     return parser
 
 
@@ -230,6 +251,9 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
             max_upload_pixels=int(args.max_upload_megapixels * 1_000_000),
             image_dir=Path(args.image_dir) if args.image_dir else None,
             log_level=str(args.log_level).lower(),
+            cors_allow_origins=tuple(_split(args.cors_allow_origins)),
+            log_format=args.log_format,
+            sse_keepalive_seconds=args.sse_keepalive_seconds,
         )
     except ValueError as exc:
         parser.error(str(exc))

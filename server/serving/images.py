@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, Task
 from pipelines.inpaint import composite_unmasked
 
 from ..config import Settings
@@ -50,7 +50,7 @@ class ImageServing:
         self.upload_limits = UploadLimits.from_settings(settings)
 
     async def generate(self, request: Request, generation: GenerationRequest) -> Response:
-        model = self.catalog.ready(generation.options.model, "generate")
+        model = self._resolve(request, generation.options.model, "generate")
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
         log.info(
@@ -65,7 +65,7 @@ class ImageServing:
         return await self._respond(request, model, options, handle, prompt=generation.prompt)
 
     async def edit(self, request: Request, edit: EditRequest) -> Response:
-        model = self.catalog.ready(edit.options.model, "edit")
+        model = self._resolve(request, edit.options.model, "edit")
         original, repaint = await asyncio.to_thread(
             decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, edit.markup
         )
@@ -92,7 +92,7 @@ class ImageServing:
         return await self._respond(request, model, options, handle, prompt=edit.prompt, prepare=composite)
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self.catalog.ready(variation.options.model, "variation")
+        model = self._resolve(request, variation.options.model, "variation")
         source = await asyncio.to_thread(decode_variation_input, variation.image, self.upload_limits)
         variation = variation.sized_for(source, model.info)
         job = variation.to_job(model.info, model.api_style, source)
@@ -107,6 +107,11 @@ class ImageServing:
         return await self._respond(request, model, options, handle)
 
     # -- the steps every endpoint shares ------------------------------------------------------------
+
+    def _resolve(self, request: Request, requested: str | None, task: Task) -> ReadyModel:
+        """The loaded model for the request; its name goes on the access log line, found or not."""
+        request.state.model = requested or self.catalog.default_name
+        return self.catalog.ready(requested, task)
 
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
@@ -194,7 +199,9 @@ class ImageServing:
         def usage(result: JobResult) -> dict:
             return job_usage(handle.job, result.prompt_tokens)
 
-        stream = ImageStream(kind, ImageEventFields.of(options), encode_preview, encode_final, usage)
+        fields = ImageEventFields.of(options)
+        keepalive = self.settings.sse_keepalive_seconds
+        stream = ImageStream(kind, fields, encode_preview, encode_final, usage, keepalive)
         return stream_job(self.engine, handle, stream, request.state.request_id)
 
     def _url_base(self, request: Request) -> str:
