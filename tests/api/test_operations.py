@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -171,3 +174,22 @@ def test_keepalive_comments_arrive_during_a_slow_stream(browser_server: LiveServ
     client = openai.OpenAI(base_url=browser_server.api_url, api_key=TEST_KEY, max_retries=0)
     stream = client.images.generate(prompt=PROMPT, size="64x64", stream=True, extra_body={**FAST, "decoder_steps": 40})
     assert [event.type for event in stream] == ["image_generation.completed"]  # the SDK skips comments
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_examples_run_against_a_fresh_server(api_server: LiveServer, tmp_path: Path):
+    env = {**os.environ, "EASEL_BASE_URL": api_server.api_url}
+    out = tmp_path / "star.png"
+    command = [sys.executable, str(REPO / "examples/generate.py"), "a small yellow star in the top left corner"]
+    result = subprocess.run(
+        [*command, "--size", "320x192", "--seed", "7", "--out", str(out)], env=env, capture_output=True, text=True,
+        timeout=300, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == f"{out} 320x192 seed=7"
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    subprocess.run(["bash", str(REPO / "examples/curl.sh")], env=env, cwd=tmp_path, timeout=300, check=True)
+    assert (tmp_path / "easel-b64.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "easel-url.png").read_bytes().startswith(b"\x89PNG")
