@@ -269,3 +269,11 @@ def test_variation_user_is_the_safety_identifier(client: openai.OpenAI):
     )
     assert result.safety_identifier == "variation-user"
     assert result.data[0].b64_json is not None
+
+
+def test_models_list_complexity_presets_and_animation(client: openai.OpenAI):
+    tiny = client.models.retrieve(TINY).model_extra["capabilities"]
+    karlo = client.models.retrieve(KARLO).model_extra["capabilities"]
+    assert tiny["complexity_presets"]["high"] == {"prior_steps": 50, "prior_guidance": 4.0}
+    assert (tiny["supports_animation"], karlo["supports_animation"]) == (True, False)
+    assert {"xhigh", "max"} <= set(tiny["quality_presets"])
