@@ -57,6 +57,14 @@ class StagePreset:
 
 
 @dataclass(frozen=True)
+class PriorPreset:
+    """The prior stage's steps and guidance: what ``complexity`` chooses, apart from the decoder's ``quality``."""
+
+    prior_steps: int
+    prior_guidance: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a loaded model can do; served under ``capabilities`` by /v1/models."""
 
@@ -75,6 +83,8 @@ class ModelInfo:
     supports_negative_prompt: bool = True
     supports_guidance_interval: bool = True  # honours StagePreset.decoder_guidance_min_timestep
     created: int = 0  # unix time the weights were written
+    complexities: dict[str, PriorPreset] = field(default_factory=dict)  # complexity name -> prior preset
+    supports_animation: bool = False  # runs jobs with frames > 1 (an embedding walk per image)
 
     def native_size_for(self, width: int, height: int) -> tuple[int, int]:
         """Nearest native resolution with the requested aspect ratio."""
@@ -113,6 +123,12 @@ class ImageJob:
     image: Image.Image | None = None  # variation / edit input, RGB, any size
     mask: Image.Image | None = None  # edit: mode "L", same size as image, 255 = repaint
     preview_count: int = 0  # partial images wanted, decoded at evenly spaced decoder steps
+    # Edits: the share (0-1) of the input image's own CLIP image embedding mixed into the prompt's before
+    # decoding (input_fidelity); 0 leaves the prompt's embedding alone.
+    input_image_weight: float = 0.0
+    # > 1: each image is an animation of this many frames, a walk through image-embedding space with the
+    # image's initial noise held (pipelines.walks); run returns n * frames images, image i's frames together.
+    frames: int = 1
     # Set by the engine: where previews go, and whether the job's client has gone.
     on_preview: Callable[[int, list[Image.Image]], None] | None = None  # (index, images)
     should_cancel: Callable[[], bool] | None = None
@@ -180,6 +196,8 @@ def check_job(job: ImageJob, info: ModelInfo) -> None:
         raise ValueError(f"task {job.task!r} needs an image")
     if job.task == "edit" and job.mask is None:
         raise ValueError("task 'edit' needs a mask")
+    if job.frames > 1 and (job.task != "generate" or not info.supports_animation):
+        raise ValueError(f"{info.name!r} cannot animate a {job.task!r} job")
 
 
 def use_cpu_threads(count: int) -> None:

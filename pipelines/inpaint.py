@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .base import BatchRows, ImageJob
+
 if TYPE_CHECKING:  # torch loads with the backends; the server uses only the pixel helpers here
     import torch
 
@@ -111,3 +113,33 @@ def latent_keep_mask(mask: Image.Image, image_size: tuple[int, int], latent_size
 
     repaint = torch.from_numpy(binary_repaint_mask(mask, image_size))[None, None]
     return 1 - F.adaptive_max_pool2d(repaint, latent_size)
+
+
+def resized_original(job: ImageJob) -> Image.Image:
+    """The edit's input at the job's native size."""
+    assert job.image is not None  # check_job
+    return job.image.convert("RGB").resize((job.width, job.height), Image.Resampling.BICUBIC)
+
+
+def latent_blend(
+    rows: BatchRows, originals: dict[int, Image.Image], generators: list[torch.Generator], movq: Any, device: Any
+) -> LatentBlend:
+    """The blend for a batch of edits: each job's original encoded, its keep mask, its rows' initial noise."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    parts = []  # per job: its original's latents and keep mask (one row each), its rows' initial noise
+    for job, span in rows.spans():
+        pixels = np.asarray(originals[id(job)], dtype=np.float32) / 127.5 - 1.0
+        original = movq.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device, movq.dtype)).latents
+        assert job.mask is not None  # check_job
+        keep = latent_keep_mask(job.mask, (job.width, job.height), original.shape[-2:]).to(device, original.dtype)
+        shape = (job.n, original.shape[1], *original.shape[-2:])
+        noise = randn_tensor(shape, generator=generators[span], device=device, dtype=original.dtype)
+        parts.append((job.n, original, keep, noise))
+    if len(parts) == 1:  # one job broadcasts its single row, as a request alone always has (same bytes)
+        return LatentBlend(*parts[0][1:])
+    repeated = [[part.repeat(n, 1, 1, 1) for part in (original, keep)] for n, original, keep, _ in parts]
+    return LatentBlend(
+        torch.cat([r[0] for r in repeated]), torch.cat([r[1] for r in repeated]), torch.cat([p[3] for p in parts])
+    )

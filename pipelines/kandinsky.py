@@ -13,14 +13,12 @@ import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import (
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
 )
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import kandinsky_mask
@@ -41,9 +39,10 @@ from .base import (
     seeded_generators,
 )
 from .device import dtype_name
-from .inpaint import LatentBlend, composite_unmasked, latent_keep_mask
+from .inpaint import LatentBlend, composite_unmasked, latent_blend, resized_original
 from .model_config import EaselConfig
-from .presets import presets_for
+from .presets import complexities_for, presets_for
+from .walks import mix_in_images, walk_frames
 
 REAL_KANDINSKY_NATIVE_SIDE = 512
 INPAINT_UNET_CHANNELS = 9
@@ -88,6 +87,8 @@ class KandinskyBackend:
             dtype=dtype_name(self.decoder_pipe.unet.dtype),
             supports_negative_prompt=True,
             created=config.created,
+            complexities=complexities_for(presets),
+            supports_animation=True,
         )
 
     # -- ImageBackend ----------------------------------------------------------------
@@ -96,6 +97,8 @@ class KandinskyBackend:
         return len(self.prior_pipe.tokenizer(prompt, add_special_tokens=False).input_ids)
 
     def batch_key(self, job: ImageJob) -> Hashable | None:
+        if job.frames > 1:
+            return None  # an animation is many decoder calls of its own
         if job.task == "edit" and self.inpaint_weights:
             return None  # diffusers' inpaint decoder applies the first row's image and mask to every row
         return (job.task, job.width, job.height, job.preset)
@@ -118,7 +121,10 @@ class KandinskyBackend:
         clock = StageClock(self.device)
         if live:
             with clock.timing(self._stages):
-                outcomes.update(self._run_live(live))
+                if live[0].frames > 1:  # alone in its batch (batch_key)
+                    outcomes[id(live[0])] = self._animate(live[0])
+                else:
+                    outcomes.update(self._run_live(live))
         return BatchResult([outcomes[id(job)] for job in jobs], clock.seconds)
 
     # -- stages -----------------------------------------------------------------------
@@ -141,6 +147,27 @@ class KandinskyBackend:
         else:
             left.update(self._decode(rows, image_embeds, negative, generators))
         return left
+
+    def _animate(self, job: ImageJob) -> JobOutcome:
+        """Frames walking between two prior samples, each decoded from the image's own initial noise."""
+
+        def sample(ends: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
+            embeds, left = self._text_to_embeds([ends])
+            if left:
+                raise Cancelled()
+            return embeds[id(ends)]
+
+        def decode(frame_job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor) -> list[Image.Image]:
+            generators = seeded_generators(self.device, frame_job.seeds)
+            outcome = self._decode(BatchRows([frame_job]), embeds, negative, generators)[id(frame_job)]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        try:
+            return walk_frames(job, sample, decode)
+        except Cancelled as left:
+            return left
 
     def _text_to_embeds(self, jobs: list[ImageJob]) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]:
         """Prior: each job's ``n`` image embeddings and ``n`` negative ones; and the jobs that left meanwhile.
@@ -290,7 +317,8 @@ class KandinskyBackend:
     def _edit(
         self, rows: BatchRows, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
     ) -> dict[int, JobOutcome]:
-        originals = {id(job): _resized_original(job) for job in rows.jobs}
+        embeds = mix_in_images(rows, embeds, self._image_to_embed)  # input_fidelity
+        originals = {id(job): resized_original(job) for job in rows.jobs}
         if self.inpaint_weights:  # one job: batch_key keeps inpaint-weight edits apart
             (job,) = rows.jobs
             assert job.mask is not None  # check_job
@@ -298,7 +326,7 @@ class KandinskyBackend:
             extra = _inpaint_inputs(originals[id(job)], mask, job.n)
             outcomes = self._run_decoder(rows, embeds, negative, generators, extra)
         else:
-            blend = self._latent_blend(rows, originals, generators)
+            blend = latent_blend(rows, originals, generators, self.decoder_pipe.movq, self.device)
             outcomes = self._run_decoder(rows, embeds, negative, generators, {}, blend)
         for job in rows.jobs + rows.left:
             images = outcomes[id(job)]
@@ -307,43 +335,13 @@ class KandinskyBackend:
                 outcomes[id(job)] = [composite_unmasked(originals[id(job)], image, job.mask) for image in images]
         return outcomes
 
-    def _latent_blend(
-        self, rows: BatchRows, originals: dict[int, Image.Image], generators: list[torch.Generator]
-    ) -> LatentBlend:
-        movq = self.decoder_pipe.movq
-        parts = []  # per job: its original's latents and keep mask (one row each), its rows' initial noise
-        for job, span in rows.spans():
-            pixels = np.asarray(originals[id(job)], dtype=np.float32) / 127.5 - 1.0
-            original = movq.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, movq.dtype)).latents
-            assert job.mask is not None  # check_job
-            keep = latent_keep_mask(job.mask, (job.width, job.height), original.shape[-2:]).to(
-                self.device, original.dtype
-            )
-            shape = (job.n, original.shape[1], *original.shape[-2:])
-            noise = randn_tensor(shape, generator=generators[span], device=self.device, dtype=original.dtype)
-            parts.append((job.n, original, keep, noise))
-        if len(parts) == 1:  # one job broadcasts its single row, as a request alone always has (same bytes)
-            return LatentBlend(*parts[0][1:])
-        repeated = [[part.repeat(n, 1, 1, 1) for part in (original, keep)] for n, original, keep, _ in parts]
-        return LatentBlend(
-            torch.cat([r[0] for r in repeated]), torch.cat([r[1] for r in repeated]), torch.cat([p[3] for p in parts])
-        )
-
-
-def _resized_original(job: ImageJob) -> Image.Image:
-    assert job.image is not None  # check_job
-    return job.image.convert("RGB").resize((job.width, job.height), Image.Resampling.BICUBIC)
-
 
 class _GuidanceInterval:
     """Classifier-free guidance only at high noise: at timesteps below ``min_timestep`` the decoder runs unguided.
 
-    Guidance decides what is drawn while the latents are mostly noise; applied
-    at low noise too it over-pushes details that are already settled (figures
-    for easel-mini in the README; Kynkaenniemi et al. 2024 report the same on
-    large models). Stopping means what diffusers' dynamic-guidance recipe does:
-    guidance scale 1 and the conditional half of every doubled batch input, so
-    the remaining steps also cost half as much.
+    Guidance decides what is drawn while the latents are mostly noise; at low noise it over-pushes
+    settled details (README). Stopping is diffusers' dynamic-guidance recipe: scale 1 and the
+    conditional half of every doubled input, so the remaining steps cost half as much.
     """
 
     def __init__(self, min_timestep: int | None, *, inpaint: bool):

@@ -43,7 +43,7 @@ from .base import (
 )
 from .device import dtype_name, from_pretrained_dtype
 from .model_config import read_easel_config
-from .presets import presets_for
+from .presets import complexities_for, presets_for
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
 
 VARIATION_COMPONENTS = ("image_encoder", "feature_extractor")
@@ -88,6 +88,8 @@ class KarloBackend:
             supports_negative_prompt=False,
             supports_guidance_interval=False,
             created=config.created,
+            complexities=complexities_for(presets),
+            # No animations: UnCLIPPipeline runs prior and decoder in one call, so no embedding can be walked.
         )
 
     def _load_variation(self, model_dir: Path) -> UnCLIPImageVariationPipeline:

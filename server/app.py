@@ -23,8 +23,15 @@ from .config import Settings
 from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
-from .middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from .routes import files, health, images, models, operations
+from .middleware import (
+    AccessLogMiddleware,
+    BearerAuthMiddleware,
+    BodySizeLimitMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+    cors,
+)
+from .routes import files, health, images, models, openapi, operations
 from .serving.files import ImageStore
 from .serving.images import ImageServing
 from .serving.models import Catalog, load_all
@@ -32,7 +39,7 @@ from .state import ServerState
 
 log = logging.getLogger("easel.app")
 
-PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/")  # no API key needed
+PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/", "/openapi.json")  # no API key needed
 
 
 async def _sweep_forever(store: ImageStore) -> None:
@@ -83,10 +90,19 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
                 shutil.rmtree(image_dir, ignore_errors=True)
 
     app = Starlette(
-        routes=[*health.routes, *models.routes, *images.routes(serving), *files.routes, *operations.routes],
+        routes=[
+            *health.routes,
+            *models.routes,
+            *images.routes(serving),
+            *files.routes,
+            *openapi.routes,
+            *operations.routes,
+        ],
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics.http),
             Middleware(RequestIdMiddleware),
+            Middleware(AccessLogMiddleware),
+            *cors(settings.cors_allow_origins),  # outside auth: preflights carry no key, 401s need CORS headers
             Middleware(BearerAuthMiddleware, keys=settings.api_keys, public_prefixes=PUBLIC_PATH_PREFIXES),
             Middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes),
         ],

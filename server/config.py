@@ -58,6 +58,9 @@ class Settings:
     max_batch_images: int | None = None  # images one pipeline call may merge from several requests; None: by device
     batch_wait_ms: float | None = None  # how long a call may wait for companions; None: by device
     shutdown_timeout: float = 30.0  # seconds to finish queued and running jobs after SIGTERM/SIGINT
+    cors_allow_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any); none: no CORS
+    log_format: str = "text"  # "text" or "json" (server.logs)
+    sse_keepalive_seconds: float = 15.0  # a comment line on a stream idle this long; 0 or less: never
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.models]
@@ -216,6 +219,24 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("SHUTDOWN_TIMEOUT", "30"),
         help="seconds to finish queued and running jobs after SIGTERM or SIGINT; the rest are cancelled (default 30)",
     )
+    parser.add_argument(
+        "--cors-allow-origins",
+        default=default("CORS_ALLOW_ORIGINS", ""),
+        metavar="ORIGIN,...",
+        help="browser origins allowed to call the API, comma-separated, or * (default: none, no CORS headers)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=str(default("LOG_FORMAT", "text")).lower(),
+        choices=["text", "json"],
+        help="text lines or one JSON object a line (default text)",
+    )
+    parser.add_argument(
+        "--sse-keepalive-seconds",
+        type=float,
+        default=default("SSE_KEEPALIVE_SECONDS", "15"),
+        help="send an SSE comment line when a stream has been idle this long; 0: never (default 15)",
+    )
     return parser
 
 
@@ -269,6 +290,9 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
             max_batch_images=args.max_batch_images,
             batch_wait_ms=args.batch_wait_ms,
             shutdown_timeout=args.shutdown_timeout,
+            cors_allow_origins=tuple(_split(args.cors_allow_origins)),
+            log_format=args.log_format,
+            sse_keepalive_seconds=args.sse_keepalive_seconds,
         )
     except ValueError as exc:
         parser.error(str(exc))

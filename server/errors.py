@@ -144,13 +144,26 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, HTTPException)
     target = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
-        message = f"Invalid URL ({target})"
+        message = f"Invalid URL ({target})" + _missing_v1_hint(request.url.path)
     elif exc.status_code == 405:
         message = f"Method not allowed ({target})"
     else:
         message = str(exc.detail)
     kind = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
     return error_response(APIError(exc.status_code, message, type=kind, headers=exc.headers))
+
+
+_V1_RESOURCES = ("/images/", "/models", "/files/")  # what Easel serves under /v1
+
+
+def _missing_v1_hint(path: str) -> str:
+    """For a path that would exist under ``/v1``: say so (a base URL without ``/v1`` is a common slip)."""
+    if path.startswith("/v1/") or not path.startswith(_V1_RESOURCES):
+        return ""
+    return (
+        f". Easel serves the OpenAI API under /v1: did you mean /v1{path}? "
+        "Set the client's base_url to end in /v1 (e.g. http://127.0.0.1:8000/v1)."
+    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -64,6 +64,8 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # server.logs has set up one format for Easel and uvicorn
+        access_log=False,  # the access log is Easel's own, with request ids and models
         timeout_graceful_shutdown=int(SEND_GRACE_SECONDS),
     )
     EaselServer(config, app.state.easel).run()

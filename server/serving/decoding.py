@@ -203,12 +203,35 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
 
 
 def decode_edit_inputs(
-    image_data: bytes, image_param: str, mask_data: bytes | None, limits: UploadLimits
+    image_data: bytes,
+    image_param: str,
+    mask_data: bytes | None,
+    limits: UploadLimits,
+    markup_data: bytes | None = None,
 ) -> tuple[Image.Image, Image.Image]:
     """The RGB image and the repaint mask (mode "L", 255 = repaint). CPU work: run in a thread."""
     image = open_upload(image_data, image_param, limits)
+    if markup_data is not None:
+        return flatten_to_rgb(image), markup_repaint(image, open_upload(markup_data, "markup", limits))
     mask = None if mask_data is None else open_upload(mask_data, "mask", limits)
     return flatten_to_rgb(image), repaint_mask(image, mask)
+
+
+def markup_repaint(image: Image.Image, markup: Image.Image) -> Image.Image:
+    """Where to repaint, from a markup layer: every pixel drawn on it (alpha > 0). Its colours are not read."""
+    if markup.size != image.size:
+        raise invalid(
+            "markup",
+            f"The markup is {markup.width}x{markup.height} but the image is {image.width}x{image.height}; "
+            "they must have the same dimensions.",
+        )
+    alpha = alpha_band(markup)
+    if alpha is None or alpha.point([255] + [0] * 255).getbbox() is None:
+        raise invalid("markup", "The markup must be a transparent PNG with marks drawn on it: it has no clear pixel.")
+    repaint = alpha.point([0] + [255] * 255)
+    if repaint.getbbox() is None:
+        raise invalid("markup", "The markup is fully transparent: nothing is drawn on it, so nothing would be edited.")
+    return repaint
 
 
 def decode_variation_input(data: bytes, limits: UploadLimits) -> Image.Image:

@@ -24,18 +24,12 @@ from pipelines.inpaint import composite_unmasked
 from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
 from ..errors import job_error, shutting_down
+from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
-from ..protocol.fields import ImageOptions, read_json
-from ..protocol.images import (
-    EditRequest,
-    FinishedImage,
-    GenerationRequest,
-    VariationRequest,
-    images_response,
-    job_usage,
-)
+from ..protocol.fields import read_json
+from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
 from .decoding import UploadLimits, decode_edit_inputs, decode_variation_input
-from .files import ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
 from .uploads import read_edit_body, read_variation_body
@@ -58,13 +52,6 @@ class ImageServing:
         self.upload_limits = UploadLimits.from_settings(settings)
         self.draining = False  # set when the server shuts down: new image requests are refused
 
-    def _ready(self, request: Request, requested: str | None, task: Task) -> ReadyModel:
-        if self.draining:
-            raise shutting_down()
-        model = self.catalog.ready(requested, task)
-        request.state.model = model.name  # for the request metrics
-        return model
-
     # -- the endpoints (server/routes/images.py): read the body, then serve it ---------------------
 
     async def create_generation(self, request: Request) -> Response:
@@ -78,13 +65,14 @@ class ImageServing:
         return await self.vary(request, VariationRequest.parse(body))
 
     async def generate(self, request: Request, generation: GenerationRequest) -> Response:
-        model = self._ready(request, generation.options.model, "generate")
+        model = self._resolve(request, generation.options.model, "generate")
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
         log.info(
-            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s seeds=%d.. user=%r [request_id=%s]",
-            model.requested, model.name, job.n, options.size.label, job.width, job.height,
-            options.quality, job.seeds[0], options.user, request.state.request_id,
+            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s format=%s seeds=%d.. "
+            "user=%r safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
+            options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         if options.stream:
@@ -92,17 +80,18 @@ class ImageServing:
         return await self._respond(request, model, options, handle, prompt=generation.prompt)
 
     async def edit(self, request: Request, edit: EditRequest) -> Response:
-        model = self._ready(request, edit.options.model, "edit")
+        model = self._resolve(request, edit.options.model, "edit")
         original, repaint = await asyncio.to_thread(
-            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits
+            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, edit.markup
         )
         edit = edit.sized_for(original, model.info)
         job = edit.to_job(model.info, model.api_style, original, repaint)
         options = edit.options
         log.info(
-            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r [request_id=%s]",
-            model.requested, model.name, job.n, original.width, original.height, options.size.label,
-            job.width, job.height, job.seeds[0], options.stream, options.user, request.state.request_id,
+            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r "
+            "safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, original.width, original.height, options.size.label, job.width,
+            job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         width, height = options.size.width, options.size.height
@@ -118,20 +107,34 @@ class ImageServing:
         return await self._respond(request, model, options, handle, prompt=edit.prompt, prepare=composite)
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self._ready(request, variation.options.model, "variation")
+        model = self._resolve(request, variation.options.model, "variation")
         source = await asyncio.to_thread(decode_variation_input, variation.image, self.upload_limits)
         variation = variation.sized_for(source, model.info)
         job = variation.to_job(model.info, model.api_style, source)
         options = variation.options
         log.info(
-            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r [request_id=%s]",
-            model.requested, model.name, job.n, source.width, source.height, options.size.label,
-            job.width, job.height, job.seeds[0], options.user, request.state.request_id,
+            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
+            "safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
+            job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         return await self._respond(request, model, options, handle)
 
     # -- the steps every endpoint shares ------------------------------------------------------------
+
+    def _resolve(self, request: Request, requested: str | None, task: Task) -> ReadyModel:
+        """The loaded model for the request; its name goes on the access log line, found or not.
+
+        The metrics label requests with the configured model they resolved to instead: a
+        label per name a client makes up would grow without bound.
+        """
+        request.state.model = requested or self.catalog.default_name
+        if self.draining:
+            raise shutting_down()
+        model = self.catalog.ready(requested, task)
+        request.state.served_model = model.name
+        return model
 
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
@@ -219,7 +222,9 @@ class ImageServing:
         def usage(result: JobResult) -> dict:
             return job_usage(handle.job, result.prompt_tokens)
 
-        stream = ImageStream(kind, ImageEventFields.of(options), encode_preview, encode_final, usage)
+        fields = ImageEventFields.of(options)
+        keepalive = self.settings.sse_keepalive_seconds
+        stream = ImageStream(kind, fields, encode_preview, encode_final, usage, keepalive)
         return stream_job(self.engine, handle, stream, request.state.request_id)
 
     def _url_base(self, request: Request) -> str:
@@ -232,7 +237,17 @@ def _finish(images: list[Image.Image], options: ImageOptions, prepare: Prepare |
     if prepare is not None:
         images = prepare(images)
     size = options.size
-    return finish_images(images, size.width, size.height, options.output_format, options.output_compression)
+    return finish_images(images, size.width, size.height, encoding_of(options))
+
+
+def encoding_of(options: ImageOptions) -> Encoding:
+    return Encoding(
+        options.output_format,
+        options.output_compression,
+        options.frames,
+        options.frame_duration_ms,
+        options.trace_detail or "medium",
+    )
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

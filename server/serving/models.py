@@ -18,7 +18,7 @@ from pipelines.base import ModelInfo, Task
 from ..config import ModelSpec, Settings
 from ..engine.base import Engine, EngineStopped, ModelToLoad
 from ..errors import SERVER_ERROR, APIError
-from ..protocol.images import ApiStyle, api_style_for, check_task, max_n_for
+from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
 
 log = logging.getLogger("easel.models")
@@ -79,9 +79,16 @@ class Catalog:
         return [*self.entries, *self.aliases]
 
     def entry(self, requested: str | None) -> ModelEntry:
-        """The entry for a requested name (``None``: the default model); 404 if unknown."""
+        """The entry for a requested name (``None``: the default model); 404 if unknown.
+
+        An OpenAI image model name that is neither a model nor an alias here (a
+        snapshot or model released after this server) resolves to the default
+        model by its form, so client code naming it keeps working.
+        """
         name = requested if requested is not None else self.default_name
         entry = self.entries.get(self.aliases.get(name, name))
+        if entry is None and is_openai_image_name(name):
+            entry = self.entries.get(self.default_name)
         if entry is None:
             raise model_not_found(name)
         return entry
