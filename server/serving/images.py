@@ -12,18 +12,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, ModelInfo
 from pipelines.inpaint import composite_unmasked
 
 from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
-from ..errors import job_error
+from ..errors import CLIENT_CLOSED_REQUEST, job_error
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import ImageOptions
 from ..protocol.images import (
@@ -34,18 +35,17 @@ from ..protocol.images import (
     images_response,
     job_usage,
 )
-from .decoding import UploadLimits, decode_edit_inputs, decode_variation_input
+from .decoding import Fit, UploadLimits, decode_edit_inputs, decode_variation_input
 from .files import ImageStore, encode, finish_images, fit_to_size, resize_exactly
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
 
 log = logging.getLogger("easel.images")
 
-CLIENT_CLOSED_REQUEST = 499  # never reaches the client; shows in access logs
-
 # Work on a job's native images before they are fitted to the requested size (edits: compositing); runs in a thread.
 Prepare = Callable[[list[Image.Image]], list[Image.Image]]
 FitToSize = Callable[[Image.Image, int, int], Image.Image]
+Decoded = TypeVar("Decoded")
 
 
 class ImageServing:
@@ -55,6 +55,7 @@ class ImageServing:
         self.engine = engine
         self.store = store
         self.upload_limits = UploadLimits.from_settings(settings)
+        self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
 
     async def generate(self, request: Request, generation: GenerationRequest) -> Response:
         model = self.catalog.ready(generation.options.model, "generate")
@@ -72,8 +73,9 @@ class ImageServing:
 
     async def edit(self, request: Request, edit: EditRequest) -> Response:
         model = self.catalog.ready(edit.options.model, "edit")
-        original, repaint = await asyncio.to_thread(
-            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits
+        fit = _input_fit(edit.options, edit.size_from_input, model.info)
+        original, repaint = await self._decode(
+            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, fit
         )
         edit = edit.sized_for(original, model.info)
         job = edit.to_job(model.info, model.api_style, original, repaint)
@@ -98,7 +100,8 @@ class ImageServing:
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
         model = self.catalog.ready(variation.options.model, "variation")
-        source = await asyncio.to_thread(decode_variation_input, variation.image, self.upload_limits)
+        fit = _input_fit(variation.options, variation.size_from_input, model.info)
+        source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
         variation = variation.sized_for(source, model.info)
         job = variation.to_job(model.info, model.api_style, source)
         options = variation.options
@@ -111,6 +114,11 @@ class ImageServing:
         return await self._respond(request, model, options, handle)
 
     # -- the steps every endpoint shares ------------------------------------------------------------
+
+    async def _decode(self, decode: Callable[..., Decoded], *args: object) -> Decoded:
+        """Decode uploads in a thread, at most ``--max-concurrent-decodes`` at once: each may take megabytes."""
+        async with self.decode_slots:
+            return await asyncio.to_thread(decode, *args)
 
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
@@ -204,6 +212,14 @@ class ImageServing:
     def _url_base(self, request: Request) -> str:
         base = self.settings.public_base_url or str(request.base_url).rstrip("/")
         return f"{base}/v1/files/images"
+
+
+def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) -> Fit:
+    """The size an upload is used at: the answer's size (the input's own, scaled into the model's bounds, for auto)."""
+    if size_from_input:
+        return info.size_for_input
+    width, height = options.size.width, options.size.height
+    return lambda _width, _height: (width, height)
 
 
 def _finish(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
