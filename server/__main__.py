@@ -10,6 +10,7 @@ import uvicorn
 
 from .app import create_app
 from .config import load_settings
+from .middleware import uvicorn_options
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "listening on %s without API keys: anyone who can reach it can use it", settings.host
         )
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

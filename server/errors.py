@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from pipelines.base import Cancelled, MissingComponent
 
@@ -148,8 +148,20 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+CLIENT_CLOSED_REQUEST = 499  # never reaches the client; shows in access logs
+
+
+async def handle_client_gone(request: Request, exc: Exception) -> Response:
+    """A client that hangs up while its request is read is no error: one info line, no traceback."""
+    state = request.scope.get("state", {})
+    if not state.get("timed_out"):  # a body deadline logs its own line (middleware.GuardedH11Protocol)
+        log.info("client went away while sending its request [request_id=%s]", request_id_of(request))
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 EXCEPTION_HANDLERS = {
     APIError: handle_api_error,
+    ClientDisconnect: handle_client_gone,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }

@@ -1,20 +1,38 @@
-"""ASGI middleware: request ids, bearer-key auth, request body size limit.
+"""The HTTP layer's guards: ASGI middleware (request ids, bearer-key auth, body size limit) and the connection protocol.
 
 Plain ASGI classes rather than ``BaseHTTPMiddleware`` so that request bodies
 stream through untouched and client disconnects stay visible to endpoints.
+
+:class:`GuardedH11Protocol` is uvicorn's h11 protocol with the limits a server
+facing slow or hostile clients needs (README, "Connection limits"): a cap on
+open connections, deadlines for a request's headers and body, and OpenAI error
+envelopes (with ``x-request-id``) for what is refused before the app sees it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import http
+import json
+import logging
 import re
 import secrets
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import h11
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .errors import APIError, error_response
+from .config import Settings
+from .errors import INVALID_REQUEST, SERVER_ERROR, APIError, envelope, error_response
+
+log = logging.getLogger("easel.connections")
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -46,6 +64,8 @@ class RequestIdMiddleware:
                 headers = MutableHeaders(scope=message)
                 if REQUEST_ID_HEADER not in headers:
                     headers[REQUEST_ID_HEADER] = request_id
+                # Never let a browser guess a type: an image URL is an image, an error is JSON.
+                headers["x-content-type-options"] = "nosniff"
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -138,3 +158,169 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, receive_with_limit, send)
+
+
+# -- the connection: what uvicorn's h11 protocol does not limit ---------------------------------------------------
+
+LINGER_SECONDS = 3.0  # after an early answer, what the client still sends is read and dropped, so it gets the answer
+REFUSAL_LOG_INTERVAL = 10.0  # refused connections are logged at most this often, with a count
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = 128
+    header_timeout: float = 10.0  # from a request's first byte to the end of its headers
+    body_timeout: float = 60.0  # from the end of the headers to the end of the body
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that apply ``settings``' connection limits."""
+    limits = ConnectionLimits(settings.max_connections, settings.header_timeout_seconds, settings.body_timeout_seconds)
+    protocol = type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+    return {"http": protocol, "timeout_keep_alive": settings.keep_alive_seconds}
+
+
+def raw_error(status: int, message: str, code: str, request_id: str, extra: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 error answer in OpenAI's envelope, for a connection the app never saw."""
+    kind = INVALID_REQUEST if status < 500 else SERVER_ERROR
+    body = json.dumps(envelope(message, kind, None, code)).encode()
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "connection": "close",
+        REQUEST_ID_HEADER: request_id,
+        "x-content-type-options": "nosniff",
+        **(extra or {}),
+    }
+    head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+class _RefusalLog:
+    """Connections refused over the limit, logged once per interval: a flood must not flood the log too."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.logged_at = -REFUSAL_LOG_INTERVAL
+
+    def note(self, limit: int) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning("%d connection(s) refused with 503: %d already open (--max-connections)", self.count, limit)
+            self.count, self.logged_at = 0, now
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a connection cap, header and body deadlines, and enveloped early answers.
+
+    A request's headers must be complete within ``header_timeout`` of its first
+    byte (for a new connection: of the connection), its body within
+    ``body_timeout`` of the headers; otherwise the answer is 408 (an idle new
+    connection that sent nothing is just closed). A connection over
+    ``max_connections`` is answered 503 at once. Every early answer is
+    followed by a lingering close: the server stops writing and drops what the
+    client still sends for up to ``LINGER_SECONDS``, so the client reads the
+    answer instead of a connection reset.
+    """
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    refusals: ClassVar[_RefusalLog] = _RefusalLog()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._reading: str | None = None  # "headers" or "body": the part on a deadline
+        self._lingering = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        over_limit = len(self.connections) >= self.limits.max_connections
+        super().connection_made(transport)
+        if over_limit:
+            self.refusals.note(self.limits.max_connections)
+            message = "The server has too many open connections; retry shortly."
+            self._answer_early(raw_error(503, message, "server_busy", new_request_id(), {"retry-after": "1"}))
+            return
+        self._expect("headers")
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        if self._reading is None:  # the first bytes of the next request on a kept-alive connection
+            self._expect("headers")
+        super().data_received(data)
+        self._follow_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow_request()  # a pipelined request may have started
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 could not parse the request: answer in the envelope rather than uvicorn's plain text."""
+        limit = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        if len(self.conn.trailing_data[0]) > limit:
+            message = f"The request's headers are larger than this server's limit of {limit} bytes."
+            self._answer_early(raw_error(431, message, "headers_too_large", new_request_id()))
+        else:
+            message = "Invalid HTTP request: the request line or headers could not be parsed."
+            self._answer_early(raw_error(400, message, "invalid_http_request", new_request_id()))
+
+    def _follow_request(self) -> None:
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            if self._reading != "body":
+                self._expect("body")
+        elif state is h11.IDLE:
+            if self._reading is None and self.conn.trailing_data[0]:
+                self._expect("headers")
+        else:  # the request is complete (or the connection is over): nothing left to wait for
+            self._stop_deadline()
+
+    def _expect(self, part: str) -> None:
+        self._stop_deadline()
+        self._reading = part
+        timeout = self.limits.header_timeout if part == "headers" else self.limits.body_timeout
+        self._deadline = self.loop.call_later(timeout, self._too_slow)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline, self._reading = None, None
+
+    def _too_slow(self) -> None:
+        part = self._reading
+        self._deadline, self._reading = None, None
+        if self.transport.is_closing():
+            return
+        if part == "headers" and not self.conn.trailing_data[0]:
+            self.transport.close()  # a connection opened and never used: nothing to answer
+            return
+        cycle = self.cycle if part == "body" else None
+        if cycle is not None and cycle.response_started:
+            self.transport.close()  # already answered (or answering): the client only gets less
+            return
+        request_id = new_request_id()
+        if cycle is not None:
+            state = cycle.scope.setdefault("state", {})
+            request_id = state.get("request_id", request_id)
+            state["timed_out"] = True  # what the app sees as a disconnect is this deadline (errors.py)
+            cycle.disconnected = True
+            cycle.message_event.set()
+        timeout = self.limits.header_timeout if part == "headers" else self.limits.body_timeout
+        log.info("request %s not received within %g s; answered 408 [request_id=%s]", part, timeout, request_id)
+        message = f"The request {part} did not arrive within {timeout:g} seconds."
+        self._answer_early(raw_error(408, message, "request_timeout", request_id))
+
+    def _answer_early(self, answer: bytes) -> None:
+        self._stop_deadline()
+        self._lingering = True
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
