@@ -140,7 +140,10 @@ class FieldReader:
             name, f"Invalid '{name}': {value} is out of range; expected {low} to {high}.", code="invalid_value"
         )
 
-    def string(self, name: str, *, required: bool = False, max_length: int | None = None) -> str | None:
+    def string(
+        self, name: str, *, required: bool = False, max_length: int | None = None, plain_text: bool = False
+    ) -> str | None:
+        """A string field; ``plain_text``: text for the model, refused if it holds control characters."""
         value = self.raw(name)
         if value is None:
             if required:
@@ -155,6 +158,8 @@ class FieldReader:
                 f"but got a string with length {len(value)} instead.",
                 code="string_above_max_length",
             )
+        if plain_text:
+            refuse_control_characters(name, value)
         return value
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
@@ -318,7 +323,7 @@ def read_image_options(reader: FieldReader) -> ImageOptions:
         stream=stream,
         partial_images=partial_images,
         seed=seed,
-        negative_prompt=reader.string("negative_prompt", max_length=MAX_PROMPT_LENGTH),
+        negative_prompt=reader.string("negative_prompt", max_length=MAX_PROMPT_LENGTH, plain_text=True),
         prior_steps=reader.integer("prior_steps", MIN_STEPS, MAX_STEPS),
         prior_guidance_scale=reader.number("prior_guidance_scale", 0.0, MAX_GUIDANCE),
         decoder_steps=reader.integer("decoder_steps", MIN_STEPS, MAX_STEPS),
@@ -328,8 +333,23 @@ def read_image_options(reader: FieldReader) -> ImageOptions:
 
 
 def read_prompt(reader: FieldReader) -> str:
-    prompt = reader.string("prompt", required=True)
+    prompt = reader.string("prompt", required=True, plain_text=True)
     assert prompt is not None
     if not prompt.strip():
         raise invalid("prompt", "Invalid 'prompt': must not be empty.", code="invalid_value")
     return prompt
+
+
+# C0 controls but tab, line feed and carriage return; DEL; C1 controls. They mean nothing to an image
+# model, and one in a prompt is usually a client's bug (binary sent as text, a C string's NUL).
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def refuse_control_characters(name: str, text: str) -> None:
+    found = _CONTROL_CHARACTER.search(text)
+    if found is not None:
+        message = (
+            f"Invalid '{name}': it holds the control character U+{ord(found.group()):04X} at position "
+            f"{found.start()}; only tab, line feed and carriage return are accepted."
+        )
+        raise invalid(name, message, code="invalid_value")
