@@ -16,18 +16,13 @@ part, ``image`` or ``mask``, as OpenAI answers oversized uploads)
       decoded (``Image.open`` is lazy), so a small file claiming huge
       dimensions (a decompression bomb) costs nothing. Pillow's own bomb check
       is turned into the same 400.
-    * A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-      covers the size the job uses it at (``Fit``), so a 40-megapixel photo
-      costs a fraction of its full size.
-    * The memory the decoded pixels take (width x height x Pillow's bytes per
-      pixel, at the size decoded; twice that for WebP, whose decoder keeps a
-      copy) is capped by ``--max-decode-mb``, checked before decoding.
-    * Every image larger than its job needs is shrunk right after decoding,
-      before any conversion, so each later copy is small.
-    * A JPEG whose header claims more pixels than its data could hold (every
-      8x8 block of a Huffman-coded JPEG costs at least a bit) is refused
-      before decoding; truncated or corrupt files fail while decoding. Both
-      answer 400.
+    * Decoding costs what the image is worth: a JPEG is decoded at the smallest
+      DCT scale that covers the size its job uses it at (``Fit``), every image
+      is shrunk to that size before any conversion, and the decoded pixels'
+      memory is capped by ``--max-decode-mb`` before decoding (README, Edits).
+    * A Huffman JPEG claiming more 8x8 blocks than its bytes can code (each
+      costs a bit) is refused before decoding; truncated or corrupt files fail
+      while decoding. Both answer 400.
 
 Edit masks (OpenAI's semantics)
     The fully transparent pixels (alpha 0) of ``mask`` mark the area to repaint;
@@ -235,9 +230,28 @@ def _cover_size(stored: tuple[int, int], fit: Fit, image: Image.Image) -> tuple[
 
 def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     # A colour key (PNG tRNS) or a palette only survives nearest-neighbour sampling.
-    keyed = image.mode in ("1", "P") or "transparency" in image.info
-    resample = Image.Resampling.NEAREST if keyed else Image.Resampling.LANCZOS
-    return image.resize(size, resample, reducing_gap=3.0)
+    if image.mode in ("1", "P") or "transparency" in image.info:
+        return image.resize(size, Image.Resampling.NEAREST)
+    factor = min(image.width // size[0], image.height // size[1])
+    reduced = _reduce_in_strips(image, factor) if factor >= 2 else image
+    return reduced.resize(size, Image.Resampling.LANCZOS)
+
+
+def _reduce_in_strips(image: Image.Image, factor: int) -> Image.Image:
+    """``image.reduce(factor)`` a strip at a time: for RGBA, Pillow premultiplies alpha in a full-size copy.
+
+    Strips whose height is a multiple of ``factor`` reduce to exactly the rows the whole image would.
+    """
+    width, height = image.size
+    rows = factor * max(1, _STRIP_ROWS // factor)
+    reduced = Image.new(image.mode, (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        reduced.paste(image.crop((0, top, width, min(height, top + rows))).reduce(factor), (0, top // factor))
+    reduced.info = image.info.copy()  # EXIF orientation, applied after decoding
+    return reduced
+
+
+_STRIP_ROWS = 256
 
 
 def _least_jpeg_bytes(data: bytes, image: Image.Image) -> int:
@@ -245,8 +259,7 @@ def _least_jpeg_bytes(data: bytes, image: Image.Image) -> int:
     if _jpeg_frame_marker(data) in _ARITHMETIC_FRAMES:
         return 0
     layers = getattr(image, "layer", None) or [("", 1, 1, 0)]
-    h_max = max(layer[1] for layer in layers)
-    v_max = max(layer[2] for layer in layers)
+    h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
     mcus = math.ceil(image.width / (8 * h_max)) * math.ceil(image.height / (8 * v_max))
     return mcus // 8
 
