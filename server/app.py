@@ -20,17 +20,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from .config import Settings
+from .cors import cors
 from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
-from .middleware import (
-    AccessLogMiddleware,
-    BearerAuthMiddleware,
-    BodySizeLimitMiddleware,
-    MetricsMiddleware,
-    RequestIdMiddleware,
-    cors,
-)
+from .middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .routes import files, health, images, models, openapi, operations
 from .serving.files import ImageStore
 from .serving.images import ImageServing
@@ -99,9 +93,8 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
             *operations.routes,
         ],
         middleware=[
-            Middleware(MetricsMiddleware, metrics=metrics.http),
             Middleware(RequestIdMiddleware),
-            Middleware(AccessLogMiddleware),
+            Middleware(AccessLogMiddleware, metrics=metrics.http),
             *cors(settings.cors_allow_origins),  # outside auth: preflights carry no key, 401s need CORS headers
             Middleware(BearerAuthMiddleware, keys=settings.api_keys, public_prefixes=PUBLIC_PATH_PREFIXES),
             Middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,12 @@ from weights.registry import REGISTRY_PATH, load_registry
 DEFAULT_MAX_BODY_MB = 50.0
 DEFAULT_MAX_UPLOAD_MB = 50.0  # per uploaded image (edits, variations); see server.uploads
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0
+DEFAULT_MAX_DECODE_MB = 48.0  # memory one upload's pixels may take as decoded; see server.serving.decoding
+DEFAULT_MAX_CONCURRENT_DECODES = 2
+DEFAULT_MAX_CONNECTIONS = 128
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS = 60.0
+DEFAULT_KEEP_ALIVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,13 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any); none: no CORS
     log_format: str = "text"  # "text" or "json" (server.logs)
     sse_keepalive_seconds: float = 15.0  # a comment line on a stream idle this long; 0 or less: never
+    # Hardening (README, "Limits"): decoding and connection limits.
+    max_decode_bytes: int = int(DEFAULT_MAX_DECODE_MB * 1024 * 1024)
+    max_concurrent_decodes: int = DEFAULT_MAX_CONCURRENT_DECODES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.models]
@@ -85,6 +98,13 @@ class Settings:
             raise ValueError("--workers and --max-batch-images must be at least 1")
         if (self.batch_wait_ms is not None and self.batch_wait_ms < 0) or self.shutdown_timeout < 0:
             raise ValueError("--batch-wait-ms and --shutdown-timeout must not be negative")
+        self._check_hardening_limits()
+
+    def _check_hardening_limits(self) -> None:
+        if self.max_decode_bytes < 1 or self.max_concurrent_decodes < 1 or self.max_connections < 1:
+            raise ValueError("max_decode_bytes, max_concurrent_decodes and max_connections must be positive")
+        if min(self.header_timeout_seconds, self.body_timeout_seconds, self.keep_alive_seconds) <= 0:
+            raise ValueError("header_timeout_seconds, body_timeout_seconds and keep_alive_seconds must be positive")
 
     @property
     def default_model_name(self) -> str:
@@ -237,7 +257,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("SSE_KEEPALIVE_SECONDS", "15"),
         help="send an SSE comment line when a stream has been idle this long; 0: never (default 15)",
     )
+    _add_hardening_options(parser, default)
     return parser
+
+
+def _add_hardening_options(parser: argparse.ArgumentParser, default: Callable[..., str | None]) -> None:
+    options = (
+        ("--max-decode-mb", float, "MAX_DECODE_MB", DEFAULT_MAX_DECODE_MB,
+         "memory one uploaded image may take once decoded, in MiB"),
+        ("--max-concurrent-decodes", int, "MAX_CONCURRENT_DECODES", DEFAULT_MAX_CONCURRENT_DECODES,
+         "uploads decoded at once; the others wait"),
+        ("--max-connections", int, "MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
+         "open connections; one more is answered 503"),
+        ("--header-timeout-seconds", float, "HEADER_TIMEOUT_SECONDS", DEFAULT_HEADER_TIMEOUT_SECONDS,
+         "a request's headers must arrive within this many seconds of its first byte (else 408)"),
+        ("--body-timeout-seconds", float, "BODY_TIMEOUT_SECONDS", DEFAULT_BODY_TIMEOUT_SECONDS,
+         "a request's body must arrive within this many seconds of its headers (else 408)"),
+        ("--keep-alive-seconds", float, "KEEP_ALIVE_SECONDS", DEFAULT_KEEP_ALIVE_SECONDS,
+         "an idle keep-alive connection is closed after this many seconds"),
+    )  # fmt: skip
+    for flag, kind, env_name, fallback, text in options:
+        shown = int(fallback) if kind is int or float(fallback).is_integer() else fallback
+        parser.add_argument(flag, type=kind, default=default(env_name, str(shown)), help=f"{text} (default {shown})")
 
 
 def _models_and_aliases(
@@ -293,6 +334,12 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
             cors_allow_origins=tuple(_split(args.cors_allow_origins)),
             log_format=args.log_format,
             sse_keepalive_seconds=args.sse_keepalive_seconds,
+            max_decode_bytes=int(args.max_decode_mb * 1024 * 1024),
+            max_concurrent_decodes=args.max_concurrent_decodes,
+            max_connections=args.max_connections,
+            header_timeout_seconds=args.header_timeout_seconds,
+            body_timeout_seconds=args.body_timeout_seconds,
+            keep_alive_seconds=args.keep_alive_seconds,
         )
     except ValueError as exc:
         parser.error(str(exc))

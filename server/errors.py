@@ -10,14 +10,16 @@ message and the id to quote.
 
 from __future__ import annotations
 
+import http
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from pipelines.base import Cancelled, MissingComponent
 
@@ -176,8 +178,35 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+CLIENT_CLOSED_REQUEST = 499  # never reaches the client; shows in access logs
+
+
+async def handle_client_gone(request: Request, exc: Exception) -> Response:
+    """A client that hangs up while its request is read is no error: its access line says so, no traceback."""
+    request.scope.setdefault("state", {})["gone"] = "while sending its request"
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 EXCEPTION_HANDLERS = {
     APIError: handle_api_error,
+    ClientDisconnect: handle_client_gone,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+def raw_error(status: int, message: str, code: str, request_id: str, extra: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 error answer in OpenAI's envelope, for a connection the app never saw."""
+    kind = INVALID_REQUEST if status < 500 else SERVER_ERROR
+    body = json.dumps(envelope(message, kind, None, code)).encode()
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "connection": "close",
+        "x-request-id": request_id,
+        "x-content-type-options": "nosniff",
+        **(extra or {}),
+    }
+    head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return head.encode("latin-1") + b"\r\n" + body

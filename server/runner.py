@@ -17,6 +17,7 @@ import uvicorn
 
 from .app import create_app, drain
 from .config import Settings
+from .middleware import uvicorn_options
 from .state import ServerState
 
 log = logging.getLogger("easel.runner")
@@ -67,5 +68,6 @@ def serve(settings: Settings) -> None:
         log_config=None,  # server.logs has set up one format for Easel and uvicorn
         access_log=False,  # the access log is Easel's own, with request ids and models
         timeout_graceful_shutdown=int(SEND_GRACE_SECONDS),
+        **uvicorn_options(settings),  # connection limits and deadlines
     )
     EaselServer(config, app.state.easel).run()

@@ -27,6 +27,7 @@ from pipelines.base import BatchResult, ImageJob
 from server.app import create_app
 from server.config import ModelSpec, Settings
 from server.engine.local import Loader
+from server.middleware import uvicorn_options
 from server.state import ServerState
 from weights.registry import load_registry
 
@@ -89,7 +90,9 @@ def running_server(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on", **uvicorn_options(settings)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
     thread.start()

@@ -111,8 +111,13 @@ class Engine(Protocol):
         """Load a model and make it available (blocking: call from a thread); EngineStopped after shutdown."""
         ...
 
-    def submit(self, model: str, job: ImageJob) -> JobHandle:
-        """Queue ``job`` for a loaded model (call from the event loop); raises QueueFull or EngineStopped."""
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> JobHandle:
+        """Queue ``job`` for a loaded model (call from the event loop); raises QueueFull or EngineStopped.
+
+        ``retried``: the client says this request repeats one that was turned away. Such a
+        job may also take a place in a reserve as large as the queue, so that clients
+        turned away once are not turned away again by newcomers.
+        """
         ...
 
     def cancel(self, handle: JobHandle) -> None:

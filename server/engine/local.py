@@ -88,10 +88,10 @@ class LocalEngine:
             worker.attach(lane)
             self._lanes[name] = lane
 
-    def submit(self, model: str, job: ImageJob) -> LocalJobHandle:
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> LocalJobHandle:
         lane = self._lanes[model]
         handle = LocalJobHandle(asyncio.get_running_loop(), model, job, lane.replicas[0].batch_key(job))
-        lane.worker.submit(lane, handle)
+        lane.worker.submit(lane, handle, retried=retried)
         return handle
 
     def cancel(self, handle: JobHandle) -> None:

@@ -114,7 +114,7 @@ class ModelLane:
         self.worker = worker
         self.waiting: deque[LocalJobHandle] = deque()
         self.running: list[LocalJobHandle] = []
-        self.batch_ends: list[float] = []  # when each running batch is expected to finish (monotonic)
+        self.turns_until = 0.0  # when the turns handed to rejected jobs run out (monotonic; see retry_after)
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
@@ -128,16 +128,21 @@ class ModelLane:
         else:
             self.seconds_per_image += AVERAGE_WEIGHT * (per_image - self.seconds_per_image)
 
-    def retry_after(self, now: float) -> float:
-        """Seconds until a queue slot is likely free, spread by jitter so rejected clients do not return at once.
+    def retry_after(self, now: float, images: int) -> float:
+        """When a rejected job should come back: rejected jobs get turns at the rate the model serves images.
 
-        A slot frees when a running batch ends and the next batch takes waiting jobs
-        out of the queue; the jitter spans one more batch's time.
+        The first turn starts once the jobs waiting now are served; each rejection takes
+        the next turn (its images at the measured seconds per image, per slot) and comes
+        back at a random point within it, so rejected clients return spread out rather
+        than all at once into a queue that is full again.
         """
         per_image = self.seconds_per_image or FIRST_IMAGE_SECONDS_GUESS
-        batch_seconds = per_image * self.worker.policy.max_batch_images / max(len(self.replicas), 1)
-        first_end = min(self.batch_ends, default=now)
-        return max(0.1, first_end - now) + random.uniform(0.0, batch_seconds)
+        slots = max(1, len(self.replicas))
+        backlog = sum(handle.job.n for handle in self.waiting) * per_image / slots
+        start = max(self.turns_until, now + backlog)
+        turn = images * per_image / slots
+        self.turns_until = start + turn
+        return max(0.05, start - now + random.uniform(0.0, turn))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -177,12 +182,13 @@ class DeviceWorker:
         with self._condition:
             self._lanes.append(lane)
 
-    def submit(self, lane: ModelLane, handle: LocalJobHandle) -> None:
+    def submit(self, lane: ModelLane, handle: LocalJobHandle, *, retried: bool = False) -> None:
+        """Queue a job; a retried one (turned away before) may also take a place in an equal reserve."""
         with self._condition:
             if self._stopping:
                 raise EngineStopped("the server is shutting down")
-            if len(lane.waiting) >= lane.capacity:
-                raise QueueFull(lane.name, len(lane.waiting), lane.retry_after(time.monotonic()))
+            if len(lane.waiting) >= lane.capacity * (2 if retried else 1):
+                raise QueueFull(lane.name, len(lane.waiting), lane.retry_after(time.monotonic(), handle.job.n))
             lane.waiting.append(handle)
             self._condition.notify_all()
 
@@ -297,9 +303,6 @@ class DeviceWorker:
 
     def _execute(self, slot: int, lane: ModelLane, batch: list[LocalJobHandle], threads: int) -> None:
         started = time.monotonic()
-        images = sum(handle.job.n for handle in batch)
-        with self._condition:
-            lane.batch_ends.append(started + images * (lane.seconds_per_image or FIRST_IMAGE_SECONDS_GUESS))
         backend = lane.replicas[slot]
         if self.cpu:
             use_cpu_threads(threads)
@@ -325,7 +328,6 @@ class DeviceWorker:
         with self._condition:
             for handle in batch:
                 lane.running.remove(handle)
-            lane.batch_ends.remove(min(lane.batch_ends))
             lane.completed += done
             lane.cancelled += left
             lane.failed += len(batch) - done - left

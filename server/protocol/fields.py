@@ -147,7 +147,7 @@ class FieldReader:
         elif kind == "object":
             value = self.object(field)
         else:
-            value = self.string(name, required=field.required, max_length=field.max_length)
+            value = self.string(name, required=field.required, max_length=field.max_length, plain_text=field.plain_text)
         return field.default if value is None else value
 
     def _wrong_type(self, name: str, expected: str, value: Any) -> APIError:
@@ -161,7 +161,10 @@ class FieldReader:
             param, f"Invalid '{param}': {value} is out of range; expected {low} to {high}.", code="invalid_value"
         )
 
-    def string(self, name: str, *, required: bool = False, max_length: int | None = None) -> str | None:
+    def string(
+        self, name: str, *, required: bool = False, max_length: int | None = None, plain_text: bool = False
+    ) -> str | None:
+        """A string field; ``plain_text``: text for the model, refused if it holds control characters."""
         value = self.raw(name)
         if value is None:
             if required:
@@ -176,6 +179,8 @@ class FieldReader:
                 f"{max_length}, but got a string with length {len(value)} instead.",
                 code="string_above_max_length",
             )
+        if plain_text:
+            refuse_control_characters(self.prefix + name, value)
         return value
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
@@ -308,3 +313,18 @@ def read_prompt(reader: FieldReader) -> str:
     if not prompt.strip():
         raise invalid("prompt", "Invalid 'prompt': must not be empty.", code="invalid_value")
     return str(prompt)
+
+
+# C0 controls but tab, line feed and carriage return; DEL; C1 controls. They mean nothing to an image
+# model, and one in a prompt is usually a client's bug (binary sent as text, a C string's NUL).
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def refuse_control_characters(name: str, text: str) -> None:
+    found = _CONTROL_CHARACTER.search(text)
+    if found is not None:
+        message = (
+            f"Invalid '{name}': it holds the control character U+{ord(found.group()):04X} at position "
+            f"{found.start()}; only tab, line feed and carriage return are accepted."
+        )
+        raise invalid(name, message, code="invalid_value")

@@ -56,9 +56,10 @@ class Field:
     required: bool = False
     properties: tuple[Field, ...] = ()  # object: its fields
     many: bool = False  # file: a list of files is accepted too
+    plain_text: bool = False  # string: text for the model, so control characters are refused
 
 
-PROMPT = Field("prompt", "string", "What to draw.", max_length=MAX_PROMPT_LENGTH, required=True)
+PROMPT = Field("prompt", "string", "What to draw.", max_length=MAX_PROMPT_LENGTH, required=True, plain_text=True)
 MODEL = Field(
     "model",
     "string",
@@ -179,7 +180,12 @@ MARKUP = Field(
 
 SEED = Field("seed", "integer", "Image i uses seed + i; same seed, same bytes.", low=0, high=MAX_SEED, extension=True)
 NEGATIVE_PROMPT = Field(
-    "negative_prompt", "string", "What to steer away from.", max_length=MAX_PROMPT_LENGTH, extension=True
+    "negative_prompt",
+    "string",
+    "What to steer away from.",
+    max_length=MAX_PROMPT_LENGTH,
+    extension=True,
+    plain_text=True,
 )
 PRIOR_STEPS = Field("prior_steps", "integer", "The prior's steps.", low=MIN_STEPS, high=MAX_STEPS, extension=True)
 PRIOR_GUIDANCE = Field(

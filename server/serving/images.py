@@ -12,35 +12,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from pipelines.base import ImageJob, Task
+from pipelines.base import ImageJob, ModelInfo, Task
 from pipelines.inpaint import composite_unmasked
 
 from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
-from ..errors import job_error, shutting_down
+from ..errors import CLIENT_CLOSED_REQUEST, job_error, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
 from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
-from .decoding import UploadLimits, decode_edit_inputs, decode_variation_input
+from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .masks import decode_edit_inputs
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
 from .uploads import read_edit_body, read_variation_body
 
 log = logging.getLogger("easel.images")
 
-CLIENT_CLOSED_REQUEST = 499  # never reaches the client; shows in access logs
-
 # Work on a job's native images before they are fitted to the requested size (edits: compositing); runs in a thread.
 Prepare = Callable[[list[Image.Image]], list[Image.Image]]
 FitToSize = Callable[[Image.Image, int, int], Image.Image]
+Decoded = TypeVar("Decoded")
 
 
 class ImageServing:
@@ -50,6 +51,7 @@ class ImageServing:
         self.engine = engine
         self.store = store
         self.upload_limits = UploadLimits.from_settings(settings)
+        self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
         self.draining = False  # set when the server shuts down: new image requests are refused
 
     # -- the endpoints (server/routes/images.py): read the body, then serve it ---------------------
@@ -81,8 +83,9 @@ class ImageServing:
 
     async def edit(self, request: Request, edit: EditRequest) -> Response:
         model = self._resolve(request, edit.options.model, "edit")
-        original, repaint = await asyncio.to_thread(
-            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, edit.markup
+        fit = _input_fit(edit.options, edit.size_from_input, model.info)
+        original, repaint = await self._decode(
+            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, fit, edit.markup
         )
         edit = edit.sized_for(original, model.info)
         job = edit.to_job(model.info, model.api_style, original, repaint)
@@ -108,7 +111,8 @@ class ImageServing:
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
         model = self._resolve(request, variation.options.model, "variation")
-        source = await asyncio.to_thread(decode_variation_input, variation.image, self.upload_limits)
+        fit = _input_fit(variation.options, variation.size_from_input, model.info)
+        source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
         variation = variation.sized_for(source, model.info)
         job = variation.to_job(model.info, model.api_style, source)
         options = variation.options
@@ -136,10 +140,17 @@ class ImageServing:
         request.state.served_model = model.name
         return model
 
+    async def _decode(self, decode: Callable[..., Decoded], *args: object) -> Decoded:
+        """Decode uploads in a thread, at most ``--max-concurrent-decodes`` at once: each may take megabytes."""
+        async with self.decode_slots:
+            return await asyncio.to_thread(decode, *args)
+
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
         try:
-            return self.engine.submit(model.name, job)
+            # OpenAI's SDKs count their retries in this header; a retry after a 429 gets the queue's reserve.
+            retried = request.headers.get("x-stainless-retry-count", "0") not in ("", "0")
+            return self.engine.submit(model.name, job, retried=retried)
         except Exception as error:
             raise job_error(error, request.state.request_id) from None
 
@@ -191,7 +202,7 @@ class ImageServing:
         if not result.done():
             self.engine.cancel(handle)
             result.cancel()
-            log.info("client went away; job dropped [request_id=%s]", request.state.request_id)
+            request.state.gone = "while waiting for its images; its job was dropped"  # for the access line
             return None
         error = result.exception()
         if error is not None:
@@ -230,6 +241,14 @@ class ImageServing:
     def _url_base(self, request: Request) -> str:
         base = self.settings.public_base_url or str(request.base_url).rstrip("/")
         return f"{base}/v1/files/images"
+
+
+def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) -> Fit:
+    """The size an upload is used at: the answer's size (the input's own, scaled into the model's bounds, for auto)."""
+    if size_from_input:
+        return info.size_for_input
+    width, height = options.size.width, options.size.height
+    return lambda _width, _height: (width, height)
 
 
 def _finish(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
