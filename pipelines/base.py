@@ -115,6 +115,9 @@ class ImageJob:
     # Set by the engine: where previews go, and whether the job's client has gone.
     on_preview: Callable[[int, list[Image.Image]], None] | None = None  # (index, images)
     should_cancel: Callable[[], bool] | None = None
+    # Set by callers that show progress (``easel generate``): (stage, steps done, steps in the stage) after each
+    # denoising step; stages are "prior", "decoder" and, for Karlo, "super_res".
+    on_progress: Callable[[str, int, int], None] | None = None
 
 
 class ImageBackend(Protocol):
@@ -162,6 +165,11 @@ def check_job(job: ImageJob, info: ModelInfo) -> None:
 def raise_if_cancelled(job: ImageJob) -> None:
     if job.should_cancel is not None and job.should_cancel():
         raise Cancelled()
+
+
+def report_progress(job: ImageJob, stage: str, done: int, total: int) -> None:
+    if job.on_progress is not None:
+        job.on_progress(stage, done, total)
 
 
 def seeded_generators(device: torch.device, seeds: list[int]) -> list[torch.Generator]:

@@ -48,6 +48,7 @@ from .base import (
     predicted_clean,
     preview_steps,
     raise_if_cancelled,
+    report_progress,
     seeded_generators,
     to_pil,
 )
@@ -189,6 +190,7 @@ class KandinskyBackend:
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
             raise_if_cancelled(job)
+            report_progress(job, "decoder", step + 1, steps)
             previews.maybe_emit(step)
             next_timestep = scheduler.timesteps[step + 1] if step + 1 < len(scheduler.timesteps) else None
             updates = interval.maybe_stop(pipe, next_timestep, tensors)
@@ -327,8 +329,11 @@ def _inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, 
 
 
 def _cancel_check(job: ImageJob):
+    """After each prior step: stop if the job was cancelled, else report progress."""
+
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
         raise_if_cancelled(job)
+        report_progress(job, "prior", step + 1, job.preset.prior_steps)
         return {}
 
     return on_step_end

@@ -11,9 +11,8 @@ from pathlib import Path
 
 from .base import ImageBackend
 from .device import choose_device, choose_dtype
+from .model_config import FAMILIES
 from .presets import presets_for
-
-FAMILIES = ("kandinsky22", "karlo")
 
 _HOW_TO_GET = {
     "kandinsky22": (

@@ -26,7 +26,7 @@ from .middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, RequestId
 from .routes import files, health, images, models
 from .serving.files import ImageStore
 from .serving.images import ImageServing
-from .serving.models import Catalog, load_all
+from .serving.models import Catalog, LoadFailed, load_all
 from .state import ServerState
 
 log = logging.getLogger("easel.app")
@@ -44,8 +44,11 @@ async def _sweep_forever(store: ImageStore) -> None:
             log.exception("sweeping expired images failed")
 
 
-def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette:
-    """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests)."""
+def create_app(
+    settings: Settings, *, loader: Loader | None = None, on_load_failure: LoadFailed | None = None
+) -> Starlette:
+    """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests);
+    ``on_load_failure(name, message)`` hears of each model that fails to load (``easel serve`` stops on it)."""
     own_image_dir = settings.image_dir is None
     image_dir = Path(tempfile.mkdtemp(prefix="easel-images-")) if own_image_dir else settings.image_dir
     assert image_dir is not None
@@ -58,7 +61,10 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop_loading = threading.Event()
         loading = threading.Thread(
-            target=load_all, args=(catalog, engine, settings, stop_loading), name="easel-model-loader", daemon=True
+            target=load_all,
+            args=(catalog, engine, settings, stop_loading, on_load_failure),
+            name="easel-model-loader",
+            daemon=True,
         )
         loading.start()
         sweeper = asyncio.create_task(_sweep_forever(store))
