@@ -23,7 +23,7 @@ from .config import Settings
 from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from .routes import files, health, images, models
+from .routes import files, health, images, models, playground
 from .serving.files import ImageStore
 from .serving.images import ImageServing
 from .serving.models import Catalog, LoadFailed, load_all
@@ -31,8 +31,9 @@ from .state import ServerState
 
 log = logging.getLogger("easel.app")
 
-ROUTES = [*health.routes, *models.routes, *images.routes, *files.routes]
+ROUTES = [*playground.routes, *health.routes, *models.routes, *images.routes, *files.routes]
 PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/")  # no API key needed
+PUBLIC_PATHS = ("/",)  # the playground page itself; its requests to the API carry the key
 
 
 async def _sweep_forever(store: ImageStore) -> None:
@@ -82,7 +83,12 @@ def create_app(
         routes=ROUTES,
         middleware=[
             Middleware(RequestIdMiddleware),
-            Middleware(BearerAuthMiddleware, keys=settings.api_keys, public_prefixes=PUBLIC_PATH_PREFIXES),
+            Middleware(
+                BearerAuthMiddleware,
+                keys=settings.api_keys,
+                public_prefixes=PUBLIC_PATH_PREFIXES,
+                public_paths=PUBLIC_PATHS,
+            ),
             Middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
