@@ -16,6 +16,7 @@ from tqdm import tqdm
 from server.config import ModelSpec, Settings, parse_model_spec, read_settings
 from server.errors import APIError
 from server.options import ConfigError
+from server.preflight import check_before_listening
 from server.protocol.images import EditRequest, GenerationRequest, UploadedBody, VariationRequest
 from server.serving.decoding import UploadLimits, decode_edit_inputs, decode_variation_input
 from server.serving.images import edit_compositor, finish_files
@@ -87,18 +88,19 @@ def _settings_and_model(args: argparse.Namespace) -> tuple[Settings, ModelSpec]:
         named = parse_model_spec(named).name
     try:
         settings = read_settings(argv)
-        from server.preflight import check_before_listening
-
-        check_before_listening(settings)
     except ConfigError as error:
         raise CommandError(str(error)) from None
     name = named or settings.default_model_name
     name = settings.aliases.get(name, name)
-    for spec in settings.models:
-        if spec.name == name:
-            return settings, spec
-    known = ", ".join([spec.name for spec in settings.models] + list(settings.aliases))
-    raise CommandError(f"no model or alias {named!r} (have: {known})", "model")
+    chosen = [spec for spec in settings.models if spec.name == name]
+    if not chosen:
+        known = ", ".join([spec.name for spec in settings.models] + list(settings.aliases))
+        raise CommandError(f"no model or alias {named!r} (have: {known})", "model")
+    try:
+        check_before_listening(settings, chosen)  # only the model this command runs
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    return settings, chosen[0]
 
 
 def _job(request: Request, info, settings: Settings):

@@ -8,15 +8,17 @@ wrong), so a plain start stays fast.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .config import ModelSpec, Settings
 from .options import ConfigError
 
 HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point the entry at a saved pipeline"
 
 
-def check_before_listening(settings: Settings) -> None:
-    """Every model directory is there, and the asked-for device and dtype exist on this machine."""
-    for spec in settings.models:
+def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | None = None) -> None:
+    """Every model directory (or those of ``models``) is there, and the asked-for device and dtype exist here."""
+    for spec in settings.models if models is None else models:
         _check_model_dir(spec)
     if settings.device is not None or settings.dtype is not None:
         _check_device_and_dtype(settings)

@@ -32,7 +32,9 @@ def chromium_path() -> str | None:
     return os.environ.get("EASEL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread while it is open, and the
+# tests of other modules that call asyncio.run() must not find it there.
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     executable = chromium_path()
     if executable is None:
