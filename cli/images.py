@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.options import OneLineParser
+
 RANDOM_SEED_RANGE = 2**31
 SLUG_WORDS = 6
 
@@ -46,7 +48,7 @@ class Request:
 
 
 def build_parser(name: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"easel {name}", description=_DESCRIPTIONS[name])
+    parser = OneLineParser(prog=f"easel {name}", description=_DESCRIPTIONS[name])
     if name == "edit":
         parser.add_argument("image", type=Path, help="the picture to edit (PNG, JPEG or WebP)")
         parser.add_argument(
@@ -78,7 +80,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     remote.add_argument("--server", metavar="URL", help="send the request to this Easel (e.g. http://127.0.0.1:8000)")
     remote.add_argument("--api-key", default=os.environ.get("EASEL_API_KEY"), help="bearer key (env EASEL_API_KEY)")
     if name != "vary":  # the API streams generations and edits, not variations
-        remote.add_argument("--partial-images", type=int, default=2, help="previews to stream, 0-3 (default 2)")
+        remote.add_argument("--partial-images", type=int, help="previews to stream, 0-3 (default 2)")
     local = parser.add_argument_group("in this process")
     local.add_argument("--config", metavar="FILE", help="settings file (as easel serve)")
     local.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
@@ -98,14 +100,24 @@ _FIELDS = (
 )  # fmt: skip
 
 
+LOCAL_ONLY = ("config", "device", "dtype")
+REMOTE_ONLY = ("partial_images",)  # --api-key has an environment default, so it is not checked
+
+
 def run(name: str, argv: list[str]) -> int:
-    args = build_parser(name).parse_args(argv)
+    parser = build_parser(name)
+    args = parser.parse_args(argv)
+    misplaced = [key for key in (LOCAL_ONLY if args.server else REMOTE_ONLY) if getattr(args, key, None) is not None]
+    if misplaced:
+        where = "runs here, not with --server" if args.server else "needs --server"
+        parser.error(f"--{misplaced[0].replace('_', '-')} {where}")
     try:
         request = _request(name, args)
         if args.server:
             from .remote import run_remote
 
-            files = run_remote(request, args.server, args.api_key, getattr(args, "partial_images", 0))
+            partial_images = getattr(args, "partial_images", None)
+            files = run_remote(request, args.server, args.api_key, 2 if partial_images is None else partial_images)
         else:
             from .local import run_local
 

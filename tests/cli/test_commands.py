@@ -156,6 +156,20 @@ def test_errors_are_one_line_naming_the_flag(api_server: LiveServer, tiny_home, 
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["--partial-images", "1"], "--partial-images needs --server"),
+        (["--server", "http://127.0.0.1:9", "--device", "cpu"], "--device runs here, not with --server"),
+    ],
+)
+def test_a_flag_that_would_go_unused_is_refused(argv, line, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        dispatch(["generate", "a red circle", *argv])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"easel: error: {line} (see easel generate --help)\n"
+
+
 def test_models_lists_family_size_parameters_native_size_and_origin(tiny_home, capsys, tiny_backend):
     assert dispatch(["models"]) == 0
     table = capsys.readouterr().out.splitlines()
