@@ -132,6 +132,9 @@ class ImageJob:
     # Set by the engine: where previews go, and whether the job's client has gone.
     on_preview: Callable[[int, list[Image.Image]], None] | None = None  # (index, images)
     should_cancel: Callable[[], bool] | None = None
+    # Set by callers that show progress (``easel generate``): (stage, steps done, steps in the stage) after each
+    # denoising step; stages are "prior", "decoder" and, for Karlo, "super_res".
+    on_progress: Callable[[str, int, int], None] | None = None
 
 
 JobOutcome = Union[list[Image.Image], BaseException]  # noqa: UP007 (a runtime alias: Python 3.10 has no list[...] | type)
@@ -215,6 +218,11 @@ def use_cpu_threads(count: int) -> None:
 def raise_if_cancelled(job: ImageJob) -> None:
     if job.should_cancel is not None and job.should_cancel():
         raise Cancelled()
+
+
+def report_progress(job: ImageJob, stage: str, done: int, total: int) -> None:
+    if job.on_progress is not None:
+        job.on_progress(stage, done, total)
 
 
 def seeded_generators(device: torch.device, seeds: list[int]) -> list[torch.Generator]:

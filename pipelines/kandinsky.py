@@ -35,6 +35,7 @@ from .base import (
     keep_rows,
     parameter_counts,
     raise_if_cancelled,
+    report_progress,
     run_alone,
     seeded_generators,
 )
@@ -276,6 +277,8 @@ class KandinskyBackend:
                 for follower in (previews, blend):
                     if follower is not None:
                         follower.keep_rows(keep)
+            for job in rows.jobs:
+                report_progress(job, "decoder", step + 1, steps)
             if previews is not None:
                 previews.emit(step)
             next_timestep = scheduler.timesteps[step + 1] if step + 1 < len(scheduler.timesteps) else None
@@ -373,7 +376,7 @@ def _inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, 
 
 
 def _stop_when_all_left(jobs: list[ImageJob]) -> Callable[..., dict]:
-    """A step callback that ends the call once every job in it has asked to stop.
+    """A prior step callback: each job's progress, and the end of the call once every job in it asked to stop.
 
     The prior's rows are not dropped one job at a time: it is a small share of the
     work, and a job that leaves during it is dropped before the decoder starts.
@@ -382,6 +385,8 @@ def _stop_when_all_left(jobs: list[ImageJob]) -> Callable[..., dict]:
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
         if all(job.should_cancel is not None and job.should_cancel() for job in jobs):
             raise Cancelled()
+        for job in jobs:
+            report_progress(job, "prior", step + 1, job.preset.prior_steps)
         return {}
 
     return on_step_end

@@ -38,6 +38,7 @@ from .base import (
     check_job,
     parameter_counts,
     raise_if_cancelled,
+    report_progress,
     run_alone,
     seeded_generators,
 )
@@ -181,19 +182,22 @@ class KarloBackend:
     # -- step observation ---------------------------------------------------------------
 
     def _observed(self, job: ImageJob) -> ExitStack:
-        """Cancellation after every scheduler step of every stage; previews from decoder steps."""
+        """Cancellation and progress after every scheduler step of every stage; previews from decoder steps."""
         stack = ExitStack()
         pipe = self.pipe
-
-        def check_cancel(step: int, output: Any) -> None:
-            raise_if_cancelled(job)
-
         decoder_scheduler = pipe.decoder_scheduler
         if job.on_preview is not None and job.preview_count > 0:
             stack.enter_context(after_each_step(decoder_scheduler, self._preview_observer(job)))
-        schedulers = {id(s): s for s in (pipe.prior_scheduler, decoder_scheduler, pipe.super_res_scheduler)}
-        for scheduler in schedulers.values():
-            stack.enter_context(after_each_step(scheduler, check_cancel))
+        stages = {
+            "prior": (pipe.prior_scheduler, job.preset.prior_steps),
+            "decoder": (decoder_scheduler, job.preset.decoder_steps),
+            "super_res": (pipe.super_res_scheduler, job.preset.super_res_steps or DEFAULT_SUPER_RES_STEPS),
+        }
+        observed: set[int] = set()
+        for stage, (scheduler, total) in stages.items():
+            if id(scheduler) not in observed:  # a scheduler shared by two stages is observed once
+                observed.add(id(scheduler))
+                stack.enter_context(after_each_step(scheduler, _step_observer(job, stage, total)))
         return stack
 
     def _preview_observer(self, job: ImageJob) -> Callable[[int, Any], None]:
@@ -227,6 +231,14 @@ class KarloBackend:
                 "CLIPImageProcessor (from kakaobrain/karlo-v1-alpha-image-variations) into the sub-folders "
                 "image_encoder/ and feature_extractor/ of the model directory."
             )
+
+
+def _step_observer(job: ImageJob, stage: str, total: int):
+    def after_step(step: int, output: Any) -> None:
+        raise_if_cancelled(job)
+        report_progress(job, stage, step + 1, total)
+
+    return after_step
 
 
 def _square(sample_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:

@@ -15,10 +15,8 @@ import torch
 
 from .base import ImageBackend
 from .device import choose_device, choose_dtype, from_pretrained_dtype
-from .model_config import read_easel_config
+from .model_config import FAMILIES, read_easel_config
 from .presets import presets_for
-
-FAMILIES = ("kandinsky22", "karlo")
 
 _HOW_TO_GET = {
     "kandinsky22": (

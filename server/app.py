@@ -25,15 +25,16 @@ from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
 from .middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from .routes import files, health, images, models, openapi, operations
+from .routes import files, health, images, models, openapi, operations, playground
 from .serving.files import ImageStore
 from .serving.images import ImageServing
-from .serving.models import Catalog, load_all
+from .serving.models import Catalog, LoadFailed, load_all
 from .state import ServerState
 
 log = logging.getLogger("easel.app")
 
 PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/", "/openapi.json")  # no API key needed
+PUBLIC_PATHS = ("/",)  # the playground page itself; its requests to the API carry the key
 
 
 async def _sweep_forever(store: ImageStore) -> None:
@@ -45,8 +46,11 @@ async def _sweep_forever(store: ImageStore) -> None:
             log.exception("sweeping expired images failed")
 
 
-def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette:
-    """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests)."""
+def create_app(
+    settings: Settings, *, loader: Loader | None = None, on_load_failure: LoadFailed | None = None
+) -> Starlette:
+    """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests);
+    ``on_load_failure(name, message)`` hears of each model that fails to load (``easel serve`` stops on it)."""
     own_image_dir = settings.image_dir is None
     image_dir = Path(tempfile.mkdtemp(prefix="easel-images-")) if own_image_dir else settings.image_dir
     assert image_dir is not None
@@ -69,7 +73,10 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop_loading = threading.Event()
         loading = threading.Thread(
-            target=load_all, args=(catalog, engine, settings, stop_loading), name="easel-model-loader", daemon=True
+            target=load_all,
+            args=(catalog, engine, settings, stop_loading, on_load_failure),
+            name="easel-model-loader",
+            daemon=True,
         )
         loading.start()
         sweeper = asyncio.create_task(_sweep_forever(store))
@@ -85,6 +92,7 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
 
     app = Starlette(
         routes=[
+            *playground.routes,
             *health.routes,
             *models.routes,
             *images.routes(serving),
@@ -96,7 +104,12 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
             Middleware(RequestIdMiddleware),
             Middleware(AccessLogMiddleware, metrics=metrics.http),
             *cors(settings.cors_allow_origins),  # outside auth: preflights carry no key, 401s need CORS headers
-            Middleware(BearerAuthMiddleware, keys=settings.api_keys, public_prefixes=PUBLIC_PATH_PREFIXES),
+            Middleware(
+                BearerAuthMiddleware,
+                keys=settings.api_keys,
+                public_prefixes=PUBLIC_PATH_PREFIXES,
+                public_paths=PUBLIC_PATHS,
+            ),
             Middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -161,15 +161,21 @@ class BearerAuthMiddleware:
     """Require ``Authorization: Bearer <key>`` matching one of ``keys``; no keys means open.
 
     Paths under ``public_prefixes`` (health checks, served image URLs, which
-    are unguessable like OpenAI's own blob URLs) need no key.
+    are unguessable like OpenAI's own blob URLs) and the exact ``public_paths``
+    (the playground page) need no key.
     """
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], public_prefixes: Iterable[str] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: Iterable[str], public_prefixes: Iterable[str] = (), public_paths: Iterable[str] = ()
+    ) -> None:
         self.app = app
         self.keys = [key.encode() for key in keys if key]
         self.public_prefixes = tuple(public_prefixes)
+        self.public_paths = frozenset(public_paths)
 
     def _is_public(self, path: str) -> bool:
+        if path in self.public_paths:
+            return True
         return any(path == prefix.rstrip("/") or path.startswith(prefix) for prefix in self.public_prefixes)
 
     def _matches(self, offered: str) -> bool:

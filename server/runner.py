@@ -18,6 +18,7 @@ import uvicorn
 from .app import create_app, drain
 from .config import Settings
 from .middleware import uvicorn_options
+from .serving.models import LoadFailed
 from .state import ServerState
 
 log = logging.getLogger("easel.runner")
@@ -57,9 +58,9 @@ class EaselServer(uvicorn.Server):
             self.should_exit = True  # uvicorn stops listening, waits for the last answers, runs the lifespan's end
 
 
-def serve(settings: Settings) -> None:
-    """Serve ``settings`` until a signal ends it, gracefully."""
-    app = create_app(settings)
+def build_server(settings: Settings, *, on_load_failure: LoadFailed | None = None) -> EaselServer:
+    """The server for ``settings``; ``run()`` serves until a signal ends it, gracefully."""
+    app = create_app(settings, on_load_failure=on_load_failure)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -70,4 +71,4 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(SEND_GRACE_SECONDS),
         **uvicorn_options(settings),  # connection limits and deadlines
     )
-    EaselServer(config, app.state.easel).run()
+    return EaselServer(config, app.state.easel)

@@ -97,13 +97,7 @@ class ImageServing:
             job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
-        width, height = options.size.width, options.size.height
-
-        def composite(images: list[Image.Image]) -> list[Image.Image]:
-            # The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged.
-            sized_original = resize_exactly(original, width, height)
-            return [composite_unmasked(sized_original, image, repaint) for image in images]
-
+        composite = edit_compositor(original, repaint, options.size.width, options.size.height)
         if options.stream:
             # Previews are stretched to the requested size, as the composited result is (never cropped).
             return self._stream(request, "image_edit", options, handle, fit_preview=resize_exactly, prepare=composite)
@@ -176,7 +170,7 @@ class ImageServing:
         def render() -> JSONResponse:
             # Resizing, encoding, writing files, base64 and JSON of megabytes: all off the event loop.
             finished = []
-            for data, seed in zip(_finish(result.images, options, prepare), handle.job.seeds, strict=True):
+            for data, seed in zip(finish_files(result.images, options, prepare), handle.job.seeds, strict=True):
                 url = None if url_base is None else f"{url_base}/{self.store.save(data, options.output_format)}"
                 finished.append(FinishedImage(data, seed, url))
             body = images_response(
@@ -228,7 +222,7 @@ class ImageServing:
             )
 
         def encode_final(images: list[Image.Image]) -> list[bytes]:
-            return _finish(images, options, prepare)
+            return finish_files(images, options, prepare)
 
         def usage(result: JobResult) -> dict:
             return job_usage(handle.job, result.prompt_tokens)
@@ -251,7 +245,17 @@ def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) ->
     return lambda _width, _height: (width, height)
 
 
-def _finish(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
+def edit_compositor(original: Image.Image, repaint: Image.Image, width: int, height: int) -> Prepare:
+    """The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged."""
+
+    def composite(images: list[Image.Image]) -> list[Image.Image]:
+        sized_original = resize_exactly(original, width, height)
+        return [composite_unmasked(sized_original, image, repaint) for image in images]
+
+    return composite
+
+
+def finish_files(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
     """The files a client gets for a job's native images (CPU work: run it in a thread)."""
     if prepare is not None:
         images = prepare(images)

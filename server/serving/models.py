@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -147,8 +148,16 @@ class Catalog:
         return report
 
 
-def load_all(catalog: Catalog, engine: Engine, settings: Settings, stop: threading.Event) -> None:
-    """Load every model in turn (run in a background thread); failures are recorded, never raised."""
+LoadFailed = Callable[[str, str], None]  # (model name, message)
+
+
+def load_all(
+    catalog: Catalog, engine: Engine, settings: Settings, stop: threading.Event, on_failure: LoadFailed | None = None
+) -> None:
+    """Load every model in turn (run in a background thread); failures are recorded, never raised.
+
+    ``on_failure`` hears of each failure (``easel serve`` stops unless ``--keep-going``).
+    """
     for entry in catalog.entries.values():
         if stop.is_set():
             return
@@ -169,6 +178,8 @@ def load_all(catalog: Catalog, engine: Engine, settings: Settings, stop: threadi
             log.error(
                 "model %s failed to load: %s", spec.name, entry.error, exc_info=not isinstance(error, FileNotFoundError)
             )
+            if on_failure is not None:
+                on_failure(spec.name, entry.error)
             continue
         if stop.is_set():  # the server stopped while this model loaded
             return

@@ -113,7 +113,8 @@ def test_unknown_model_is_404_model_not_found(client, api_server: LiveServer):
 
 
 @pytest.mark.parametrize(
-    "method, path", [("GET", "/v1/nope"), ("POST", "/v1/images/nope"), ("GET", "/"), ("GET", "/v1/files/images/x.png")]
+    "method, path",
+    [("GET", "/v1/nope"), ("POST", "/v1/images/nope"), ("GET", "/nope"), ("GET", "/v1/files/images/x.png")],
 )
 def test_unknown_route_is_404(api_server: LiveServer, method, path):
     error = assert_envelope(httpx.request(method, api_server.url + path), 404)

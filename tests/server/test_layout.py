@@ -12,7 +12,7 @@ import httpx
 from ..conftest import FAST, running_server, tiny_settings
 
 REPO = Path(__file__).resolve().parents[2]
-CODE_DIRS = ("server", "pipelines", "weights", "tests", "benchmarks", "examples", "scripts")
+CODE_DIRS = ("server", "pipelines", "weights", "cli", "tests", "benchmarks", "examples", "scripts")
 MAX_MODULE_LINES = 400
 MAX_REQUEST_PATH_FILES = 10
 MODEL_LIBRARIES = ("torch", "diffusers", "transformers", "tokenizers")
@@ -60,6 +60,18 @@ def test_backends_never_import_the_server_or_the_lab():
 
 def test_the_lab_never_imports_the_server():
     assert _offenders(_modules("pipelines/lab"), ("server",)) == {}
+
+
+def test_only_the_command_line_imports_the_command_line():
+    # cli/ sits above the server and the backends: it uses them, never the other way round.
+    assert _offenders(_modules("server", "pipelines", "weights"), ("cli",)) == {}
+
+
+def test_the_online_path_never_imports_model_code_or_the_server():
+    # `easel pull` talks to the hub; importing pipelines would put the hub offline (pipelines/__init__.py).
+    online = [REPO / "cli" / name for name in ("pull.py", "hub.py", "recipes.py")]
+    assert _offenders(online, ("pipelines", "server", *MODEL_LIBRARIES)) == {}
+    assert _offenders(_modules("weights"), ("pipelines", "server")) == {}
 
 
 def test_no_module_is_longer_than_the_limit():
