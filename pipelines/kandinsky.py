@@ -274,9 +274,8 @@ class KandinskyBackend:
                 updates = {name: keep_rows(tensor, keep) for name, tensor in tensors.items()}
                 # In place: the pipeline passes this very list to every scheduler step.
                 generators[:] = [g for g, kept in zip(generators, keep.tolist(), strict=True) if kept]
-                for follower in (previews, blend):
-                    if follower is not None:
-                        follower.keep_rows(keep)
+                for follower in filter(None, (previews, blend)):
+                    follower.keep_rows(keep)
             for job in rows.jobs:
                 report_progress(job, "decoder", step + 1, steps)
             if previews is not None:
@@ -378,8 +377,7 @@ def _inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, 
 def _stop_when_all_left(jobs: list[ImageJob]) -> Callable[..., dict]:
     """A prior step callback: each job's progress, and the end of the call once every job in it asked to stop.
 
-    The prior's rows are not dropped one job at a time: it is a small share of the
-    work, and a job that leaves during it is dropped before the decoder starts.
+    Rows are not dropped one job at a time: the prior is a small share of the work (leavers go before the decoder).
     """
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:

@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per app: what the HTTP layer and the engine count, and ``GET /metrics``.
 
-The HTTP figures are recorded by :class:`~server.middleware.MetricsMiddleware`,
+The HTTP figures are recorded by :class:`~server.middleware.AccessLogMiddleware`,
 the engine's by the engine itself (:class:`~server.engine.base.EngineMetrics`);
 queue depth and model state are read when scraped. The names, their labels and
 an example scrape configuration are in the README ("Metrics").

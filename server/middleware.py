@@ -174,15 +174,12 @@ class BearerAuthMiddleware:
         self.public_paths = frozenset(public_paths)
 
     def _is_public(self, path: str) -> bool:
-        if path in self.public_paths:
-            return True
-        return any(path == prefix.rstrip("/") or path.startswith(prefix) for prefix in self.public_prefixes)
+        prefixes = self.public_prefixes
+        return path in self.public_paths or any(path == p.rstrip("/") or path.startswith(p) for p in prefixes)
 
     def _matches(self, offered: str) -> bool:
-        candidate = offered.encode()
         # Compare against every key (no early exit) so timing says nothing about which key is close.
-        results = [hmac.compare_digest(candidate, key) for key in self.keys]
-        return any(results)
+        return any([hmac.compare_digest(offered.encode(), key) for key in self.keys])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or self._is_public(scope["path"]):
