@@ -186,10 +186,16 @@ def request_level(costs: Costs, arrivals: list[float], max_batch: int) -> list[J
     return jobs
 
 
-def step_level(costs: Costs, arrivals: list[float], max_batch: int) -> list[Job]:
-    """Jobs join at the next step and leave when their own steps are done."""
+def joining(costs: Costs, arrivals: list[float], max_batch: int, *, prior_first: bool) -> list[Job]:
+    """Jobs join at the next step (up to ``max_batch`` at once) and leave once their own steps are done.
+
+    ``prior_first``: a joiner runs its text encoding and whole prior at once, with
+    the other joiners, and only the decoder is shared step by step; otherwise
+    each iteration runs one prior step and one decoder step for whoever is there.
+    """
     jobs = [Job(t) for t in arrivals]
-    total = costs.prior_steps + len(costs.decoder_guided)
+    prior = 0 if prior_first else costs.prior_steps  # the prior steps taken inside iterations
+    total = prior + len(costs.decoder_guided)
     now, next_arrival, active = 0.0, 0, []
     while next_arrival < len(jobs) or active:
         if not active:
@@ -199,14 +205,12 @@ def step_level(costs: Costs, arrivals: list[float], max_batch: int) -> list[Job]
             joiners.append(jobs[next_arrival])
             next_arrival += 1
         now += costs.of("text_encoder", 2 * len(joiners))
+        if prior_first:
+            now += costs.prior_steps * costs.of("prior", 2 * len(joiners))
         active += joiners
-        in_prior = sum(job.step < costs.prior_steps for job in active)
-        decoder_rows = sum(
-            2 if costs.decoder_guided[job.step - costs.prior_steps] else 1
-            for job in active
-            if job.step >= costs.prior_steps
-        )
-        now += costs.of("prior", 2 * in_prior) + costs.of("decoder", decoder_rows)
+        in_prior = sum(job.step < prior for job in active)
+        guided = [costs.decoder_guided[job.step - prior] for job in active if job.step >= prior]
+        now += costs.of("prior", 2 * in_prior) + costs.of("decoder", len(guided) + sum(guided))
         for job in active:
             job.step += 1
         leavers = [job for job in active if job.step == total]
@@ -214,33 +218,6 @@ def step_level(costs: Costs, arrivals: list[float], max_batch: int) -> list[Job]
         for job in leavers:
             job.finished = now
         active = [job for job in active if job.step < total]
-    return jobs
-
-
-def step_level_prior_first(costs: Costs, arrivals: list[float], max_batch: int) -> list[Job]:
-    """Joiners run their whole prior together (it is cheap), then join the decoder batch at its next step."""
-    jobs = [Job(t) for t in arrivals]
-    steps = len(costs.decoder_guided)
-    now, next_arrival, active = 0.0, 0, []
-    while next_arrival < len(jobs) or active:
-        if not active:
-            now = max(now, jobs[next_arrival].arrived)
-        joiners = []
-        while next_arrival < len(jobs) and jobs[next_arrival].arrived <= now and len(active) < max_batch:
-            joiners.append(jobs[next_arrival])
-            next_arrival += 1
-        if joiners:
-            now += costs.of("text_encoder", 2 * len(joiners))
-            now += costs.prior_steps * costs.of("prior", 2 * len(joiners))
-        active += joiners
-        now += costs.of("decoder", sum(2 if costs.decoder_guided[job.step] else 1 for job in active))
-        for job in active:
-            job.step += 1
-        leavers = [job for job in active if job.step == steps]
-        now += costs.of("image_decode", len(leavers))
-        for job in leavers:
-            job.finished = now
-        active = [job for job in active if job.step < steps]
     return jobs
 
 
@@ -267,8 +244,8 @@ def compare(costs: Costs, count: int, max_batch: int, loads: list[float]) -> Non
     print(f"{'load':>5} {'rate/s':>7} | {'policy':<8} {'images/s':>8} {'p50 s':>7} {'p95 s':>7}")
     policies: dict[str, Callable[[Costs, list[float], int], list[Job]]] = {
         "request": request_level,
-        "step": step_level,
-        "step-dec": step_level_prior_first,
+        "step": lambda c, a, m: joining(c, a, m, prior_first=False),
+        "step-dec": lambda c, a, m: joining(c, a, m, prior_first=True),
     }
     for load in loads:
         rate = load * capacity
