@@ -207,12 +207,14 @@ def use_cpu_threads(count: int) -> None:
     """How many CPU threads the calling thread's pipeline calls use from now on (the engine sets it per batch).
 
     OpenMP keeps the setting per thread, so two worker threads can each run on
-    their own share of the cores without oversubscribing them.
+    their own share of the cores without oversubscribing them. Set every time, even
+    when ``get_num_threads`` already says ``count``: it reads this thread's OpenMP
+    value, while MKL's count is process-wide and may have been changed from another
+    thread, and a different MKL thread count changes the pixels' last bits.
     """
     import torch
 
-    if torch.get_num_threads() != count:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count)
 
 
 def raise_if_cancelled(job: ImageJob) -> None:

@@ -8,6 +8,9 @@ slow or unsupported.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 DTYPES: dict[str, torch.dtype] = {
@@ -73,3 +76,22 @@ def from_pretrained_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
     # Newer diffusers resolve ``dtype`` and warn on every ``torch_dtype``; older ones only know the latter.
     keyword = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
     return {keyword: dtype}
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On a CPU, run the block on one thread, then restore this thread's count.
+
+    For values computed once at load and reused by every call (Kandinsky's zero-image
+    embedding): CPU sums change in their last bits with the thread count, and the count
+    of whatever thread loads a model is an accident, so such values use a fixed one.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -39,7 +39,7 @@ from .base import (
     run_alone,
     seeded_generators,
 )
-from .device import dtype_name
+from .device import dtype_name, one_cpu_thread
 from .inpaint import LatentBlend, composite_unmasked, latent_blend, resized_original
 from .model_config import EaselConfig
 from .presets import complexities_for, presets_for
@@ -233,7 +233,7 @@ class KandinskyBackend:
     def _encode_zero_image(self) -> torch.Tensor:
         encoder = self.prior_pipe.image_encoder
         side = encoder.config.image_size
-        with torch.inference_mode():
+        with torch.inference_mode(), one_cpu_thread(self.device):
             zeros = torch.zeros(1, 3, side, side, device=self.device, dtype=encoder.dtype)
             return encoder(zeros).image_embeds
 

@@ -162,3 +162,28 @@ def test_batch_rows_drop_the_jobs_that_leave():
     assert rows.jobs == [a] and rows.left == [b] and rows.size == 2
     outcomes = rows.outcomes([Image.new("RGB", (1, 1)), Image.new("RGB", (1, 1))])
     assert len(outcomes[id(a)]) == 2 and isinstance(outcomes[id(b)], Cancelled)  # type: ignore[arg-type]
+
+
+def test_what_loading_computes_does_not_depend_on_the_loading_threads_count(tmp_path_factory):
+    """The cached zero-image embedding is every call's negative embedding: made on one thread, whoever loads.
+
+    CPU sums change in their last bits with the thread count; when it followed the
+    loading thread's, a server loaded after ``torch.set_num_threads(1)`` drew other
+    pixels than one loaded on two threads.
+    """
+    import threading
+
+    import torch
+
+    path = build_tiny_kandinsky(tmp_path_factory.mktemp("models") / "tiny-kandinsky")
+    embeds = []
+
+    def load(threads: int) -> None:
+        torch.set_num_threads(threads)
+        embeds.append(load_backend("tiny", "kandinsky22", path, device="cpu")._zero_image_embed)
+
+    for threads in (1, 2):
+        loader = threading.Thread(target=load, args=(threads,))
+        loader.start()
+        loader.join()
+    assert torch.equal(embeds[0], embeds[1])
