@@ -23,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("easel").warning(
             "listening on %s without API keys: anyone who can reach it can use it", settings.host
         )
+    if settings.ray is not None:
+        from .scaleout.launch import serve_on_ray  # needs the ray extra
+
+        serve_on_ray(settings)
+        return
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from .config import Settings
+from .engine.base import Engine
 from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
@@ -44,13 +45,18 @@ async def _sweep_forever(store: ImageStore) -> None:
             log.exception("sweeping expired images failed")
 
 
-def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette:
-    """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests)."""
+def create_app(settings: Settings, *, loader: Loader | None = None, engine: Engine | None = None) -> Starlette:
+    """The ASGI app for ``settings``.
+
+    ``loader`` replaces ``pipelines.loader.load_backend`` (tests); ``engine`` replaces the in-process
+    engine (``server.scaleout`` passes one whose jobs run on Ray Serve replicas).
+    """
     own_image_dir = settings.image_dir is None
     image_dir = Path(tempfile.mkdtemp(prefix="easel-images-")) if own_image_dir else settings.image_dir
     assert image_dir is not None
     catalog = Catalog(settings)
-    engine = LocalEngine(settings.queue_size, loader or load_backend)
+    if engine is None:
+        engine = LocalEngine(settings.queue_size, loader or load_backend)
     store = ImageStore(image_dir, settings.url_ttl_seconds)
     state = ServerState(settings, catalog, engine, store, ImageServing(settings, catalog, engine, store))
 

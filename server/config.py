@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,38 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class RayServeSettings:
+    """How ``--ray`` lays the server out on Ray Serve (README, "From one machine to a cluster")."""
+
+    replicas: int = 1  # per model, when not autoscaling
+    min_replicas: int | None = None  # both set: each model autoscales between them
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0  # per model replica, what the autoscaler aims at
+    max_ongoing_requests: int = 4  # jobs a model replica holds at once (running or waiting there); more wait upstream
+    replica_cpus: float = 1.0  # Ray CPUs per model replica; also its torch threads (floor, at least 1)
+    replica_gpus: float = 0.0  # Ray GPUs per model replica (fractions share a GPU)
+    ingress_replicas: int = 1  # replicas of the HTTP app
+
+    def __post_init__(self) -> None:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("--min-replicas and --max-replicas go together (autoscaling between them)")
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and not (0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1)
+        ):
+            raise ValueError("need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1")
+        if self.replicas < 1 or self.ingress_replicas < 1 or self.max_ongoing_requests < 1:
+            raise ValueError("--replicas, --ingress-replicas and --max-ongoing-requests must be at least 1")
+        if self.target_ongoing_requests <= 0 or self.replica_cpus < 0 or self.replica_gpus < 0:
+            raise ValueError("--target-ongoing-requests must be positive, --replica-cpus/--replica-gpus not negative")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+
+@dataclass(frozen=True)
 class Settings:
     models: tuple[ModelSpec, ...]
     aliases: Mapping[str, str] = field(default_factory=dict)
@@ -54,6 +86,7 @@ class Settings:
     max_upload_pixels: int = int(DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1_000_000)
     image_dir: Path | None = None  # where URL images live; None: a temporary directory per run
     log_level: str = "info"
+    ray: RayServeSettings | None = None  # None: plain serving in this process; else on Ray Serve
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.models]
@@ -181,7 +214,42 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="default info",
     )
+    _add_ray_options(parser, default)
     return parser
+
+
+RAY_OPTIONS = (  # flag, type, help; each also reads EASEL_<FLAG>
+    ("--replicas", int, "model replicas per model (default 1)"),
+    ("--min-replicas", int, "autoscale each model from this many replicas (with --max-replicas)"),
+    ("--max-replicas", int, "autoscale each model up to this many replicas (with --min-replicas)"),
+    ("--target-ongoing-requests", float, "autoscaling target: jobs per model replica (default 2)"),
+    ("--max-ongoing-requests", int, "jobs one model replica holds at once; more wait at the ingress (default 4)"),
+    ("--replica-cpus", float, "CPUs per model replica, also its torch threads (default 1)"),
+    ("--replica-gpus", float, "GPUs per model replica (default 0; 0.5 puts two replicas on a GPU)"),
+    ("--ingress-replicas", int, "replicas of the HTTP front end (default 1)"),
+)
+
+
+def _add_ray_options(parser: argparse.ArgumentParser, default: Callable[..., str | None]) -> None:
+    group = parser.add_argument_group("Ray Serve", "serve on a local Ray instance, or the cluster in RAY_ADDRESS")
+    group.add_argument(
+        "--ray",
+        action="store_true",
+        default=str(default("RAY", "")).lower() in ("1", "true", "yes"),
+        help="run on Ray Serve (env EASEL_RAY=1)",
+    )
+    for flag, kind, text in RAY_OPTIONS:
+        group.add_argument(flag, type=kind, default=default(flag[2:].upper().replace("-", "_")), help=text)
+
+
+def _ray_settings(args: argparse.Namespace) -> RayServeSettings | None:
+    given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in RAY_OPTIONS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if not args.ray:
+        if given:
+            raise ValueError(f"--{next(iter(given)).replace('_', '-')} needs --ray")
+        return None
+    return RayServeSettings(**given)
 
 
 def _models_and_aliases(
@@ -230,6 +298,7 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
             max_upload_pixels=int(args.max_upload_megapixels * 1_000_000),
             image_dir=Path(args.image_dir) if args.image_dir else None,
             log_level=str(args.log_level).lower(),
+            ray=_ray_settings(args),
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -24,6 +24,10 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(16)
 
 
+def is_usable_request_id(offered: str) -> bool:
+    return bool(_SANE_REQUEST_ID.match(offered))
+
+
 class RequestIdMiddleware:
     """Give every request an id (the client's ``x-request-id`` if sane) and echo it on every response.
 
@@ -38,7 +42,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         offered = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = offered if _SANE_REQUEST_ID.match(offered) else new_request_id()
+        request_id = offered if is_usable_request_id(offered) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:

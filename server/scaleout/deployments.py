@@ -1,0 +1,152 @@
+"""The Ray Serve application: an ingress deployment running Easel's HTTP app, and one deployment per model.
+
+The ingress is the same Starlette app as plain serving (validation, errors,
+auth, responses, SSE, url files) with a :class:`~server.scaleout.engine.RayEngine`.
+A model deployment's replica holds the backend inside a
+:class:`~server.engine.local.LocalEngine`, so queueing, batching and
+cancellation work on a replica exactly as in one process. Deployment names:
+``easel`` for the ingress, ``model-NAME`` per model; a Serve config file's
+``deployments:`` section overrides their options by those names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp
+
+from pipelines.base import ImageJob, ModelInfo
+
+from ..app import create_app
+from ..config import RayServeSettings, Settings, load_settings
+from ..engine.base import ModelToLoad
+from ..engine.local import LocalEngine
+from ..errors import ERROR_TABLE
+from .engine import RayEngine
+from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
+
+log = logging.getLogger("easel.scaleout")
+
+INGRESS_NAME = "easel"
+# A replica's own queue never refuses a job: Serve's max_ongoing_requests bounds what it holds, and a
+# Serve config file may raise that without the code knowing.
+REPLICA_QUEUE_SIZE = 10_000
+
+
+def model_deployment_name(model: str) -> str:
+    return f"model-{model}"
+
+
+class ModelReplica:
+    """One replica of one model: its backend, run by a LocalEngine in this process."""
+
+    def __init__(self, model: ModelToLoad) -> None:
+        self._name = model.name
+        self._engine = LocalEngine(REPLICA_QUEUE_SIZE)
+        self._info = self._engine.load(model)
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        log.info("model %s loaded on replica %s (%s)", model.name, self._replica, self._info.device)
+
+    def model_info(self) -> ModelInfo:
+        return self._info
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's own queue figures, with its id."""
+        return {"replica": self._replica, **(self._engine.stats(self._name) or {})}
+
+    async def run(self, wire_job: Message) -> AsyncIterator[Message]:
+        """Messages for one job (:mod:`server.scaleout.wire`); cancelling the call cancels the job."""
+        job = await asyncio.to_thread(job_from_wire, wire_job)
+        try:
+            handle = self._engine.submit(self._name, job)
+        except Exception as error:  # QueueFull, EngineStopped: the ingress answers them
+            yield error_message(error)
+            return
+        try:
+            yield accepted(self._replica)
+            async for preview in handle.previews():
+                yield preview_message(preview)
+            result = await handle.result()
+        except Exception as error:
+            _log_unexpected(error, job)
+            yield error_message(error)
+            return
+        finally:
+            if not handle.done:  # the call was cancelled: the client has gone
+                self._engine.cancel(handle)
+        yield await asyncio.to_thread(result_message, result)
+
+    def __del__(self) -> None:
+        self._engine.shutdown(5.0)
+
+
+def _log_unexpected(error: Exception, job: ImageJob) -> None:
+    if not any(isinstance(error, kind) for kind, _ in ERROR_TABLE):
+        log.error("job failed on this replica (task %s, seeds %s)", job.task, job.seeds, exc_info=error)
+
+
+@serve.ingress()
+class EaselIngress:
+    """The HTTP app; its engine sends jobs to the model deployments."""
+
+    def __init__(self, settings: Settings, models: dict[str, DeploymentHandle]) -> None:
+        self._settings = settings
+        self._models = models
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return create_app(self._settings, engine=RayEngine(self._models, self._settings.queue_size))
+
+
+def model_options(scaling: RayServeSettings) -> dict[str, Any]:
+    """Serve deployment options for a model from the ``--ray`` flags."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": scaling.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": scaling.replica_cpus, "num_gpus": scaling.replica_gpus},
+    }
+    if scaling.autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = scaling.replicas
+    return options
+
+
+def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
+    """The Serve application for ``settings``; ``overrides`` adds deployment options per model name.
+
+    ``settings.image_dir`` must be set, and shared by every ingress replica (README).
+    """
+    if settings.image_dir is None:
+        raise ValueError("on Ray Serve, url images need an --image-dir that every ingress replica shares")
+    scaling = settings.ray or RayServeSettings()
+    models = {}
+    for spec in settings.models:
+        options = model_options(scaling)
+        for key, value in (overrides or {}).get(spec.name, {}).items():
+            options[key] = {**options[key], **value} if isinstance(value, Mapping) and key in options else value
+        deployment = serve.deployment(ModelReplica).options(name=model_deployment_name(spec.name), **options)
+        to_load = ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
+        models[spec.name] = deployment.bind(to_load)
+    ingress = serve.deployment(EaselIngress).options(
+        name=INGRESS_NAME, num_replicas=scaling.ingress_replicas, ray_actor_options={"num_cpus": 0}
+    )
+    return ingress.bind(settings, models)
+
+
+def build(args: Mapping[str, Any]) -> Application:
+    """Application builder for ``serve run`` and ``serve deploy`` (``examples/ray-serve.yaml``).
+
+    ``args.argv``: the options ``easel serve --ray`` takes (EASEL_* variables also apply).
+    """
+    settings = load_settings([*args.get("argv", []), "--ray"])
+    return build_app(replace(settings, ray=settings.ray or RayServeSettings()))

@@ -1,0 +1,71 @@
+"""``easel serve --ray``: the API on Ray Serve, on a local Ray instance or the cluster in ``RAY_ADDRESS``.
+
+Like ``serve run``, the application lives as long as the command: Ctrl-C or
+SIGTERM deletes it (and stops the local Ray instance this command started).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from ..config import RayServeSettings, Settings
+from .deployments import build_app
+
+log = logging.getLogger("easel.scaleout")
+
+APP_NAME = "easel"
+# Ray's HTTP proxy reads this when it starts (README, "From one machine to a cluster").
+PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "server.scaleout.proxy.proxy_middlewares"
+
+
+def use_easel_proxy_middleware() -> None:
+    """Make the HTTP proxies of a Ray instance started from this process answer as plain Easel does."""
+    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
+
+
+@contextlib.contextmanager
+def running_on_ray(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[str]:
+    """Deploy the app on the connected Ray cluster (Serve listening on ``settings.host:port``); yields its URL."""
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build_app(settings, overrides), name=APP_NAME, route_prefix="/")
+    try:
+        yield f"http://{settings.host}:{settings.port}"
+    finally:
+        serve.delete(APP_NAME)
+
+
+def serve_on_ray(settings: Settings) -> None:
+    """Run until interrupted (``server.__main__`` calls this for ``--ray``)."""
+    own_image_dir = settings.image_dir is None
+    image_dir = Path(tempfile.mkdtemp(prefix="easel-images-")) if own_image_dir else settings.image_dir
+    assert image_dir is not None
+    settings = replace(settings, image_dir=image_dir, ray=settings.ray or RayServeSettings())
+    use_easel_proxy_middleware()
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    ray.init(logging_level=settings.log_level.upper())  # RAY_ADDRESS, when set, names the cluster
+    try:
+        with running_on_ray(settings) as url:
+            log.info("Easel on Ray Serve at %s (images in %s); Ctrl-C stops it", url, image_dir)
+            while not stop.wait(1.0):
+                pass
+            log.info("stopping: deleting the Serve application")
+    finally:
+        ray.shutdown()
+        if own_image_dir:
+            shutil.rmtree(image_dir, ignore_errors=True)
