@@ -55,10 +55,11 @@ def serve_on_ray(settings: Settings) -> None:
     assert image_dir is not None
     settings = replace(settings, image_dir=image_dir, ray=settings.ray or RayServeSettings())
     use_easel_proxy_middleware()
+    ray.init(logging_level=settings.log_level.upper())  # RAY_ADDRESS, when set, names the cluster
+    # After ray.init, whose own SIGTERM handler would abort the process without deleting the app.
     stop = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
-    ray.init(logging_level=settings.log_level.upper())  # RAY_ADDRESS, when set, names the cluster
     try:
         with running_on_ray(settings) as url:
             log.info("Easel on Ray Serve at %s (images in %s); Ctrl-C stops it", url, image_dir)
