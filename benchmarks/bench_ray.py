@@ -64,10 +64,10 @@ def body(seed: int) -> dict:
 def sequential_latencies(url: str, count: int) -> list[float]:
     seconds = []
     with httpx.Client(timeout=120) as client:
-        for seed in range(-2, count):  # two warm-up requests
+        for number in range(-2, count):  # two warm-up requests
             started = time.perf_counter()
-            client.post(url + "/v1/images/generations", json=body(seed)).raise_for_status()
-            if seed >= 0:
+            client.post(url + "/v1/images/generations", json=body(number + 2)).raise_for_status()
+            if number >= 0:
                 seconds.append(time.perf_counter() - started)
     return seconds
 
