@@ -4,10 +4,12 @@
 
 1. Plain ``easel serve`` (a subprocess, OMP_NUM_THREADS=threads) against
    ``easel serve --ray`` with one replica of ``threads`` CPUs: median latency of
-   ``--requests`` sequential requests each (easel-mini, 256x256, default
-   quality, b64_json), and their ratio: the Ray path's overhead.
-2. Images/s at ``--clients`` closed-loop clients on one replica, then on two,
-   and their ratio.
+   ``--requests`` requests each (easel-mini, 256x256, default quality,
+   b64_json), one at a time, alternating between the two, and their ratio:
+   the Ray path's overhead.
+2. Images/s at ``--clients`` closed-loop clients on one replica and on two
+   (the default model deployed twice, side by side, measured in alternating
+   windows so that load drift hits both alike), and their ratio.
 3. What keeping a url image costs: the shared directory the ingress writes
    (save + read of a 1024x1024 PNG) against a round trip through a Ray actor
    holding the bytes (what a store deployment would cost).
@@ -56,23 +58,26 @@ def wait_ready(url: str, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def body(seed: int) -> dict:
-    return {"prompt": "a small yellow star in the top left corner", "size": "256x256", "seed": seed,
-            "response_format": "b64_json"}  # fmt: skip
+def body(seed: int, model: str | None = None) -> dict:
+    fields = {"prompt": "a small yellow star in the top left corner", "size": "256x256", "seed": seed,
+              "response_format": "b64_json"}  # fmt: skip
+    return fields if model is None else {**fields, "model": model}
 
 
-def sequential_latencies(url: str, count: int) -> list[float]:
-    seconds = []
-    with httpx.Client(timeout=120) as client:
-        for number in range(-2, count):  # two warm-up requests
-            started = time.perf_counter()
-            client.post(url + "/v1/images/generations", json=body(number + 2)).raise_for_status()
-            if number >= 0:
-                seconds.append(time.perf_counter() - started)
+def interleaved_latencies(urls: list[str], count: int) -> list[list[float]]:
+    """Seconds per request for each server, asking them in turn, so that the machine's load drifts alike for all."""
+    seconds: list[list[float]] = [[] for _ in urls]
+    with httpx.Client(timeout=300) as client:
+        for number in range(-2, count):  # two warm-up rounds
+            for url, measured in zip(urls, seconds, strict=True):
+                started = time.perf_counter()
+                client.post(url + "/v1/images/generations", json=body(number + 2)).raise_for_status()
+                if number >= 0:
+                    measured.append(time.perf_counter() - started)
     return seconds
 
 
-def images_per_second(url: str, clients: int, seconds: float) -> float:
+def images_answered(url: str, model: str, clients: int, seconds: float) -> int:
     """Closed loop: each client asks again as soon as it is answered; counts answers inside the window."""
     done: list[float] = []
     stop_at = time.monotonic() + seconds
@@ -81,18 +86,16 @@ def images_per_second(url: str, clients: int, seconds: float) -> float:
         with httpx.Client(timeout=300) as client:
             seed = number * 10_000
             while time.monotonic() < stop_at:
-                client.post(url + "/v1/images/generations", json=body(seed)).raise_for_status()
+                client.post(url + "/v1/images/generations", json=body(seed, model)).raise_for_status()
                 done.append(time.monotonic())
                 seed += 1
 
-    sequential_latencies(url, 0)  # warm
-    started = time.monotonic()
     threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(1 for t in done if t <= stop_at) / (stop_at - started)
+    return sum(1 for t in done if t <= stop_at)
 
 
 def plain_server(threads: int) -> tuple[subprocess.Popen, str]:
@@ -149,44 +152,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per replica and for plain serving")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=40.0, help="length of each throughput window")
+    parser.add_argument("--seconds", type=float, default=60.0, help="throughput measuring time per replica count")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating windows per replica count")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for the latency figures")
     args = parser.parse_args()
 
     import ray
 
-    from server.config import load_settings
+    from server.config import ModelSpec, RayServeSettings, Settings
     from server.scaleout.launch import running_on_ray, use_easel_proxy_middleware
+    from weights.registry import load_registry
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads per replica {args.threads}")
-    process, plain_url = plain_server(args.threads)
-    try:
-        plain = sequential_latencies(plain_url, args.requests)
-    finally:
-        process.terminate()
-        process.wait(60)
-    print(f"plain easel serve: p50 {statistics.median(plain) * 1000:.1f} ms over {len(plain)} requests")
-
     use_easel_proxy_middleware()
     ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024 * 1024)
-    figures = {}
+    process, plain_url = plain_server(args.threads)
+    # The default model twice: "one" on 1 replica, "two" on 2, side by side, so their windows can alternate.
+    registry = load_registry()
+    entry = registry.models[registry.default]
+    models = tuple(ModelSpec(name, entry.backend, entry.path, entry.presets) for name in ("one", "two"))
     with tempfile.TemporaryDirectory(prefix="easel-bench-images-") as image_dir:
-        port = free_port()
-        for replicas in (1, 2):
-            argv = ["--ray", "--replicas", str(replicas), "--replica-cpus", str(args.threads), "--port", str(port)]
-            settings = load_settings([*argv, "--image-dir", image_dir, "--log-level", "warning"])
-            with running_on_ray(settings) as url:
-                wait_ready(url)
-                if replicas == 1:
-                    on_ray = sequential_latencies(url, args.requests)
-                    print(f"easel serve --ray, 1 replica: p50 {statistics.median(on_ray) * 1000:.1f} ms")
-                    ratio = statistics.median(on_ray) / statistics.median(plain)
-                    print(
-                        f"Ray path overhead per request: {ratio:.3f}x plain ({(ratio - 1) * 100:+.1f}%; target <= +10%)"
-                    )
-                figures[replicas] = images_per_second(url, args.clients, args.seconds)
-                print(f"{replicas} replica(s), {args.clients} clients: {figures[replicas]:.2f} images/s")
-    print(f"2 replicas / 1 replica at {args.clients} clients: {figures[2] / figures[1]:.2f}x (target >= 1.7x)")
+        scaling = RayServeSettings(replica_cpus=args.threads)
+        settings = Settings(models=models, port=free_port(), image_dir=Path(image_dir), ray=scaling)
+        with running_on_ray(settings, {"two": {"num_replicas": 2}}) as url:
+            wait_ready(url)
+            plain, on_ray = interleaved_latencies([plain_url, url], args.requests)
+            process.terminate()
+            process.wait(60)
+            print(f"plain easel serve: p50 {statistics.median(plain) * 1000:.1f} ms over {len(plain)} requests")
+            print(f"easel serve --ray, 1 replica: p50 {statistics.median(on_ray) * 1000:.1f} ms, alternating")
+            ratio = statistics.median(on_ray) / statistics.median(plain)
+            print(f"Ray path overhead per request: {ratio:.3f}x plain ({(ratio - 1) * 100:+.1f}%; target <= +10%)")
+            answered = {"one": 0, "two": 0}
+            window = args.seconds / args.rounds
+            images_answered(url, "two", args.clients, 3.0)  # warm both replicas of "two"
+            for _ in range(args.rounds):
+                for model in answered:
+                    answered[model] += images_answered(url, model, args.clients, window)
+            per_second = {model: count / args.seconds for model, count in answered.items()}
+            for model, replicas in (("one", 1), ("two", 2)):
+                print(f"{replicas} replica(s), {args.clients} clients: {per_second[model]:.2f} images/s")
+    print(f"2 replicas / 1 replica at {args.clients} clients: {per_second['two'] / per_second['one']:.2f}x "
+          f"(target >= 1.7x; {args.rounds} alternating windows of {window:.0f} s each)")  # fmt: skip
     on_disk, in_actor = store_costs(ray)
     print(f"url image, 1024x1024 PNG save + read: shared directory {on_disk * 1000:.1f} ms, "
           f"Ray actor round trip {in_actor * 1000:.1f} ms")  # fmt: skip

@@ -22,7 +22,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
-from pipelines.base import ImageJob, ModelInfo
+from pipelines.base import ImageJob
 
 from ..app import create_app
 from ..config import RayServeSettings, Settings, load_settings
@@ -38,6 +38,9 @@ INGRESS_NAME = "easel"
 # A replica's own queue never refuses a job: Serve's max_ongoing_requests bounds what it holds, and a
 # Serve config file may raise that without the code knowing.
 REPLICA_QUEUE_SIZE = 10_000
+# Concurrent HTTP requests one ingress replica takes (Serve's default is 5): it is an async app whose own
+# --queue-size answers 429 when a model's queue is full; streams and url fetches must not wait behind jobs.
+INGRESS_MAX_ONGOING_REQUESTS = 1000
 
 
 def model_deployment_name(model: str) -> str:
@@ -50,12 +53,20 @@ class ModelReplica:
     def __init__(self, model: ModelToLoad) -> None:
         self._name = model.name
         self._engine = LocalEngine(REPLICA_QUEUE_SIZE)
-        self._info = self._engine.load(model)
         self._replica = serve.get_replica_context().replica_id.unique_id
-        log.info("model %s loaded on replica %s (%s)", model.name, self._replica, self._info.device)
+        self._loaded: Message
+        try:
+            info = self._engine.load(model)
+        except Exception as error:  # kept for the ingress, which reports it as plain serving does
+            log.error("model %s failed to load on replica %s", model.name, self._replica, exc_info=error)
+            self._loaded = error_message(error)
+        else:
+            log.info("model %s loaded on replica %s (%s)", model.name, self._replica, info.device)
+            self._loaded = {"kind": "loaded", "info": info}
 
-    def model_info(self) -> ModelInfo:
-        return self._info
+    def model_info(self) -> Message:
+        """``loaded`` with the ModelInfo, or the ``error`` that loading raised."""
+        return self._loaded
 
     def stats(self) -> dict[str, Any]:
         """This replica's own queue figures, with its id."""
@@ -138,7 +149,10 @@ def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | N
         to_load = ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
         models[spec.name] = deployment.bind(to_load)
     ingress = serve.deployment(EaselIngress).options(
-        name=INGRESS_NAME, num_replicas=scaling.ingress_replicas, ray_actor_options={"num_cpus": 0}
+        name=INGRESS_NAME,
+        num_replicas=scaling.ingress_replicas,
+        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+        ray_actor_options={"num_cpus": 0},
     )
     return ingress.bind(settings, models)
 

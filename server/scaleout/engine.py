@@ -9,7 +9,8 @@ this ingress: more is a 429, as in one process.
 
 Cancelling a handle cancels the Serve call; Serve cancels the replica's task,
 which cancels the job in its engine, so the backend stops at its next
-denoising step. When the replica running a job dies, the job is sent again
+denoising step. When the replica running a job dies or stops it (Serve scales
+it down or redeploys it past its grace period), the job is sent again
 (Serve routes it to a live replica; its seeds are fixed, so the images are the
 same and previews already forwarded are not repeated), up to
 ``ATTEMPTS_PER_JOB`` times; then the request gets a retryable 503.
@@ -38,7 +39,13 @@ from .wire import Message, RemoteError, error_from_wire, job_to_wire, preview_fr
 log = logging.getLogger("easel.scaleout")
 
 ATTEMPTS_PER_JOB = 3  # a job whose replica dies is sent again, up to this many times in all
-REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
+
+
+class ReplicaStopped(Exception):
+    """The replica stopped the job without being asked: it is shutting down (scaled down, redeployed)."""
+
+
+REPLICA_LOST = (RayActorError, ReplicaUnavailableError, ReplicaStopped)
 
 
 class RemoteModel:
@@ -156,7 +163,10 @@ class RayJobHandle:
                 self._settle(result=result_from_wire(message))
                 return
             elif kind == "error":
-                self._settle(error=error_from_wire(message))
+                error = error_from_wire(message)
+                if isinstance(error, (Cancelled, EngineStopped)):  # this side asked nothing: the replica is going
+                    raise ReplicaStopped(str(error))
+                self._settle(error=error)
                 return
         raise RemoteError("the replica ended the job without an answer")
 
@@ -207,7 +217,10 @@ class RayEngine:
         remote = self._models.get(model.name)
         if remote is None:
             raise ValueError(f"no Ray Serve deployment for model {model.name!r}")
-        info: ModelInfo = remote.handle.model_info.remote().result()
+        loaded: Message = remote.handle.model_info.remote().result()
+        if loaded["kind"] == "error":
+            raise error_from_wire(loaded)
+        info: ModelInfo = loaded["info"]
         with self._lock:
             if self._stopped:
                 raise EngineStopped("the server is shutting down")

@@ -98,6 +98,7 @@ def error_from_wire(message: Message) -> BaseException:
     rebuilt: dict[str, type[Exception]] = {
         "Cancelled": Cancelled,
         "EngineStopped": EngineStopped,
+        "FileNotFoundError": FileNotFoundError,  # a model folder that is not there
         "MissingComponent": MissingComponent,
         "ValueError": ValueError,
     }

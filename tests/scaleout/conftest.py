@@ -117,11 +117,12 @@ def deployed(
     image_dir: Path,
     scaling: RayServeSettings,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    more_models: tuple[ModelSpec, ...] = (),
     **settings_fields: Any,
 ) -> Iterator[RayApp]:
-    """The tiny Kandinsky model on the session's Ray instance, ready to answer."""
+    """The tiny Kandinsky model (and ``more_models``) on the session's Ray instance, each loaded or failed."""
     settings = Settings(
-        models=(ModelSpec(name=TINY, family="kandinsky22", path=model_dir),),
+        models=(ModelSpec(name=TINY, family="kandinsky22", path=model_dir), *more_models),
         aliases={alias: TINY for alias in load_registry().aliases},  # as the plain test servers have
         port=port,
         image_dir=image_dir,
@@ -130,5 +131,6 @@ def deployed(
     )
     with running_on_ray(settings, overrides) as url:
         app = RayApp(url, settings)
-        wait_until(lambda: app.readiness().get("status") == "ready", 120, "the app to be ready")
+        settled = lambda: all(m["status"] != "loading" for m in app.readiness()["models"].values())  # noqa: E731
+        wait_until(settled, 120, "every model to load or fail")
         yield app

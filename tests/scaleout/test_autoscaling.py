@@ -6,11 +6,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
-from server.config import RayServeSettings
-from tests.conftest import TINY
+from server.config import ModelSpec, RayServeSettings
+from tests.conftest import TINY, assert_envelope
 
 from .conftest import RayApp, deployed, wait_until
 
@@ -27,12 +28,27 @@ QUICK_DECISIONS = {
 }
 
 
+BROKEN = "broken"  # a model whose folder is missing: it fails to load on its replica
+
+
 @pytest.fixture(scope="module")
 def autoscaled(serve_port: int, tiny_model_dirs: dict[str, Path], tmp_path_factory) -> Iterator[RayApp]:
     scaling = RayServeSettings(min_replicas=1, max_replicas=2, target_ongoing_requests=1, max_ongoing_requests=2)
     image_dir = tmp_path_factory.mktemp("ray-images")
-    with deployed(serve_port, tiny_model_dirs["kandinsky"], image_dir, scaling, QUICK_DECISIONS) as app:
+    broken = ModelSpec(name=BROKEN, family="kandinsky22", path=image_dir / "no-such-model")
+    overrides = {**QUICK_DECISIONS, BROKEN: {"autoscaling_config": {"max_replicas": 1}}}
+    with deployed(serve_port, tiny_model_dirs["kandinsky"], image_dir, scaling, overrides, (broken,)) as app:
         yield app
+
+
+def test_a_model_that_fails_to_load_on_its_replica_is_reported_as_plain_serving_does(autoscaled: RayApp) -> None:
+    missing = autoscaled.settings.models[1].path
+    model = httpx.get(f"{autoscaled.api_url}/models/{BROKEN}", timeout=10).json()
+    assert model["status"] == "failed" and f"no directory {missing}" in model["error"]
+    response = httpx.post(autoscaled.api_url + "/images/generations", json={"prompt": "x", "model": BROKEN})
+    error = assert_envelope(response, 503, code="model_unavailable")
+    assert error["message"] == f"Model '{BROKEN}' failed to load: {model['error']}"
+    assert response.headers["x-should-retry"] == "false"
 
 
 def test_a_model_scales_from_one_replica_to_two_under_load_and_back(autoscaled: RayApp) -> None:

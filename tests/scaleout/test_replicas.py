@@ -180,6 +180,39 @@ def test_a_client_that_leaves_cancels_the_job_on_its_replica(two_replicas: RayAp
     assert sum(after[r]["completed"] for r in after) == sum(before[r]["completed"] for r in before)
 
 
+def test_a_full_queue_is_a_429_and_leaving_clients_free_every_replica(two_replicas: RayApp) -> None:
+    """Replicas hold 2 x 4 jobs; each of the 2 ingress replicas queues 16 more: of 50 requests, 10 or more are 429s."""
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+    body = {"prompt": "a red circle", "size": "64x64", "response_format": "b64_json", **SLOW}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=60)) as client:
+            asks = [
+                asyncio.ensure_future(
+                    client.post(two_replicas.api_url + "/images/generations", json=body, headers=headers)
+                )
+                for _ in range(50)
+            ]
+            refused: list[httpx.Response] = []
+            while len(refused) < 10:
+                done, _ = await asyncio.wait([a for a in asks if not a.done()], return_when=asyncio.FIRST_COMPLETED)
+                refused += [a.result() for a in done]
+            for ask in asks:
+                ask.cancel()  # the clients leave: every job waiting or running must go
+            await asyncio.gather(*asks, return_exceptions=True)
+            return refused
+
+    for response in asyncio.run(flood()):
+        assert_envelope(response, 429, code="queue_full")
+        assert int(response.headers["retry-after"]) >= 1
+
+    def idle() -> bool:
+        replicas_idle = all(stats["running"] == 0 for stats in two_replicas.replica_stats().values())
+        return replicas_idle and two_replicas.readiness()["models"][TINY]["queued"] == 0
+
+    wait_until(idle, 60, "every job of the clients that left to be dropped")
+
+
 def replica_actor_names() -> list[str]:
     prefix = f"SERVE_REPLICA::{APP_NAME}#{model_deployment_name(TINY)}#"
     return sorted(
