@@ -165,7 +165,9 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads per replica {args.threads}")
     use_easel_proxy_middleware()
-    ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024 * 1024)
+    # Three replicas of `threads` CPUs are deployed, but at most two work at once (the windows alternate).
+    cpus = max(os.cpu_count() or 1, 3 * args.threads)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024 * 1024)
     process, plain_url = plain_server(args.threads)
     # The default model twice: "one" on 1 replica, "two" on 2, side by side, so their windows can alternate.
     registry = load_registry()
@@ -190,6 +192,8 @@ def main() -> None:
                 for model in answered:
                     answered[model] += images_answered(url, model, args.clients, window)
             per_second = {model: count / args.seconds for model, count in answered.items()}
+            spread = httpx.get(url + "/health/ready", timeout=10).json()["models"]["two"]["completed_by_replica"]
+            print(f"jobs per replica of the 2-replica model: {sorted(spread.values())}")
             for model, replicas in (("one", 1), ("two", 2)):
                 print(f"{replicas} replica(s), {args.clients} clients: {per_second[model]:.2f} images/s")
     print(f"2 replicas / 1 replica at {args.clients} clients: {per_second['two'] / per_second['one']:.2f}x "

@@ -11,7 +11,6 @@ cancellation work on a replica exactly as in one process. Deployment names:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -29,7 +28,7 @@ from ..config import RayServeSettings, Settings, load_settings
 from ..engine.base import ModelToLoad
 from ..engine.local import LocalEngine
 from ..errors import ERROR_TABLE
-from .engine import RayEngine
+from .engine import RayEngine, off_the_loop_if_pixels
 from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
 
 log = logging.getLogger("easel.scaleout")
@@ -74,7 +73,7 @@ class ModelReplica:
 
     async def run(self, wire_job: Message) -> AsyncIterator[Message]:
         """Messages for one job (:mod:`server.scaleout.wire`); cancelling the call cancels the job."""
-        job = await asyncio.to_thread(job_from_wire, wire_job)
+        job = await off_the_loop_if_pixels(wire_job["image"] is not None, job_from_wire, wire_job)
         try:
             handle = self._engine.submit(self._name, job)
         except Exception as error:  # QueueFull, EngineStopped: the ingress answers them
@@ -92,7 +91,7 @@ class ModelReplica:
         finally:
             if not handle.done:  # the call was cancelled: the client has gone
                 self._engine.cancel(handle)
-        yield await asyncio.to_thread(result_message, result)
+        yield result_message(result)  # native-size images: a copy of their pixels
 
     def __del__(self) -> None:
         self._engine.shutdown(5.0)

@@ -129,7 +129,7 @@ class RayJobHandle:
 
     async def _drive(self) -> None:
         try:
-            wire = await asyncio.to_thread(job_to_wire, self.job)  # an edit's input may be megapixels
+            wire = await off_the_loop_if_pixels(self.job.image is not None, job_to_wire, self.job)
             for attempt in range(1, ATTEMPTS_PER_JOB + 1):
                 try:
                     await self._run_once(wire)
@@ -194,6 +194,11 @@ class RayJobHandle:
                 self.model.failed += 1
             self._result.set_exception(error)
         self._previews.put_nowait(None)
+
+
+async def off_the_loop_if_pixels(has_pixels: bool, convert: Callable[[Any], Any], value: Any) -> Any:
+    """``convert(value)``, in a thread when an input image (up to the upload limit's megapixels) is copied."""
+    return await asyncio.to_thread(convert, value) if has_pixels else convert(value)
 
 
 def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
