@@ -175,7 +175,7 @@ def main() -> None:
     models = tuple(ModelSpec(name, entry.backend, entry.path, entry.presets) for name in ("one", "two"))
     with tempfile.TemporaryDirectory(prefix="easel-bench-images-") as image_dir:
         scaling = RayServeSettings(replica_cpus=args.threads)
-        settings = Settings(models=models, port=free_port(), image_dir=Path(image_dir), ray=scaling)
+        settings = Settings(models=models, port=free_port(), image_dir=Path(image_dir), **scaling.as_options())
         with running_on_ray(settings, {"two": {"num_replicas": 2}}) as url:
             wait_ready(url)
             plain, on_ray = interleaved_latencies([plain_url, url], args.requests)

@@ -20,11 +20,11 @@ from pipelines.base import ImageJob, ModelInfo
 
 
 class QueueFull(Exception):
-    def __init__(self, model: str, waiting: int, retry_after: int) -> None:
+    def __init__(self, model: str, waiting: int, retry_after: float) -> None:
         super().__init__(f"model {model!r} already has {waiting} requests waiting")
         self.model = model
-        self.waiting = waiting
-        self.retry_after = retry_after
+        self.waiting = waiting  # the queue's capacity, which is full
+        self.retry_after = retry_after  # seconds until a place is likely free, jittered
 
 
 class EngineStopped(Exception):
@@ -60,6 +60,39 @@ class JobResult:
     run_seconds: float
 
 
+@dataclass(frozen=True)
+class EngineMetrics:
+    """Where an engine records its figures: prometheus-client metrics, made per app by :mod:`server.metrics`."""
+
+    queue_wait: Any  # Histogram by model: seconds from submit to the start of the job's pipeline call
+    batch_images: Any  # Histogram by model: images per pipeline call
+    stage_seconds: Any  # Histogram by model and stage: seconds each pipeline stage took per call
+    images: Any  # Counter by model: images made
+    cancelled: Any  # Counter by model: jobs cancelled (client gone) or dropped
+    busy_seconds: Any  # Counter by device: seconds a worker slot spent in pipeline calls
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a device runs its jobs: worker slots, images per call, the wait for companions."""
+
+    workers: int
+    max_batch_images: int
+    batch_wait_ms: float
+
+    @classmethod
+    def for_device(
+        cls, device: str, *, workers: int | None, max_batch_images: int | None, batch_wait_ms: float | None
+    ) -> BatchPolicy:
+        """The settings given, the rest by device (measured defaults: README, "Serving many users")."""
+        gpu = not device.startswith(("cpu", "mps"))
+        return cls(
+            workers=workers or (1 if gpu else 2),
+            max_batch_images=max_batch_images or (16 if gpu else 8),
+            batch_wait_ms=batch_wait_ms if batch_wait_ms is not None else (10.0 if gpu else 30.0),
+        )
+
+
 class JobHandle(Protocol):
     """A submitted job, seen from the event loop."""
 
@@ -82,8 +115,13 @@ class Engine(Protocol):
         """Load a model and make it available (blocking: call from a thread); EngineStopped after shutdown."""
         ...
 
-    def submit(self, model: str, job: ImageJob) -> JobHandle:
-        """Queue ``job`` for a loaded model (call from the event loop); raises QueueFull or EngineStopped."""
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> JobHandle:
+        """Queue ``job`` for a loaded model (call from the event loop); raises QueueFull or EngineStopped.
+
+        ``retried``: the client says this request repeats one that was turned away. Such a
+        job may also take a place in a reserve as large as the queue, so that clients
+        turned away once are not turned away again by newcomers.
+        """
         ...
 
     def cancel(self, handle: JobHandle) -> None:
@@ -92,6 +130,10 @@ class Engine(Protocol):
 
     def stats(self, model: str) -> dict[str, Any] | None:
         """Queue figures for a loaded model; None if it is not loaded."""
+        ...
+
+    def drain(self, timeout: float) -> bool:
+        """Take no new jobs and wait for the queued and running ones (blocking); True if all finished in time."""
         ...
 
     def shutdown(self, timeout: float) -> None:

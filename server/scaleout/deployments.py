@@ -3,8 +3,10 @@
 The ingress is the same Starlette app as plain serving (validation, errors,
 auth, responses, SSE, url files) with a :class:`~server.scaleout.engine.RayEngine`.
 A model deployment's replica holds the backend inside a
-:class:`~server.engine.local.LocalEngine`, so queueing, batching and
-cancellation work on a replica exactly as in one process. Deployment names:
+:class:`~server.engine.local.LocalEngine` built from the same settings
+(``--workers``, ``--max-batch-images``, ``--batch-wait-ms``) on the CPUs Ray
+gave it, so queueing, batching and cancellation work on a replica exactly as
+in one process. Deployment names:
 ``easel`` for the ingress, ``model-NAME`` per model; a Serve config file's
 ``deployments:`` section overrides their options by those names.
 """
@@ -16,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
@@ -23,10 +26,9 @@ from starlette.types import ASGIApp
 
 from pipelines.base import ImageJob
 
-from ..app import create_app
+from ..app import create_app, local_engine_factory
 from ..config import RayServeSettings, Settings, load_settings
-from ..engine.base import ModelToLoad
-from ..engine.local import LocalEngine
+from ..engine.base import EngineMetrics, ModelToLoad
 from ..errors import ERROR_TABLE
 from .engine import RayEngine, off_the_loop_if_pixels
 from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
@@ -49,9 +51,12 @@ def model_deployment_name(model: str) -> str:
 class ModelReplica:
     """One replica of one model: its backend, run by a LocalEngine in this process."""
 
-    def __init__(self, model: ModelToLoad) -> None:
+    def __init__(self, model: ModelToLoad, settings: Settings) -> None:
         self._name = model.name
-        self._engine = LocalEngine(REPLICA_QUEUE_SIZE)
+        # Its torch threads: the CPUs Ray gave it (as OMP_NUM_THREADS, at least 1), not the machine's.
+        cores = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        on_replica = replace(settings, queue_size=REPLICA_QUEUE_SIZE)
+        self._engine = local_engine_factory(on_replica, cores=cores)(None)  # its metrics: the ingress's (README)
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._loaded: Message
         try:
@@ -111,13 +116,17 @@ class EaselIngress:
         self._models = models
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
-        return create_app(self._settings, engine=RayEngine(self._models, self._settings.queue_size))
+        def ray_engine(metrics: EngineMetrics | None) -> RayEngine:
+            return RayEngine(self._models, self._settings.queue_size, metrics)
+
+        return create_app(self._settings, make_engine=ray_engine)
 
 
-def model_options(scaling: RayServeSettings) -> dict[str, Any]:
-    """Serve deployment options for a model from the ``--ray`` flags."""
+def model_options(scaling: RayServeSettings, shutdown_timeout: float) -> dict[str, Any]:
+    """Serve deployment options for a model from the ``--ray`` flags (and ``--shutdown-timeout``)."""
     options: dict[str, Any] = {
         "max_ongoing_requests": scaling.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": shutdown_timeout,
         "ray_actor_options": {"num_cpus": scaling.replica_cpus, "num_gpus": scaling.replica_gpus},
     }
     if scaling.autoscaling:
@@ -141,16 +150,17 @@ def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | N
     scaling = settings.ray or RayServeSettings()
     models = {}
     for spec in settings.models:
-        options = model_options(scaling)
+        options = model_options(scaling, settings.shutdown_timeout)
         for key, value in (overrides or {}).get(spec.name, {}).items():
             options[key] = {**options[key], **value} if isinstance(value, Mapping) and key in options else value
         deployment = serve.deployment(ModelReplica).options(name=model_deployment_name(spec.name), **options)
         to_load = ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
-        models[spec.name] = deployment.bind(to_load)
+        models[spec.name] = deployment.bind(to_load, settings)
     ingress = serve.deployment(EaselIngress).options(
         name=INGRESS_NAME,
         num_replicas=scaling.ingress_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+        graceful_shutdown_timeout_s=settings.shutdown_timeout,
         ray_actor_options={"num_cpus": 0},
     )
     return ingress.bind(settings, models)
@@ -161,5 +171,4 @@ def build(args: Mapping[str, Any]) -> Application:
 
     ``args.argv``: the options ``easel serve --ray`` takes (EASEL_* variables also apply).
     """
-    settings = load_settings([*args.get("argv", []), "--ray"])
-    return build_app(replace(settings, ray=settings.ray or RayServeSettings()))
+    return build_app(load_settings([*args.get("argv", []), "--ray"]))

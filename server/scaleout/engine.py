@@ -5,7 +5,8 @@ reached through its handle. ``submit`` starts one streaming call on it; the
 replica answers ``accepted`` once it holds the job, then previews, then the
 result (:mod:`server.scaleout.wire`). Until ``accepted`` the job waits here,
 in Serve's router, and ``--queue-size`` bounds how many may wait per model on
-this ingress: more is a 429, as in one process.
+this ingress: more is a 429, as in one process (a retried request may also
+use an equal reserve). ``drain`` waits for the jobs here and on replicas.
 
 Cancelling a handle cancels the Serve call; Serve cancels the replica's task,
 which cancels the job in its engine, so the backend stops at its next
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -32,8 +33,18 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from pipelines.base import Cancelled, ImageJob, ModelInfo
 
-from ..engine.base import EngineStopped, JobHandle, JobResult, ModelToLoad, Preview, QueueFull, WorkerLost
-from ..engine.local import AVERAGE_WEIGHT, FIRST_JOB_SECONDS_GUESS
+from ..engine.base import (
+    EngineMetrics,
+    EngineStopped,
+    JobHandle,
+    JobResult,
+    ModelToLoad,
+    Preview,
+    QueueFull,
+    WorkerLost,
+)
+from ..engine.local import wait_until
+from ..engine.worker import AVERAGE_WEIGHT, FIRST_IMAGE_SECONDS_GUESS, next_turn
 from .wire import Message, RemoteError, error_from_wire, job_to_wire, preview_from_wire, result_from_wire
 
 log = logging.getLogger("easel.scaleout")
@@ -51,28 +62,43 @@ REPLICA_LOST = (RayActorError, ReplicaUnavailableError, ReplicaStopped)
 class RemoteModel:
     """One model as this ingress sees it: its deployment handle and its jobs' figures (event loop only)."""
 
-    def __init__(self, name: str, handle: DeploymentHandle, capacity: int) -> None:
+    def __init__(self, name: str, handle: DeploymentHandle, capacity: int, metrics: EngineMetrics | None) -> None:
         self.name = name
         self.handle = handle
         self.stream = handle.options(stream=True)
         self.capacity = capacity
+        self.metrics = metrics
         self.waiting = 0  # submitted here, not yet held by a replica
+        self.waiting_images = 0
         self.running = 0  # held by a replica
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
         self.resent = 0  # jobs sent again after their replica died
         self.by_replica: Counter[str] = Counter()  # jobs completed, per replica id
-        self.average_seconds: float | None = None
+        self.seconds_per_image: float | None = None  # a job's run time over its images (batched: an upper bound)
+        self.turns_until = 0.0  # as ModelLane's: when the turns handed to rejected jobs run out
 
-    def record(self, replica: str, seconds: float) -> None:
+    def count_waiting(self, job: ImageJob, change: int) -> None:
+        self.waiting += change
+        self.waiting_images += change * job.n
+
+    def record(self, replica: str, result: JobResult) -> None:
         self.completed += 1
         self.by_replica[replica] += 1
-        previous = self.average_seconds
-        self.average_seconds = seconds if previous is None else previous + AVERAGE_WEIGHT * (seconds - previous)
+        per_image = result.run_seconds / max(1, len(result.images))
+        previous = self.seconds_per_image
+        self.seconds_per_image = per_image if previous is None else previous + AVERAGE_WEIGHT * (per_image - previous)
+        if self.metrics is not None:
+            self.metrics.images.labels(self.name).inc(len(result.images))
 
-    def retry_after(self) -> int:
-        return max(1, math.ceil(self.average_seconds or FIRST_JOB_SECONDS_GUESS))
+    def retry_after(self, images: int) -> float:
+        """As ModelLane.retry_after; the jobs the replicas hold now stand for its slots (each runs in parallel)."""
+        per_image = self.seconds_per_image or FIRST_IMAGE_SECONDS_GUESS
+        slots = max(1, self.running)
+        backlog = self.waiting_images * per_image / slots
+        self.turns_until, wait = next_turn(self.turns_until, time.monotonic(), backlog, images * per_image / slots)
+        return wait
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -82,7 +108,7 @@ class RemoteModel:
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
-            "average_seconds": None if self.average_seconds is None else round(self.average_seconds, 3),
+            "average_seconds": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
             "resent": self.resent,
             "completed_by_replica": dict(sorted(self.by_replica.items())),
         }
@@ -101,7 +127,7 @@ class RayJobHandle:
         self._previews_forwarded = 0
         self._call: DeploymentResponseGenerator | None = None
         self._stopping = False
-        model.waiting += 1
+        model.count_waiting(job, 1)
         self._task = asyncio.create_task(self._drive())
 
     @property
@@ -140,7 +166,7 @@ class RayJobHandle:
                     log.warning("replica %s of %s died under a job; sending it again", self.replica, self.model.name)
                     self.model.resent += 1
                     self._release()
-                    self.model.waiting += 1
+                    self.model.count_waiting(self.job, 1)
         except asyncio.CancelledError:
             self._settle(error=Cancelled())
         except Exception as error:  # the request that owns the job reports it (server.errors)
@@ -153,7 +179,7 @@ class RayJobHandle:
         async for message in self._call:
             kind = message["kind"]
             if kind == "accepted":
-                self.model.waiting -= 1
+                self.model.count_waiting(self.job, -1)
                 self.model.running += 1
                 self.replica = message["replica"]
             elif kind == "preview" and message["index"] >= self._previews_forwarded:
@@ -173,7 +199,7 @@ class RayJobHandle:
     def _release(self) -> None:
         """Take the job off this model's waiting or running count."""
         if self.replica is None:
-            self.model.waiting -= 1
+            self.model.count_waiting(self.job, -1)
         else:
             self.model.running -= 1
             self.replica = None
@@ -184,12 +210,14 @@ class RayJobHandle:
         replica = self.replica
         self._release()
         if result is not None:
-            self.model.record(replica or "unknown", result.run_seconds)
+            self.model.record(replica or "unknown", result)
             self._result.set_result(result)
         else:
             assert error is not None
             if isinstance(error, Cancelled):
                 self.model.cancelled += 1
+                if self.model.metrics is not None:
+                    self.model.metrics.cancelled.labels(self.model.name).inc()
             else:
                 self.model.failed += 1
             self._result.set_exception(error)
@@ -210,12 +238,15 @@ def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
 class RayEngine:
     """Runs each model's jobs on its Serve deployment; one per ingress replica."""
 
-    def __init__(self, deployments: Mapping[str, DeploymentHandle], queue_size: int) -> None:
-        self._models = {name: RemoteModel(name, handle, queue_size) for name, handle in deployments.items()}
+    def __init__(
+        self, deployments: Mapping[str, DeploymentHandle], queue_size: int, metrics: EngineMetrics | None = None
+    ) -> None:
+        self._models = {name: RemoteModel(name, handle, queue_size, metrics) for name, handle in deployments.items()}
         self._live: set[RayJobHandle] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._taking = True
 
     def load(self, model: ModelToLoad) -> ModelInfo:
         """Wait until a replica of the model's deployment has loaded it (blocking: the loading thread)."""
@@ -231,12 +262,14 @@ class RayEngine:
                 raise EngineStopped("the server is shutting down")
         return info
 
-    def submit(self, model: str, job: ImageJob) -> RayJobHandle:
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> RayJobHandle:
+        """As LocalEngine's: ``--queue-size`` jobs may wait per model on this ingress, retried ones also an
+        equal reserve; a job waits here until a replica holds it (Serve's ``max_ongoing_requests``)."""
         remote = self._models[model]
-        if self._stopped:
+        if self._stopped or not self._taking:
             raise EngineStopped("the server is shutting down")
-        if remote.waiting >= remote.capacity:
-            raise QueueFull(model, remote.waiting, remote.retry_after())
+        if remote.waiting >= remote.capacity * (2 if retried else 1):
+            raise QueueFull(model, remote.waiting, remote.retry_after(job.n))
         self._loop = asyncio.get_running_loop()
         handle = RayJobHandle(remote, job)
         self._live.add(handle)
@@ -250,6 +283,11 @@ class RayEngine:
     def stats(self, model: str) -> dict[str, Any] | None:
         remote = self._models.get(model)
         return None if remote is None else remote.stats()
+
+    def drain(self, timeout: float) -> bool:
+        """Take no new jobs and wait for those here or on replicas (blocking); True if all finished in time."""
+        self._taking = False
+        return wait_until(lambda: not self._live, timeout)  # emptied on the event loop as jobs settle
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop taking jobs and stop every job still here or on a replica (from any thread)."""

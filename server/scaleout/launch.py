@@ -18,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ray
 from ray import serve
 
-from ..config import RayServeSettings, Settings
+from ..config import Settings
+from ..serving.models import LoadFailed
 from .deployments import build_app
 
 log = logging.getLogger("easel.scaleout")
@@ -48,12 +50,16 @@ def running_on_ray(settings: Settings, overrides: Mapping[str, Mapping[str, Any]
         serve.delete(APP_NAME)
 
 
-def serve_on_ray(settings: Settings) -> None:
-    """Run until interrupted (``server.__main__`` calls this for ``--ray``)."""
+def serve_on_ray(settings: Settings, *, on_load_failure: LoadFailed | None = None) -> None:
+    """Run until SIGINT or SIGTERM (``server.__main__`` calls this for ``--ray``).
+
+    ``on_load_failure(name, message)`` hears of each model that failed to load, and the command then stops
+    (as plain ``easel serve`` does without ``--keep-going``).
+    """
     own_image_dir = settings.image_dir is None
     image_dir = Path(tempfile.mkdtemp(prefix="easel-images-")) if own_image_dir else settings.image_dir
     assert image_dir is not None
-    settings = replace(settings, image_dir=image_dir, ray=settings.ray or RayServeSettings())
+    settings = replace(settings, image_dir=image_dir, use_ray=True)
     use_easel_proxy_middleware()
     ray.init(logging_level=settings.log_level.upper())  # RAY_ADDRESS, when set, names the cluster
     # After ray.init, whose own SIGTERM handler would abort the process without deleting the app.
@@ -63,10 +69,28 @@ def serve_on_ray(settings: Settings) -> None:
     try:
         with running_on_ray(settings) as url:
             log.info("Easel on Ray Serve at %s (images in %s); Ctrl-C stops it", url, image_dir)
+            failed = _load_failures(url, stop)
+            if failed and on_load_failure is not None:
+                for name, message in failed.items():
+                    on_load_failure(name, message)
+                stop.set()
             while not stop.wait(1.0):
                 pass
-            log.info("stopping: deleting the Serve application")
+            log.info("stopping: deleting the Serve application (running jobs get --shutdown-timeout to finish)")
     finally:
         ray.shutdown()
         if own_image_dir:
             shutil.rmtree(image_dir, ignore_errors=True)
+
+
+def _load_failures(url: str, stop: threading.Event) -> dict[str, str]:
+    """Once no model is loading any more: each failed model's message, from the app's readiness."""
+    while not stop.is_set():
+        try:
+            models = httpx.get(url + "/health/ready", timeout=10).json().get("models", {})
+        except (httpx.HTTPError, ValueError):  # the proxy is not routing to the app yet
+            models = {}
+        if models and all(item["status"] != "loading" for item in models.values()):
+            return {name: item.get("error", "") for name, item in models.items() if item["status"] == "failed"}
+        stop.wait(0.5)
+    return {}

@@ -15,7 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..middleware import REQUEST_ID_HEADER, is_usable_request_id, new_request_id
+from ..middleware import REQUEST_ID_HEADER, SANE_REQUEST_ID, new_request_id
 
 _HEADER_BYTES = REQUEST_ID_HEADER.encode()
 
@@ -26,7 +26,7 @@ def one_request_id(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = MutableHeaders(scope=scope)
-            if not is_usable_request_id(headers.get(REQUEST_ID_HEADER, "")):
+            if not SANE_REQUEST_ID.match(headers.get(REQUEST_ID_HEADER, "")):
                 headers[REQUEST_ID_HEADER] = new_request_id()
             send = _sending_one_id(send)
         await app(scope, receive, send)

@@ -21,7 +21,7 @@ from ..engine.base import EngineStopped, JobResult, Preview, QueueFull
 
 Message = dict[str, Any]
 WireImage = tuple[str, int, int, bytes]  # mode, width, height, raw pixels
-_CALLBACKS = ("on_preview", "should_cancel")  # set by each side's own engine
+_CALLBACKS = ("on_preview", "should_cancel", "on_progress")  # set on each side, never sent
 _IMAGES = ("image", "mask")
 
 

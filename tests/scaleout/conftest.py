@@ -126,7 +126,7 @@ def deployed(
         aliases={alias: TINY for alias in load_registry().aliases},  # as the plain test servers have
         port=port,
         image_dir=image_dir,
-        ray=scaling,
+        **scaling.as_options(),
         **settings_fields,
     )
     with running_on_ray(settings, overrides) as url:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from server.config import RayServeSettings, load_settings
 from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
 from server.errors import job_error
 from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
+from server.scaleout.engine import RayEngine
 from server.scaleout.wire import (
     RemoteError,
     error_from_wire,
@@ -47,8 +49,11 @@ def edit_job() -> ImageJob:
         image=image,
         mask=mask,
         preview_count=2,
+        input_image_weight=0.25,
+        frames=3,
         on_preview=lambda index, images: None,
         should_cancel=lambda: False,
+        on_progress=lambda stage, done, steps: None,
     )
 
 
@@ -65,8 +70,9 @@ def test_a_job_crosses_as_plain_data_and_comes_back_whole() -> None:
     wire = job_to_wire(job)
     assert builtins_only(wire)  # no PIL image, no callback, no class of ours
     back = job_from_wire(pickle.loads(pickle.dumps(wire)))
-    assert (back.on_preview, back.should_cancel) == (None, None)  # the replica's engine sets its own
-    for name in ("task", "n", "width", "height", "seeds", "preset", "prompt", "negative_prompt", "preview_count"):
+    assert (back.on_preview, back.should_cancel, back.on_progress) == (None, None, None)  # set on the replica
+    data = ("task", "n", "width", "height", "seeds", "preset", "prompt", "negative_prompt", "preview_count")
+    for name in (*data, "input_image_weight", "frames"):
         assert getattr(back, name) == getattr(job, name), name
     for name in ("image", "mask"):
         original, rebuilt = getattr(job, name), getattr(back, name)
@@ -136,13 +142,14 @@ def test_ray_flags_that_cannot_work_are_refused(argv: list[str]) -> None:
 
 
 def test_deployment_options_follow_the_flags() -> None:
-    fixed = model_options(RayServeSettings(replicas=3, replica_cpus=2, replica_gpus=0.5, max_ongoing_requests=6))
+    fixed = model_options(RayServeSettings(replicas=3, replica_cpus=2, replica_gpus=0.5, max_ongoing_requests=6), 12)
     assert fixed == {
         "max_ongoing_requests": 6,
+        "graceful_shutdown_timeout_s": 12,  # --shutdown-timeout: Serve lets a stopping replica finish its jobs
         "ray_actor_options": {"num_cpus": 2, "num_gpus": 0.5},
         "num_replicas": 3,
     }
-    scaled = model_options(RayServeSettings(min_replicas=0, max_replicas=4, target_ongoing_requests=1.5))
+    scaled = model_options(RayServeSettings(min_replicas=0, max_replicas=4, target_ongoing_requests=1.5), 30)
     assert "num_replicas" not in scaled
     assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 1.5}
 
@@ -156,3 +163,55 @@ def test_the_example_serve_config_is_valid_and_names_the_deployments_the_builder
     settings = load_settings(application["args"]["argv"], {})
     made = {INGRESS_NAME, *(model_deployment_name(spec.name) for spec in settings.models)}
     assert {deployment["name"] for deployment in application["deployments"]} == made
+
+
+class UnansweredCalls:
+    """Stands in for a model deployment's handle whose replicas are all busy: no call is ever taken."""
+
+    def options(self, stream: bool) -> UnansweredCalls:
+        return self
+
+    @property
+    def run(self) -> UnansweredCalls:
+        return self
+
+    def remote(self, wire: dict) -> UnansweredCall:
+        return UnansweredCall()
+
+
+class UnansweredCall:
+    def cancel(self) -> None:
+        pass
+
+    def __aiter__(self) -> UnansweredCall:
+        return self
+
+    async def __anext__(self) -> dict:
+        await asyncio.Event().wait()
+        raise StopAsyncIteration
+
+
+def test_the_ingress_queue_keeps_a_reserve_for_retried_requests_then_drains() -> None:
+    def job() -> ImageJob:
+        return ImageJob(task="generate", n=1, width=8, height=8, seeds=[1], preset=PRESET, prompt="a boat")
+
+    async def scenario() -> None:
+        engine = RayEngine({"m": UnansweredCalls()}, queue_size=2)
+        handles = [engine.submit("m", job()) for _ in range(2)]
+        with pytest.raises(QueueFull) as refused:
+            engine.submit("m", job())
+        assert refused.value.retry_after > 0
+        handles += [engine.submit("m", job(), retried=True) for _ in range(2)]  # the reserve: as large again
+        with pytest.raises(QueueFull):
+            engine.submit("m", job(), retried=True)
+        assert engine.stats("m")["queued"] == 4
+        assert not await asyncio.to_thread(engine.drain, 0.2)  # nothing ran: not drained in time
+        with pytest.raises(EngineStopped):
+            engine.submit("m", job(), retried=True)  # draining takes no new job
+        await asyncio.to_thread(engine.shutdown, 5.0)
+        for handle in handles:
+            with pytest.raises(EngineStopped):
+                await handle.result()
+        assert await asyncio.to_thread(engine.drain, 0.2)
+
+    asyncio.run(scenario())
