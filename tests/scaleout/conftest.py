@@ -9,6 +9,7 @@ replacement, whatever the machine has.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import tempfile
@@ -20,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
 ray = pytest.importorskip("ray", reason="the scale-out tests need the ray extra: pip install -e '.[ray]'")
 
@@ -32,8 +32,10 @@ from server.scaleout.launch import APP_NAME, running_on_ray, use_easel_proxy_mid
 from tests.conftest import TINY  # noqa: E402
 from weights.registry import load_registry  # noqa: E402
 
-TORCH_THREADS = torch.get_num_threads()  # what the plain test server's backends use
-RAY_CPUS = 3 * TORCH_THREADS  # logical: two model replicas and a replacement for a killed one
+# What the plain test server's engine runs a lone call on: the cores this process may use (not torch's own
+# default, which a test module may have lowered at import).
+ENGINE_CORES = len(os.sched_getaffinity(0))
+RAY_CPUS = 3 * ENGINE_CORES  # logical: two model replicas and a replacement for a killed one
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 

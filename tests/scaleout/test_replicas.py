@@ -21,16 +21,16 @@ from server.scaleout.launch import APP_NAME
 from tests.api.test_edits import MASK_PNG, PICTURE_PNG
 from tests.conftest import FAST, SLOW, TEST_KEY, TINY, LiveServer, assert_envelope
 
-from .conftest import TORCH_THREADS, RayApp, deployed, wait_until
+from .conftest import ENGINE_CORES, RayApp, deployed, wait_until
 
 STEPS = {"prior_steps": 2, "decoder_steps": 6}  # enough decoder steps for previews
 
 
 @pytest.fixture(scope="module")
 def two_replicas(serve_port: int, tiny_model_dirs: dict[str, Path], tmp_path_factory) -> Iterator[RayApp]:
-    # As many torch threads per replica as the plain test server has, so both give the same bytes
+    # As many cores per replica as the plain test server's engine has, so both give the same bytes
     # (matrix products split over a different number of threads round differently).
-    scaling = RayServeSettings(replicas=2, ingress_replicas=2, replica_cpus=TORCH_THREADS)
+    scaling = RayServeSettings(replicas=2, ingress_replicas=2, replica_cpus=ENGINE_CORES)
     image_dir = tmp_path_factory.mktemp("ray-images")
     with deployed(serve_port, tiny_model_dirs["kandinsky"], image_dir, scaling, api_keys=(TEST_KEY,)) as app:
         yield app
