@@ -14,11 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
-from diffusers import (
-    KandinskyV22InpaintPipeline,
-    KandinskyV22Pipeline,
-    KandinskyV22PriorPipeline,
-)
+from diffusers import KandinskyV22InpaintPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
 from PIL import Image
 
 from . import kandinsky_mask

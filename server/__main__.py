@@ -58,8 +58,14 @@ def _run(settings: Settings) -> int:
         if server is not None:
             server.should_exit = True  # polled by uvicorn's main loop; safe from the loading thread
 
-    server = build_server(settings, on_load_failure=None if settings.keep_going else stop_on_failure)
-    server.run()
+    on_load_failure = None if settings.keep_going else stop_on_failure
+    if settings.ray is not None:
+        from .scaleout.launch import serve_on_ray  # needs the ray extra
+
+        serve_on_ray(settings, on_load_failure=on_load_failure)  # stops after a failure it reports
+    else:
+        server = build_server(settings, on_load_failure=on_load_failure)
+        server.run()
     if failures:
         print(f"easel: error: {failures[0]} (start with --keep-going to serve the other models)", file=sys.stderr)
         return LOAD_FAILURE_EXIT_CODE

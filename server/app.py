@@ -13,7 +13,7 @@ import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 
 from .config import Settings
 from .cors import cors
+from .engine.base import Engine, EngineMetrics
 from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
@@ -33,6 +34,7 @@ from .state import ServerState
 
 log = logging.getLogger("easel.app")
 
+EngineFactory = Callable[[EngineMetrics | None], Engine]  # the app's engine metrics -> its engine
 PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/", "/openapi.json")  # no API key needed
 PUBLIC_PATHS = ("/",)  # the playground page itself; its requests to the API carry the key
 
@@ -47,23 +49,21 @@ async def _sweep_forever(store: ImageStore) -> None:
 
 
 def create_app(
-    settings: Settings, *, loader: Loader | None = None, on_load_failure: LoadFailed | None = None
+    settings: Settings,
+    *,
+    loader: Loader | None = None,
+    on_load_failure: LoadFailed | None = None,
+    make_engine: EngineFactory | None = None,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests);
-    ``on_load_failure(name, message)`` hears of each model that fails to load (``easel serve`` stops on it)."""
+    ``on_load_failure(name, message)`` hears of each model that fails to load (``easel serve`` stops on it);
+    ``make_engine(metrics)`` replaces the in-process engine (``server.scaleout``: jobs run on Ray Serve replicas)."""
     own_image_dir = settings.image_dir is None
     image_dir = Path(tempfile.mkdtemp(prefix="easel-images-")) if own_image_dir else settings.image_dir
     assert image_dir is not None
     catalog = Catalog(settings)
     metrics = Metrics()
-    engine = LocalEngine(
-        settings.queue_size,
-        loader or load_backend,
-        workers=settings.workers,
-        max_batch_images=settings.max_batch_images,
-        batch_wait_ms=settings.batch_wait_ms,
-        metrics=metrics.engine,
-    )
+    engine = (make_engine or local_engine_factory(settings, loader))(metrics.engine)
     metrics.watch(catalog, engine)
     store = ImageStore(image_dir, settings.url_ttl_seconds)
     serving = ImageServing(settings, catalog, engine, store)
@@ -117,6 +117,26 @@ def create_app(
     )
     app.state.easel = state
     return app
+
+
+def local_engine_factory(
+    settings: Settings, loader: Loader | None = None, *, cores: int | None = None
+) -> EngineFactory:
+    """The in-process engine with the batching settings given (a Ray model replica builds the same, on its
+    ``cores``; default: the cores this process may use)."""
+
+    def make(metrics: EngineMetrics | None) -> LocalEngine:
+        return LocalEngine(
+            settings.queue_size,
+            loader or load_backend,
+            workers=settings.workers,
+            max_batch_images=settings.max_batch_images,
+            batch_wait_ms=settings.batch_wait_ms,
+            cores=cores,
+            metrics=metrics,
+        )
+
+    return make
 
 
 async def drain(state: ServerState, *, hurry: asyncio.Event) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,38 @@ class ModelSpec:
     presets: str | None = None  # a quality table in pipelines.presets; None: the family's
     owned_by: str = "easel"
     source: str = field(default="", compare=False)  # where it was configured or came from (messages, `easel models`)
+
+
+@dataclass(frozen=True)
+class RayServeSettings:
+    """How ``--ray`` lays the server out on Ray Serve (README, "From one machine to a cluster")."""
+
+    replicas: int = 1  # per model, when not autoscaling
+    min_replicas: int | None = None  # both set: each model autoscales between them
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0  # per model replica, what the autoscaler aims at
+    max_ongoing_requests: int = 4  # jobs a model replica holds at once (running or waiting there); more wait upstream
+    replica_cpus: float = 1.0  # Ray CPUs per model replica; also its torch threads (floor, at least 1)
+    replica_gpus: float = 0.0  # Ray GPUs per model replica (fractions share a GPU)
+    ingress_replicas: int = 1  # replicas of the HTTP app
+
+    def __post_init__(self) -> None:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("--min-replicas and --max-replicas go together (autoscaling between them)")
+        if self.max_replicas is not None and not (0 <= (self.min_replicas or 0) <= self.max_replicas >= 1):
+            raise ValueError("need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1")
+        if self.replicas < 1 or self.ingress_replicas < 1 or self.max_ongoing_requests < 1:
+            raise ValueError("--replicas, --ingress-replicas and --max-ongoing-requests must be at least 1")
+        if self.target_ongoing_requests <= 0 or self.replica_cpus < 0 or self.replica_gpus < 0:
+            raise ValueError("--target-ongoing-requests must be positive, --replica-cpus/--replica-gpus not negative")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+    def as_options(self) -> dict[str, Any]:
+        """The :class:`Settings` fields that serve on Ray laid out so: ``Settings(..., **scaling.as_options())``."""
+        return {"use_ray": True, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -135,6 +167,30 @@ class Settings:
     keep_alive_seconds: float = option(
         5.0, "--keep-alive-seconds", opt.positive_number, "an idle kept-alive connection is closed after (5)"
     )
+    # -- Ray Serve (README, "From one machine to a cluster"); the others need --ray ---------------------
+    use_ray: bool = option(
+        False, "--ray", opt.boolean, "serve on Ray Serve: a local instance, or the cluster in RAY_ADDRESS", switch=True
+    )
+    replicas: int = option(1, "--replicas", opt.integer(1), "model replicas per model (default 1)")
+    min_replicas: int | None = option(
+        None, "--min-replicas", opt.integer(0), "autoscale each model from this many replicas (with --max-replicas)"
+    )
+    max_replicas: int | None = option(
+        None, "--max-replicas", opt.integer(1), "autoscale each model up to this many replicas (with --min-replicas)"
+    )
+    target_ongoing_requests: float = option(
+        2.0, "--target-ongoing-requests", opt.positive_number, "autoscaling target: jobs per model replica (2)"
+    )
+    max_ongoing_requests: int = option(
+        4, "--max-ongoing-requests", opt.integer(1), "jobs one model replica holds; more wait at the ingress (4)"
+    )
+    replica_cpus: float = option(
+        1.0, "--replica-cpus", opt.non_negative_number, "CPUs per model replica, also its torch threads (default 1)"
+    )
+    replica_gpus: float = option(
+        0.0, "--replica-gpus", opt.non_negative_number, "GPUs per model replica (default 0; 0.5: two on a GPU)"
+    )
+    ingress_replicas: int = option(1, "--ingress-replicas", opt.integer(1), "replicas of the HTTP front end (1)")
     # Where each option's value came from ("--port", "EASEL_PORT", "easel.toml: port"), for later messages.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -155,6 +211,14 @@ class Settings:
             raise ValueError("url_ttl_seconds, queue_size and max_body_bytes must be positive")
         if self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
             raise ValueError("max_upload_bytes and max_upload_pixels must be positive")
+        self.ray  # noqa: B018 - checks the Ray options together (min and max replicas)
+
+    @property
+    def ray(self) -> RayServeSettings | None:
+        """The Ray Serve layout with ``--ray``; None: plain serving in this process."""
+        if not self.use_ray:
+            return None
+        return RayServeSettings(**{f.name: getattr(self, f.name) for f in fields(RayServeSettings)})
 
     @property
     def default_model_name(self) -> str:
@@ -238,6 +302,9 @@ def read_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     names = {model.name for model in models}
     aliases = {alias: default for alias in registry_aliases if alias not in names}
     aliases.update(_aliases(args, sources))
+    ray_options = [origins[f.name] for f in fields(RayServeSettings) if f.name in origins]
+    if ray_options and not values.get("use_ray"):  # it would be silently ignored
+        raise ConfigError(f"{ray_options[0]}: needs --ray")
     keys = [*(args["api_key"] or []), *_listed(sources, "EASEL_API_KEYS", "api_keys")]
     values["default_model"] = default
     try:

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from pipelines.base import Cancelled, MissingComponent
 
-from .engine.base import EngineStopped, QueueFull
+from .engine.base import EngineStopped, QueueFull, WorkerLost
 
 log = logging.getLogger("easel.errors")
 
@@ -101,12 +101,23 @@ def _queue_full(error: QueueFull) -> APIError:
     )
 
 
+def _worker_lost() -> APIError:
+    return APIError(
+        503,
+        "The worker running this request went away; retry it.",
+        type=SERVER_ERROR,
+        code="worker_lost",
+        headers={"retry-after": "1"},
+    )
+
+
 # What the engine and the backends raise, as the client sees it. The first matching row wins.
 # A ValueError from a backend is a job it refuses (its input, not a bug); anything not listed is a bug: 500.
 ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], APIError]]] = [
     (APIError, lambda error: error),
     (QueueFull, _queue_full),
     (EngineStopped, lambda error: shutting_down()),
+    (WorkerLost, lambda error: _worker_lost()),
     # Only the engine's shutdown cancels a job whose client is still waiting for it.
     (Cancelled, lambda error: shutting_down("The job was stopped: the server is shutting down.")),
     (MissingComponent, lambda error: APIError(400, str(error), param="model", code="missing_component")),

@@ -37,7 +37,7 @@ log = logging.getLogger("easel.connections")
 
 REQUEST_ID_HEADER = "x-request-id"
 ERROR_BODY_LIMIT = 16 * 1024  # error envelopes are small; a larger error body is not read for the log
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def new_request_id() -> str:
@@ -58,7 +58,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         offered = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = offered if _SANE_REQUEST_ID.match(offered) else new_request_id()
+        request_id = offered if SANE_REQUEST_ID.match(offered) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
@@ -206,12 +206,7 @@ class BearerAuthMiddleware:
 
 
 def body_too_large(limit: int) -> APIError:
-    return APIError(
-        413,
-        f"Request body is larger than this server's limit of {limit} bytes.",
-        param=None,
-        code="request_too_large",
-    )
+    return APIError(413, f"Request body is larger than this server's limit of {limit} bytes.", code="request_too_large")
 
 
 class BodySizeLimitMiddleware:

@@ -31,6 +31,10 @@ class EngineStopped(Exception):
     """The engine shut down before the job ran."""
 
 
+class WorkerLost(Exception):
+    """The process running the job went away (a remote replica died) and retrying it there failed too."""
+
+
 @dataclass(frozen=True)
 class ModelToLoad:
     """One model for the engine to load: a name clients use, a backend family, a weights directory."""

@@ -29,6 +29,16 @@ def _device_key(device: str) -> str:
     return "cuda:0" if device == "cuda" else device
 
 
+def wait_until(done: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``done`` until it is true (True) or ``timeout`` seconds have passed (False); blocking."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class LocalEngine:
     """Routes jobs to per-model lanes on per-device workers, in this process."""
 
@@ -113,12 +123,7 @@ class LocalEngine:
             workers = list(self._workers.values())
         for worker in workers:
             worker.stop_taking()
-        deadline = time.monotonic() + timeout
-        while not all(worker.idle() for worker in workers):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_until(lambda: all(worker.idle() for worker in workers), timeout)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._lock:

@@ -104,6 +104,13 @@ def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
         future.exception()
 
 
+def next_turn(turns_until: float, now: float, backlog: float, turn: float) -> tuple[float, float]:
+    """The next turn for a rejected job, after ``backlog`` seconds of queued work and the turns handed out
+    until ``turns_until``: (the new end of the turns, seconds until a random point within this one)."""
+    start = max(turns_until, now + backlog)
+    return start + turn, max(0.05, start - now + random.uniform(0.0, turn))
+
+
 class ModelLane:
     """One model: its replicas (one per slot), its queue and its figures. Guarded by its worker's condition."""
 
@@ -139,10 +146,8 @@ class ModelLane:
         per_image = self.seconds_per_image or FIRST_IMAGE_SECONDS_GUESS
         slots = max(1, len(self.replicas))
         backlog = sum(handle.job.n for handle in self.waiting) * per_image / slots
-        start = max(self.turns_until, now + backlog)
-        turn = images * per_image / slots
-        self.turns_until = start + turn
-        return max(0.05, start - now + random.uniform(0.0, turn))
+        self.turns_until, wait = next_turn(self.turns_until, now, backlog, images * per_image / slots)
+        return wait
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -74,6 +74,12 @@ def test_the_online_path_never_imports_model_code_or_the_server():
     assert _offenders(_modules("weights"), ("pipelines", "server")) == {}
 
 
+def test_plain_serving_never_needs_ray():
+    # server/scaleout/ is Ray's one home (the `ray` extra); server/__main__.py imports it only for --ray.
+    plain = [path for path in _modules("server") if "scaleout" not in path.relative_to(REPO).parts]
+    assert _offenders(plain, ("ray",)) == {}
+
+
 def test_no_module_is_longer_than_the_limit():
     lengths = {str(path.relative_to(REPO)): len(path.read_text().splitlines()) for path in _modules(*CODE_DIRS)}
     assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}

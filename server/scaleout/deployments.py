@@ -1,0 +1,174 @@
+"""The Ray Serve application: an ingress deployment running Easel's HTTP app, and one deployment per model.
+
+The ingress is the same Starlette app as plain serving (validation, errors,
+auth, responses, SSE, url files) with a :class:`~server.scaleout.engine.RayEngine`.
+A model deployment's replica holds the backend inside a
+:class:`~server.engine.local.LocalEngine` built from the same settings
+(``--workers``, ``--max-batch-images``, ``--batch-wait-ms``) on the CPUs Ray
+gave it, so queueing, batching and cancellation work on a replica exactly as
+in one process. Deployment names:
+``easel`` for the ingress, ``model-NAME`` per model; a Serve config file's
+``deployments:`` section overrides their options by those names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp
+
+from pipelines.base import ImageJob
+
+from ..app import create_app, local_engine_factory
+from ..config import RayServeSettings, Settings, load_settings
+from ..engine.base import EngineMetrics, ModelToLoad
+from ..errors import ERROR_TABLE
+from .engine import RayEngine, off_the_loop_if_pixels
+from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
+
+log = logging.getLogger("easel.scaleout")
+
+INGRESS_NAME = "easel"
+# A replica's own queue never refuses a job: Serve's max_ongoing_requests bounds what it holds, and a
+# Serve config file may raise that without the code knowing.
+REPLICA_QUEUE_SIZE = 10_000
+# Concurrent HTTP requests one ingress replica takes (Serve's default is 5): it is an async app whose own
+# --queue-size answers 429 when a model's queue is full; streams and url fetches must not wait behind jobs.
+INGRESS_MAX_ONGOING_REQUESTS = 1000
+
+
+def model_deployment_name(model: str) -> str:
+    return f"model-{model}"
+
+
+class ModelReplica:
+    """One replica of one model: its backend, run by a LocalEngine in this process."""
+
+    def __init__(self, model: ModelToLoad, settings: Settings) -> None:
+        self._name = model.name
+        # Its torch threads: the CPUs Ray gave it (as OMP_NUM_THREADS, at least 1), not the machine's.
+        cores = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        on_replica = replace(settings, queue_size=REPLICA_QUEUE_SIZE)
+        self._engine = local_engine_factory(on_replica, cores=cores)(None)  # its metrics: the ingress's (README)
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._loaded: Message
+        try:
+            info = self._engine.load(model)
+        except Exception as error:  # kept for the ingress, which reports it as plain serving does
+            log.error("model %s failed to load on replica %s", model.name, self._replica, exc_info=error)
+            self._loaded = error_message(error)
+        else:
+            log.info("model %s loaded on replica %s (%s)", model.name, self._replica, info.device)
+            self._loaded = {"kind": "loaded", "info": info}
+
+    def model_info(self) -> Message:
+        """``loaded`` with the ModelInfo, or the ``error`` that loading raised."""
+        return self._loaded
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's own queue figures, with its id."""
+        return {"replica": self._replica, **(self._engine.stats(self._name) or {})}
+
+    async def run(self, wire_job: Message) -> AsyncIterator[Message]:
+        """Messages for one job (:mod:`server.scaleout.wire`); cancelling the call cancels the job."""
+        job = await off_the_loop_if_pixels(wire_job["image"] is not None, job_from_wire, wire_job)
+        try:
+            handle = self._engine.submit(self._name, job)
+        except Exception as error:  # QueueFull, EngineStopped: the ingress answers them
+            yield error_message(error)
+            return
+        try:
+            yield accepted(self._replica)
+            async for preview in handle.previews():
+                yield preview_message(preview)
+            result = await handle.result()
+        except Exception as error:
+            _log_unexpected(error, job)
+            yield error_message(error)
+            return
+        finally:
+            if not handle.done:  # the call was cancelled: the client has gone
+                self._engine.cancel(handle)
+        yield result_message(result)  # native-size images: a copy of their pixels
+
+    def __del__(self) -> None:
+        self._engine.shutdown(5.0)
+
+
+def _log_unexpected(error: Exception, job: ImageJob) -> None:
+    if not any(isinstance(error, kind) for kind, _ in ERROR_TABLE):
+        log.error("job failed on this replica (task %s, seeds %s)", job.task, job.seeds, exc_info=error)
+
+
+@serve.ingress()
+class EaselIngress:
+    """The HTTP app; its engine sends jobs to the model deployments."""
+
+    def __init__(self, settings: Settings, models: dict[str, DeploymentHandle]) -> None:
+        self._settings = settings
+        self._models = models
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        def ray_engine(metrics: EngineMetrics | None) -> RayEngine:
+            return RayEngine(self._models, self._settings.queue_size, metrics)
+
+        return create_app(self._settings, make_engine=ray_engine)
+
+
+def model_options(scaling: RayServeSettings, shutdown_timeout: float) -> dict[str, Any]:
+    """Serve deployment options for a model from the ``--ray`` flags (and ``--shutdown-timeout``)."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": scaling.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": shutdown_timeout,
+        "ray_actor_options": {"num_cpus": scaling.replica_cpus, "num_gpus": scaling.replica_gpus},
+    }
+    if scaling.autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = scaling.replicas
+    return options
+
+
+def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
+    """The Serve application for ``settings``; ``overrides`` adds deployment options per model name.
+
+    ``settings.image_dir`` must be set, and shared by every ingress replica (README).
+    """
+    if settings.image_dir is None:
+        raise ValueError("on Ray Serve, url images need an --image-dir that every ingress replica shares")
+    scaling = settings.ray or RayServeSettings()
+    models = {}
+    for spec in settings.models:
+        options = model_options(scaling, settings.shutdown_timeout)
+        for key, value in (overrides or {}).get(spec.name, {}).items():
+            options[key] = {**options[key], **value} if isinstance(value, Mapping) and key in options else value
+        deployment = serve.deployment(ModelReplica).options(name=model_deployment_name(spec.name), **options)
+        to_load = ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
+        models[spec.name] = deployment.bind(to_load, settings)
+    ingress = serve.deployment(EaselIngress).options(
+        name=INGRESS_NAME,
+        num_replicas=scaling.ingress_replicas,
+        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+        graceful_shutdown_timeout_s=settings.shutdown_timeout,
+        ray_actor_options={"num_cpus": 0},
+    )
+    return ingress.bind(settings, models)
+
+
+def build(args: Mapping[str, Any]) -> Application:
+    """Application builder for ``serve run`` and ``serve deploy`` (``examples/ray-serve.yaml``).
+
+    ``args.argv``: the options ``easel serve --ray`` takes (EASEL_* variables also apply).
+    """
+    return build_app(load_settings([*args.get("argv", []), "--ray"]))

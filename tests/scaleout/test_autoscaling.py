@@ -1,0 +1,83 @@
+"""A model that autoscales from one replica to two under load, and back when the load stops."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from server.config import ModelSpec, RayServeSettings
+from tests.conftest import TINY, assert_envelope
+
+from .conftest import RayApp, deployed, wait_until
+
+# Serve's defaults wait 30 s before scaling up and 600 s before scaling down; a test cannot.
+QUICK_DECISIONS = {
+    TINY: {
+        "autoscaling_config": {
+            "upscale_delay_s": 1.0,
+            "downscale_delay_s": 3.0,
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 2.0,
+        }
+    }
+}
+
+
+BROKEN = "broken"  # a model whose folder is missing: it fails to load on its replica
+
+
+@pytest.fixture(scope="module")
+def autoscaled(serve_port: int, tiny_model_dirs: dict[str, Path], tmp_path_factory) -> Iterator[RayApp]:
+    scaling = RayServeSettings(min_replicas=1, max_replicas=2, target_ongoing_requests=1, max_ongoing_requests=2)
+    image_dir = tmp_path_factory.mktemp("ray-images")
+    broken = ModelSpec(name=BROKEN, family="kandinsky22", path=image_dir / "no-such-model")
+    overrides = {**QUICK_DECISIONS, BROKEN: {"autoscaling_config": {"max_replicas": 1}}}
+    with deployed(serve_port, tiny_model_dirs["kandinsky"], image_dir, scaling, overrides, (broken,)) as app:
+        yield app
+
+
+def test_a_model_that_fails_to_load_on_its_replica_is_reported_as_plain_serving_does(autoscaled: RayApp) -> None:
+    missing = autoscaled.settings.models[1].path
+    model = httpx.get(f"{autoscaled.api_url}/models/{BROKEN}", timeout=10).json()
+    assert model["status"] == "failed" and f"no directory {missing}" in model["error"]
+    response = httpx.post(autoscaled.api_url + "/images/generations", json={"prompt": "x", "model": BROKEN})
+    error = assert_envelope(response, 503, code="model_unavailable")
+    assert error["message"] == f"Model '{BROKEN}' failed to load: {model['error']}"
+    assert response.headers["x-should-retry"] == "false"
+
+
+def test_a_model_scales_from_one_replica_to_two_under_load_and_back(autoscaled: RayApp) -> None:
+    assert autoscaled.replica_states() == {"RUNNING": 1}
+    stop = threading.Event()
+    served: list[int] = []
+    failures: list[BaseException] = []
+
+    def keep_asking(number: int) -> None:
+        client = OpenAI(base_url=autoscaled.api_url, api_key="any", max_retries=3)
+        try:
+            while not stop.is_set():
+                extra = {"seed": number, "prior_steps": 2, "decoder_steps": 10}
+                client.images.generate(prompt="a cyan ring", size="64x64", response_format="b64_json", extra_body=extra)
+                served.append(number)
+        except BaseException as error:  # reported below
+            failures.append(error)
+
+    clients = [threading.Thread(target=keep_asking, args=(number,)) for number in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        wait_until(lambda: autoscaled.replica_states().get("RUNNING") == 2, 120, "a second replica")
+        # Both replicas take work once the second is up.
+        wait_until(lambda: all(s["completed"] for s in autoscaled.replica_stats().values()), 60, "work on both")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+    assert failures == []
+    assert served
+    wait_until(lambda: autoscaled.replica_states() == {"RUNNING": 1}, 60, "the scale-down to one replica")

@@ -1,0 +1,217 @@
+"""What crosses Ray (plain data, errors rebuilt as their own types) and the ``--ray`` flags; no Ray instance."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from ray.serve.schema import ServeDeploySchema
+
+from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
+from server.config import RayServeSettings, load_settings
+from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
+from server.errors import job_error
+from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
+from server.scaleout.engine import RayEngine
+from server.scaleout.wire import (
+    RemoteError,
+    error_from_wire,
+    error_message,
+    job_from_wire,
+    job_to_wire,
+    preview_from_wire,
+    preview_message,
+    result_from_wire,
+    result_message,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PRESET = StagePreset(prior_steps=2, prior_guidance=2.0, decoder_steps=3, decoder_guidance=3.0)
+
+
+def edit_job() -> ImageJob:
+    image = Image.new("RGB", (40, 24), (10, 200, 30))
+    mask = Image.new("L", (40, 24), 0)
+    mask.paste(255, (5, 5, 20, 20))
+    return ImageJob(
+        task="edit",
+        n=2,
+        width=64,
+        height=48,
+        seeds=[7, 8],
+        preset=PRESET,
+        prompt="a boat",
+        negative_prompt="blur",
+        image=image,
+        mask=mask,
+        preview_count=2,
+        input_image_weight=0.25,
+        frames=3,
+        on_preview=lambda index, images: None,
+        should_cancel=lambda: False,
+        on_progress=lambda stage, done, steps: None,
+    )
+
+
+def builtins_only(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and builtins_only(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(builtins_only(item) for item in value)
+    return value is None or isinstance(value, (str, int, float, bytes, bool))
+
+
+def test_a_job_crosses_as_plain_data_and_comes_back_whole() -> None:
+    job = edit_job()
+    wire = job_to_wire(job)
+    assert builtins_only(wire)  # no PIL image, no callback, no class of ours
+    back = job_from_wire(pickle.loads(pickle.dumps(wire)))
+    assert (back.on_preview, back.should_cancel, back.on_progress) == (None, None, None)  # set on the replica
+    data = ("task", "n", "width", "height", "seeds", "preset", "prompt", "negative_prompt", "preview_count")
+    for name in (*data, "input_image_weight", "frames"):
+        assert getattr(back, name) == getattr(job, name), name
+    for name in ("image", "mask"):
+        original, rebuilt = getattr(job, name), getattr(back, name)
+        assert (rebuilt.mode, rebuilt.size, rebuilt.tobytes()) == (original.mode, original.size, original.tobytes())
+
+
+def test_previews_and_results_cross_as_pixels() -> None:
+    images = [Image.new("RGB", (8, 6), (i, 2 * i, 3 * i)) for i in range(3)]
+    preview = preview_from_wire(preview_message(Preview(1, images)))
+    result = result_from_wire(result_message(JobResult(images, 5, 0.25)))
+    assert preview.index == 1 and (result.prompt_tokens, result.run_seconds) == (5, 0.25)
+    for rebuilt in (preview.images, result.images):
+        assert [image.tobytes() for image in rebuilt] == [image.tobytes() for image in images]
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [
+        (QueueFull("m", 3, 7), 429),
+        (EngineStopped("stopping"), 503),
+        (Cancelled(), 503),
+        (MissingComponent("no image encoder"), 400),
+        (ValueError("bad size"), 400),
+        (UnicodeError("a ValueError subclass"), 400),
+        (RuntimeError("device fault"), 500),
+    ],
+)
+def test_errors_come_back_as_the_types_the_error_table_answers(raised: Exception, status: int) -> None:
+    rebuilt = error_from_wire(pickle.loads(pickle.dumps(error_message(raised))))
+    assert job_error(rebuilt, "req_test").status == status
+    if isinstance(raised, QueueFull):
+        assert isinstance(rebuilt, QueueFull)
+        assert (rebuilt.model, rebuilt.waiting, rebuilt.retry_after) == ("m", 3, 7)
+        assert job_error(rebuilt, "req_test").headers["retry-after"] == "7"
+    elif isinstance(raised, RuntimeError):
+        assert isinstance(rebuilt, RemoteError) and str(rebuilt) == "RuntimeError: device fault"
+    else:
+        assert str(rebuilt) == str(raised)
+
+
+def test_ray_flags_and_their_environment_variables() -> None:
+    plain = load_settings([], {})
+    assert plain.ray is None
+    flags = ["--ray", "--replicas", "3", "--replica-gpus", "0.5", "--replica-cpus", "2", "--ingress-replicas", "2"]
+    assert load_settings(flags, {}).ray == RayServeSettings(
+        replicas=3, replica_gpus=0.5, replica_cpus=2.0, ingress_replicas=2
+    )
+    env = {"EASEL_RAY": "1", "EASEL_MIN_REPLICAS": "1", "EASEL_MAX_REPLICAS": "4", "EASEL_TARGET_ONGOING_REQUESTS": "3"}
+    scaling = load_settings([], env).ray
+    assert scaling == RayServeSettings(min_replicas=1, max_replicas=4, target_ongoing_requests=3.0)
+    assert scaling.autoscaling
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--replicas", "2"],  # a Ray flag without --ray would be silently ignored
+        ["--ray", "--min-replicas", "1"],
+        ["--ray", "--min-replicas", "3", "--max-replicas", "2"],
+        ["--ray", "--replicas", "0"],
+        ["--ray", "--replica-gpus", "-1"],
+    ],
+)
+def test_ray_flags_that_cannot_work_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_settings(argv, {})
+
+
+def test_deployment_options_follow_the_flags() -> None:
+    fixed = model_options(RayServeSettings(replicas=3, replica_cpus=2, replica_gpus=0.5, max_ongoing_requests=6), 12)
+    assert fixed == {
+        "max_ongoing_requests": 6,
+        "graceful_shutdown_timeout_s": 12,  # --shutdown-timeout: Serve lets a stopping replica finish its jobs
+        "ray_actor_options": {"num_cpus": 2, "num_gpus": 0.5},
+        "num_replicas": 3,
+    }
+    scaled = model_options(RayServeSettings(min_replicas=0, max_replicas=4, target_ongoing_requests=1.5), 30)
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 1.5}
+
+
+def test_the_example_serve_config_is_valid_and_names_the_deployments_the_builder_makes() -> None:
+    config = yaml.safe_load((REPO / "examples" / "ray-serve.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    (application,) = config["applications"]
+    assert application["import_path"] == "server.scaleout.deployments:build"
+    build(application["args"])  # the builder accepts its args
+    settings = load_settings(application["args"]["argv"], {})
+    made = {INGRESS_NAME, *(model_deployment_name(spec.name) for spec in settings.models)}
+    assert {deployment["name"] for deployment in application["deployments"]} == made
+
+
+class UnansweredCalls:
+    """Stands in for a model deployment's handle whose replicas are all busy: no call is ever taken."""
+
+    def options(self, stream: bool) -> UnansweredCalls:
+        return self
+
+    @property
+    def run(self) -> UnansweredCalls:
+        return self
+
+    def remote(self, wire: dict) -> UnansweredCall:
+        return UnansweredCall()
+
+
+class UnansweredCall:
+    def cancel(self) -> None:
+        pass
+
+    def __aiter__(self) -> UnansweredCall:
+        return self
+
+    async def __anext__(self) -> dict:
+        await asyncio.Event().wait()
+        raise StopAsyncIteration
+
+
+def test_the_ingress_queue_keeps_a_reserve_for_retried_requests_then_drains() -> None:
+    def job() -> ImageJob:
+        return ImageJob(task="generate", n=1, width=8, height=8, seeds=[1], preset=PRESET, prompt="a boat")
+
+    async def scenario() -> None:
+        engine = RayEngine({"m": UnansweredCalls()}, queue_size=2)
+        handles = [engine.submit("m", job()) for _ in range(2)]
+        with pytest.raises(QueueFull) as refused:
+            engine.submit("m", job())
+        assert refused.value.retry_after > 0
+        handles += [engine.submit("m", job(), retried=True) for _ in range(2)]  # the reserve: as large again
+        with pytest.raises(QueueFull):
+            engine.submit("m", job(), retried=True)
+        assert engine.stats("m")["queued"] == 4
+        assert not await asyncio.to_thread(engine.drain, 0.2)  # nothing ran: not drained in time
+        with pytest.raises(EngineStopped):
+            engine.submit("m", job(), retried=True)  # draining takes no new job
+        await asyncio.to_thread(engine.shutdown, 5.0)
+        for handle in handles:
+            with pytest.raises(EngineStopped):
+                await handle.result()
+        assert await asyncio.to_thread(engine.drain, 0.2)
+
+    asyncio.run(scenario())
