@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from PIL import Image
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     import torch
 
 Task = Literal["generate", "variation", "edit"]
+
+FAMILIES = ("kandinsky22", "karlo")
+
+# Speed settings a backend can be loaded with (pipelines.optimize applies them; README "Fast on a GPU").
+OPTIMIZATIONS = ("sdpa", "channels_last", "fused_qkv", "compile", "max_autotune", "cuda_graphs")
 
 
 class Cancelled(Exception):
@@ -74,6 +79,8 @@ class ModelInfo:
     supports_negative_prompt: bool = True
     supports_guidance_interval: bool = True  # honours StagePreset.decoder_guidance_min_timestep
     created: int = 0  # unix time the weights were written
+    # What pipelines.optimize turned on at load ("enabled") and which batch sizes it compiled ahead ("warmed_up").
+    optimizations: dict[str, Any] = field(default_factory=dict)
 
     def native_size_for(self, width: int, height: int) -> tuple[int, int]:
         """Nearest native resolution with the requested aspect ratio."""
@@ -95,6 +102,27 @@ class ModelInfo:
         # An extreme aspect ratio may not fit both bounds; clamp each side then.
         fitted = [min(self.max_side, max(self.min_side, round(side * scale))) for side in (width, height)]
         return fitted[0], fitted[1]
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Load-time speed settings for a backend; :mod:`pipelines.optimize` resolves and applies them."""
+
+    enabled: frozenset[str] | None = None  # names from OPTIMIZATIONS; None: the device's defaults
+    compile_cache_dir: str | None = None  # torch.compile's persistent cache; None: ~/.cache/easel/torch-compile
+    warmup_batches: tuple[int, ...] = (1, 2)  # with compile: images per job compiled at load, native square size
+
+    @staticmethod
+    def parse_enabled(text: str) -> frozenset[str] | None:
+        """``auto`` (the device's defaults), ``none``, or a comma-separated list of OPTIMIZATIONS."""
+        text = text.strip().lower()
+        if text == "auto":
+            return None
+        names = frozenset(name.strip() for name in text.split(",") if name.strip() and text != "none")
+        unknown = sorted(names - set(OPTIMIZATIONS))
+        if unknown:
+            raise ValueError(f"unknown optimization {', '.join(unknown)}: use auto, none or any of {OPTIMIZATIONS}")
+        return names
 
 
 @dataclass
