@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.base import FAMILIES, OPTIMIZATIONS, SpeedOptions
 from weights.registry import REGISTRY_PATH, load_registry
 
 DEFAULT_MAX_BODY_MB = 50.0
@@ -54,6 +55,8 @@ class Settings:
     max_upload_pixels: int = int(DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1_000_000)
     image_dir: Path | None = None  # where URL images live; None: a temporary directory per run
     log_level: str = "info"
+    optimize: SpeedOptions = SpeedOptions()  # speed settings applied at load (README "Fast on a GPU")
+    family_dtypes: Mapping[str, str] = field(default_factory=dict)  # family -> dtype, overriding ``dtype``
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.models]
@@ -181,7 +184,53 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="default info",
     )
+    _add_speed_options(parser, default)
     return parser
+
+
+def _add_speed_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "--optimize",
+        default=default("OPTIMIZE", "auto"),
+        help=f"speed settings: auto (the device's defaults), none, or comma-separated {', '.join(OPTIMIZATIONS)}",
+    )
+    parser.add_argument(
+        "--family-dtype",
+        action="append",
+        metavar="FAMILY=DTYPE",
+        help="dtype for one model family, over --dtype (repeatable; env EASEL_FAMILY_DTYPES, comma-separated)",
+    )
+    parser.add_argument(
+        "--compile-cache-dir",
+        default=default("COMPILE_CACHE_DIR"),
+        help="torch.compile's persistent cache (default ~/.cache/easel/torch-compile)",
+    )
+    parser.add_argument(
+        "--compile-warmup-batches",
+        default=default("COMPILE_WARMUP_BATCHES", "1,2"),
+        help="with compile: images per job compiled ahead at load, comma-separated (default 1,2)",
+    )
+
+
+def parse_family_dtypes(texts: Sequence[str]) -> dict[str, str]:
+    """``FAMILY=DTYPE`` items, e.g. ``karlo=float16``; the dtype itself is checked when the model loads."""
+    chosen = {}
+    for text in texts:
+        family, eq, dtype = text.partition("=")
+        if not (eq and dtype) or family not in FAMILIES:
+            raise ValueError(f"expected FAMILY=DTYPE with FAMILY one of {', '.join(FAMILIES)}, got {text!r}")
+        chosen[family] = dtype
+    return chosen
+
+
+def parse_speed_options(args: argparse.Namespace) -> SpeedOptions:
+    try:
+        batches = tuple(int(item) for item in _split(args.compile_warmup_batches))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--compile-warmup-batches: expected positive integers, got {args.compile_warmup_batches!r}")
+    return SpeedOptions(SpeedOptions.parse_enabled(args.optimize), args.compile_cache_dir, batches)
 
 
 def _models_and_aliases(
@@ -230,6 +279,8 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
             max_upload_pixels=int(args.max_upload_megapixels * 1_000_000),
             image_dir=Path(args.image_dir) if args.image_dir else None,
             log_level=str(args.log_level).lower(),
+            optimize=parse_speed_options(args),
+            family_dtypes=parse_family_dtypes(args.family_dtype or _split(env.get("EASEL_FAMILY_DTYPES"))),
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from pipelines.base import ImageJob, ModelInfo
+from pipelines.base import ImageJob, ModelInfo, SpeedOptions
 
 
 class QueueFull(Exception):
@@ -41,6 +41,7 @@ class ModelToLoad:
     presets: str | None  # a quality table in pipelines.presets; None: the family's
     device: str | None  # None: the loader's choice
     dtype: str | None
+    optimize: SpeedOptions = SpeedOptions()
 
 
 @dataclass(frozen=True)

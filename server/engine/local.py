@@ -269,7 +269,13 @@ class LocalEngine:
 
     def load(self, model: ModelToLoad) -> ModelInfo:
         backend = self.loader(
-            model.name, model.family, model.path, presets=model.presets, device=model.device, dtype=model.dtype
+            model.name,
+            model.family,
+            model.path,
+            presets=model.presets,
+            device=model.device,
+            dtype=model.dtype,
+            optimize=model.optimize,
         )
         self.add_model(model.name, backend)
         return backend.info

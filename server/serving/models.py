@@ -148,8 +148,9 @@ def load_all(catalog: Catalog, engine: Engine, settings: Settings, stop: threadi
         started = time.monotonic()
         spec = entry.spec
         try:
+            dtype = settings.family_dtypes.get(spec.family, settings.dtype)
             info = engine.load(
-                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
+                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, dtype, settings.optimize)
             )
         except EngineStopped:  # the server stopped while this model loaded
             return
