@@ -118,7 +118,9 @@ class SpeedOptions:
         text = text.strip().lower()
         if text == "auto":
             return None
-        names = frozenset(name.strip() for name in text.split(",") if name.strip() and text != "none")
+        if text == "none":
+            return frozenset()
+        names = frozenset(name.strip() for name in text.split(",") if name.strip())
         unknown = sorted(names - set(OPTIMIZATIONS))
         if unknown:
             raise ValueError(f"unknown optimization {', '.join(unknown)}: use auto, none or any of {OPTIMIZATIONS}")

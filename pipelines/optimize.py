@@ -116,6 +116,8 @@ def set_attention(model: torch.nn.Module, *, sdpa: bool) -> None:
         model.set_attn_implementation("sdpa" if sdpa else "eager")
         return
     for attention in attention_modules(model):
+        if isinstance(attention.processor, (FusedAttnProcessor2_0, FusedAddedKVAttention)):
+            raise ValueError("attention is already fused: set it before fusing, on a freshly loaded model")
         if _has_added_kv(attention):
             attention.set_processor(AttnAddedKVProcessor2_0() if sdpa else AttnAddedKVProcessor())
         else:
@@ -289,9 +291,8 @@ def warm_up(backend: ImageBackend, batches: tuple[int, ...]) -> list[int]:
     short = replace(preset, prior_steps=WARMUP_STEPS, decoder_steps=WARMUP_STEPS, super_res_steps=WARMUP_STEPS)
     for n in batches:
         started = time.monotonic()
-        job = ImageJob(task="generate", n=n, width=width, height=height, seeds=list(range(n)), preset=short)
-        job.prompt = "warm-up"
-        backend.run(job)
+        seeds = list(range(n))
+        backend.run(ImageJob("generate", n, width, height, seeds, short, prompt="a warm-up"))
         log.info(
             "%s: compiled for %d image(s) at %dx%d in %.1f s", info.name, n, width, height, time.monotonic() - started
         )

@@ -145,6 +145,13 @@ def test_math_attention_sets_the_classic_processors(model_dirs):
     assert backend.prior_pipe.text_encoder.config._attn_implementation == "eager"
 
 
+def test_attention_cannot_be_reset_once_fused(model_dirs):
+    backend = load_backend("t", "kandinsky22", model_dirs["kandinsky22"], device="cpu")
+    optimize.fuse_qkv(backend.decoder_pipe.unet)
+    with pytest.raises(ValueError, match="already fused"):
+        optimize.set_attention(backend.decoder_pipe.unet, sdpa=True)
+
+
 def test_an_unknown_attention_processor_is_refused(model_dirs):
     backend = load_backend("t", "kandinsky22", model_dirs["kandinsky22"], device="cpu")
     attention = next(m for m in backend.decoder_pipe.unet.modules() if isinstance(m, Attention))
