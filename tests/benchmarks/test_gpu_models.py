@@ -42,3 +42,15 @@ def test_kandinsky_decoder_work_at_768_matches_the_reference_estimate():
             movq.decode(latents[:1], force_not_quantize=True)
     per_image = 50 * unet_counter.get_total_flops() + movq_counter.get_total_flops()
     assert per_image / 1e12 == pytest.approx(212, rel=0.05)
+
+
+def test_the_real_pipelines_assemble_in_the_dtype_asked_for():
+    from benchmarks.gpu_models import build_real_kandinsky, build_real_karlo
+
+    meta = torch.device("meta")
+    kandinsky = build_real_kandinsky(meta, torch.bfloat16)
+    assert kandinsky.unet.dtype == torch.bfloat16 and kandinsky.prior_text_encoder.dtype == torch.bfloat16
+    assert kandinsky.decoder_pipe.movq_scale_factor == 8  # 768 px -> 96 latents
+    karlo = build_real_karlo(meta, torch.float16)
+    assert karlo.super_res_last.dtype == torch.float16 and karlo.super_res_first.config.sample_size == 256
+    assert karlo.decoder.config.sample_size == 64
