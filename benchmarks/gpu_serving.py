@@ -45,7 +45,8 @@ def serving_rows(bench: Any, variant: str, enabled: frozenset[str] | None, gener
         (model_dir / "easel.json").write_text(json.dumps({"native_size": size}) + "\n")
         measure.free(bench.device)
         saved = time.monotonic()
-        options = SpeedOptions(enabled if enabled is not None else frozenset({"sdpa"}), None, (1,))
+        chosen = enabled if enabled is not None else frozenset({"sdpa"})
+        options = SpeedOptions(chosen, bench.args.compile_cache_dir, (1,))
         backend = load_backend(
             "kandinsky",
             FAMILY,
