@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batches", type=int, nargs="+", default=BATCHES, help="images per call in the matrix")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default: inductor on CUDA)")
-    parser.add_argument("--compile-cache-dir", default=None)
+    parser.add_argument("--compile-cache-dir", type=Path, default=None)
     parser.add_argument("--autotune", action="store_true", help="also max-autotune (minutes of compiling)")
     parser.add_argument("--skip", nargs="*", default=[], help="variant or section names to leave out")
     args = parser.parse_args(argv)

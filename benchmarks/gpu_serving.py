@@ -24,10 +24,11 @@ from diffusers import KandinskyV22CombinedPipeline
 from benchmarks import gpu_measure as measure
 from benchmarks.bench_server import in_process_server
 from benchmarks.gpu_models import build_pipeline
-from pipelines.base import ImageJob, SpeedOptions
+from pipelines.base import ImageJob
 from pipelines.device import dtype_name
 from pipelines.loader import load_backend
 from pipelines.presets import presets_for
+from pipelines.speed import SpeedOptions
 from server.config import ModelSpec, Settings
 
 FAMILY = "kandinsky22"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Two generations with curl: one answered as base64 (decoded to a file), one as a URL (downloaded).
 #
-#   EASEL_BASE_URL=http://127.0.0.1:8000/v1 EASEL_API_KEY=sk-... examples/curl.sh "a red fox in the snow"
+#   EASEL_BASE_URL=http://127.0.0.1:8000/v1 EASEL_API_KEY=sk-... examples/curl.sh "a green square to the left of a purple triangle"
 #
 # Needs curl and python3 (for JSON and base64; no jq required).
 set -euo pipefail
 
 base="${EASEL_BASE_URL:-http://127.0.0.1:8000/v1}"
-prompt="${1:-a red fox in the snow}"
+prompt="${1:-a yellow star in the top left corner on a blue background}"  # what the default model knows
 auth=()
 if [ -n "${EASEL_API_KEY:-}" ]; then
     auth=(-H "Authorization: Bearer ${EASEL_API_KEY}")

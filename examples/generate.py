@@ -1,6 +1,10 @@
 """Generate one image with the official openai SDK against an Easel server and save it.
 
-    python examples/generate.py "a lighthouse at dusk" --size 1792x1024 --out lighthouse.png
+    python examples/generate.py "a large red heart on the left and a blue star on the right" --out hearts.png
+
+The default model, easel-mini, knows one small world: one or two coloured
+shapes (circle, square, triangle, star, heart, ring, diamond, cross) at a
+position (left, right, top, bottom, centre, corners) on a plain background.
 
 EASEL_BASE_URL (default http://127.0.0.1:8000/v1) says where the server is;
 EASEL_API_KEY is sent as the bearer key (any value works when the server has
@@ -24,8 +28,10 @@ def main() -> None:
     parser.add_argument("prompt")
     parser.add_argument("--model", default=None, help="model or alias (default: the server's default model)")
     parser.add_argument("--size", default="1024x1024", help="e.g. 1024x1024, 1792x1024, auto, or WxH")
-    parser.add_argument("--quality", default="auto", choices=["low", "medium", "high", "standard", "hd", "auto"])
-    parser.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], dest="output_format")
+    parser.add_argument(
+        "--quality", default="auto", choices=["low", "medium", "high", "xhigh", "max", "standard", "hd", "auto"]
+    )
+    parser.add_argument("--format", default="png", choices=["png", "jpeg", "webp", "gif", "svg"], dest="output_format")
     parser.add_argument("--seed", type=int, default=None, help="Easel extension: same seed, same image")
     parser.add_argument("--out", type=Path, default=None, help="output file (default: easel-<seed>.<format>)")
     args = parser.parse_args()

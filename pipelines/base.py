@@ -12,10 +12,11 @@ server can start listening before torch has loaded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Union
 
 from PIL import Image
 
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
     import torch
 
 Task = Literal["generate", "variation", "edit"]
-
-FAMILIES = ("kandinsky22", "karlo")
-
-# Speed settings a backend can be loaded with (pipelines.optimize applies them; README "Fast on a GPU").
-OPTIMIZATIONS = ("sdpa", "channels_last", "fused_qkv", "compile", "max_autotune", "cuda_graphs")
 
 
 class Cancelled(Exception):
@@ -61,6 +57,14 @@ class StagePreset:
 
 
 @dataclass(frozen=True)
+class PriorPreset:
+    """The prior stage's steps and guidance: what ``complexity`` chooses, apart from the decoder's ``quality``."""
+
+    prior_steps: int
+    prior_guidance: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a loaded model can do; served under ``capabilities`` by /v1/models."""
 
@@ -79,8 +83,9 @@ class ModelInfo:
     supports_negative_prompt: bool = True
     supports_guidance_interval: bool = True  # honours StagePreset.decoder_guidance_min_timestep
     created: int = 0  # unix time the weights were written
-    # What pipelines.optimize turned on at load ("enabled") and which batch sizes it compiled ahead ("warmed_up").
-    optimizations: dict[str, Any] = field(default_factory=dict)
+    complexities: dict[str, PriorPreset] = field(default_factory=dict)  # complexity name -> prior preset
+    supports_animation: bool = False  # runs jobs with frames > 1 (an embedding walk per image)
+    optimizations: dict[str, Any] = field(default_factory=dict)  # what pipelines.optimize turned on at load
 
     def native_size_for(self, width: int, height: int) -> tuple[int, int]:
         """Nearest native resolution with the requested aspect ratio."""
@@ -104,29 +109,6 @@ class ModelInfo:
         return fitted[0], fitted[1]
 
 
-@dataclass(frozen=True)
-class SpeedOptions:
-    """Load-time speed settings for a backend; :mod:`pipelines.optimize` resolves and applies them."""
-
-    enabled: frozenset[str] | None = None  # names from OPTIMIZATIONS; None: the device's defaults
-    compile_cache_dir: str | None = None  # torch.compile's persistent cache; None: ~/.cache/easel/torch-compile
-    warmup_batches: tuple[int, ...] = (1, 2)  # with compile: images per job compiled at load, native square size
-
-    @staticmethod
-    def parse_enabled(text: str) -> frozenset[str] | None:
-        """``auto`` (the device's defaults), ``none``, or a comma-separated list of OPTIMIZATIONS."""
-        text = text.strip().lower()
-        if text == "auto":
-            return None
-        if text == "none":
-            return frozenset()
-        names = frozenset(name.strip() for name in text.split(",") if name.strip())
-        unknown = sorted(names - set(OPTIMIZATIONS))
-        if unknown:
-            raise ValueError(f"unknown optimization {', '.join(unknown)}: use auto, none or any of {OPTIMIZATIONS}")
-        return names
-
-
 @dataclass
 class ImageJob:
     """One pipeline call: ``n`` images for one prompt (or one input image)."""
@@ -142,21 +124,52 @@ class ImageJob:
     image: Image.Image | None = None  # variation / edit input, RGB, any size
     mask: Image.Image | None = None  # edit: mode "L", same size as image, 255 = repaint
     preview_count: int = 0  # partial images wanted, decoded at evenly spaced decoder steps
+    # Edits: the share (0-1) of the input image's own CLIP image embedding mixed into the prompt's before
+    # decoding (input_fidelity); 0 leaves the prompt's embedding alone.
+    input_image_weight: float = 0.0
+    # > 1: each image is an animation of this many frames, a walk through image-embedding space with the
+    # image's initial noise held (pipelines.walks); run returns n * frames images, image i's frames together.
+    frames: int = 1
     # Set by the engine: where previews go, and whether the job's client has gone.
     on_preview: Callable[[int, list[Image.Image]], None] | None = None  # (index, images)
     should_cancel: Callable[[], bool] | None = None
+    # Set by callers that show progress (``easel generate``): (stage, steps done, steps in the stage) after each
+    # denoising step; stages are "prior", "decoder" and, for Karlo, "super_res".
+    on_progress: Callable[[str, int, int], None] | None = None
+
+
+JobOutcome = Union[list[Image.Image], BaseException]  # noqa: UP007 (a runtime alias: Python 3.10 has no list[...] | type)
+# A job's images, or why it has none.
+
+
+@dataclass
+class BatchResult:
+    """What one pipeline call made: an outcome per job, in order, and the seconds each stage took."""
+
+    outcomes: list[JobOutcome]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class ImageBackend(Protocol):
-    """A loaded model. ``run`` is called from a worker thread, one call at a time per device."""
+    """A loaded model. ``run_batch`` is called from a worker thread, one call at a time per backend."""
 
     info: ModelInfo
 
-    def run(self, job: ImageJob) -> list[Image.Image]:
-        """Return ``job.n`` RGB images at (job.width, job.height), in seed order.
+    def batch_key(self, job: ImageJob) -> Hashable | None:
+        """Jobs with equal keys may share one pipeline call; None: this job always runs alone."""
+        ...
 
-        Raises Cancelled, MissingComponent, or ValueError for a job the model cannot do.
+    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
+        """Run jobs of one batch key together; each gets ``job.n`` RGB images at its native size, in seed order.
+
+        A job's own failure is its outcome, not an exception: Cancelled when it left (its
+        ``should_cancel`` turned true; it stops costing work at the next denoising step),
+        MissingComponent or ValueError when the model cannot do it.
         """
+        ...
+
+    def run(self, job: ImageJob) -> list[Image.Image]:
+        """One job alone: its images, or its outcome raised."""
         ...
 
     def count_tokens(self, prompt: str) -> int:
@@ -187,11 +200,30 @@ def check_job(job: ImageJob, info: ModelInfo) -> None:
         raise ValueError(f"task {job.task!r} needs an image")
     if job.task == "edit" and job.mask is None:
         raise ValueError("task 'edit' needs a mask")
+    if job.frames > 1 and (job.task != "generate" or not info.supports_animation):
+        raise ValueError(f"{info.name!r} cannot animate a {job.task!r} job")
+
+
+def use_cpu_threads(count: int) -> None:
+    """How many CPU threads the calling thread's pipeline calls use from now on (the engine sets it per batch).
+
+    OpenMP keeps the setting per thread, so two worker threads can each run on
+    their own share of the cores without oversubscribing them.
+    """
+    import torch
+
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def raise_if_cancelled(job: ImageJob) -> None:
     if job.should_cancel is not None and job.should_cancel():
         raise Cancelled()
+
+
+def report_progress(job: ImageJob, stage: str, done: int, total: int) -> None:
+    if job.on_progress is not None:
+        job.on_progress(stage, done, total)
 
 
 def seeded_generators(device: torch.device, seeds: list[int]) -> list[torch.Generator]:
@@ -204,25 +236,6 @@ def seeded_generators(device: torch.device, seeds: list[int]) -> list[torch.Gene
 def parameter_counts(components: dict[str, Any]) -> dict[str, int]:
     """Parameters per named ``torch.nn.Module``."""
     return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """Images in [-1, 1], shaped (N, 3, H, W), as RGB PIL images."""
-    import torch
-
-    array = ((images.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
-
-
-def preview_steps(total_steps: int, count: int) -> list[int]:
-    """``count`` step indices, evenly spaced, all strictly before the last step.
-
-    At most ``total_steps - 1`` previews exist (one per step but the last);
-    asking for more gives that many, as OpenAI's partial images may be fewer
-    than requested when the image is finished sooner.
-    """
-    count = min(count, total_steps - 1)
-    return [((j + 1) * total_steps) // (count + 1) - 1 for j in range(max(count, 0))]
 
 
 _NOTHING = object()
@@ -260,7 +273,120 @@ def after_each_step(scheduler: Any, observer: Callable[[int, Any], None]) -> Ite
             scheduler.step = shadowed
 
 
-def predicted_clean(step_output: Any) -> Any:
-    """The scheduler's estimate of the final sample, or the new sample if it gives none."""
-    predicted = getattr(step_output, "pred_original_sample", None)
-    return predicted if predicted is not None else step_output.prev_sample
+def run_alone(backend: ImageBackend, job: ImageJob) -> list[Image.Image]:
+    """``job`` as a batch of one: its images, or its outcome raised."""
+    outcome = backend.run_batch([job]).outcomes[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_isolated(backend: ImageBackend, jobs: list[ImageJob]) -> BatchResult:
+    """The batch's outcomes; when a shared call fails as a whole, each job runs alone so one bad job fails alone."""
+    try:
+        return backend.run_batch(jobs)
+    except BaseException as error:  # reported to the requests that own the jobs
+        if len(jobs) == 1 or isinstance(error, Cancelled):
+            return BatchResult([error] * len(jobs))
+        outcomes: list[JobOutcome] = []
+        for job in jobs:
+            try:
+                outcomes.extend(backend.run_batch([job]).outcomes)
+            except BaseException as alone:
+                outcomes.append(alone)
+        return BatchResult(outcomes)
+
+
+class BatchRows:
+    """Which rows of a batched pipeline call belong to which job, as jobs leave it.
+
+    Rows are in job order, ``job.n`` each. A job whose ``should_cancel`` turns
+    true leaves at the next step: its rows are dropped from every batched
+    tensor, so it stops costing work and the others go on undisturbed.
+    """
+
+    def __init__(self, jobs: Sequence[ImageJob]) -> None:
+        self.jobs = list(jobs)  # the jobs still in the batch, in row order
+        self.left: list[ImageJob] = []
+
+    @property
+    def size(self) -> int:
+        return sum(job.n for job in self.jobs)
+
+    def spans(self) -> list[tuple[ImageJob, slice]]:
+        spans, start = [], 0
+        for job in self.jobs:
+            spans.append((job, slice(start, start + job.n)))
+            start += job.n
+        return spans
+
+    def drop_leaving(self) -> torch.Tensor | None:
+        """Remove the jobs that asked to stop; the boolean mask of rows kept, or None if none left.
+
+        Raises Cancelled when no job is left, which ends the pipeline call.
+        """
+        leaving = [job for job in self.jobs if job.should_cancel is not None and job.should_cancel()]
+        if not leaving:
+            return None
+        if len(leaving) == len(self.jobs):
+            raise Cancelled()
+        import torch
+
+        keep = torch.tensor([job not in leaving for job in self.jobs for _ in range(job.n)])
+        self.jobs = [job for job in self.jobs if job not in leaving]
+        self.left.extend(leaving)
+        return keep
+
+    def outcomes(self, images: Sequence[Image.Image]) -> dict[int, JobOutcome]:
+        """Each job's outcome by ``id``: its slice of the call's images, or Cancelled if it left."""
+        done: dict[int, JobOutcome] = {id(job): list(images[rows]) for job, rows in self.spans()}
+        done.update({id(job): Cancelled() for job in self.left})
+        return done
+
+
+def keep_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``tensor`` without the dropped rows; a classifier-free-guidance input (two halves, each one row per
+    image: unconditional then conditional) loses the rows in both halves."""
+    if tensor.shape[0] == 2 * keep.shape[0]:
+        return tensor[keep.repeat(2).to(tensor.device)]
+    return tensor[keep.to(tensor.device)]
+
+
+class StageClock:
+    """Seconds per pipeline stage, for metrics: the forward passes of each stage's module, summed.
+
+    On a GPU the clock waits for the device at every boundary, so the figures are the
+    stage's own work rather than the time to queue it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: dict[str, float] = {}
+        self._sync = device.type == "cuda"
+
+    def _now(self) -> float:
+        if self._sync:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextmanager
+    def timing(self, stages: dict[str, Any]) -> Iterator[None]:
+        """Inside the block, add every forward pass of each ``stages`` module (by stage name) to its stage."""
+        handles = []
+        for name, module in stages.items():
+            started: list[float] = []
+            handles.append(module.register_forward_pre_hook(lambda *_, started=started: started.append(self._now())))
+            handles.append(
+                module.register_forward_hook(
+                    lambda *_, name=name, started=started: self._add(name, self._now() - started.pop())
+                )
+            )
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

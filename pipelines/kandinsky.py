@@ -1,60 +1,49 @@
-"""Kandinsky 2.2 backend: CLIP prior + MoVQ latent decoder, from a combined-pipeline directory.
+"""Kandinsky 2.2 backend: CLIP prior + MoVQ latent decoder (the combined pipeline, or its inpaint variant).
 
-The directory is what ``KandinskyV22CombinedPipeline.save_pretrained`` writes
-(decoder components plus ``prior_*`` sub-folders), or the inpaint variant
-(``KandinskyV22InpaintCombinedPipeline``, a decoder UNet with 9 input
-channels). An optional ``easel.json`` declares the native size
-(see :mod:`pipelines.model_config`).
-
-Each job is one batched prior call and one batched decoder call. Every image
-has its own ``torch.Generator`` seeded from its seed, used for its initial
-noise and its scheduler noise, so image i depends on ``seeds[i]`` alone (up to
-floating-point differences between batch sizes).
-
-Edits: with inpaint weights, diffusers' inpaint decoder. With a standard
-4-channel decoder (as easel-mini has), blended latents: after every step the
-latents outside the mask are replaced by the original image's latents noised
-to the same step, and the result is composited so unmasked pixels are the
-original's (:mod:`pipelines.inpaint`). Loading inpaint weights swaps diffusers'
-per-pixel mask-preparation loop for :mod:`pipelines.kandinsky_mask`.
+A batch is one prior call per kind of negative prompt and one decoder call for
+all jobs. Every image has its own ``torch.Generator`` seeded from its seed, for
+its initial and its scheduler noise, so image i depends on ``seeds[i]`` alone
+(up to floating-point differences between batch sizes). Edits use diffusers'
+inpaint decoder with inpaint weights, else blended latents (:mod:`pipelines.inpaint`).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import contextlib
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import (
-    KandinskyV22CombinedPipeline,
-    KandinskyV22InpaintCombinedPipeline,
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
 )
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import kandinsky_mask
 from .base import (
+    BatchResult,
+    BatchRows,
+    Cancelled,
     ImageJob,
+    JobOutcome,
     ModelInfo,
+    StageClock,
     after_each_step,
     check_job,
+    keep_rows,
     parameter_counts,
-    predicted_clean,
-    preview_steps,
     raise_if_cancelled,
+    report_progress,
+    run_alone,
     seeded_generators,
-    to_pil,
 )
-from .device import dtype_name, from_pretrained_dtype
-from .inpaint import binary_repaint_mask, composite_unmasked
-from .model_config import read_easel_config
-from .presets import presets_for
+from .device import dtype_name
+from .inpaint import LatentBlend, composite_unmasked, latent_blend, resized_original
+from .model_config import EaselConfig
+from .presets import complexities_for, presets_for
+from .walks import mix_in_images, walk_frames
 
 REAL_KANDINSKY_NATIVE_SIDE = 512
 INPAINT_UNET_CHANNELS = 9
@@ -63,16 +52,11 @@ INPAINT_UNET_CHANNELS = 9
 class KandinskyBackend:
     """An :class:`pipelines.base.ImageBackend` for Kandinsky 2.2-format models."""
 
-    def __init__(self, name: str, model_dir: Path, *, presets: str, device: torch.device, dtype: torch.dtype):
-        config = read_easel_config(model_dir)
-        combined = _load_combined(model_dir, dtype)
+    def __init__(self, name: str, combined: Any, config: EaselConfig, *, presets: str, device: torch.device):
+        """``combined``: a (possibly inpaint) combined pipeline on ``device``, as :mod:`pipelines.loader` loads it."""
         self.device = device
-        self.dtype = dtype
-        self.prior_pipe: KandinskyV22PriorPipeline = combined.prior_pipe.to(device)
-        self.decoder_pipe: KandinskyV22Pipeline | KandinskyV22InpaintPipeline = combined.decoder_pipe.to(device)
-        for pipe in (self.prior_pipe, self.decoder_pipe):
-            pipe.set_progress_bar_config(disable=True)
-        _pin_noise_schedule(self.decoder_pipe.scheduler, device)
+        self.prior_pipe: KandinskyV22PriorPipeline = combined.prior_pipe
+        self.decoder_pipe: KandinskyV22Pipeline | KandinskyV22InpaintPipeline = combined.decoder_pipe
         self.inpaint_weights = self.decoder_pipe.unet.config.in_channels == INPAINT_UNET_CHANNELS
         if self.inpaint_weights:
             kandinsky_mask.install()
@@ -81,6 +65,13 @@ class KandinskyBackend:
         # Without a negative prompt the prior pipeline re-encodes an all-zero image on
         # every call to get the negative embedding; hand it the cached one instead.
         self.prior_pipe.get_zero_embed = self._zero_embeds
+        self._stages = {  # the modules each pipeline stage runs, timed for metrics
+            "text_encoder": self.prior_pipe.text_encoder,
+            "image_encoder": self.prior_pipe.image_encoder,
+            "prior": self.prior_pipe.prior,
+            "decoder": self.decoder_pipe.unet,
+            "image_decode": self.decoder_pipe.movq.decoder,
+        }
         native_w, native_h = config.native_size or (REAL_KANDINSKY_NATIVE_SIDE, REAL_KANDINSKY_NATIVE_SIDE)
         self.info = ModelInfo(
             name=name,
@@ -94,9 +85,11 @@ class KandinskyBackend:
             presets=presets_for(presets),
             parameter_counts=parameter_counts(_components(combined)),
             device=str(device),
-            dtype=dtype_name(dtype),
+            dtype=dtype_name(self.decoder_pipe.unet.dtype),
             supports_negative_prompt=True,
             created=config.created,
+            complexities=complexities_for(presets),
+            supports_animation=True,
         )
 
     # -- ImageBackend ----------------------------------------------------------------
@@ -104,41 +97,132 @@ class KandinskyBackend:
     def count_tokens(self, prompt: str) -> int:
         return len(self.prior_pipe.tokenizer(prompt, add_special_tokens=False).input_ids)
 
-    @torch.inference_mode()
+    def batch_key(self, job: ImageJob) -> Hashable | None:
+        if job.frames > 1:
+            return None  # an animation is many decoder calls of its own
+        if job.task == "edit" and self.inpaint_weights:
+            return None  # diffusers' inpaint decoder applies the first row's image and mask to every row
+        return (job.task, job.width, job.height, job.preset)
+
     def run(self, job: ImageJob) -> list[Image.Image]:
-        check_job(job, self.info)
-        raise_if_cancelled(job)
-        generators = seeded_generators(self.device, job.seeds)
-        if job.task == "generate":
-            embeds, negative = self._text_to_embeds(job)
-            return self._decode(job, embeds, negative, generators)
-        if job.task == "variation":
-            assert job.image is not None  # check_job
-            embeds = self._image_to_embed(job.image).repeat(job.n, 1)
-            return self._decode(job, embeds, self._zero_embeds(job.n), generators)
-        embeds, negative = self._text_to_embeds(job)
-        return self._edit(job, embeds, negative, generators)
+        return run_alone(self, job)
+
+    @torch.inference_mode()
+    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
+        outcomes: dict[int, JobOutcome] = {}
+        live = []
+        for job in jobs:
+            try:
+                check_job(job, self.info)
+                raise_if_cancelled(job)
+            except (ValueError, Cancelled) as error:
+                outcomes[id(job)] = error
+            else:
+                live.append(job)
+        clock = StageClock(self.device)
+        if live:
+            with clock.timing(self._stages):
+                if live[0].frames > 1:  # alone in its batch (batch_key)
+                    outcomes[id(live[0])] = self._animate(live[0])
+                else:
+                    outcomes.update(self._run_live(live))
+        return BatchResult([outcomes[id(job)] for job in jobs], clock.seconds)
 
     # -- stages -----------------------------------------------------------------------
 
-    def _text_to_embeds(self, job: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prior: ``n`` image embeddings for the prompt and ``n`` negative ones."""
-        # The prior's own generators: the decoder's must start unused.
-        generators = seeded_generators(self.device, job.seeds)
-        if job.negative_prompt is not None:
-            # The prior embeds the negative prompt as extra batch rows after the
-            # prompt's; give those rows their own generators from the same seeds.
-            generators += seeded_generators(self.device, job.seeds)
-        output = self.prior_pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            num_images_per_prompt=job.n,
-            num_inference_steps=job.preset.prior_steps,
-            guidance_scale=job.preset.prior_guidance,
+    def _run_live(self, jobs: list[ImageJob]) -> dict[int, JobOutcome]:
+        """The jobs' images, or Cancelled for those that left; the jobs share one task, size and preset."""
+        if jobs[0].task == "variation":
+            embeds = {id(job): self._variation_embeds(job) for job in jobs}
+            left: dict[int, JobOutcome] = {}
+        else:
+            embeds, left = self._text_to_embeds(jobs)
+        rows = BatchRows([job for job in jobs if id(job) not in left])
+        if not rows.jobs:
+            return left
+        image_embeds = torch.cat([embeds[id(job)][0] for job in rows.jobs])
+        negative = torch.cat([embeds[id(job)][1] for job in rows.jobs])
+        generators = [generator for job in rows.jobs for generator in seeded_generators(self.device, job.seeds)]
+        if rows.jobs[0].task == "edit":
+            left.update(self._edit(rows, image_embeds, negative, generators))
+        else:
+            left.update(self._decode(rows, image_embeds, negative, generators))
+        return left
+
+    def _animate(self, job: ImageJob) -> JobOutcome:
+        """Frames walking between two prior samples, each decoded from the image's own initial noise."""
+
+        def sample(ends: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
+            embeds, left = self._text_to_embeds([ends])
+            if left:
+                raise Cancelled()
+            return embeds[id(ends)]
+
+        def decode(frame_job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor) -> list[Image.Image]:
+            generators = seeded_generators(self.device, frame_job.seeds)
+            outcome = self._decode(BatchRows([frame_job]), embeds, negative, generators)[id(frame_job)]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        try:
+            return walk_frames(job, sample, decode)
+        except Cancelled as left:
+            return left
+
+    def _text_to_embeds(self, jobs: list[ImageJob]) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]:
+        """Prior: each job's ``n`` image embeddings and ``n`` negative ones; and the jobs that left meanwhile.
+
+        Jobs with and without a negative prompt take separate prior calls: the
+        negative prompt is also the prior's unconditional input.
+        """
+        embeds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        left: dict[int, JobOutcome] = {}
+        for group in (
+            [j for j in jobs if j.negative_prompt is None],
+            [j for j in jobs if j.negative_prompt is not None],
+        ):
+            if not group:
+                continue
+            try:
+                output = self._prior_call(group)
+            except Cancelled:  # every job of the call left
+                left.update({id(job): Cancelled() for job in group})
+                continue
+            start = 0
+            for job in group:
+                rows = slice(start, start + job.n)
+                embeds[id(job)] = (output.image_embeds[rows], output.negative_image_embeds[rows])
+                start += job.n
+        return embeds, left
+
+    def _prior_call(self, jobs: list[ImageJob]) -> Any:
+        # The prior's own generators: the decoder's must start unused. Negative prompts are extra
+        # batch rows after the prompts'; those rows get their own generators from the same seeds.
+        with_negative = jobs[0].negative_prompt is not None
+        generators = [
+            g for _ in range(1 + with_negative) for job in jobs for g in seeded_generators(self.device, job.seeds)
+        ]
+        prompt: str | list[str] = jobs[0].prompt
+        negative: str | list[str] | None = jobs[0].negative_prompt
+        per_prompt = jobs[0].n
+        if len(jobs) > 1:  # one job keeps the very call a request alone has always made
+            prompt = [job.prompt for job in jobs for _ in range(job.n)]
+            negative = [job.negative_prompt or "" for job in jobs for _ in range(job.n)] if with_negative else None
+            per_prompt = 1
+        return self.prior_pipe(
+            prompt=prompt,
+            negative_prompt=negative,
+            num_images_per_prompt=per_prompt,
+            num_inference_steps=jobs[0].preset.prior_steps,
+            guidance_scale=jobs[0].preset.prior_guidance,
             generator=generators,
-            callback_on_step_end=_cancel_check(job),
+            callback_on_step_end=_stop_when_all_left(jobs),
         )
-        return output.image_embeds, output.negative_image_embeds
+
+    def _variation_embeds(self, job: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
+        assert job.image is not None  # check_job
+        return self._image_to_embed(job.image).repeat(job.n, 1), self._zero_embeds(job.n)
 
     def _image_to_embed(self, image: Image.Image) -> torch.Tensor:
         processor = self.prior_pipe.image_processor
@@ -157,128 +241,116 @@ class KandinskyBackend:
         return self._zero_image_embed.repeat(batch_size, 1).to(device or self.device)
 
     def _decode(
-        self,
-        job: ImageJob,
-        embeds: torch.Tensor,
-        negative: torch.Tensor,
-        generators: list[torch.Generator],
-    ) -> list[Image.Image]:
+        self, rows: BatchRows, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
+    ) -> dict[int, JobOutcome]:
         """Decoder from image embeddings; inpaint weights get an all-repaint mask."""
         extra: dict[str, Any] = {}
         if self.inpaint_weights:
             # Everything repainted: the UNet sees no masked image, i.e. plain generation.
-            blank = Image.new("RGB", (job.width, job.height))
-            everything = Image.new("L", (job.width, job.height), 255)
-            extra = _inpaint_inputs(blank, everything, job.n)
-        return self._run_decoder(job, embeds, negative, generators, extra)
+            size = (rows.jobs[0].width, rows.jobs[0].height)
+            extra = _inpaint_inputs(Image.new("RGB", size), Image.new("L", size, 255), rows.size)
+        return self._run_decoder(rows, embeds, negative, generators, extra)
 
     def _run_decoder(
         self,
-        job: ImageJob,
+        rows: BatchRows,
         embeds: torch.Tensor,
         negative: torch.Tensor,
         generators: list[torch.Generator],
         extra: dict[str, Any],
-        blend: _LatentBlend | None = None,
-    ) -> list[Image.Image]:
-        steps = job.preset.decoder_steps
-        previews = _Previews(job, self.decoder_pipe.movq, preview_steps(steps, job.preview_count), blend)
+        blend: LatentBlend | None = None,
+    ) -> dict[int, JobOutcome]:
+        first = rows.jobs[0]
+        steps = first.preset.decoder_steps
+        previews = self._previews(rows, steps, blend)
         scheduler = self.decoder_pipe.scheduler
-        interval = _GuidanceInterval(job.preset.decoder_guidance_min_timestep, inpaint=self.inpaint_weights)
-        guidance = interval.first_step_guidance(job.preset.decoder_guidance, scheduler, steps)
+        interval = _GuidanceInterval(first.preset.decoder_guidance_min_timestep, inpaint=self.inpaint_weights)
+        guidance = interval.first_step_guidance(first.preset.decoder_guidance, scheduler, steps)
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-            raise_if_cancelled(job)
-            previews.maybe_emit(step)
+            keep = rows.drop_leaving()  # raises Cancelled when no job is left
+            updates = {}
+            if keep is not None:
+                updates = {name: keep_rows(tensor, keep) for name, tensor in tensors.items()}
+                # In place: the pipeline passes this very list to every scheduler step.
+                generators[:] = [g for g, kept in zip(generators, keep.tolist(), strict=True) if kept]
+                for follower in (previews, blend):
+                    if follower is not None:
+                        follower.keep_rows(keep)
+            for job in rows.jobs:
+                report_progress(job, "decoder", step + 1, steps)
+            if previews is not None:
+                previews.emit(step)
             next_timestep = scheduler.timesteps[step + 1] if step + 1 < len(scheduler.timesteps) else None
-            updates = interval.maybe_stop(pipe, next_timestep, tensors)
+            current = {**tensors, **updates}
+            updates.update(interval.maybe_stop(pipe, next_timestep, current))
             if blend is not None:
-                updates["latents"] = blend.apply(tensors["latents"], next_timestep, scheduler)
+                updates["latents"] = blend.apply(current["latents"], next_timestep, scheduler)
             return updates
 
-        with after_each_step(scheduler, previews.record):
+        with after_each_step(scheduler, previews.record) if previews is not None else contextlib.nullcontext():
             output = self.decoder_pipe(
                 image_embeds=embeds,
                 negative_image_embeds=negative,
-                num_images_per_prompt=1,  # the batch is already n rows (see the notes' size-mismatch pitfall)
-                height=job.height,
-                width=job.width,
+                num_images_per_prompt=1,  # the batch is already one row per image (the notes' size-mismatch pitfall)
+                height=first.height,
+                width=first.width,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 generator=generators,
                 latents=blend.initial_noise if blend is not None else None,
                 callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents", *interval.tensors],
+                callback_on_step_end_tensor_inputs=["latents", *interval.doubled],
                 **extra,
             )
-        return output.images
+        return rows.outcomes(output.images)
+
+    def _previews(self, rows: BatchRows, steps: int, blend: LatentBlend | None) -> Any:
+        """Partial images for the jobs that asked for them (streams only: a plain request never loads previews)."""
+        if not any(job.preview_count > 0 for job in rows.jobs):
+            return None
+        from .previews import Previews
+
+        def decode(latents: torch.Tensor, rows: slice) -> torch.Tensor:
+            clean = blend.clean(latents, rows) if blend is not None else latents
+            return self.decoder_pipe.movq.decode(clean, force_not_quantize=True).sample
+
+        return Previews(rows, steps, decode)
 
     def _edit(
-        self, job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
-    ) -> list[Image.Image]:
-        assert job.image is not None and job.mask is not None  # check_job
-        size = (job.width, job.height)
-        original = job.image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        if self.inpaint_weights:
-            mask = job.mask.convert("L").resize(size, Image.Resampling.BILINEAR)
-            extra = _inpaint_inputs(original, mask, job.n)
-            images = self._run_decoder(job, embeds, negative, generators, extra)
+        self, rows: BatchRows, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
+    ) -> dict[int, JobOutcome]:
+        embeds = mix_in_images(rows, embeds, self._image_to_embed)  # input_fidelity
+        originals = {id(job): resized_original(job) for job in rows.jobs}
+        if self.inpaint_weights:  # one job: batch_key keeps inpaint-weight edits apart
+            (job,) = rows.jobs
+            assert job.mask is not None  # check_job
+            mask = job.mask.convert("L").resize((job.width, job.height), Image.Resampling.BILINEAR)
+            extra = _inpaint_inputs(originals[id(job)], mask, job.n)
+            outcomes = self._run_decoder(rows, embeds, negative, generators, extra)
         else:
-            blend = self._latent_blend(job, original, generators)
-            images = self._run_decoder(job, embeds, negative, generators, {}, blend)
-        return [composite_unmasked(original, image, job.mask) for image in images]
-
-    def _latent_blend(self, job: ImageJob, original: Image.Image, generators: list[torch.Generator]) -> _LatentBlend:
-        movq = self.decoder_pipe.movq
-        pixels = torch.from_numpy(np.asarray(original, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-        original_latents = movq.encode(pixels.to(self.device, movq.dtype)).latents
-        latent_size = original_latents.shape[-2:]
-        assert job.mask is not None  # check_job
-        repaint = torch.from_numpy(binary_repaint_mask(job.mask, (job.width, job.height)))[None, None]
-        # A latent cell is regenerated if any of its pixels is to be repainted.
-        repaint = F.adaptive_max_pool2d(repaint, latent_size).to(self.device, original_latents.dtype)
-        noise_shape = (job.n, original_latents.shape[1], *latent_size)
-        noise = randn_tensor(noise_shape, generator=generators, device=self.device, dtype=original_latents.dtype)
-        return _LatentBlend(original_latents, keep=1 - repaint, initial_noise=noise)
-
-
-class _LatentBlend:
-    """Blended-latent inpainting state: the original's latents, what to keep, the noise used."""
-
-    def __init__(self, original_latents: torch.Tensor, keep: torch.Tensor, initial_noise: torch.Tensor):
-        self.original_latents = original_latents
-        self.keep = keep
-        self.initial_noise = initial_noise
-
-    def apply(self, latents: torch.Tensor, next_timestep: torch.Tensor | None, scheduler: Any) -> torch.Tensor:
-        """Latents with the kept area reset to the original at the noise level of ``next_timestep``."""
-        if next_timestep is None:
-            target = self.original_latents
-        else:
-            timesteps = torch.tensor([int(next_timestep)], device=latents.device)
-            target = scheduler.add_noise(self.original_latents, self.initial_noise, timesteps)
-        return self.keep * target + (1 - self.keep) * latents
-
-    def clean(self, predicted: torch.Tensor) -> torch.Tensor:
-        return self.keep * self.original_latents + (1 - self.keep) * predicted
+            blend = latent_blend(rows, originals, generators, self.decoder_pipe.movq, self.device)
+            outcomes = self._run_decoder(rows, embeds, negative, generators, {}, blend)
+        for job in rows.jobs + rows.left:
+            images = outcomes[id(job)]
+            if isinstance(images, list):
+                assert job.mask is not None  # check_job
+                outcomes[id(job)] = [composite_unmasked(originals[id(job)], image, job.mask) for image in images]
+        return outcomes
 
 
 class _GuidanceInterval:
     """Classifier-free guidance only at high noise: at timesteps below ``min_timestep`` the decoder runs unguided.
 
-    Guidance decides what is drawn while the latents are mostly noise; applied
-    at low noise too it over-pushes details that are already settled (figures
-    for easel-mini in the README; Kynkaenniemi et al. 2024 report the same on
-    large models). Stopping means what diffusers' dynamic-guidance recipe does:
-    guidance scale 1 and the conditional half of every doubled batch input, so
-    the remaining steps also cost half as much.
+    Guidance decides what is drawn while the latents are mostly noise; at low noise it over-pushes
+    settled details (README). Stopping is diffusers' dynamic-guidance recipe: scale 1 and the
+    conditional half of every doubled input, so the remaining steps cost half as much.
     """
 
     def __init__(self, min_timestep: int | None, *, inpaint: bool):
         self.min_timestep = min_timestep
         # The pipeline inputs that carry an unconditional and a conditional half.
-        doubled = ["image_embeds", "masked_image", "mask_image"] if inpaint else ["image_embeds"]
-        self.tensors = doubled if min_timestep is not None else []
+        self.doubled = ["image_embeds", "masked_image", "mask_image"] if inpaint else ["image_embeds"]
 
     def first_step_guidance(self, guidance: float, scheduler: Any, steps: int) -> float:
         """The scale to start with: none at all if even the first step is below the interval."""
@@ -294,30 +366,7 @@ class _GuidanceInterval:
             return {}
         pipe._guidance_scale = 1.0  # read by the pipeline's loop (and its do_classifier_free_guidance) each step
         # Unconditional rows come first (negative embeddings; the mask inputs are two equal copies).
-        return {name: tensors[name].chunk(2)[1] for name in self.tensors}
-
-
-class _Previews:
-    """Decodes the scheduler's clean-sample estimate at the chosen steps and hands it to the job."""
-
-    def __init__(self, job: ImageJob, movq: Any, steps: list[int], blend: _LatentBlend | None):
-        self.job = job
-        self.movq = movq
-        self.steps = steps if job.on_preview is not None else []
-        self.blend = blend
-        self.latest: torch.Tensor | None = None
-
-    def record(self, step: int, output: Any) -> None:
-        if step in self.steps:
-            self.latest = predicted_clean(output)
-
-    def maybe_emit(self, step: int) -> None:
-        if step not in self.steps or self.latest is None or self.job.on_preview is None:
-            return
-        latents = self.blend.clean(self.latest) if self.blend is not None else self.latest
-        decoded = self.movq.decode(latents, force_not_quantize=True).sample
-        self.job.on_preview(self.steps.index(step), to_pil(decoded))
-        self.latest = None
+        return {name: tensors[name].chunk(2)[1] for name in self.doubled}
 
 
 def _inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, Any]:
@@ -326,33 +375,21 @@ def _inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, 
     return {"image": [image] * n, "mask_image": [mask] * n}
 
 
-def _cancel_check(job: ImageJob):
+def _stop_when_all_left(jobs: list[ImageJob]) -> Callable[..., dict]:
+    """A prior step callback: each job's progress, and the end of the call once every job in it asked to stop.
+
+    The prior's rows are not dropped one job at a time: it is a small share of the
+    work, and a job that leaves during it is dropped before the decoder starts.
+    """
+
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        raise_if_cancelled(job)
+        if all(job.should_cancel is not None and job.should_cancel() for job in jobs):
+            raise Cancelled()
+        for job in jobs:
+            report_progress(job, "prior", step + 1, job.preset.prior_steps)
         return {}
 
     return on_step_end
-
-
-def _pin_noise_schedule(scheduler: Any, device: torch.device) -> None:
-    """Keep the scheduler's noise schedule on ``device`` from the start.
-
-    ``add_noise`` (used by inpainting) moves ``alphas_cumprod`` to the latents'
-    device as a side effect, after which ``step`` computes on the GPU instead of
-    the CPU and rounds differently: the first edit after loading would differ
-    from every later one with the same seed. Moving it once, up front, makes
-    every call compute the same way.
-    """
-    schedule = getattr(scheduler, "alphas_cumprod", None)
-    if isinstance(schedule, torch.Tensor):
-        scheduler.alphas_cumprod = schedule.to(device)
-
-
-def _load_combined(model_dir: Path, dtype: torch.dtype):
-    index = json.loads((model_dir / "model_index.json").read_text())
-    inpaint = index.get("_class_name") == KandinskyV22InpaintCombinedPipeline.__name__
-    pipeline_class = KandinskyV22InpaintCombinedPipeline if inpaint else KandinskyV22CombinedPipeline
-    return pipeline_class.from_pretrained(model_dir, local_files_only=True, **from_pretrained_dtype(dtype))
 
 
 def _components(combined: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ every stage and for previews, which are the decoder's clean-image estimate
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,25 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .base import (
+    BatchResult,
+    BatchRows,
+    Cancelled,
     ImageJob,
+    JobOutcome,
     MissingComponent,
     ModelInfo,
+    StageClock,
     after_each_step,
     check_job,
     parameter_counts,
-    predicted_clean,
-    preview_steps,
     raise_if_cancelled,
+    report_progress,
+    run_alone,
     seeded_generators,
-    to_pil,
 )
 from .device import dtype_name, from_pretrained_dtype
 from .model_config import read_easel_config
-from .presets import presets_for
+from .presets import complexities_for, presets_for
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
 
 VARIATION_COMPONENTS = ("image_encoder", "feature_extractor")
@@ -64,6 +69,8 @@ class KarloBackend:
         self.missing_for_variation = [c for c in VARIATION_COMPONENTS if not (model_dir / c).is_dir()]
         self.variation_pipe = None if self.missing_for_variation else self._load_variation(model_dir)
         side_w, side_h = _square(self.pipe.super_res_first.config.sample_size)
+        components = self._components()
+        self._stages = {name: module for name, module in components.items() if name != "text_proj"}  # for metrics
         self.info = ModelInfo(
             name=name,
             family="karlo",
@@ -76,12 +83,14 @@ class KarloBackend:
             # gets MissingComponent's explanation rather than "unsupported task".
             tasks=frozenset({"generate", "variation"}),
             presets=presets_for(presets),
-            parameter_counts=self._parameter_counts(),
+            parameter_counts=parameter_counts(components),
             device=str(device),
             dtype=dtype_name(dtype),
             supports_negative_prompt=False,
             supports_guidance_interval=False,
             created=config.created,
+            complexities=complexities_for(presets),
+            # No animations: UnCLIPPipeline runs prior and decoder in one call, so no embedding can be walked.
         )
 
     def _load_variation(self, model_dir: Path) -> UnCLIPImageVariationPipeline:
@@ -106,7 +115,8 @@ class KarloBackend:
         variation.set_progress_bar_config(disable=True)
         return variation
 
-    def _parameter_counts(self) -> dict[str, int]:
+    def _components(self) -> dict[str, Any]:
+        """The pipeline's modules by name; all but ``text_proj`` (a few matrix products) are timed as stages."""
         pipe = self.pipe
         components: dict[str, Any] = {
             "text_encoder": pipe.text_encoder,
@@ -118,15 +128,32 @@ class KarloBackend:
         }
         if self.variation_pipe is not None:
             components["image_encoder"] = self.variation_pipe.image_encoder
-        return parameter_counts(components)
+        return components
 
     # -- ImageBackend ----------------------------------------------------------------
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.pipe.tokenizer(prompt, add_special_tokens=False).input_ids)
 
-    @torch.inference_mode()
+    def batch_key(self, job: ImageJob) -> Hashable | None:
+        return None  # UnCLIP has no step callback: one job's rows could not leave a shared call
+
     def run(self, job: ImageJob) -> list[Image.Image]:
+        return run_alone(self, job)
+
+    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
+        clock = StageClock(self.device)
+        outcomes: list[JobOutcome] = []
+        with clock.timing(self._stages):
+            for job in jobs:  # one at a time (batch_key): the engine sends batches of one
+                try:
+                    outcomes.append(self._run_one(job))
+                except (Cancelled, MissingComponent, ValueError) as error:
+                    outcomes.append(error)
+        return BatchResult(outcomes, clock.seconds)
+
+    @torch.inference_mode()
+    def _run_one(self, job: ImageJob) -> list[Image.Image]:
         self._check_job(job)
         raise_if_cancelled(job)
         generators = seeded_generators(self.device, job.seeds)
@@ -155,34 +182,43 @@ class KarloBackend:
     # -- step observation ---------------------------------------------------------------
 
     def _observed(self, job: ImageJob) -> ExitStack:
-        """Cancellation after every scheduler step of every stage; previews from decoder steps."""
+        """Cancellation and progress after every scheduler step of every stage; previews from decoder steps."""
         stack = ExitStack()
         pipe = self.pipe
-
-        def check_cancel(step: int, output: Any) -> None:
-            raise_if_cancelled(job)
-
         decoder_scheduler = pipe.decoder_scheduler
         if job.on_preview is not None and job.preview_count > 0:
-            stack.enter_context(after_each_step(decoder_scheduler, self._preview_emitter(job)))
-        schedulers = {id(s): s for s in (pipe.prior_scheduler, decoder_scheduler, pipe.super_res_scheduler)}
-        for scheduler in schedulers.values():
-            stack.enter_context(after_each_step(scheduler, check_cancel))
+            stack.enter_context(after_each_step(decoder_scheduler, self._preview_observer(job)))
+        stages = {
+            "prior": (pipe.prior_scheduler, job.preset.prior_steps),
+            "decoder": (decoder_scheduler, job.preset.decoder_steps),
+            "super_res": (pipe.super_res_scheduler, job.preset.super_res_steps or DEFAULT_SUPER_RES_STEPS),
+        }
+        observed: set[int] = set()
+        for stage, (scheduler, total) in stages.items():
+            if id(scheduler) not in observed:  # a scheduler shared by two stages is observed once
+                observed.add(id(scheduler))
+                stack.enter_context(after_each_step(scheduler, _step_observer(job, stage, total)))
         return stack
 
-    def _preview_emitter(self, job: ImageJob):
-        chosen = preview_steps(job.preset.decoder_steps, job.preview_count)
+    def _preview_observer(self, job: ImageJob) -> Callable[[int, Any], None]:
+        from .previews import Previews
+
         size = self.info.fixed_native_size
         assert size is not None  # Karlo's output size is fixed
 
-        def emit(step: int, output: Any) -> None:
-            if step not in chosen or job.on_preview is None:
-                return
-            pixels = predicted_clean(output).float().clamp(-1, 1)
-            upscaled = F.interpolate(pixels, size=(size[1], size[0]), mode="bicubic", align_corners=False)
-            job.on_preview(chosen.index(step), to_pil(upscaled))
+        def decode(pixels: torch.Tensor, rows: slice) -> torch.Tensor:
+            # The decoder's estimate is already pixels, at 64 px: upscaled to the output size.
+            return F.interpolate(
+                pixels.float().clamp(-1, 1), size=(size[1], size[0]), mode="bicubic", align_corners=False
+            )
 
-        return emit
+        previews = Previews(BatchRows([job]), job.preset.decoder_steps, decode)
+
+        def observe(step: int, output: Any) -> None:
+            previews.record(step, output)
+            previews.emit(step)
+
+        return observe
 
     # -- checks -----------------------------------------------------------------------
 
@@ -195,6 +231,14 @@ class KarloBackend:
                 "CLIPImageProcessor (from kakaobrain/karlo-v1-alpha-image-variations) into the sub-folders "
                 "image_encoder/ and feature_extractor/ of the model directory."
             )
+
+
+def _step_observer(job: ImageJob, stage: str, total: int):
+    def after_step(step: int, output: Any) -> None:
+        raise_if_cancelled(job)
+        report_progress(job, stage, step + 1, total)
+
+    return after_step
 
 
 def _square(sample_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:

@@ -7,11 +7,17 @@ and every load passes ``local_files_only``). A missing model is a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from .base import FAMILIES, ImageBackend, SpeedOptions
-from .device import choose_device, choose_dtype
+import torch
+
+from .base import ImageBackend
+from .device import choose_device, choose_dtype, from_pretrained_dtype
+from .model_config import FAMILIES, read_easel_config
 from .presets import presets_for
+from .speed import SpeedOptions
 
 _HOW_TO_GET = {
     "kandinsky22": (
@@ -78,9 +84,43 @@ def load_backend(
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend
 
-        backend = KandinskyBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
+        combined = _load_kandinsky(path, torch_device, torch_dtype)
+        backend = KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
     else:
         from .karlo import KarloBackend
 
         backend = KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
     return optimize_backend(backend, options)
+
+
+def _load_kandinsky(model_dir: Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """The directory's combined pipeline (or its inpaint variant: a decoder UNet with 9 input channels), on ``device``.
+
+    The directory is what ``save_pretrained`` of either combined pipeline writes: the
+    decoder's components plus ``prior_*`` sub-folders.
+    """
+    from diffusers import KandinskyV22CombinedPipeline, KandinskyV22InpaintCombinedPipeline
+
+    index = json.loads((model_dir / "model_index.json").read_text())
+    inpaint = index.get("_class_name") == KandinskyV22InpaintCombinedPipeline.__name__
+    pipeline_class = KandinskyV22InpaintCombinedPipeline if inpaint else KandinskyV22CombinedPipeline
+    combined = pipeline_class.from_pretrained(model_dir, local_files_only=True, **from_pretrained_dtype(dtype))
+    for pipe in (combined.prior_pipe, combined.decoder_pipe):
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+    _pin_noise_schedule(combined.decoder_pipe.scheduler, device)
+    return combined
+
+
+def _pin_noise_schedule(scheduler: Any, device: torch.device) -> None:
+    """Keep the scheduler's noise schedule on ``device`` from the start.
+
+    ``add_noise`` (used by inpainting) moves ``alphas_cumprod`` to the latents'
+    device as a side effect, after which ``step`` computes on the GPU instead of
+    the CPU and rounds differently: the first edit after loading would differ
+    from every later one with the same seed. Moving it once, up front, makes
+    every call compute the same way.
+    """
+    schedule = getattr(scheduler, "alphas_cumprod", None)
+    if isinstance(schedule, torch.Tensor):
+        scheduler.alphas_cumprod = schedule.to(device)

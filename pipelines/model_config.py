@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+FAMILIES = ("kandinsky22", "karlo")  # the backend families pipelines.loader knows
 EASEL_CONFIG_NAME = "easel.json"
 DEFAULT_MIN_SIDE = 64
 DEFAULT_MAX_SIDE = 2048

@@ -31,7 +31,8 @@ from diffusers.models.attention_processor import (
 )
 from transformers import PreTrainedModel
 
-from .base import OPTIMIZATIONS, ImageBackend, ImageJob, SpeedOptions
+from .base import ImageBackend, ImageJob
+from .speed import OPTIMIZATIONS, SpeedOptions
 
 log = logging.getLogger("easel.optimize")
 
@@ -248,27 +249,31 @@ def compile_mode(enabled: frozenset[str]) -> str:
 def compile_model(model: torch.nn.Module, enabled: frozenset[str]) -> None:
     """Compile the models that run every step (the denoisers) and the MoVQ's decoder (the largest single pass).
 
-    ``dynamic=None``: the first shape compiles static; a second batch size
-    recompiles once with the batch dimension symbolic, so warming up two batch
-    sizes at load covers every later one (with CUDA graphs, each new shape
-    still records its own graph on first use, without compiling).
+    Only ``forward`` is compiled, not the module's call: the engine's stage
+    clock adds and removes forward hooks on every batch, which then run as
+    plain Python around the compiled code instead of being traced, guarded
+    on and recompiled for. ``dynamic=None``: the first shape compiles static,
+    a second batch size recompiles once with the batch dimension symbolic
+    (:func:`pipelines.speed.warmup_batches_for` picks the sizes).
     """
     if not isinstance(model, (*DENOISERS, VQModel)):
         return
     target = model.decoder if isinstance(model, VQModel) else model
-    if COMPILE_BACKEND == "inductor":
-        target.compile(mode=compile_mode(enabled), dynamic=None)
-    else:
-        target.compile(backend=COMPILE_BACKEND, dynamic=None)
+    how = {"mode": compile_mode(enabled)} if COMPILE_BACKEND == "inductor" else {"backend": COMPILE_BACKEND}
+    target.forward = torch.compile(target.forward, dynamic=None, **how)
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    return hasattr(model.forward, "_torchdynamo_orig_callable")
 
 
 def default_compile_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "easel" / "torch-compile"
 
 
-def use_compile_cache(directory: str | None) -> Path:
+def use_compile_cache(directory: Path | None) -> Path:
     """Point Inductor's on-disk caches (FX graphs, Triton kernels) at a directory that survives restarts."""
-    path = Path(directory) if directory else default_compile_cache_dir()
+    path = directory or default_compile_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     import torch._inductor.config as inductor_config
 

@@ -20,19 +20,21 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from .config import Settings
+from .cors import cors
 from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
-from .middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from .routes import files, health, images, models
+from .metrics import Metrics
+from .middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
+from .routes import files, health, images, models, openapi, operations, playground
 from .serving.files import ImageStore
 from .serving.images import ImageServing
-from .serving.models import Catalog, load_all
+from .serving.models import Catalog, LoadFailed, load_all
 from .state import ServerState
 
 log = logging.getLogger("easel.app")
 
-ROUTES = [*health.routes, *models.routes, *images.routes, *files.routes]
-PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/")  # no API key needed
+PUBLIC_PATH_PREFIXES = ("/health/", "/v1/files/images/", "/openapi.json")  # no API key needed
+PUBLIC_PATHS = ("/",)  # the playground page itself; its requests to the API carry the key
 
 
 async def _sweep_forever(store: ImageStore) -> None:
@@ -44,21 +46,37 @@ async def _sweep_forever(store: ImageStore) -> None:
             log.exception("sweeping expired images failed")
 
 
-def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette:
-    """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests)."""
+def create_app(
+    settings: Settings, *, loader: Loader | None = None, on_load_failure: LoadFailed | None = None
+) -> Starlette:
+    """The ASGI app for ``settings``. ``loader`` replaces ``pipelines.loader.load_backend`` (tests);
+    ``on_load_failure(name, message)`` hears of each model that fails to load (``easel serve`` stops on it)."""
     own_image_dir = settings.image_dir is None
     image_dir = Path(tempfile.mkdtemp(prefix="easel-images-")) if own_image_dir else settings.image_dir
     assert image_dir is not None
     catalog = Catalog(settings)
-    engine = LocalEngine(settings.queue_size, loader or load_backend)
+    metrics = Metrics()
+    engine = LocalEngine(
+        settings.queue_size,
+        loader or load_backend,
+        workers=settings.workers,
+        max_batch_images=settings.max_batch_images,
+        batch_wait_ms=settings.batch_wait_ms,
+        metrics=metrics.engine,
+    )
+    metrics.watch(catalog, engine)
     store = ImageStore(image_dir, settings.url_ttl_seconds)
-    state = ServerState(settings, catalog, engine, store, ImageServing(settings, catalog, engine, store))
+    serving = ImageServing(settings, catalog, engine, store)
+    state = ServerState(settings, catalog, engine, store, serving, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop_loading = threading.Event()
         loading = threading.Thread(
-            target=load_all, args=(catalog, engine, settings, stop_loading), name="easel-model-loader", daemon=True
+            target=load_all,
+            args=(catalog, engine, settings, stop_loading, on_load_failure),
+            name="easel-model-loader",
+            daemon=True,
         )
         loading.start()
         sweeper = asyncio.create_task(_sweep_forever(store))
@@ -73,10 +91,25 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
                 shutil.rmtree(image_dir, ignore_errors=True)
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[
+            *playground.routes,
+            *health.routes,
+            *models.routes,
+            *images.routes(serving),
+            *files.routes,
+            *openapi.routes,
+            *operations.routes,
+        ],
         middleware=[
             Middleware(RequestIdMiddleware),
-            Middleware(BearerAuthMiddleware, keys=settings.api_keys, public_prefixes=PUBLIC_PATH_PREFIXES),
+            Middleware(AccessLogMiddleware, metrics=metrics.http),
+            *cors(settings.cors_allow_origins),  # outside auth: preflights carry no key, 401s need CORS headers
+            Middleware(
+                BearerAuthMiddleware,
+                keys=settings.api_keys,
+                public_prefixes=PUBLIC_PATH_PREFIXES,
+                public_paths=PUBLIC_PATHS,
+            ),
             Middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -84,3 +117,24 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
     )
     app.state.easel = state
     return app
+
+
+async def drain(state: ServerState, *, hurry: asyncio.Event) -> None:
+    """Finish the work taken on before the server stops: the graceful part of a shutdown.
+
+    New image requests get 503 with Retry-After and readiness turns 503, so a load
+    balancer sends traffic elsewhere; queued and running jobs go on for up to
+    ``--shutdown-timeout`` seconds (less if ``hurry`` is set: a second signal), and
+    whatever is left is then cancelled, its clients answered with an error.
+    """
+    state.images.draining = True
+    timeout = state.settings.shutdown_timeout
+    log.info("shutting down: finishing queued and running jobs (up to %.0f s)", timeout)
+    finished = asyncio.ensure_future(asyncio.to_thread(state.engine.drain, timeout))
+    hurried = asyncio.ensure_future(hurry.wait())
+    await asyncio.wait({finished, hurried}, return_when=asyncio.FIRST_COMPLETED)
+    hurried.cancel()
+    if not (finished.done() and finished.result()):
+        log.warning("shutting down: cancelling the jobs still queued or running")
+        await asyncio.to_thread(state.engine.shutdown, 5.0)
+    await asyncio.wait({finished})

@@ -1,29 +1,46 @@
-"""Server settings, from the command line with ``EASEL_*`` environment variables as defaults.
+"""Server settings: every option declared once, on :class:`Settings`, and read from four places.
 
-Every option has an environment variable (``--url-ttl-seconds`` ->
-``EASEL_URL_TTL_SECONDS``); the command line wins. API keys are the union of
-``--api-key`` options and the comma-separated ``EASEL_API_KEYS``.
+Command-line flags beat ``EASEL_*`` environment variables, which beat the
+file (``--config FILE``, ``EASEL_CONFIG``, else ``$EASEL_HOME/easel.toml`` if
+it exists), which beats the declared default. Adding an option is one
+``option(...)`` field below: its flag, variable and file key follow from its
+name (:mod:`server.options`). The README's "Configuration" section is the
+reference.
 
-Models come from ``weights/registry.json`` unless ``--model`` is given. With
-``--model``, the registry's OpenAI aliases (``dall-e-3``, ``gpt-image-1``, ...)
-are kept but point at the default model (the first ``--model`` unless
-``--default-model`` says otherwise); ``--alias`` adds or overrides aliases.
+Models are the exception, as a set: the first of ``--model``,
+``EASEL_MODELS`` and the file's ``[models]`` that lists any decides which
+are served; with none, the shipped registry's models and those ``easel pull``
+registered in ``$EASEL_HOME``. The registry's OpenAI aliases always point at
+the default model; aliases and API keys add up across the sources.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pipelines.base import FAMILIES, OPTIMIZATIONS, SpeedOptions
-from weights.registry import REGISTRY_PATH, load_registry
+from pipelines import speed
+from pipelines.model_config import FAMILIES
+from weights.registry import REGISTRY_PATH, USER_REGISTRY_NAME, easel_home, load_registry, load_user_models
+
+from . import options as opt
+from .options import ConfigError, MiB, option
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 DEFAULT_MAX_BODY_MB = 50.0
-DEFAULT_MAX_UPLOAD_MB = 50.0  # per uploaded image (edits, variations); see server.uploads
+DEFAULT_MAX_UPLOAD_MB = 50.0  # per uploaded image (edits, variations); see server.serving.uploads
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0
+DEFAULT_MAX_DECODE_MB = 48.0  # memory one upload's pixels may take as decoded; see server.serving.decoding
+CONFIG_FILE_NAME = "easel.toml"
+FILE_SECTIONS = ("models", "aliases", "api_keys")  # file keys that are not options
 
 
 @dataclass(frozen=True)
@@ -35,28 +52,112 @@ class ModelSpec:
     path: Path
     presets: str | None = None  # a quality table in pipelines.presets; None: the family's
     owned_by: str = "easel"
+    source: str = field(default="", compare=False)  # where it was configured or came from (messages, `easel models`)
 
 
 @dataclass(frozen=True)
 class Settings:
     models: tuple[ModelSpec, ...]
     aliases: Mapping[str, str] = field(default_factory=dict)
-    default_model: str | None = None  # None: the first model
-    host: str = "127.0.0.1"
-    port: int = 8000
     api_keys: tuple[str, ...] = ()
-    public_base_url: str | None = None  # e.g. https://images.example.com; else taken from each request
-    url_ttl_seconds: float = 3600.0
-    queue_size: int = 16  # jobs waiting per model, not counting the one running
-    device: str | None = None  # None: the loader's choice (cuda if available)
-    dtype: str | None = None
-    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
-    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024)
-    max_upload_pixels: int = int(DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1_000_000)
-    image_dir: Path | None = None  # where URL images live; None: a temporary directory per run
-    log_level: str = "info"
-    optimize: SpeedOptions = SpeedOptions()  # speed settings applied at load (README "Fast on a GPU")
-    family_dtypes: Mapping[str, str] = field(default_factory=dict)  # family -> dtype, overriding ``dtype``
+    # -- options: a flag, an EASEL_* variable and a file key each --------------------------------------
+    default_model: str | None = option(None, "--default-model", opt.text, "model used when a request names none")
+    host: str = option("127.0.0.1", "--host", opt.text, "bind address (default 127.0.0.1)")
+    port: int = option(8000, "--port", opt.integer(1, 65535, what="a port number"), "port (default 8000)")
+    public_base_url: str | None = option(
+        None, "--public-base-url", opt.base_url, "base of image URLs (default: the request's scheme and host)"
+    )
+    url_ttl_seconds: float = option(3600.0, "--url-ttl-seconds", opt.positive_number, "lifetime of image URLs (3600)")
+    queue_size: int = option(16, "--queue-size", opt.integer(1), "jobs waiting per model before 429 (default 16)")
+    device: str | None = option(None, "--device", opt.text, "torch device (default: cuda, else mps, else cpu)")
+    dtype: str | None = option(None, "--dtype", opt.text, "torch dtype (default: the loader's choice for the device)")
+    max_body_bytes: int = option(
+        int(DEFAULT_MAX_BODY_MB * MiB), "--max-body-mb", opt.scaled(MiB), "request body limit in MiB (default 50)"
+    )
+    max_upload_bytes: int = option(
+        int(DEFAULT_MAX_UPLOAD_MB * MiB), "--max-upload-mb", opt.scaled(MiB), "limit per uploaded image in MiB (50)"
+    )
+    max_upload_pixels: int = option(
+        int(DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1_000_000),
+        "--max-upload-megapixels",
+        opt.scaled(1_000_000),
+        "limit per uploaded image in megapixels (default 40)",
+    )
+    image_dir: Path | None = option(
+        None, "--image-dir", opt.path, "directory for URL images (default: a temporary one)"
+    )
+    log_level: str = option("info", "--log-level", opt.choice("debug", "info", "warning", "error"), "default info")
+    keep_going: bool = option(
+        False, "--keep-going", opt.boolean, "keep serving the other models when one fails to load", switch=True
+    )
+    log_format: str = option("text", "--log-format", opt.choice("text", "json"), "text, or one JSON object a line")
+    cors_allow_origins: tuple[str, ...] = option(
+        (), "--cors-allow-origins", opt.text_tuple, "browser origins allowed to call the API, or * (default none)"
+    )
+    sse_keepalive_seconds: float = option(
+        15.0, "--sse-keepalive-seconds", opt.number, "SSE comment line on a stream idle this long; 0: never (15)"
+    )
+    # -- serving many users (README, "Serving many users") ---------------------------------------------
+    workers: int | None = option(
+        None, "--workers", opt.integer(1), "worker slots per device (default: 2 on a CPU, 1 on a GPU)"
+    )
+    max_batch_images: int | None = option(
+        None,
+        "--max-batch-images",
+        opt.integer(1),
+        "images one pipeline call may merge from several requests (default: 8 on a CPU, 16 on a GPU; "
+        "1 keeps every request's images byte-identical to it alone)",
+    )
+    batch_wait_ms: float | None = option(
+        None, "--batch-wait-ms", opt.non_negative_number, "wait for companions (default: 30 on CPU, 10 on GPU)"
+    )
+    shutdown_timeout: float = option(
+        30.0, "--shutdown-timeout", opt.non_negative_number, "seconds to finish jobs after SIGTERM/SIGINT (30)"
+    )
+    # -- limits (README, "Limits") ------------------------------------------------------------------
+    max_decode_bytes: int = option(
+        int(DEFAULT_MAX_DECODE_MB * MiB),
+        "--max-decode-mb",
+        opt.scaled(MiB),
+        "memory one uploaded image may take once decoded, in MiB (default 48)",
+    )
+    max_concurrent_decodes: int = option(
+        2, "--max-concurrent-decodes", opt.integer(1), "uploads decoded at once; the others wait (default 2)"
+    )
+    max_connections: int = option(
+        128, "--max-connections", opt.integer(1), "open connections; one more is answered 503 (default 128)"
+    )
+    header_timeout_seconds: float = option(
+        10.0, "--header-timeout-seconds", opt.positive_number, "seconds for a request's headers, else 408 (10)"
+    )
+    body_timeout_seconds: float = option(
+        60.0, "--body-timeout-seconds", opt.positive_number, "seconds for a request's body, else 408 (60)"
+    )
+    keep_alive_seconds: float = option(
+        5.0, "--keep-alive-seconds", opt.positive_number, "an idle kept-alive connection is closed after (5)"
+    )
+    # -- speed (README, "Fast on a GPU"): applied once, when a model loads --------------------------------
+    optimize: frozenset[str] | None = option(
+        None, "--optimize", speed.parse_enabled, f"auto, none, or any of {', '.join(speed.OPTIMIZATIONS)} (auto)"
+    )
+    family_dtypes: tuple[tuple[str, str], ...] = option(
+        (),
+        "--family-dtype",
+        speed.parse_family_dtypes,
+        "dtype per model family over --dtype, e.g. karlo=float16,kandinsky22=bfloat16",
+        metavar="FAMILY=DTYPE,...",
+    )
+    compile_cache_dir: Path | None = option(
+        None, "--compile-cache-dir", opt.path, "torch.compile's cache (default ~/.cache/easel/torch-compile)"
+    )
+    compile_warmup_batches: tuple[int, ...] | None = option(
+        None,
+        "--compile-warmup-batches",
+        speed.parse_warmup_batches,
+        "with compile: images per job compiled at load, e.g. 1,2,16 (default 1, 2 and the largest batch)",
+    )
+    # Where each option's value came from ("--port", "EASEL_PORT", "easel.toml: port"), for later messages.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [spec.name for spec in self.models]
@@ -70,7 +171,7 @@ class Settings:
             if target not in names:
                 raise ValueError(f"alias {alias!r} points to {target!r}, which is not a configured model")
         if self.default_model is not None and self.default_model not in names:
-            raise ValueError(f"default model {self.default_model!r} is not a configured model")
+            raise ValueError(f"default model {self.default_model!r} is not a configured model (have: {names})")
         if self.url_ttl_seconds <= 0 or self.queue_size < 1 or self.max_body_bytes < 1:
             raise ValueError("url_ttl_seconds, queue_size and max_body_bytes must be positive")
         if self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
@@ -80,208 +181,176 @@ class Settings:
     def default_model_name(self) -> str:
         return self.default_model or self.models[0].name
 
+    def dtype_for(self, family: str) -> str | None:
+        """The dtype a model of ``family`` loads in: its --family-dtype, else --dtype (None: the loader's choice)."""
+        return dict(self.family_dtypes).get(family, self.dtype)
 
-def parse_model_spec(text: str) -> ModelSpec:
+    def origin(self, name: str) -> str:
+        """The label of where option ``name`` was set (its flag when it was not set anywhere)."""
+        return self.origins.get(name) or OPTIONS[name].flag
+
+
+OPTIONS = opt.declared_options(Settings)
+
+
+def parse_model_spec(text: str, source: str = "--model") -> ModelSpec:
     """``NAME=FAMILY:PATH``, e.g. ``easel-tiny=kandinsky22:/tmp/tiny``."""
     name, eq, rest = text.partition("=")
     family, colon, path = rest.partition(":")
     if not (eq and colon and name and family and path):
-        raise ValueError(f"expected NAME=FAMILY:PATH, got {text!r}")
-    return ModelSpec(name=name, family=family, path=Path(path).expanduser().resolve())
+        raise ConfigError(f"{source}: expected NAME=FAMILY:PATH, got {text!r}")
+    return _model_spec(name, family, path, source)
 
 
-def parse_alias(text: str) -> tuple[str, str]:
+def _model_spec(name: str, family: str, path: str, source: str, presets: str | None = None) -> ModelSpec:
+    if family not in FAMILIES:
+        raise ConfigError(f"{source}: model {name!r} has unknown family {family!r} (known: {', '.join(FAMILIES)})")
+    return ModelSpec(name, family, Path(path).expanduser().resolve(), presets=presets, source=source)
+
+
+def parse_alias(text: str, source: str = "--alias") -> tuple[str, str]:
     """``ALIAS=MODEL``, e.g. ``dall-e-3=easel-tiny``."""
     alias, eq, target = text.partition("=")
     if not (eq and alias and target):
-        raise ValueError(f"expected ALIAS=MODEL, got {text!r}")
+        raise ConfigError(f"{source}: expected ALIAS=MODEL, got {text!r}")
     return alias, target
 
 
-def _split(value: str | None) -> list[str]:
-    return [item.strip() for item in (value or "").split(",") if item.strip()]
-
-
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    # Defaults are strings, as on the command line: argparse converts them with the option's type.
-    def default(name: str, fallback: str | None = None) -> str | None:
-        return env.get(f"EASEL_{name}", fallback)
-
-    parser = argparse.ArgumentParser(
-        prog="easel", description="OpenAI-compatible image API on prior+decoder diffusion models."
-    )
-    parser.add_argument("--host", default=default("HOST", "127.0.0.1"), help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=default("PORT", "8000"), help="port (default 8000)")
+def build_parser(prog: str = "easel serve") -> opt.OneLineParser:
+    parser = opt.OneLineParser(prog=prog, description="OpenAI-compatible image API on prior+decoder diffusion models.")
     parser.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME=FAMILY:PATH",
-        help="model to serve (repeatable; env EASEL_MODELS, comma-separated); default: weights/registry.json",
+        "--config", metavar="FILE", help=f"settings file (env EASEL_CONFIG; default $EASEL_HOME/{CONFIG_FILE_NAME})"
+    )
+    parser.add_argument(
+        "--model", action="append", metavar="NAME=FAMILY:PATH", help="model to serve (repeatable; env EASEL_MODELS)"
     )
     parser.add_argument(
         "--alias", action="append", metavar="ALIAS=MODEL", help="extra model name (repeatable; env EASEL_ALIASES)"
     )
     parser.add_argument(
-        "--default-model", default=default("DEFAULT_MODEL"), help="model used when a request names none"
-    )
-    parser.add_argument("--registry", type=Path, default=default("REGISTRY", str(REGISTRY_PATH)), help="registry file")
-    parser.add_argument(
         "--api-key",
         action="append",
         metavar="KEY",
-        help="accepted bearer key (repeatable; also EASEL_API_KEYS); none: no auth",
+        help="accepted bearer key (repeatable; env EASEL_API_KEYS); none: no auth",
     )
-    parser.add_argument(
-        "--public-base-url",
-        default=default("PUBLIC_BASE_URL"),
-        help="base of image URLs (default: the request's scheme and host)",
-    )
-    parser.add_argument(
-        "--url-ttl-seconds",
-        type=float,
-        default=default("URL_TTL_SECONDS", "3600"),
-        help="lifetime of image URLs (default 3600)",
-    )
-    parser.add_argument(
-        "--queue-size",
-        type=int,
-        default=default("QUEUE_SIZE", "16"),
-        help="jobs waiting per model before 429 (default 16)",
-    )
-    parser.add_argument(
-        "--device", default=default("DEVICE"), help="torch device (default: cuda if available, else cpu)"
-    )
-    parser.add_argument(
-        "--dtype", default=default("DTYPE"), help="torch dtype (default: the loader's choice for the device)"
-    )
-    parser.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=default("MAX_BODY_MB", str(DEFAULT_MAX_BODY_MB)),
-        help="request body limit in MiB (default 50)",
-    )
-    parser.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=default("MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_MB)),
-        help="limit per uploaded image in MiB (default 50)",
-    )
-    parser.add_argument(
-        "--max-upload-megapixels",
-        type=float,
-        default=default("MAX_UPLOAD_MEGAPIXELS", str(DEFAULT_MAX_UPLOAD_MEGAPIXELS)),
-        help="limit per uploaded image in megapixels (default 40)",
-    )
-    parser.add_argument(
-        "--image-dir",
-        type=Path,
-        default=default("IMAGE_DIR"),
-        help="directory for URL images (default: a temporary one)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=str(default("LOG_LEVEL", "info")).lower(),
-        choices=["debug", "info", "warning", "error"],
-        help="default info",
-    )
-    _add_speed_options(parser, default)
+    parser.add_argument("--registry", metavar="FILE", help="the shipped registry file (env EASEL_REGISTRY)")
+    opt.add_option_flags(parser, OPTIONS)
     return parser
 
 
-def _add_speed_options(parser: argparse.ArgumentParser, default) -> None:
-    parser.add_argument(
-        "--optimize",
-        default=default("OPTIMIZE", "auto"),
-        help=f"speed settings: auto (the device's defaults), none, or comma-separated {', '.join(OPTIMIZATIONS)}",
-    )
-    parser.add_argument(
-        "--family-dtype",
-        action="append",
-        metavar="FAMILY=DTYPE",
-        help="dtype for one model family, over --dtype (repeatable; env EASEL_FAMILY_DTYPES, comma-separated)",
-    )
-    parser.add_argument(
-        "--compile-cache-dir",
-        default=default("COMPILE_CACHE_DIR"),
-        help="torch.compile's persistent cache (default ~/.cache/easel/torch-compile)",
-    )
-    parser.add_argument(
-        "--compile-warmup-batches",
-        default=default("COMPILE_WARMUP_BATCHES", "1,2"),
-        help="with compile: images per job compiled ahead at load, comma-separated (default 1,2)",
-    )
-
-
-def parse_family_dtypes(texts: Sequence[str]) -> dict[str, str]:
-    """``FAMILY=DTYPE`` items, e.g. ``karlo=float16``; the dtype itself is checked when the model loads."""
-    chosen = {}
-    for text in texts:
-        family, eq, dtype = text.partition("=")
-        if not (eq and dtype) or family not in FAMILIES:
-            raise ValueError(f"expected FAMILY=DTYPE with FAMILY one of {', '.join(FAMILIES)}, got {text!r}")
-        chosen[family] = dtype
-    return chosen
-
-
-def parse_speed_options(args: argparse.Namespace) -> SpeedOptions:
-    try:
-        batches = tuple(int(item) for item in _split(args.compile_warmup_batches))
-    except ValueError:
-        batches = ()
-    if not batches or min(batches) < 1:
-        raise ValueError(f"--compile-warmup-batches: expected positive integers, got {args.compile_warmup_batches!r}")
-    return SpeedOptions(SpeedOptions.parse_enabled(args.optimize), args.compile_cache_dir, batches)
-
-
-def _models_and_aliases(
-    args: argparse.Namespace, env: Mapping[str, str]
-) -> tuple[list[ModelSpec], dict[str, str], str]:
-    registry = load_registry(args.registry)
-    model_texts = args.model or _split(env.get("EASEL_MODELS"))
-    if model_texts:
-        models = [parse_model_spec(text) for text in model_texts]
-        default_model = args.default_model or models[0].name
-        aliases = {alias: default_model for alias in registry.aliases if alias not in {m.name for m in models}}
-    else:
-        models = [
-            ModelSpec(name=m.name, family=m.backend, path=m.path, presets=m.presets, owned_by=m.owned_by)
-            for m in registry.models.values()
-        ]
-        default_model = args.default_model or registry.default
-        aliases = dict(registry.aliases)
-    for text in args.alias or _split(env.get("EASEL_ALIASES")):
-        alias, target = parse_alias(text)
-        aliases[alias] = target
-    return models, aliases, default_model
-
-
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    parser = build_parser(env)
-    args = parser.parse_args(argv)
+    """Settings from the command line, the environment and the file; a mistake exits with one line (status 2)."""
     try:
-        models, aliases, default_model = _models_and_aliases(args, env)
-        keys = tuple(dict.fromkeys([*(args.api_key or []), *_split(env.get("EASEL_API_KEYS"))]))
-        return Settings(
-            models=tuple(models),
-            aliases=aliases,
-            default_model=default_model,
-            host=args.host,
-            port=args.port,
-            api_keys=keys,
-            public_base_url=args.public_base_url.rstrip("/") if args.public_base_url else None,
-            url_ttl_seconds=args.url_ttl_seconds,
-            queue_size=args.queue_size,
-            device=args.device,
-            dtype=args.dtype,
-            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-            max_upload_pixels=int(args.max_upload_megapixels * 1_000_000),
-            image_dir=Path(args.image_dir) if args.image_dir else None,
-            log_level=str(args.log_level).lower(),
-            optimize=parse_speed_options(args),
-            family_dtypes=parse_family_dtypes(args.family_dtype or _split(env.get("EASEL_FAMILY_DTYPES"))),
+        return read_settings(argv, env)
+    except ConfigError as error:
+        opt.fail(error)
+
+
+def read_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """As :func:`load_settings`, but a mistake raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    args = vars(build_parser().parse_args(argv))
+    file, file_label = _read_config_file(args.pop("config"), env)
+    sources = opt.Sources({name: args[name] for name in OPTIONS if name in args}, env, file, file_label)
+    values, origins = opt.read_options(OPTIONS, sources)
+    models, registry_default, registry_aliases = _models(args, sources)
+    default = values.get("default_model") or registry_default or models[0].name
+    if default not in {model.name for model in models}:
+        served = ", ".join(model.name for model in models)
+        raise ConfigError(
+            f"{origins.get('default_model', 'default model')}: {default!r} is not a served model ({served})"
         )
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    names = {model.name for model in models}
+    aliases = {alias: default for alias in registry_aliases if alias not in names}
+    aliases.update(_aliases(args, sources))
+    keys = [*(args["api_key"] or []), *_listed(sources, "EASEL_API_KEYS", "api_keys")]
+    values["default_model"] = default
+    try:
+        return Settings(
+            models=tuple(models), aliases=aliases, api_keys=tuple(dict.fromkeys(keys)), origins=origins, **values
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _read_config_file(flag: str | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """The file's keys and its path; no file is fine unless one was named."""
+    named = flag or env.get("EASEL_CONFIG") or None
+    label = "--config" if flag else "EASEL_CONFIG"
+    path = Path(named).expanduser() if named else easel_home(env) / CONFIG_FILE_NAME
+    if not path.is_file():
+        if named:
+            raise ConfigError(f"{label}: no file at {path}")
+        return {}, str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    unknown = sorted(set(data) - {spec.key for spec in OPTIONS.values()} - set(FILE_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (see easel serve --help)")
+    return data, str(path)
+
+
+def _listed(sources: opt.Sources, variable: str, key: str) -> list[str]:
+    """A list from a comma-separated variable and from the file, in that order."""
+    found = opt.text_list(sources.env.get(variable, ""))
+    if key in sources.file:
+        try:
+            found += opt.text_list(sources.file[key])
+        except ValueError as error:
+            raise ConfigError(f"{sources.file_label}: {key}: {error}") from None
+    return found
+
+
+def _models(args: dict[str, Any], sources: opt.Sources) -> tuple[list[ModelSpec], str | None, list[str]]:
+    """The served models, the registry's default (None unless they came from it) and the registry's aliases."""
+    registry_path = Path(args["registry"] or sources.env.get("EASEL_REGISTRY") or REGISTRY_PATH)
+    registry = load_registry(registry_path)
+    if args["model"]:
+        return [parse_model_spec(text) for text in args["model"]], None, list(registry.aliases)
+    if sources.env.get("EASEL_MODELS"):
+        texts = opt.text_list(sources.env["EASEL_MODELS"])
+        return [parse_model_spec(text, "EASEL_MODELS") for text in texts], None, list(registry.aliases)
+    if "models" in sources.file:
+        return _file_models(sources.file["models"], sources.file_label), None, list(registry.aliases)
+    home = easel_home(sources.env)
+    registered = [(m, m.source or f"registry {registry_path}") for m in registry.models.values()]
+    registered += [(m, m.source or f"registry {home / USER_REGISTRY_NAME}") for m in load_user_models(home).values()]
+    models = [
+        ModelSpec(m.name, m.backend, m.path, presets=m.presets, owned_by=m.owned_by, source=source)
+        for m, source in registered
+    ]
+    return models, registry.default, list(registry.aliases)
+
+
+def _file_models(tables: Any, label: str) -> list[ModelSpec]:
+    """``[models.NAME]`` tables with ``family``, ``path`` and optionally ``presets`` (relative paths: the file's)."""
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(f"{label}: [models] must hold [models.NAME] tables")
+    base = Path(label).parent
+    specs = []
+    for name, table in tables.items():
+        where = f"{label}: models.{name}"
+        if not (
+            isinstance(table, dict) and isinstance(table.get("family"), str) and isinstance(table.get("path"), str)
+        ):
+            raise ConfigError(f'{where}: needs family = "..." and path = "..."')
+        presets = table.get("presets")
+        spec = _model_spec(name, table["family"], str(base / Path(table["path"]).expanduser()), where, presets)
+        specs.append(spec)
+    return specs
+
+
+def _aliases(args: dict[str, Any], sources: opt.Sources) -> dict[str, str]:
+    """Aliases from the file, then EASEL_ALIASES, then --alias (a later one wins for the same name)."""
+    aliases: dict[str, str] = {}
+    table = sources.file.get("aliases", {})
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ConfigError(f"{sources.file_label}: [aliases] must map names to model names")
+    aliases.update(table)
+    for text in opt.text_list(sources.env.get("EASEL_ALIASES", "")):
+        aliases.__setitem__(*parse_alias(text, "EASEL_ALIASES"))
+    for text in args["alias"] or []:
+        aliases.__setitem__(*parse_alias(text))
+    return aliases

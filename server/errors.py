@@ -10,13 +10,16 @@ message and the id to quote.
 
 from __future__ import annotations
 
+import http
+import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from pipelines.base import Cancelled, MissingComponent
 
@@ -61,8 +64,12 @@ def missing_parameter(param: str) -> APIError:
     return invalid(param, f"Missing required parameter: '{param}'.", code="missing_required_parameter")
 
 
+SHUTDOWN_RETRY_AFTER_SECONDS = 2  # another replica, or this server once restarted
+
+
 def shutting_down(message: str = "The server is shutting down.") -> APIError:
-    return APIError(503, message, type=SERVER_ERROR, code="shutting_down")
+    headers = {"retry-after": str(SHUTDOWN_RETRY_AFTER_SECONDS)}
+    return APIError(503, message, type=SERVER_ERROR, code="shutting_down", headers=headers)
 
 
 def internal_error(request_id: str) -> APIError:
@@ -74,13 +81,23 @@ def internal_error(request_id: str) -> APIError:
 
 
 def _queue_full(error: QueueFull) -> APIError:
+    # retry-after-ms keeps the engine's jitter (the openai SDK prefers it); retry-after is whole seconds.
+    # The x-ratelimit headers are OpenAI's, read as: this many requests may wait, none is free.
+    seconds = error.retry_after
+    reset = f"{round(seconds * 1000)}ms" if seconds < 1 else f"{round(seconds, 1):g}s"
     return APIError(
         429,
         f"Model '{error.model}' has {error.waiting} requests waiting, the most this server queues; "
-        f"retry after {error.retry_after} s.",
+        f"retry after {math.ceil(seconds)} s.",
         type="rate_limit_error",
         code="queue_full",
-        headers={"retry-after": str(error.retry_after)},
+        headers={
+            "retry-after": str(math.ceil(seconds)),
+            "retry-after-ms": str(round(seconds * 1000)),
+            "x-ratelimit-limit-requests": str(error.waiting),
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": reset,
+        },
     )
 
 
@@ -129,13 +146,26 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, HTTPException)
     target = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
-        message = f"Invalid URL ({target})"
+        message = f"Invalid URL ({target})" + _missing_v1_hint(request.url.path)
     elif exc.status_code == 405:
         message = f"Method not allowed ({target})"
     else:
         message = str(exc.detail)
     kind = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
     return error_response(APIError(exc.status_code, message, type=kind, headers=exc.headers))
+
+
+_V1_RESOURCES = ("/images/", "/models", "/files/")  # what Easel serves under /v1
+
+
+def _missing_v1_hint(path: str) -> str:
+    """For a path that would exist under ``/v1``: say so (a base URL without ``/v1`` is a common slip)."""
+    if path.startswith("/v1/") or not path.startswith(_V1_RESOURCES):
+        return ""
+    return (
+        f". Easel serves the OpenAI API under /v1: did you mean /v1{path}? "
+        "Set the client's base_url to end in /v1 (e.g. http://127.0.0.1:8000/v1)."
+    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -148,8 +178,35 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+CLIENT_CLOSED_REQUEST = 499  # never reaches the client; shows in access logs
+
+
+async def handle_client_gone(request: Request, exc: Exception) -> Response:
+    """A client that hangs up while its request is read is no error: its access line says so, no traceback."""
+    request.scope.setdefault("state", {})["gone"] = "while sending its request"
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 EXCEPTION_HANDLERS = {
     APIError: handle_api_error,
+    ClientDisconnect: handle_client_gone,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+def raw_error(status: int, message: str, code: str, request_id: str, extra: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 error answer in OpenAI's envelope, for a connection the app never saw."""
+    kind = INVALID_REQUEST if status < 500 else SERVER_ERROR
+    body = json.dumps(envelope(message, kind, None, code)).encode()
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "connection": "close",
+        "x-request-id": request_id,
+        "x-content-type-options": "nosniff",
+        **(extra or {}),
+    }
+    head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return head.encode("latin-1") + b"\r\n" + body

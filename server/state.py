@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .engine.base import Engine
+from .metrics import Metrics
 from .serving.files import ImageStore
 from .serving.images import ImageServing
 from .serving.models import Catalog
@@ -18,3 +19,4 @@ class ServerState:
     engine: Engine
     store: ImageStore
     images: ImageServing
+    metrics: Metrics

@@ -23,9 +23,11 @@ import uvicorn
 from openai import AsyncOpenAI, OpenAI
 from starlette.applications import Starlette
 
+from pipelines.base import BatchResult, ImageJob
 from server.app import create_app
 from server.config import ModelSpec, Settings
 from server.engine.local import Loader
+from server.middleware import uvicorn_options
 from server.state import ServerState
 from weights.registry import load_registry
 
@@ -88,7 +90,9 @@ def running_server(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on", **uvicorn_options(settings)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
     thread.start()
@@ -106,6 +110,22 @@ def running_server(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+class OneJobAtATime:
+    """For test backends that wrap a real one with a plain ``run(job)``: never batched, each job run by ``run``."""
+
+    def batch_key(self, job: ImageJob) -> None:
+        return None
+
+    def run_batch(self, jobs: list[ImageJob]) -> BatchResult:
+        outcomes: list = []
+        for job in jobs:
+            try:
+                outcomes.append(self.run(job))  # type: ignore[attr-defined]
+            except Exception as error:
+                outcomes.append(error)
+        return BatchResult(outcomes)
 
 
 def tiny_settings(dirs: dict[str, Path], **overrides) -> Settings:

@@ -16,15 +16,16 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from pipelines.base import ImageJob, ModelInfo, SpeedOptions
+from pipelines.base import ImageJob, ModelInfo
+from pipelines.speed import SpeedOptions
 
 
 class QueueFull(Exception):
-    def __init__(self, model: str, waiting: int, retry_after: int) -> None:
+    def __init__(self, model: str, waiting: int, retry_after: float) -> None:
         super().__init__(f"model {model!r} already has {waiting} requests waiting")
         self.model = model
-        self.waiting = waiting
-        self.retry_after = retry_after
+        self.waiting = waiting  # the queue's capacity, which is full
+        self.retry_after = retry_after  # seconds until a place is likely free, jittered
 
 
 class EngineStopped(Exception):
@@ -41,7 +42,7 @@ class ModelToLoad:
     presets: str | None  # a quality table in pipelines.presets; None: the family's
     device: str | None  # None: the loader's choice
     dtype: str | None
-    optimize: SpeedOptions = SpeedOptions()
+    optimize: SpeedOptions = SpeedOptions()  # speed settings applied at load (pipelines.optimize)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,42 @@ class JobResult:
     images: list[Image.Image]  # the job's n images at native resolution, in seed order
     prompt_tokens: int  # the prompt's tokens in the model's own tokenizer (0 without a prompt), for usage
     run_seconds: float
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """Where an engine records its figures: prometheus-client metrics, made per app by :mod:`server.metrics`."""
+
+    queue_wait: Any  # Histogram by model: seconds from submit to the start of the job's pipeline call
+    batch_images: Any  # Histogram by model: images per pipeline call
+    stage_seconds: Any  # Histogram by model and stage: seconds each pipeline stage took per call
+    images: Any  # Counter by model: images made
+    cancelled: Any  # Counter by model: jobs cancelled (client gone) or dropped
+    busy_seconds: Any  # Counter by device: seconds a worker slot spent in pipeline calls
+
+
+DEFAULT_MAX_BATCH_IMAGES = {"gpu": 16, "cpu": 8}
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a device runs its jobs: worker slots, images per call, the wait for companions."""
+
+    workers: int
+    max_batch_images: int
+    batch_wait_ms: float
+
+    @classmethod
+    def for_device(
+        cls, device: str, *, workers: int | None, max_batch_images: int | None, batch_wait_ms: float | None
+    ) -> BatchPolicy:
+        """The settings given, the rest by device (measured defaults: README, "Serving many users")."""
+        gpu = not device.startswith(("cpu", "mps"))
+        return cls(
+            workers=workers or (1 if gpu else 2),
+            max_batch_images=max_batch_images or DEFAULT_MAX_BATCH_IMAGES["gpu" if gpu else "cpu"],
+            batch_wait_ms=batch_wait_ms if batch_wait_ms is not None else (10.0 if gpu else 30.0),
+        )
 
 
 class JobHandle(Protocol):
@@ -79,8 +116,13 @@ class Engine(Protocol):
         """Load a model and make it available (blocking: call from a thread); EngineStopped after shutdown."""
         ...
 
-    def submit(self, model: str, job: ImageJob) -> JobHandle:
-        """Queue ``job`` for a loaded model (call from the event loop); raises QueueFull or EngineStopped."""
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> JobHandle:
+        """Queue ``job`` for a loaded model (call from the event loop); raises QueueFull or EngineStopped.
+
+        ``retried``: the client says this request repeats one that was turned away. Such a
+        job may also take a place in a reserve as large as the queue, so that clients
+        turned away once are not turned away again by newcomers.
+        """
         ...
 
     def cancel(self, handle: JobHandle) -> None:
@@ -89,6 +131,10 @@ class Engine(Protocol):
 
     def stats(self, model: str) -> dict[str, Any] | None:
         """Queue figures for a loaded model; None if it is not loaded."""
+        ...
+
+    def drain(self, timeout: float) -> bool:
+        """Take no new jobs and wait for the queued and running ones (blocking); True if all finished in time."""
         ...
 
     def shutdown(self, timeout: float) -> None:

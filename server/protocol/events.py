@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import APIError
-from .fields import ImageOptions
-from .images import GPT_IMAGE_QUALITY, usage
+from .images import ImageOptions, gpt_image_quality, usage
 
 StreamKind = Literal["image_generation", "image_edit"]
 
@@ -40,14 +39,16 @@ class ImageEventFields:
     quality: str
     background: str
     output_format: str
+    safety_identifier: str | None = None  # completed events echo it, as OpenAI's
 
     @classmethod
     def of(cls, options: ImageOptions) -> ImageEventFields:
         return cls(
             size=options.size.label,
-            quality=GPT_IMAGE_QUALITY[options.quality],
+            quality=gpt_image_quality(options.quality),
             background="opaque",  # Easel's models make opaque images
             output_format=options.output_format,
+            safety_identifier=options.safety_identifier,
         )
 
 
@@ -72,7 +73,8 @@ def partial_image_event(kind: StreamKind, fields: ImageEventFields, b64_json: st
 
 
 def completed_event(kind: StreamKind, fields: ImageEventFields, b64_json: str, usage: Mapping[str, Any]) -> bytes:
-    return _image_event(f"{kind}.completed", fields, b64_json, usage=dict(usage))
+    echoed = {} if fields.safety_identifier is None else {"safety_identifier": fields.safety_identifier}
+    return _image_event(f"{kind}.completed", fields, b64_json, usage=dict(usage), **echoed)
 
 
 def error_event(error: APIError) -> bytes:

@@ -20,11 +20,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from pipelines.presets import QUALITIES
-
 from ..errors import APIError, invalid, missing_parameter
+from .tables import PROMPT, STANDARD_SIZES, Field
 
-STANDARD_SIZES = ("256x256", "512x512", "1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536")
 AUTO_SIZE = (1024, 1024)
 MAX_FREE_SIDE = 8192  # parse limit; the model's own max_side is checked later
 
@@ -106,21 +104,25 @@ def _type_name(value: Any) -> str:
 
 
 class FieldReader:
-    """Typed access to request fields with OpenAI-style 400s.
+    """Typed access to request fields with OpenAI-style 400s; :meth:`read` reads a field by its table row.
 
     ``form=True`` is for multipart bodies, where every value arrives as a
-    string: numbers and booleans are parsed from text and an empty value
-    means "not given".
+    string: numbers and booleans are parsed from text, an empty value means
+    "not given", and bracketed names (``svg[reasoning][effort]``, as the
+    openai SDK sends objects) are nested into objects. Errors inside an
+    object name the field as ``svg.reasoning.effort``.
     """
 
-    def __init__(self, values: Mapping[str, Any], *, form: bool = False) -> None:
-        self.values = values
+    def __init__(self, values: Mapping[str, Any], *, form: bool = False, prefix: str = "") -> None:
+        self.values = _nest_brackets(values) if form and not prefix else values
         self.form = form
+        self.prefix = prefix
 
     def reject_unknown(self, allowed: frozenset[str]) -> None:
         for name in self.values:
             if name not in allowed:
-                raise invalid(name, f"Unrecognized request argument supplied: {name}", code="unknown_parameter")
+                param = self.prefix + name
+                raise invalid(param, f"Unrecognized request argument supplied: {param}", code="unknown_parameter")
 
     def given(self, name: str) -> bool:
         return self.raw(name) is not None
@@ -131,38 +133,82 @@ class FieldReader:
             return None
         return value
 
+    def read(self, field: Field) -> Any:
+        """The field's value as its row declares it; absent or null: the row's default."""
+        name, kind = field.name, field.kind
+        if kind == "integer":
+            value: Any = self.integer(name, int(_bound(field.low)), int(_bound(field.high)))
+        elif kind == "number":
+            value = self.number(name, _bound(field.low), _bound(field.high))
+        elif kind == "boolean":
+            value = self.boolean(name)
+        elif kind == "enum":
+            value = self.enum(field)
+        elif kind == "object":
+            value = self.object(field)
+        else:
+            value = self.string(name, required=field.required, max_length=field.max_length, plain_text=field.plain_text)
+        return field.default if value is None else value
+
     def _wrong_type(self, name: str, expected: str, value: Any) -> APIError:
-        message = f"Invalid type for '{name}': expected {expected}, but got {_type_name(value)} instead."
-        return invalid(name, message, code="invalid_type")
+        param = self.prefix + name
+        message = f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead."
+        return invalid(param, message, code="invalid_type")
 
     def _out_of_range(self, name: str, value: Any, low: float, high: float) -> APIError:
+        param = self.prefix + name
         return invalid(
-            name, f"Invalid '{name}': {value} is out of range; expected {low} to {high}.", code="invalid_value"
+            param, f"Invalid '{param}': {value} is out of range; expected {low} to {high}.", code="invalid_value"
         )
 
-    def string(self, name: str, *, required: bool = False, max_length: int | None = None) -> str | None:
+    def string(
+        self, name: str, *, required: bool = False, max_length: int | None = None, plain_text: bool = False
+    ) -> str | None:
+        """A string field; ``plain_text``: text for the model, refused if it holds control characters."""
         value = self.raw(name)
         if value is None:
             if required:
-                raise missing_parameter(name)
+                raise missing_parameter(self.prefix + name)
             return None
         if not isinstance(value, str):
             raise self._wrong_type(name, "a string", value)
         if max_length is not None and len(value) > max_length:
             raise invalid(
-                name,
-                f"Invalid '{name}': string too long. Expected a string with maximum length {max_length}, "
-                f"but got a string with length {len(value)} instead.",
+                self.prefix + name,
+                f"Invalid '{self.prefix + name}': string too long. Expected a string with maximum length "
+                f"{max_length}, but got a string with length {len(value)} instead.",
                 code="string_above_max_length",
             )
+        if plain_text:
+            refuse_control_characters(self.prefix + name, value)
         return value
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self.string(name)
         if value is not None and value not in choices:
             message = f"Invalid value: '{value}'. Supported values are: {quote_list(choices)}."
-            raise invalid(name, message, code="invalid_value")
+            raise invalid(self.prefix + name, message, code="invalid_value")
         return value
+
+    def enum(self, field: Field) -> str | None:
+        """One of the row's choices; a value OpenAI has but Easel refuses is a 400 with the row's reason."""
+        reasons = dict(field.refused)
+        value = self.choice(field.name, field.choices + tuple(reasons))
+        if value in reasons:
+            message = f"{field.name} '{value}' is not supported: {reasons[value]}"
+            raise invalid(self.prefix + field.name, message, code="unsupported_value")
+        return value
+
+    def object(self, field: Field) -> dict[str, Any] | None:
+        """An object field, every property read by its own row (unknown properties refused)."""
+        value = self.raw(field.name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self._wrong_type(field.name, "an object", value)
+        inner = FieldReader(value, form=self.form, prefix=f"{self.prefix}{field.name}.")
+        inner.reject_unknown(frozenset(part.name for part in field.properties))
+        return {part.name: inner.read(part) for part in field.properties}
 
     def integer(self, name: str, low: int, high: int) -> int | None:
         value = self.raw(name)
@@ -173,7 +219,7 @@ class FieldReader:
                 value = int(value)
             except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
                 message = f"Invalid '{name}': the number has too many digits; expected {low} to {high}."
-                raise invalid(name, message, code="invalid_value") from None
+                raise invalid(self.prefix + name, message, code="invalid_value") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._wrong_type(name, "an integer", value)
         if not low <= value <= high:
@@ -234,102 +280,51 @@ def parse_size(value: str | None) -> RequestedSize:
     return RequestedSize(width, height, standard=value in STANDARD_SIZES)
 
 
-# -- the fields every image endpoint shares ------------------------------------------------------
-
-RESPONSE_FORMATS = ("url", "b64_json")
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-BACKGROUNDS = ("transparent", "opaque", "auto")
-MODERATIONS = ("low", "auto")
-MAX_N = 10
-MAX_PARTIAL_IMAGES = 3
-MAX_SEED = 2**53 - 1  # largest integer every JSON client round-trips exactly
-MIN_STEPS = 2  # UnCLIPScheduler (every prior, Karlo's decoder) divides by steps - 1
-MAX_STEPS = 200
-MAX_GUIDANCE = 30.0
-MAX_TIMESTEP = 1000  # every supported decoder schedule has 1000 training timesteps
-MAX_USER_LENGTH = 256
-MAX_PROMPT_LENGTH = 32000  # GPT image names and local names; dall-e names have their own (protocol.images)
+def _bound(value: float | None) -> float:
+    assert value is not None, "integer and number rows declare both bounds"
+    return value
 
 
-@dataclass(frozen=True)
-class ImageOptions:
-    """Fields every image endpoint shares: which model, how many, what size, how to return them."""
-
-    model: str | None
-    n: int
-    size: RequestedSize
-    quality: str
-    response_format: str | None  # None: the model name's default (url, or b64_json for GPT image names)
-    output_format: str
-    output_compression: int  # 0-100; 100 for png
-    background: str
-    user: str | None
-    stream: bool
-    partial_images: int
-    seed: int | None  # None: a random seed per request
-    negative_prompt: str | None
-    prior_steps: int | None
-    prior_guidance_scale: float | None
-    decoder_steps: int | None
-    decoder_guidance_scale: float | None
-    decoder_guidance_min_timestep: int | None
+_BRACKETED = re.compile(r"([^\[\]]+)((?:\[[^\[\]]+\])+)")  # svg[reasoning][effort]
 
 
-def read_image_options(reader: FieldReader) -> ImageOptions:
-    """Read and check the shared fields; checks that need the model come later (``protocol.images``)."""
-    model = reader.string("model")
-    if model is not None and not model.strip():
-        raise invalid("model", "Invalid 'model': must not be empty.", code="invalid_value")
-    n = reader.integer("n", 1, MAX_N)
-    output_format = reader.choice("output_format", OUTPUT_FORMATS) or "png"
-    compression = reader.integer("output_compression", 0, 100)
-    if output_format == "png" and compression not in (None, 100):
-        raise invalid(
-            "output_compression",
-            "output_compression applies to 'jpeg' and 'webp' only; PNG is lossless, so leave it unset (or 100).",
-            code="invalid_value",
-        )
-    background = reader.choice("background", BACKGROUNDS) or "auto"
-    if background == "transparent":
-        raise invalid(
-            "background",
-            "background 'transparent' is not supported: Easel's models generate opaque images. Use 'opaque' or 'auto'.",
-            code="unsupported_value",
-        )
-    stream = bool(reader.boolean("stream"))
-    partial_images = reader.integer("partial_images", 0, MAX_PARTIAL_IMAGES) or 0
-    if partial_images and not stream:
-        raise invalid("partial_images", "partial_images needs stream: true.", code="invalid_value")
-    user = reader.string("user", max_length=MAX_USER_LENGTH)
-    safety_identifier = reader.string("safety_identifier", max_length=MAX_USER_LENGTH)
-    seed = reader.integer("seed", 0, MAX_SEED)
-    if seed is not None and seed + (n or 1) - 1 > MAX_SEED:
-        raise invalid("seed", f"seed + n - 1 must be at most {MAX_SEED}.", code="invalid_value")
-    return ImageOptions(
-        model=model,
-        n=n or 1,
-        size=parse_size(reader.string("size")),
-        quality=reader.choice("quality", QUALITIES) or "auto",
-        response_format=reader.choice("response_format", RESPONSE_FORMATS),
-        output_format=output_format,
-        output_compression=100 if compression is None else compression,
-        background=background,
-        user=user if user is not None else safety_identifier,
-        stream=stream,
-        partial_images=partial_images,
-        seed=seed,
-        negative_prompt=reader.string("negative_prompt", max_length=MAX_PROMPT_LENGTH),
-        prior_steps=reader.integer("prior_steps", MIN_STEPS, MAX_STEPS),
-        prior_guidance_scale=reader.number("prior_guidance_scale", 0.0, MAX_GUIDANCE),
-        decoder_steps=reader.integer("decoder_steps", MIN_STEPS, MAX_STEPS),
-        decoder_guidance_scale=reader.number("decoder_guidance_scale", 0.0, MAX_GUIDANCE),
-        decoder_guidance_min_timestep=reader.integer("decoder_guidance_min_timestep", 0, MAX_TIMESTEP),
-    )
+def _nest_brackets(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Form fields with bracketed names as nested objects: ``svg[model]`` -> ``{"svg": {"model": ...}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        match = _BRACKETED.fullmatch(key)
+        if match is None:
+            if isinstance(nested.get(key), dict):
+                raise invalid(key, f"'{key}' was given both as a value and as an object.", code="invalid_value")
+            nested[key] = value
+            continue
+        path = [match.group(1), *re.findall(r"\[([^\[\]]+)\]", match.group(2))]
+        target = nested
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise invalid(path[0], f"'{path[0]}' was given both as a value and as an object.", code="invalid_value")
+        target[path[-1]] = value
+    return nested
 
 
 def read_prompt(reader: FieldReader) -> str:
-    prompt = reader.string("prompt", required=True)
-    assert prompt is not None
+    prompt = reader.read(PROMPT)
     if not prompt.strip():
         raise invalid("prompt", "Invalid 'prompt': must not be empty.", code="invalid_value")
-    return prompt
+    return str(prompt)
+
+
+# C0 controls but tab, line feed and carriage return; DEL; C1 controls. They mean nothing to an image
+# model, and one in a prompt is usually a client's bug (binary sent as text, a C string's NUL).
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def refuse_control_characters(name: str, text: str) -> None:
+    found = _CONTROL_CHARACTER.search(text)
+    if found is not None:
+        message = (
+            f"Invalid '{name}': it holds the control character U+{ord(found.group()):04X} at position "
+            f"{found.start()}; only tab, line feed and carriage return are accepted."
+        )
+        raise invalid(name, message, code="invalid_value")

@@ -1,9 +1,12 @@
-"""The image endpoints' requests and responses: one field table each, typed requests that become jobs, answer bodies.
+"""The image endpoints' shared fields, the generation request, the job it becomes, and the answer bodies.
 
 A request is parsed in two steps. ``parse`` checks what needs no model
-(types, ranges, values). Once the serving layer knows the model, ``to_job``
-checks what depends on it (size bounds, features, the OpenAI name's own
-limits) and converts the request into the :class:`ImageJob` a backend runs.
+(types, ranges, values, one field against another). Once the serving layer
+knows the model, ``to_job`` checks what depends on it (size bounds, features,
+the OpenAI name's own limits) and converts the request into the
+:class:`ImageJob` a backend runs. Each field is read by its row in
+:mod:`server.protocol.tables`; edits and variations are
+:mod:`server.protocol.edits`.
 
 The name a client asks for decides the answer's style (:data:`ApiStyle`):
 ``dall-e-2``, ``dall-e-3``, GPT image names, or ``easel`` for everything else
@@ -14,6 +17,7 @@ every field. The fields and their meanings are listed in the README.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -21,78 +25,19 @@ from typing import Any, Literal
 from PIL import Image
 
 from pipelines.base import ImageJob, ModelInfo, Task
-from pipelines.presets import STYLE_DECODER_GUIDANCE_FACTOR, STYLES
+from pipelines.presets import STYLE_DECODER_GUIDANCE_FACTOR
 
-from ..errors import invalid, missing_parameter
-from .fields import (
-    MAX_N,
-    MAX_PROMPT_LENGTH,
-    MODERATIONS,
-    FieldReader,
-    ImageOptions,
-    RequestedSize,
-    read_image_options,
-    read_prompt,
-    require_object,
-)
+from ..errors import invalid
+from . import tables as t
+from .fields import FieldReader, RequestedSize, parse_size, read_prompt, require_object
 
 ApiStyle = Literal["dall-e-2", "dall-e-3", "gpt-image", "easel"]
 
-PROMPT_LIMITS: dict[ApiStyle, int] = {
-    "dall-e-2": 1000,
-    "dall-e-3": 4000,
-    "gpt-image": MAX_PROMPT_LENGTH,
-    "easel": MAX_PROMPT_LENGTH,
-}
 RANDOM_SEED_RANGE = 2**31
-TASK_ENDPOINTS: dict[str, str] = {
-    "generate": "image generations",
-    "edit": "image edits",
-    "variation": "image variations",
-}
 OUTPUT_TOKEN_PATCH = 8
-GPT_IMAGE_QUALITY = {
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "standard": "medium",
-    "auto": "medium",
-    "hd": "high",
-}
-
-# -- field tables: what each endpoint accepts -------------------------------------------------------
-
-EXTENSION_FIELDS = frozenset(
-    {
-        "seed", "negative_prompt", "prior_steps", "prior_guidance_scale", "decoder_steps", "decoder_guidance_scale",
-        "decoder_guidance_min_timestep",
-    }
-)  # fmt: skip
-GENERATION_FIELDS = frozenset(
-    {
-        "prompt", "model", "n", "size", "quality", "response_format", "output_format", "output_compression",
-        "style", "background", "moderation", "user", "safety_identifier", "stream", "partial_images",
-    }
-) | EXTENSION_FIELDS  # fmt: skip
-EDIT_FIELDS = frozenset(
-    {
-        "prompt", "model", "n", "size", "quality", "response_format", "output_format", "output_compression",
-        "background", "moderation", "user", "safety_identifier", "stream", "partial_images",
-    }
-) | EXTENSION_FIELDS  # fmt: skip
-VARIATION_FIELDS = frozenset(
-    {
-        "model", "n", "size", "response_format", "user", "safety_identifier",
-        "quality", "output_format", "output_compression", "seed", "decoder_steps", "decoder_guidance_scale",
-        "decoder_guidance_min_timestep",
-    }
-)  # fmt: skip
-# Refused with a reason rather than as unknown: a variation starts from the image's own embedding.
-NOT_FOR_VARIATIONS = {
-    name: f"'{name}' does not apply to variations: they start from the image's own CLIP embedding, so no prompt "
-    "is encoded and the prior does not run."
-    for name in ("prompt", "negative_prompt", "prior_steps", "prior_guidance_scale")
-}
+# Any current or future OpenAI image model name: gpt-image-2.6-flare, chatgpt-image-latest, a dated snapshot.
+OPENAI_IMAGE_NAME = re.compile(r"(gpt-image|chatgpt-image)(-[a-z0-9][a-z0-9.]*){1,6}")
+GENERATION_FIELDS = t.names(t.GENERATION)
 
 
 def api_style_for(name: str) -> ApiStyle:
@@ -105,15 +50,110 @@ def api_style_for(name: str) -> ApiStyle:
     return "easel"
 
 
-@dataclass(frozen=True)
-class UploadedBody:
-    """An edit or variation body as sent: its text fields and its image files."""
+def is_openai_image_name(name: str) -> bool:
+    """Whether ``name`` is an OpenAI image model name by its form, known today or not."""
+    return len(name) <= 64 and OPENAI_IMAGE_NAME.fullmatch(name) is not None
 
-    fields: dict[str, Any]  # everything but the images, for FieldReader
-    form: bool  # multipart (string values) or JSON
-    image_param: str  # "image" (multipart) or "images" (JSON)
-    images: list[bytes]
-    mask: bytes | None = None
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Fields every image endpoint shares: which model, how many, what size, how to return them."""
+
+    model: str | None
+    n: int
+    size: RequestedSize
+    quality: str
+    complexity: str | None  # None: the quality preset's prior settings
+    response_format: str | None  # None: the model name's default (url, or b64_json for GPT image names)
+    output_format: str
+    output_compression: int  # 0-100; 100 for png, gif and svg
+    frames: int  # gif: frames per image; 1 otherwise
+    frame_duration_ms: int  # gif: each frame's delay, a multiple of 10
+    trace_detail: str | None  # svg: the tracing effort; None otherwise
+    background: str
+    user: str | None  # user, or the safety identifier when no user was sent (logs)
+    safety_identifier: str | None  # OpenAI's rule: a non-empty safety_identifier, else a non-empty user
+    stream: bool
+    partial_images: int
+    seed: int | None  # None: a random seed per request
+    negative_prompt: str | None
+    prior_steps: int | None
+    prior_guidance_scale: float | None
+    decoder_steps: int | None
+    decoder_guidance_scale: float | None
+    decoder_guidance_min_timestep: int | None
+
+
+def read_image_options(reader: FieldReader) -> ImageOptions:
+    """Read and check the shared fields; checks that need the model come later (:func:`check_for_model`)."""
+    model = reader.read(t.MODEL)
+    if model is not None and not model.strip():
+        raise invalid("model", "Invalid 'model': must not be empty.", code="invalid_value")
+    n = reader.read(t.N)
+    output_format = reader.read(t.OUTPUT_FORMAT)
+    compression = reader.read(t.OUTPUT_COMPRESSION)
+    if output_format in t.FORMAT_NOTES and compression != 100:
+        raise invalid(
+            "output_compression",
+            f"output_compression applies to 'jpeg' and 'webp' only; {t.FORMAT_NOTES[output_format]}, "
+            "so leave it unset (or 100).",
+            code="invalid_value",
+        )
+    stream = reader.read(t.STREAM)
+    partial_images = reader.read(t.PARTIAL_IMAGES)
+    if partial_images and not stream:
+        raise invalid("partial_images", "partial_images needs stream: true.", code="invalid_value")
+    if stream and output_format in ("gif", "svg"):
+        message = f"output_format '{output_format}' cannot be streamed: streams send png, jpeg or webp images."
+        raise invalid("stream", message, code="unsupported_value")
+    for field in (t.FRAME_COUNT, t.FRAME_DURATION_MS):
+        if reader.given(field.name) and output_format != "gif":
+            raise invalid(field.name, f"{field.name} applies to output_format 'gif' only.", code="invalid_value")
+    svg = reader.read(t.SVG)
+    if svg is not None and output_format != "svg":
+        raise invalid("svg", "svg applies to output_format 'svg' only.", code="invalid_value")
+    if output_format == "svg" and n > 1:
+        raise invalid("n", "SVG output makes one image per request: n must be 1.", code="invalid_value")
+    user = reader.read(t.USER)
+    safety_identifier = reader.read(t.SAFETY_IDENTIFIER)
+    seed = reader.read(t.SEED)
+    if seed is not None and seed + n - 1 > t.MAX_SEED:
+        raise invalid("seed", f"seed + n - 1 must be at most {t.MAX_SEED}.", code="invalid_value")
+    return ImageOptions(
+        model=model,
+        n=n,
+        size=parse_size(reader.read(t.SIZE)),
+        quality=reader.read(t.QUALITY),
+        complexity=reader.read(t.COMPLEXITY),
+        response_format=reader.read(t.RESPONSE_FORMAT),
+        output_format=output_format,
+        output_compression=compression,
+        frames=reader.read(t.FRAME_COUNT) if output_format == "gif" else 1,
+        frame_duration_ms=frame_delay(reader.read(t.FRAME_DURATION_MS)),
+        trace_detail=_trace_detail(svg) if output_format == "svg" else None,
+        background=reader.read(t.BACKGROUND),
+        user=user if user is not None else safety_identifier,
+        safety_identifier=safety_identifier or user or None,
+        stream=stream,
+        partial_images=partial_images,
+        seed=seed,
+        negative_prompt=reader.read(t.NEGATIVE_PROMPT),
+        prior_steps=reader.read(t.PRIOR_STEPS),
+        prior_guidance_scale=reader.read(t.PRIOR_GUIDANCE),
+        decoder_steps=reader.read(t.DECODER_STEPS),
+        decoder_guidance_scale=reader.read(t.DECODER_GUIDANCE),
+        decoder_guidance_min_timestep=reader.read(t.GUIDANCE_MIN_TIMESTEP),
+    )
+
+
+def frame_delay(milliseconds: int) -> int:
+    """A GIF frame's delay as encoded: to the nearest 10 ms (at least 10), at most the format's maximum."""
+    return min(t.MAX_FRAME_MS, max(10, (milliseconds + 5) // 10 * 10))
+
+
+def _trace_detail(svg: dict[str, Any] | None) -> str:
+    reasoning = (svg or {}).get("reasoning") or {}
+    return str(reasoning.get("effort") or t.SVG_EFFORT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -130,87 +170,26 @@ class GenerationRequest:
         reader.reject_unknown(GENERATION_FIELDS)
         return cls(
             prompt=read_prompt(reader),
-            style=reader.choice("style", STYLES) or "vivid",
-            moderation=reader.choice("moderation", MODERATIONS) or "auto",
+            style=reader.read(t.STYLE),
+            moderation=reader.read(t.MODERATION),
             options=read_image_options(reader),
         )
 
     def to_job(self, info: ModelInfo, api_style: ApiStyle) -> ImageJob:
         check_for_model(self.options, self.prompt, api_style, info)
         check_stream_options(self.options)
-        return _build_job("generate", self.options, info, prompt=self.prompt, style=self.style)
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    prompt: str
-    options: ImageOptions
-    size_from_input: bool  # no size or "auto": the input's own size
-    image: bytes
-    image_param: str
-    mask: bytes | None
-
-    @classmethod
-    def parse(cls, body: UploadedBody) -> EditRequest:
-        reader = FieldReader(body.fields, form=body.form)
-        reader.reject_unknown(EDIT_FIELDS)
-        prompt = read_prompt(reader)
-        options = read_image_options(reader)
-        reader.choice("moderation", MODERATIONS)  # checked; Easel runs no moderation model
-        check_stream_options(options)
-        if not body.images:
-            raise missing_parameter(body.image_param)
-        size_from_input = reader.raw("size") in (None, "auto")
-        return cls(prompt, options, size_from_input, body.images[0], body.image_param, body.mask)
-
-    def sized_for(self, image: Image.Image, info: ModelInfo) -> EditRequest:
-        """This request with ``size`` settled: the decoded input's own size unless one was asked for."""
-        return replace(self, options=_sized_for_input(self.options, image, info)) if self.size_from_input else self
-
-    def to_job(self, info: ModelInfo, api_style: ApiStyle, image: Image.Image, mask: Image.Image) -> ImageJob:
-        """A job for the decoded ``image`` and its repaint ``mask`` (mode "L", 255 = repaint)."""
-        check_for_model(self.options, self.prompt, api_style, info)
-        return _build_job("edit", self.options, info, prompt=self.prompt, image=image, mask=mask)
-
-
-@dataclass(frozen=True)
-class VariationRequest:
-    options: ImageOptions
-    size_from_input: bool  # "auto": the input's own size (default: 1024x1024, as OpenAI's)
-    image: bytes
-
-    @classmethod
-    def parse(cls, body: UploadedBody) -> VariationRequest:
-        for name in body.fields:
-            if name in NOT_FOR_VARIATIONS:
-                raise invalid(name, NOT_FOR_VARIATIONS[name], code="unsupported_value")
-        reader = FieldReader(body.fields, form=True)
-        reader.reject_unknown(VARIATION_FIELDS)
-        options = read_image_options(reader)
-        if not body.images:
-            raise missing_parameter("image")
-        if len(body.images) > 1:
-            raise invalid("image", f"Send one image; {len(body.images)} were sent.", code="invalid_value")
-        return cls(options, reader.raw("size") == "auto", body.images[0])
-
-    def sized_for(self, image: Image.Image, info: ModelInfo) -> VariationRequest:
-        """This request with ``size`` settled: the decoded input's own size if ``auto`` was asked for."""
-        return replace(self, options=_sized_for_input(self.options, image, info)) if self.size_from_input else self
-
-    def to_job(self, info: ModelInfo, api_style: ApiStyle, image: Image.Image) -> ImageJob:
-        check_for_model(self.options, None, api_style, info)
-        return _build_job("variation", self.options, info, image=image)
+        return build_job("generate", self.options, info, prompt=self.prompt, style=self.style)
 
 
 def max_n_for(api_style: ApiStyle) -> int:
     """The most images one request may ask for under this model name (dall-e-3, like OpenAI's: one)."""
-    return 1 if api_style == "dall-e-3" else MAX_N
+    return 1 if api_style == "dall-e-3" else t.MAX_N
 
 
 def check_task(info: ModelInfo, task: Task) -> None:
     if task not in info.tasks:
         raise invalid(
-            "model", f"Model '{info.name}' does not support {TASK_ENDPOINTS[task]}.", code="unsupported_model"
+            "model", f"Model '{info.name}' does not support {t.TASK_ENDPOINTS[task]}.", code="unsupported_model"
         )
 
 
@@ -225,7 +204,7 @@ def check_for_model(options: ImageOptions, prompt: str | None, api_style: ApiSty
             "response_format is not supported for GPT image models, which always return b64_json.",
             code="unsupported_value",
         )
-    limit = PROMPT_LIMITS[api_style]
+    limit = t.PROMPT_LIMITS[api_style]
     if prompt is not None and len(prompt) > limit:
         message = f"Invalid 'prompt': string too long. Maximum length for this model is {limit} characters."
         raise invalid("prompt", message, code="string_above_max_length")
@@ -239,6 +218,10 @@ def check_for_model(options: ImageOptions, prompt: str | None, api_style: ApiSty
             f"for model '{info.name}'.",
             code="invalid_value",
         )
+    _check_features(options, info)
+
+
+def _check_features(options: ImageOptions, info: ModelInfo) -> None:
     if options.negative_prompt is not None and not info.supports_negative_prompt:
         message = f"Model '{info.name}' does not support negative_prompt."
         raise invalid("negative_prompt", message, code="unsupported_value")
@@ -251,6 +234,16 @@ def check_for_model(options: ImageOptions, prompt: str | None, api_style: ApiSty
     if options.quality not in info.presets:
         message = f"Model '{info.name}' has no '{options.quality}' quality preset."
         raise invalid("quality", message, code="unsupported_value")
+    if options.complexity is not None and options.complexity not in info.complexities:
+        message = f"Model '{info.name}' has no '{options.complexity}' complexity preset."
+        raise invalid("complexity", message, code="unsupported_value")
+    if options.frames > 1 and not info.supports_animation:
+        raise invalid(
+            "output_format",
+            f"Model '{info.name}' ({info.family}) cannot make GIF animations: its pipeline runs prior and decoder "
+            "in one call, so Easel cannot walk between image embeddings. Use a Kandinsky-family model.",
+            code="unsupported_value",
+        )
 
 
 def check_stream_options(options: ImageOptions) -> None:
@@ -262,12 +255,7 @@ def check_stream_options(options: ImageOptions) -> None:
         )
 
 
-def _sized_for_input(options: ImageOptions, image: Image.Image, info: ModelInfo) -> ImageOptions:
-    width, height = info.size_for_input(image.width, image.height)
-    return replace(options, size=RequestedSize(width, height, standard=False))
-
-
-def _build_job(
+def build_job(
     task: Task,
     options: ImageOptions,
     info: ModelInfo,
@@ -276,8 +264,13 @@ def _build_job(
     style: str | None = None,
     image: Image.Image | None = None,
     mask: Image.Image | None = None,
+    input_image_weight: float = 0.0,
 ) -> ImageJob:
-    preset = info.presets[options.quality].adjusted(
+    preset = info.presets[options.quality]
+    if options.complexity is not None:  # the prior's effort, chosen apart from the decoder's
+        prior = info.complexities[options.complexity]
+        preset = replace(preset, prior_steps=prior.prior_steps, prior_guidance=prior.prior_guidance)
+    preset = preset.adjusted(
         decoder_guidance_factor=STYLE_DECODER_GUIDANCE_FACTOR[style] if style is not None else 1.0,
         prior_steps=options.prior_steps,
         prior_guidance=options.prior_guidance_scale,
@@ -299,6 +292,8 @@ def _build_job(
         image=image,
         mask=mask,
         preview_count=options.partial_images,  # non-zero only when streaming
+        input_image_weight=input_image_weight,
+        frames=options.frames,
     )
 
 
@@ -334,9 +329,9 @@ def usage(input_text_tokens: int, output_tokens: int, input_image_tokens: int = 
 
 
 def job_usage(job: ImageJob, prompt_tokens: int) -> dict[str, Any]:
-    """A finished job's usage: the prompt's tokens, the input image's patches (edits, variations), n outputs'."""
+    """A finished job's usage: the prompt's tokens, the input image's patches (edits, variations), every frame's."""
     input_image_tokens = output_image_tokens(job.width, job.height, 1) if job.image is not None else 0
-    return usage(prompt_tokens, output_image_tokens(job.width, job.height, job.n), input_image_tokens)
+    return usage(prompt_tokens, output_image_tokens(job.width, job.height, job.n * job.frames), input_image_tokens)
 
 
 def images_response(
@@ -355,11 +350,20 @@ def images_response(
         body.update(
             background="opaque",
             output_format=options.output_format,
-            quality=GPT_IMAGE_QUALITY[options.quality],
-            size=options.size.label,
+            quality=gpt_image_quality(options.quality),
+            size=options.size.label,  # any WIDTHxHEIGHT, as the current SDK types it (README)
             usage=usage_block,
         )
+        if options.safety_identifier is not None:
+            body["safety_identifier"] = options.safety_identifier
+        if options.output_format == "svg":  # traced, not authored by a language model: no tokens spent
+            body["svg_usage"] = {name: 0 for name in t.SVG_USAGE_COUNTS} | {"model": t.SVG_AUTHOR}
     return body
+
+
+def gpt_image_quality(quality: str) -> str:
+    """The quality a GPT-image answer reports: the deprecated and automatic names as the preset they choose."""
+    return t.QUALITY_REPORTED.get(quality, quality)
 
 
 def _image_item(image: FinishedImage, revised_prompt: str | None) -> dict[str, Any]:

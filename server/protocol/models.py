@@ -27,6 +27,8 @@ def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
         "supports_negative_prompt": info.supports_negative_prompt,
         "supports_guidance_interval": info.supports_guidance_interval,
         "quality_presets": {name: asdict(preset) for name, preset in info.presets.items()},
+        "complexity_presets": {name: asdict(preset) for name, preset in info.complexities.items()},
+        "supports_animation": info.supports_animation,
         "parameter_counts": dict(info.parameter_counts),
         "device": info.device,
         "dtype": info.dtype,

@@ -1,1 +1,1 @@
-"""HTTP routes, one module per resource; each module exposes ``routes``, which ``server.app.ROUTES`` gathers."""
+"""HTTP routes, one module per resource; ``server.app`` gathers them. The handlers live in ``server.serving``."""

@@ -1,7 +1,8 @@
 """Liveness and readiness. Neither needs an API key.
 
 ``GET /health``: 200 ``{"status": "ok"}`` whenever the process answers.
-``GET /health/ready``: 200 when every model is loaded, else 503 (error
+``GET /health/ready``: 200 when every model is loaded and the server is not
+shutting down, else 503 (error
 envelope); both carry ``models``: each model's status (``loading``,
 ``ready`` with its queue figures, or ``failed`` with the loader's message).
 """
@@ -23,17 +24,15 @@ async def health(request: Request) -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     state: ServerState = request.app.state.easel
     models = state.catalog.readiness(state.engine)
-    if state.catalog.all_ready():
+    if state.catalog.all_ready() and not state.images.draining:
         return JSONResponse({"status": "ready", "models": models})
-    waiting = [f"{name} ({item['status']})" for name, item in models.items() if item["status"] != "ready"]
+    if state.images.draining:
+        message, status = "Not ready: the server is shutting down.", "shutting_down"
+    else:
+        waiting = [f"{name} ({item['status']})" for name, item in models.items() if item["status"] != "ready"]
+        message, status = "Not ready: " + ", ".join(waiting), "not_ready"
     return error_response(
-        APIError(
-            503,
-            "Not ready: " + ", ".join(waiting),
-            type=SERVER_ERROR,
-            code="not_ready",
-            extra={"status": "not_ready", "models": models},
-        )
+        APIError(503, message, type=SERVER_ERROR, code=status, extra={"status": status, "models": models})
     )
 
 

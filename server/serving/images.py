@@ -12,40 +12,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, ModelInfo, Task
 from pipelines.inpaint import composite_unmasked
 
 from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
-from ..errors import job_error
+from ..errors import CLIENT_CLOSED_REQUEST, job_error, shutting_down
+from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
-from ..protocol.fields import ImageOptions
-from ..protocol.images import (
-    EditRequest,
-    FinishedImage,
-    GenerationRequest,
-    VariationRequest,
-    images_response,
-    job_usage,
-)
-from .decoding import UploadLimits, decode_edit_inputs, decode_variation_input
-from .files import ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from ..protocol.fields import read_json
+from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
+from .decoding import Fit, UploadLimits, decode_variation_input
+from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .masks import decode_edit_inputs
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
+from .uploads import read_edit_body, read_variation_body
 
 log = logging.getLogger("easel.images")
-
-CLIENT_CLOSED_REQUEST = 499  # never reaches the client; shows in access logs
 
 # Work on a job's native images before they are fitted to the requested size (edits: compositing); runs in a thread.
 Prepare = Callable[[list[Image.Image]], list[Image.Image]]
 FitToSize = Callable[[Image.Image, int, int], Image.Image]
+Decoded = TypeVar("Decoded")
 
 
 class ImageServing:
@@ -55,15 +51,30 @@ class ImageServing:
         self.engine = engine
         self.store = store
         self.upload_limits = UploadLimits.from_settings(settings)
+        self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
+        self.draining = False  # set when the server shuts down: new image requests are refused
+
+    # -- the endpoints (server/routes/images.py): read the body, then serve it ---------------------
+
+    async def create_generation(self, request: Request) -> Response:
+        return await self.generate(request, GenerationRequest.parse(await read_json(request)))
+
+    async def create_edit(self, request: Request) -> Response:
+        return await self.edit(request, EditRequest.parse(await read_edit_body(request, self.upload_limits)))
+
+    async def create_variation(self, request: Request) -> Response:
+        body = await read_variation_body(request, self.upload_limits)
+        return await self.vary(request, VariationRequest.parse(body))
 
     async def generate(self, request: Request, generation: GenerationRequest) -> Response:
-        model = self.catalog.ready(generation.options.model, "generate")
+        model = self._resolve(request, generation.options.model, "generate")
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
         log.info(
-            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s seeds=%d.. user=%r [request_id=%s]",
-            model.requested, model.name, job.n, options.size.label, job.width, job.height,
-            options.quality, job.seeds[0], options.user, request.state.request_id,
+            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s format=%s seeds=%d.. "
+            "user=%r safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
+            options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         if options.stream:
@@ -71,51 +82,69 @@ class ImageServing:
         return await self._respond(request, model, options, handle, prompt=generation.prompt)
 
     async def edit(self, request: Request, edit: EditRequest) -> Response:
-        model = self.catalog.ready(edit.options.model, "edit")
-        original, repaint = await asyncio.to_thread(
-            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits
+        model = self._resolve(request, edit.options.model, "edit")
+        fit = _input_fit(edit.options, edit.size_from_input, model.info)
+        original, repaint = await self._decode(
+            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, fit, edit.markup
         )
         edit = edit.sized_for(original, model.info)
         job = edit.to_job(model.info, model.api_style, original, repaint)
         options = edit.options
         log.info(
-            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r [request_id=%s]",
-            model.requested, model.name, job.n, original.width, original.height, options.size.label,
-            job.width, job.height, job.seeds[0], options.stream, options.user, request.state.request_id,
+            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r "
+            "safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, original.width, original.height, options.size.label, job.width,
+            job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
-        width, height = options.size.width, options.size.height
-
-        def composite(images: list[Image.Image]) -> list[Image.Image]:
-            # The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged.
-            sized_original = resize_exactly(original, width, height)
-            return [composite_unmasked(sized_original, image, repaint) for image in images]
-
+        composite = edit_compositor(original, repaint, options.size.width, options.size.height)
         if options.stream:
             # Previews are stretched to the requested size, as the composited result is (never cropped).
             return self._stream(request, "image_edit", options, handle, fit_preview=resize_exactly, prepare=composite)
         return await self._respond(request, model, options, handle, prompt=edit.prompt, prepare=composite)
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self.catalog.ready(variation.options.model, "variation")
-        source = await asyncio.to_thread(decode_variation_input, variation.image, self.upload_limits)
+        model = self._resolve(request, variation.options.model, "variation")
+        fit = _input_fit(variation.options, variation.size_from_input, model.info)
+        source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
         variation = variation.sized_for(source, model.info)
         job = variation.to_job(model.info, model.api_style, source)
         options = variation.options
         log.info(
-            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r [request_id=%s]",
-            model.requested, model.name, job.n, source.width, source.height, options.size.label,
-            job.width, job.height, job.seeds[0], options.user, request.state.request_id,
+            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
+            "safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
+            job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
         return await self._respond(request, model, options, handle)
 
     # -- the steps every endpoint shares ------------------------------------------------------------
 
+    def _resolve(self, request: Request, requested: str | None, task: Task) -> ReadyModel:
+        """The loaded model for the request; its name goes on the access log line, found or not.
+
+        The metrics label requests with the configured model they resolved to instead: a
+        label per name a client makes up would grow without bound.
+        """
+        request.state.model = requested or self.catalog.default_name
+        if self.draining:
+            raise shutting_down()
+        model = self.catalog.ready(requested, task)
+        request.state.served_model = model.name
+        return model
+
+    async def _decode(self, decode: Callable[..., Decoded], *args: object) -> Decoded:
+        """Decode uploads in a thread, at most ``--max-concurrent-decodes`` at once: each may take megabytes."""
+        async with self.decode_slots:
+            return await asyncio.to_thread(decode, *args)
+
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
         try:
-            return self.engine.submit(model.name, job)
+            # OpenAI's SDKs count their retries in this header; a retry after a 429 gets the queue's reserve.
+            retried = request.headers.get("x-stainless-retry-count", "0") not in ("", "0")
+            return self.engine.submit(model.name, job, retried=retried)
         except Exception as error:
             raise job_error(error, request.state.request_id) from None
 
@@ -141,7 +170,7 @@ class ImageServing:
         def render() -> JSONResponse:
             # Resizing, encoding, writing files, base64 and JSON of megabytes: all off the event loop.
             finished = []
-            for data, seed in zip(_finish(result.images, options, prepare), handle.job.seeds, strict=True):
+            for data, seed in zip(finish_files(result.images, options, prepare), handle.job.seeds, strict=True):
                 url = None if url_base is None else f"{url_base}/{self.store.save(data, options.output_format)}"
                 finished.append(FinishedImage(data, seed, url))
             body = images_response(
@@ -167,7 +196,7 @@ class ImageServing:
         if not result.done():
             self.engine.cancel(handle)
             result.cancel()
-            log.info("client went away; job dropped [request_id=%s]", request.state.request_id)
+            request.state.gone = "while waiting for its images; its job was dropped"  # for the access line
             return None
         error = result.exception()
         if error is not None:
@@ -193,12 +222,14 @@ class ImageServing:
             )
 
         def encode_final(images: list[Image.Image]) -> list[bytes]:
-            return _finish(images, options, prepare)
+            return finish_files(images, options, prepare)
 
         def usage(result: JobResult) -> dict:
             return job_usage(handle.job, result.prompt_tokens)
 
-        stream = ImageStream(kind, ImageEventFields.of(options), encode_preview, encode_final, usage)
+        fields = ImageEventFields.of(options)
+        keepalive = self.settings.sse_keepalive_seconds
+        stream = ImageStream(kind, fields, encode_preview, encode_final, usage, keepalive)
         return stream_job(self.engine, handle, stream, request.state.request_id)
 
     def _url_base(self, request: Request) -> str:
@@ -206,12 +237,40 @@ class ImageServing:
         return f"{base}/v1/files/images"
 
 
-def _finish(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
+def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) -> Fit:
+    """The size an upload is used at: the answer's size (the input's own, scaled into the model's bounds, for auto)."""
+    if size_from_input:
+        return info.size_for_input
+    width, height = options.size.width, options.size.height
+    return lambda _width, _height: (width, height)
+
+
+def edit_compositor(original: Image.Image, repaint: Image.Image, width: int, height: int) -> Prepare:
+    """The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged."""
+
+    def composite(images: list[Image.Image]) -> list[Image.Image]:
+        sized_original = resize_exactly(original, width, height)
+        return [composite_unmasked(sized_original, image, repaint) for image in images]
+
+    return composite
+
+
+def finish_files(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
     """The files a client gets for a job's native images (CPU work: run it in a thread)."""
     if prepare is not None:
         images = prepare(images)
     size = options.size
-    return finish_images(images, size.width, size.height, options.output_format, options.output_compression)
+    return finish_images(images, size.width, size.height, encoding_of(options))
+
+
+def encoding_of(options: ImageOptions) -> Encoding:
+    return Encoding(
+        options.output_format,
+        options.output_compression,
+        options.frames,
+        options.frame_duration_ms,
+        options.trace_detail or "medium",
+    )
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipelines.base import ModelInfo, Task
+from pipelines.speed import SpeedOptions, warmup_batches_for
 
 from ..config import ModelSpec, Settings
-from ..engine.base import Engine, EngineStopped, ModelToLoad
+from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine, EngineStopped, ModelToLoad
 from ..errors import SERVER_ERROR, APIError
-from ..protocol.images import ApiStyle, api_style_for, check_task, max_n_for
+from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
+from ..protocol.tables import MAX_N
 
 log = logging.getLogger("easel.models")
 
@@ -79,9 +82,16 @@ class Catalog:
         return [*self.entries, *self.aliases]
 
     def entry(self, requested: str | None) -> ModelEntry:
-        """The entry for a requested name (``None``: the default model); 404 if unknown."""
+        """The entry for a requested name (``None``: the default model); 404 if unknown.
+
+        An OpenAI image model name that is neither a model nor an alias here (a
+        snapshot or model released after this server) resolves to the default
+        model by its form, so client code naming it keeps working.
+        """
         name = requested if requested is not None else self.default_name
         entry = self.entries.get(self.aliases.get(name, name))
+        if entry is None and is_openai_image_name(name):
+            entry = self.entries.get(self.default_name)
         if entry is None:
             raise model_not_found(name)
         return entry
@@ -140,17 +150,25 @@ class Catalog:
         return report
 
 
-def load_all(catalog: Catalog, engine: Engine, settings: Settings, stop: threading.Event) -> None:
-    """Load every model in turn (run in a background thread); failures are recorded, never raised."""
+LoadFailed = Callable[[str, str], None]  # (model name, message)
+
+
+def load_all(
+    catalog: Catalog, engine: Engine, settings: Settings, stop: threading.Event, on_failure: LoadFailed | None = None
+) -> None:
+    """Load every model in turn (run in a background thread); failures are recorded, never raised.
+
+    ``on_failure`` hears of each failure (``easel serve`` stops unless ``--keep-going``).
+    """
     for entry in catalog.entries.values():
         if stop.is_set():
             return
         started = time.monotonic()
         spec = entry.spec
         try:
-            dtype = settings.family_dtypes.get(spec.family, settings.dtype)
+            dtype, speed = settings.dtype_for(spec.family), speed_options(settings)
             info = engine.load(
-                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, dtype, settings.optimize)
+                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, dtype, speed)
             )
         except EngineStopped:  # the server stopped while this model loaded
             return
@@ -163,6 +181,8 @@ def load_all(catalog: Catalog, engine: Engine, settings: Settings, stop: threadi
             log.error(
                 "model %s failed to load: %s", spec.name, entry.error, exc_info=not isinstance(error, FileNotFoundError)
             )
+            if on_failure is not None:
+                on_failure(spec.name, entry.error)
             continue
         if stop.is_set():  # the server stopped while this model loaded
             return
@@ -170,3 +190,11 @@ def load_all(catalog: Catalog, engine: Engine, settings: Settings, stop: threadi
         entry.load_seconds = time.monotonic() - started
         entry.status = "ready"
         log.info("model %s ready on %s (%s) in %.1f s", spec.name, info.device, info.dtype, entry.load_seconds)
+
+
+def speed_options(settings: Settings) -> SpeedOptions:
+    """The speed settings models load with. Compiling warms up, by default, 1 and 2 images (the batch dimension
+    turns symbolic) and the most one pipeline call may hold, which torch compiles apart (README, "Fast on a GPU")."""
+    largest = max(settings.max_batch_images or max(DEFAULT_MAX_BATCH_IMAGES.values()), MAX_N)
+    batches = settings.compile_warmup_batches or warmup_batches_for(largest)
+    return SpeedOptions(settings.optimize, settings.compile_cache_dir, batches)

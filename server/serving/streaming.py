@@ -10,6 +10,9 @@
 * A client that disconnects cancels its job: the worker stops at the next
   denoising step.
 * Streamed images are always ``b64_json``.
+* While nothing has been sent for ``--sse-keepalive-seconds`` (a slow model
+  with no partial images asked for), a comment line ``: keep-alive`` goes out,
+  so proxies do not cut an idle connection; SSE clients ignore comments.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ log = logging.getLogger("easel.streaming")
 MEDIA_TYPE = "text/event-stream"
 # Proxies (nginx) buffer responses unless told not to; caches must not keep a stream.
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: no event for the client
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ImageStream:
     encode_preview: Callable[[Image.Image], bytes]  # native-size preview -> file bytes (runs in a thread)
     encode_final: Callable[[list[Image.Image]], list[bytes]]  # native-size images -> files (runs in a thread)
     usage: Callable[[JobResult], Mapping[str, Any]]  # the request's usage, once the job has finished
+    keepalive_seconds: float = 0.0  # idle time before a keep-alive comment; 0 or less: none
 
 
 class _JobEventResponse(StreamingResponse):
@@ -81,7 +86,32 @@ def stream_job(engine: Engine, handle: JobHandle, stream: ImageStream, request_i
             engine.cancel(handle)
             log.info("client left the stream; job cancelled [request_id=%s]", request_id)
 
-    return _JobEventResponse(_events(handle, stream, request_id), cancel_unfinished)
+    events = with_keepalive(_events(handle, stream, request_id), stream.keepalive_seconds)
+    return _JobEventResponse(events, cancel_unfinished)
+
+
+async def with_keepalive(events: AsyncIterator[bytes], idle_seconds: float) -> AsyncIterator[bytes]:
+    """``events``, with :data:`KEEPALIVE` sent whenever none has come for ``idle_seconds``."""
+    if idle_seconds <= 0:
+        async for event in events:
+            yield event
+        return
+    iterator = aiter(events)
+    pending = asyncio.ensure_future(anext(iterator))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=idle_seconds)
+            if not done:
+                yield KEEPALIVE
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            yield event
+            pending = asyncio.ensure_future(anext(iterator))
+    finally:
+        pending.cancel()  # the response ended early (client gone): stop waiting for the next event
 
 
 async def _events(handle: JobHandle, stream: ImageStream, request_id: str) -> AsyncIterator[bytes]:

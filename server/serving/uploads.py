@@ -6,7 +6,7 @@ bytes into pixels is :mod:`server.serving.decoding`.
 
 Edits arrive as ``multipart/form-data`` (one ``image`` part, or ``image[]``
 parts for a list, optional ``mask``) or ``application/json`` with ``images:
-[{"image_url": "data:..."}]`` and ``mask: {"image_url": ...}``. One image per
+[{"image_url": "data:..."}]`` and ``mask: {"image_url": ...}`` (``markup`` likewise). One image per
 edit: OpenAI takes up to 16, the extra ones as references, which
 prior+decoder models cannot use, so more are refused rather than dropped.
 
@@ -28,13 +28,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from ..errors import invalid
+from ..protocol.edits import UploadedBody
 from ..protocol.fields import media_type, parse_json, require_object
-from ..protocol.images import UploadedBody
 from .decoding import UploadLimits
 
 MAX_FILE_PARTS = 20  # OpenAI takes up to 16 images and a mask; more is refused by the parser
-EDIT_FILE_PARTS = frozenset({"image", "image[]", "mask"})
-JSON_IMAGE_FIELDS = ("images", "mask")
+EDIT_FILE_PARTS = frozenset({"image", "image[]", "mask", "markup"})
+JSON_IMAGE_FIELDS = ("images", "mask", "markup")
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,10 @@ async def read_edit_body(request: Request, limits: UploadLimits) -> UploadedBody
     kind = media_type(request)
     if kind == "multipart/form-data":
         body = await read_multipart(request, EDIT_FILE_PARTS, limits)
-        masks = body.files.get("mask", [])
-        if len(masks) > 1:
-            raise invalid("mask", f"Send one mask; {len(masks)} were sent.", code="invalid_value")
+        mask, markup = _at_most_one(body, "mask"), _at_most_one(body, "markup")
         images = body.files.get("image", []) + body.files.get("image[]", [])
         _refuse_several_images(len(images), "image")
-        return UploadedBody(body.fields, True, "image", images, masks[0] if masks else None)
+        return UploadedBody(body.fields, True, "image", images, mask, markup)
     if kind == "application/json":
         return await asyncio.to_thread(_json_edit_body, await request.body(), limits)
     raise invalid(
@@ -96,6 +94,13 @@ async def read_edit_body(request: Request, limits: UploadLimits) -> UploadedBody
         "(images, mask, prompt, ...).",
         code="unsupported_content_type",
     )
+
+
+def _at_most_one(body: MultipartBody, part: str) -> bytes | None:
+    files = body.files.get(part, [])
+    if len(files) > 1:
+        raise invalid(part, f"Send one {part}; {len(files)} were sent.", code="invalid_value")
+    return files[0] if files else None
 
 
 def _refuse_several_images(count: int, param: str) -> None:
@@ -116,10 +121,14 @@ def _json_edit_body(raw: bytes, limits: UploadLimits) -> UploadedBody:
         raise invalid("images", "'images' must be an array of {\"image_url\": ...} objects.", code="invalid_type")
     _refuse_several_images(len(refs or []), "images")
     images = [image_ref_bytes(ref, "images", limits) for ref in refs or []]
-    mask_ref = payload.get("mask")
-    mask = None if mask_ref is None else image_ref_bytes(mask_ref, "mask", limits)
+    mask, markup = (_optional_ref(payload, name, limits) for name in ("mask", "markup"))
     fields = {name: value for name, value in payload.items() if name not in JSON_IMAGE_FIELDS}
-    return UploadedBody(fields, False, "images", images, mask)
+    return UploadedBody(fields, False, "images", images, mask, markup)
+
+
+def _optional_ref(payload: dict[str, Any], name: str, limits: UploadLimits) -> bytes | None:
+    ref = payload.get(name)
+    return None if ref is None else image_ref_bytes(ref, name, limits)
 
 
 def data_url_bytes(url: str, param: str, limits: UploadLimits) -> bytes:

@@ -272,7 +272,8 @@ def test_karlo_cannot_edit(api_server) -> None:
 @pytest.mark.parametrize(
     "data, files, param, message",
     [
-        ({"input_fidelity": "high"}, None, "input_fidelity", "Unrecognized request argument supplied: input_fidelity"),
+        ({"input_fidelity": "exact"}, None, "input_fidelity", "Invalid value: 'exact'. Supported values are:"),
+        ({"fidelity": "high"}, None, "fidelity", "Unrecognized request argument supplied: fidelity"),
         ({"prompt": ""}, None, "prompt", "Missing required parameter: 'prompt'."),
         ({}, [], "image", "Missing required parameter: 'image'."),
         (

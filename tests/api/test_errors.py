@@ -37,7 +37,8 @@ BAD_FIELDS = [
     ({"size": 512}, "size"),
     ({"quality": "ultra"}, "quality"),
     ({"response_format": "png"}, "response_format"),
-    ({"output_format": "gif"}, "output_format"),
+    ({"output_format": "bmp"}, "output_format"),
+    ({"output_format": "gif", "model": KARLO}, "output_format"),  # Karlo cannot animate
     ({"output_compression": 101, "output_format": "jpeg"}, "output_compression"),
     ({"output_compression": -1, "output_format": "webp"}, "output_compression"),
     ({"output_compression": 50}, "output_compression"),  # png is lossless
@@ -69,7 +70,8 @@ BAD_FIELDS = [
     ({"decoder_guidance_min_timestep": 600.5}, "decoder_guidance_min_timestep"),
     ({"decoder_guidance_min_timestep": 600, "model": KARLO}, "decoder_guidance_min_timestep"),  # guides every step
     ({"foo": 1}, "foo"),
-    ({"svg": {}}, "svg"),
+    ({"svg": {}}, "svg"),  # only with output_format svg
+    ({"output_format": "svg", "svg": {"model": "gpt-5"}}, "svg.model"),
     ({"model": "dall-e-3", "n": 2}, "n"),
     ({"model": "gpt-image-1", "response_format": "url"}, "response_format"),
     ({"model": "dall-e-2", "prompt": "p" * 1001}, "prompt"),
@@ -111,7 +113,8 @@ def test_unknown_model_is_404_model_not_found(client, api_server: LiveServer):
 
 
 @pytest.mark.parametrize(
-    "method, path", [("GET", "/v1/nope"), ("POST", "/v1/images/nope"), ("GET", "/"), ("GET", "/v1/files/images/x.png")]
+    "method, path",
+    [("GET", "/v1/nope"), ("POST", "/v1/images/nope"), ("GET", "/nope"), ("GET", "/v1/files/images/x.png")],
 )
 def test_unknown_route_is_404(api_server: LiveServer, method, path):
     error = assert_envelope(httpx.request(method, api_server.url + path), 404)

@@ -19,12 +19,12 @@ import pytest
 from pipelines.base import ImageJob
 from server.config import ModelSpec, Settings
 
-from ..conftest import FAST, SLOW, LiveServer, assert_envelope, running_server
+from ..conftest import FAST, SLOW, LiveServer, OneJobAtATime, assert_envelope, running_server
 
 SECRET = "/very/secret/internal/path.py"
 
 
-class RaisingBackend:
+class RaisingBackend(OneJobAtATime):
     """The real tiny backend, except that generating fails the way a bug would."""
 
     def __init__(self, inner) -> None:

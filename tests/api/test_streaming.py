@@ -18,7 +18,7 @@ from PIL import Image
 
 from server.config import ModelSpec, Settings
 from tests.api.test_edits import HEIGHT, MASK_PNG, PICTURE_PNG, WIDTH, kept_area, picture
-from tests.conftest import FAST, SLOW, TINY, LiveServer, assert_envelope, running_server
+from tests.conftest import FAST, SLOW, TINY, LiveServer, OneJobAtATime, assert_envelope, running_server
 
 STEPS = {"prior_steps": 2, "decoder_steps": 6}  # enough decoder steps for 3 evenly spaced previews
 
@@ -185,7 +185,7 @@ def test_a_client_that_leaves_cancels_its_job(api_server: LiveServer) -> None:
     assert stats["completed"] == before["completed"]
 
 
-class FailsAfterFirstPreview:
+class FailsAfterFirstPreview(OneJobAtATime):
     """A real backend that breaks right after its first preview, as a GPU fault would mid-job."""
 
     def __init__(self, inner) -> None:

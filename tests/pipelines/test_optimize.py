@@ -13,9 +13,10 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnAddedKVProcessor, AttnProcessor
 
 from pipelines import optimize
-from pipelines.base import OPTIMIZATIONS, ImageJob, SpeedOptions, StagePreset
+from pipelines.base import ImageJob, StagePreset
 from pipelines.loader import load_backend
-from pipelines.optimize import FusedAddedKVAttention, pipeline_models, resolve
+from pipelines.optimize import FusedAddedKVAttention, is_compiled, pipeline_models, resolve
+from pipelines.speed import OPTIMIZATIONS, SpeedOptions, parse_enabled
 from pipelines.tiny import build_tiny_kandinsky, build_tiny_karlo
 
 torch.set_num_threads(1)
@@ -67,12 +68,13 @@ def test_defaults_are_the_stock_choices_and_bad_combinations_are_refused():
 
 
 def test_parse_enabled():
-    assert SpeedOptions.parse_enabled("auto") is None
-    assert SpeedOptions.parse_enabled("none") == frozenset()
-    assert SpeedOptions.parse_enabled(" sdpa, fused_qkv ") == {"sdpa", "fused_qkv"}
-    assert SpeedOptions.parse_enabled(",".join(OPTIMIZATIONS)) == set(OPTIMIZATIONS)
+    assert parse_enabled("auto") is None
+    assert parse_enabled("none") == frozenset()
+    assert parse_enabled(" sdpa, fused_qkv ") == {"sdpa", "fused_qkv"}
+    assert parse_enabled(["sdpa", "compile"]) == {"sdpa", "compile"}  # a TOML list
+    assert parse_enabled(",".join(OPTIMIZATIONS)) == set(OPTIMIZATIONS)
     with pytest.raises(ValueError, match="unknown optimization tensorrt"):
-        SpeedOptions.parse_enabled("sdpa,tensorrt")
+        parse_enabled("sdpa,tensorrt")
 
 
 @pytest.mark.parametrize("family", ["kandinsky22", "karlo"])
@@ -83,25 +85,53 @@ def test_each_eager_optimization_gives_the_stock_images(model_dirs, stock, famil
     assert np.abs(pixels - stock[family]).max() <= MAX_PIXEL_DIFFERENCE
 
 
-@pytest.mark.parametrize("family", ["kandinsky22", "karlo"])
-def test_compiled_models_give_the_stock_images_and_compile_at_load(model_dirs, stock, family, monkeypatch, tmp_path):
+def _eager_compile(monkeypatch) -> None:
     # Dynamo traces the real models (graph breaks, guards, recompiles) but generates no kernels: Inductor
     # takes minutes per graph on this CPU. The GPU benchmark compiles with Inductor.
     monkeypatch.setattr(optimize, "COMPILE_BACKEND", "eager")
+
+
+def test_compiled_karlo_gives_the_stock_images_and_compiles_at_load(model_dirs, stock, monkeypatch, tmp_path):
+    _eager_compile(monkeypatch)
     runs = []
     monkeypatch.setattr(optimize, "warm_up", lambda backend, batches: runs.append(batches) or list(batches))
     enabled = frozenset({"sdpa", "channels_last", "fused_qkv", "compile"})
-    options = SpeedOptions(enabled, str(tmp_path / "cache"), (1, 2))
-    backend = load_backend("t", family, model_dirs[family], device="cpu", optimize=options)
+    options = SpeedOptions(enabled, tmp_path / "cache", (1, 2))
+    backend = load_backend("t", "karlo", model_dirs["karlo"], device="cpu", optimize=options)
     assert runs == [(1, 2)]
     assert backend.info.optimizations == {"enabled": sorted(enabled), "warmed_up_batches": [1, 2]}
     assert (tmp_path / "cache").is_dir()
-    compiled = [m for m in pipeline_models(optimize.backend_pipelines(backend)) if m._compiled_call_impl is not None]
-    assert compiled, "nothing was compiled"
-    preset = KANDINSKY_FAST if family == "kandinsky22" else KARLO_FAST
-    job = ImageJob(task="generate", n=2, width=64, height=64, seeds=[11, 12], preset=preset, prompt="a cat")
+    assert any(is_compiled(m) for m in pipeline_models(optimize.backend_pipelines(backend))), "nothing compiled"
+    job = ImageJob(task="generate", n=2, width=64, height=64, seeds=[11, 12], preset=KARLO_FAST, prompt="a cat")
     pixels = np.stack([np.asarray(image, dtype=np.int16) for image in backend.run(job)])
-    assert np.abs(pixels - stock[family]).max() <= MAX_PIXEL_DIFFERENCE
+    assert np.abs(pixels - stock["karlo"]).max() <= MAX_PIXEL_DIFFERENCE
+
+
+def test_compiled_kandinsky_after_its_warm_up_compiles_nothing_for_the_batches_the_engine_merges(
+    model_dirs, stock, monkeypatch, tmp_path
+):
+    """Warm-up at 1, 2 and the largest batch (here 8 images, the CPU's --max-batch-images): the UNet sees 16
+    rows with guidance, which torch compiles apart from 2-15 rows; then no batch up to 8 images compiles, and
+    the compiled models still give the stock images. Stage timing hooks run around the compiled code."""
+    from torch._dynamo.utils import counters
+
+    _eager_compile(monkeypatch)
+    enabled = frozenset({"sdpa", "channels_last", "fused_qkv", "compile"})
+    options = SpeedOptions(enabled, tmp_path / "cache", (1, 2, 8))
+    backend = load_backend("t", "kandinsky22", model_dirs["kandinsky22"], device="cpu", optimize=options)
+    assert backend.info.optimizations == {"enabled": sorted(enabled), "warmed_up_batches": [1, 2, 8]}
+    assert all(is_compiled(m) for m in (backend.prior_pipe.prior, backend.decoder_pipe.unet))
+    assert is_compiled(backend.decoder_pipe.movq.decoder)
+    graphs_after_warm_up = counters["stats"]["unique_graphs"]
+    for sizes in [(3,), (4, 4), (1, 2, 5)]:
+        jobs = [ImageJob("generate", n, 64, 64, list(range(n)), KANDINSKY_FAST, prompt="a cat") for n in sizes]
+        result = backend.run_batch(jobs)
+        assert [len(images) for images in result.outcomes] == list(sizes)
+        assert result.stage_seconds["decoder"] > 0 and result.stage_seconds["image_decode"] > 0
+    assert counters["stats"]["unique_graphs"] == graphs_after_warm_up
+    job = ImageJob(task="generate", n=2, width=64, height=64, seeds=[11, 12], preset=KANDINSKY_FAST, prompt="a cat")
+    pixels = np.stack([np.asarray(image, dtype=np.int16) for image in backend.run(job)])
+    assert np.abs(pixels - stock["kandinsky22"]).max() <= MAX_PIXEL_DIFFERENCE
 
 
 def test_warm_up_runs_one_short_job_per_batch_size(model_dirs, monkeypatch):

@@ -12,7 +12,7 @@ import httpx
 from ..conftest import FAST, running_server, tiny_settings
 
 REPO = Path(__file__).resolve().parents[2]
-CODE_DIRS = ("server", "pipelines", "weights", "tests", "benchmarks", "examples", "scripts")
+CODE_DIRS = ("server", "pipelines", "weights", "cli", "tests", "benchmarks", "examples", "scripts")
 MAX_MODULE_LINES = 400
 MAX_REQUEST_PATH_FILES = 10
 MODEL_LIBRARIES = ("torch", "diffusers", "transformers", "tokenizers")
@@ -62,6 +62,18 @@ def test_the_lab_never_imports_the_server():
     assert _offenders(_modules("pipelines/lab"), ("server",)) == {}
 
 
+def test_only_the_command_line_imports_the_command_line():
+    # cli/ sits above the server and the backends: it uses them, never the other way round.
+    assert _offenders(_modules("server", "pipelines", "weights"), ("cli",)) == {}
+
+
+def test_the_online_path_never_imports_model_code_or_the_server():
+    # `easel pull` talks to the hub; importing pipelines would put the hub offline (pipelines/__init__.py).
+    online = [REPO / "cli" / name for name in ("pull.py", "hub.py", "recipes.py")]
+    assert _offenders(online, ("pipelines", "server", *MODEL_LIBRARIES)) == {}
+    assert _offenders(_modules("weights"), ("pipelines", "server")) == {}
+
+
 def test_no_module_is_longer_than_the_limit():
     lengths = {str(path.relative_to(REPO)): len(path.read_text().splitlines()) for path in _modules(*CODE_DIRS)}
     assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}
@@ -91,11 +103,10 @@ def test_a_generation_request_passes_at_most_ten_project_files(tiny_model_dirs):
     assert response.status_code == 200 and "url" in response.json()["data"][0]
     files = list(seen)
     assert len(files) <= MAX_REQUEST_PATH_FILES, files
-    # The flow reads top to bottom: route -> protocol -> serving -> engine -> backend -> files.
+    # The flow reads top to bottom: serving's endpoint -> protocol -> engine -> backend -> files.
     order = [
-        "server/routes/images.py",
-        "server/protocol/",
         "server/serving/images.py",
+        "server/protocol/",
         "server/engine/",
         "pipelines/kandinsky.py",
         "server/serving/files.py",

@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipelines.base import ModelInfo
 from server.errors import APIError
-from server.serving.decoding import UploadLimits, alpha_band, flatten_to_rgb, open_upload, repaint_mask, sniff_format
+from server.serving.decoding import UploadLimits, alpha_band, flatten_to_rgb, open_upload, sniff_format
+from server.serving.masks import repaint_mask
 from server.serving.uploads import data_url_bytes, image_ref_bytes
 
 LIMITS = UploadLimits()

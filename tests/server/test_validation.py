@@ -149,8 +149,8 @@ def test_bad_sizes(size):
 
 
 def test_unknown_fields_name_the_first_one():
-    error = error_of(lambda: parsed(frame_count=3))
-    assert (error.status, error.param, error.code) == (400, "frame_count", "unknown_parameter")
+    error = error_of(lambda: parsed(frame_rate=3))  # frame_count is a field since openai 3.57; frame_rate is not
+    assert (error.status, error.param, error.code) == (400, "frame_rate", "unknown_parameter")
 
 
 def test_error_messages_follow_openai_wording():
@@ -159,8 +159,8 @@ def test_error_messages_follow_openai_wording():
         == "Invalid type for 'n': expected an integer, but got a string instead."
     )
     assert (
-        error_of(lambda: parsed(output_format="gif")).message
-        == "Invalid value: 'gif'. Supported values are: 'png', 'jpeg', and 'webp'."
+        error_of(lambda: parsed(output_format="bmp")).message
+        == "Invalid value: 'bmp'. Supported values are: 'png', 'jpeg', 'webp', 'gif', and 'svg'."
     )
     assert error_of(lambda: GenerationRequest.parse({})).message == "Missing required parameter: 'prompt'."
     assert error_of(lambda: GenerationRequest.parse([])).param is None

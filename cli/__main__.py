@@ -1,0 +1,5 @@
+"""``python -m cli``: the same as the ``easel`` command."""
+
+from .main import main
+
+main()

@@ -1,0 +1,137 @@
+"""Run one image request in this process, exactly as the server would, with a progress bar per stage.
+
+The model comes from the same settings as ``easel serve`` (registry, pulled
+models, easel.toml, ``--model``). The request goes through the server's own
+protocol code (field checks, presets, sizes) and file finishing, so a
+picture made here has the bytes the API would answer for the same request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tqdm import tqdm
+
+from server.config import ModelSpec, Settings, parse_model_spec, read_settings
+from server.errors import APIError
+from server.options import ConfigError
+from server.preflight import check_before_listening
+from server.protocol.edits import EditRequest, UploadedBody, VariationRequest
+from server.protocol.images import GenerationRequest
+from server.serving.decoding import UploadLimits, decode_variation_input
+from server.serving.images import edit_compositor, finish_files
+from server.serving.masks import decode_edit_inputs
+
+from .images import CommandError, Request
+
+
+class StageBars:
+    """``ImageJob.on_progress``: one bar per stage (prior, decoder, super_res), on stderr."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: tqdm | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=f"{stage:<9}", unit="step", file=sys.stderr, leave=True)
+        assert self.bar is not None
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+
+def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
+    settings, spec = _settings_and_model(args)
+    from pipelines.base import use_cpu_threads
+    from pipelines.loader import load_backend  # torch and diffusers: seconds to import
+    from pipelines.speed import SpeedOptions
+
+    _quiet_loading()
+    print(f"loading {spec.name} ({spec.family}) from {spec.path}", file=sys.stderr)
+    try:
+        # The server's speed settings, without the warm-up: this process runs one job, which compiles as it goes.
+        speed = SpeedOptions(settings.optimize, settings.compile_cache_dir, warmup_batches=())
+        dtype = settings.dtype_for(spec.family)
+        backend = load_backend(
+            spec.name, spec.family, spec.path, presets=spec.presets, device=settings.device, dtype=dtype, optimize=speed
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    if backend.info.device.startswith("cpu"):
+        # A lone request in the server gets every core; thread count changes float sums, so match it.
+        use_cpu_threads(len(os.sched_getaffinity(0)))
+    bars = StageBars()
+    try:
+        job, prepare, options = _job(request, backend.info, settings)
+        job.on_progress = bars
+        images = backend.run(job)
+        return finish_files(images, options, prepare)
+    except APIError as error:
+        raise CommandError(error.message, error.param) from None
+    except ValueError as error:  # a job the model refuses
+        raise CommandError(str(error)) from None
+    finally:
+        bars.close()
+
+
+def _quiet_loading() -> None:
+    """No loading bars from diffusers and transformers: the stage bars are the progress that matters."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _settings_and_model(args: argparse.Namespace) -> tuple[Settings, ModelSpec]:
+    argv = [f"--{name}={value}" for name in ("config", "device", "dtype") if (value := getattr(args, name))]
+    named = args.model
+    if named and "=" in named:  # NAME=FAMILY:PATH: this model only
+        argv += ["--model", named]
+        named = parse_model_spec(named).name
+    try:
+        settings = read_settings(argv)
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    name = named or settings.default_model_name
+    name = settings.aliases.get(name, name)
+    chosen = [spec for spec in settings.models if spec.name == name]
+    if not chosen:
+        known = ", ".join([spec.name for spec in settings.models] + list(settings.aliases))
+        raise CommandError(f"no model or alias {named!r} (have: {known})", "model")
+    try:
+        check_before_listening(settings, chosen)  # only the model this command runs
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    return settings, chosen[0]
+
+
+def _job(request: Request, info, settings: Settings):
+    """The backend job, the step that finishes its images before encoding (edits), and the parsed options."""
+    fields = {key: value for key, value in request.fields.items() if key != "model"}
+    limits = UploadLimits.from_settings(settings)
+    if request.task == "generate":
+        generation = GenerationRequest.parse(fields)
+        return generation.to_job(info, "easel"), None, generation.options
+    assert request.image is not None
+    if request.task == "edit":
+        edit = EditRequest.parse(UploadedBody(fields, False, "image", [request.image], request.mask))
+        original, repaint = decode_edit_inputs(edit.image, edit.image_param, edit.mask, limits, None, edit.markup)
+        edit = edit.sized_for(original, info)
+        size = edit.options.size
+        job = edit.to_job(info, "easel", original, repaint)
+        return job, edit_compositor(original, repaint, size.width, size.height), edit.options
+    # Variations are multipart-only in the API: every value is text, as the form reader expects.
+    form = {key: str(value) for key, value in fields.items()}
+    variation = VariationRequest.parse(UploadedBody(form, True, "image", [request.image]))
+    source = decode_variation_input(variation.image, limits)
+    variation = variation.sized_for(source, info)
+    return variation.to_job(info, "easel", source), None, variation.options

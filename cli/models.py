@@ -1,0 +1,101 @@
+"""``easel models``: the local models ``easel serve`` would serve, read from disk without loading them.
+
+Parameter counts come from the safetensors headers (shapes only, no
+weights read); the native size from the directory's ``easel.json`` or the
+family's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+
+from server.config import ModelSpec, read_settings
+from server.options import ConfigError
+
+KANDINSKY_NATIVE_SIDE = 512  # pipelines.kandinsky's default without easel.json
+HEADER_LENGTH = struct.Struct("<Q")  # safetensors: a little-endian u64, then that many bytes of JSON
+
+
+def run(name: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="easel models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", metavar="FILE", help="settings file (as easel serve)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        settings = read_settings([f"--config={args.config}"] if args.config else [])
+    except ConfigError as error:
+        print(f"easel models: error: {error}", file=sys.stderr)
+        return 2
+    rows = [describe(spec) for spec in settings.models]
+    for row in rows:
+        row["default"] = row["name"] == settings.default_model_name
+        row["aliases"] = sorted(alias for alias, target in settings.aliases.items() if target == row["name"])
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(_table(rows))
+    return 0
+
+
+def describe(spec: ModelSpec) -> dict:
+    found = (spec.path / "model_index.json").is_file()
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "path": str(spec.path),
+        "present": found,
+        "bytes": _disk_bytes(spec.path) if found else None,
+        "parameters": _parameters(spec.path) if found else None,
+        "native_size": _native_size(spec) if found else None,
+        "source": spec.source,
+    }
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def _parameters(path: Path) -> int:
+    total = 0
+    for file in path.rglob("*.safetensors"):
+        with file.open("rb") as stream:
+            (length,) = HEADER_LENGTH.unpack(stream.read(HEADER_LENGTH.size))
+            header = json.loads(stream.read(length))
+        total += sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+    return total
+
+
+def _native_size(spec: ModelSpec) -> str:
+    from pipelines.model_config import read_easel_config  # torch-free
+
+    if spec.family == "karlo":  # the super-resolution UNet decides, as in pipelines.karlo
+        side = json.loads((spec.path / "super_res_first" / "config.json").read_text())["sample_size"]
+        width, height = (side, side) if isinstance(side, int) else (side[1], side[0])
+    else:
+        width, height = read_easel_config(spec.path).native_size or (KANDINSKY_NATIVE_SIDE, KANDINSKY_NATIVE_SIDE)
+    return f"{width}x{height}"
+
+
+def _table(rows: list[dict]) -> str:
+    header = ("NAME", "FAMILY", "SIZE", "PARAMETERS", "NATIVE", "FROM")
+    lines = [header]
+    for row in rows:
+        name = row["name"] + (" (default)" if row["default"] else "")
+        if row["aliases"]:
+            name += f" [{len(row['aliases'])} aliases]"
+        if not row["present"]:
+            lines.append((name, row["family"], "missing", "-", "-", row["path"]))
+            continue
+        size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] < 1e9 else f"{row['bytes'] / 1e9:.2f} GB"
+        params = f"{row['parameters'] / 1e6:.2f} M" if row["parameters"] < 1e9 else f"{row['parameters'] / 1e9:.2f} B"
+        lines.append((name, row["family"], size, params, row["native_size"], row["source"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )

@@ -1,0 +1,45 @@
+"""Checks that need the disk or torch, made once before the server listens, so a mistake never serves 503s.
+
+Each failure is a :class:`~server.options.ConfigError` that names the flag,
+variable or file entry that set the value. torch is imported only when a
+device or dtype was asked for by name (the automatic choice cannot be
+wrong), so a plain start stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .config import ModelSpec, Settings
+from .options import ConfigError
+
+HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point the entry at a saved pipeline"
+
+
+def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | None = None) -> None:
+    """Every model directory (or those of ``models``) is there, and the asked-for device and dtype exist here."""
+    for spec in settings.models if models is None else models:
+        _check_model_dir(spec)
+    if settings.device is not None or settings.dtype is not None:
+        _check_device_and_dtype(settings)
+
+
+def _check_model_dir(spec: ModelSpec) -> None:
+    where = f"{spec.source or '--model'}: model {spec.name!r}"
+    if not spec.path.is_dir():
+        raise ConfigError(f"{where}: no directory {spec.path}; {HOW_TO_GET}")
+    if not (spec.path / "model_index.json").is_file():
+        raise ConfigError(f"{where}: {spec.path} has no model_index.json, so it is not a saved pipeline; {HOW_TO_GET}")
+
+
+def _check_device_and_dtype(settings: Settings) -> None:
+    from pipelines.device import choose_device, choose_dtype  # imports torch: only when asked for by name
+
+    try:
+        device = choose_device(settings.device)
+    except ValueError as error:
+        raise ConfigError(f"{settings.origin('device')}: {error}") from None
+    try:
+        choose_dtype(device, settings.dtype)
+    except ValueError as error:
+        raise ConfigError(f"{settings.origin('dtype')}: {error}") from None

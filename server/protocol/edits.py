@@ -1,0 +1,132 @@
+"""Edits and variations: the requests that start from an uploaded image, and the jobs they become.
+
+Parsed like generations (:mod:`server.protocol.images`), in two steps: the
+body's own checks, then, once the input is decoded and the model known, the
+size settled from the input and the model's checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from PIL import Image
+
+from pipelines.base import ImageJob, ModelInfo
+
+from ..errors import invalid, missing_parameter
+from . import tables as t
+from .fields import FieldReader, RequestedSize, read_prompt
+from .images import ApiStyle, ImageOptions, build_job, check_for_model, check_stream_options, read_image_options
+
+EDIT_FIELDS = t.names(t.EDIT)
+VARIATION_FIELDS = t.names(t.VARIATION)
+# Refused with a reason rather than as unknown: a variation starts from the image's own embedding.
+NOT_FOR_VARIATIONS = {
+    name: f"'{name}' does not apply to variations: they start from the image's own CLIP embedding, so no prompt "
+    "is encoded and the prior does not run."
+    for name in ("prompt", "negative_prompt", "prior_steps", "prior_guidance_scale", "complexity")
+}
+GIF_FOR_GENERATIONS_ONLY = (
+    "output_format 'gif' is made for generations only: its frames walk between two prior samples of a prompt, "
+    "and {what}. Use png, jpeg, webp or svg."
+)
+
+
+@dataclass(frozen=True)
+class UploadedBody:
+    """An edit or variation body as sent: its text fields and its image files."""
+
+    fields: dict[str, Any]  # everything but the images, for FieldReader
+    form: bool  # multipart (string values) or JSON
+    image_param: str  # "image" (multipart) or "images" (JSON)
+    images: list[bytes]
+    mask: bytes | None = None
+    markup: bytes | None = None
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    prompt: str
+    options: ImageOptions
+    size_from_input: bool  # no size or "auto": the input's own size
+    image: bytes
+    image_param: str
+    mask: bytes | None
+    markup: bytes | None = None
+    input_image_weight: float = 0.0  # input_fidelity's share of the input image's own embedding
+
+    @classmethod
+    def parse(cls, body: UploadedBody) -> EditRequest:
+        reader = FieldReader(body.fields, form=body.form)
+        reader.reject_unknown(EDIT_FIELDS)
+        prompt = read_prompt(reader)
+        options = read_image_options(reader)
+        reader.read(t.MODERATION)  # checked; Easel runs no moderation model
+        fidelity = reader.read(t.INPUT_FIDELITY)
+        check_stream_options(options)
+        if options.output_format == "gif":
+            what = "an edit repaints one image in place"
+            raise invalid("output_format", GIF_FOR_GENERATIONS_ONLY.format(what=what), code="unsupported_value")
+        if not body.images:
+            raise missing_parameter(body.image_param)
+        if body.markup is not None and body.mask is not None:
+            message = "markup cannot be combined with mask: both mark the area to repaint. Send one of them."
+            raise invalid("markup", message, code="invalid_value")
+        size_from_input = reader.raw("size") in (None, "auto")
+        weight = t.INPUT_FIDELITY_WEIGHTS[fidelity]
+        return cls(prompt, options, size_from_input, body.images[0], body.image_param, body.mask, body.markup, weight)
+
+    def sized_for(self, image: Image.Image, info: ModelInfo) -> EditRequest:
+        """This request with ``size`` settled: the decoded input's own size unless one was asked for."""
+        return replace(self, options=sized_for_input(self.options, image, info)) if self.size_from_input else self
+
+    def to_job(self, info: ModelInfo, api_style: ApiStyle, image: Image.Image, mask: Image.Image) -> ImageJob:
+        """A job for the decoded ``image`` and its repaint ``mask`` (mode "L", 255 = repaint)."""
+        check_for_model(self.options, self.prompt, api_style, info)
+        return build_job(
+            "edit",
+            self.options,
+            info,
+            prompt=self.prompt,
+            image=image,
+            mask=mask,
+            input_image_weight=self.input_image_weight,
+        )
+
+
+@dataclass(frozen=True)
+class VariationRequest:
+    options: ImageOptions
+    size_from_input: bool  # "auto": the input's own size (default: 1024x1024, as OpenAI's)
+    image: bytes
+
+    @classmethod
+    def parse(cls, body: UploadedBody) -> VariationRequest:
+        for name in body.fields:
+            if name in NOT_FOR_VARIATIONS:
+                raise invalid(name, NOT_FOR_VARIATIONS[name], code="unsupported_value")
+        reader = FieldReader(body.fields, form=True)
+        reader.reject_unknown(VARIATION_FIELDS)
+        options = read_image_options(reader)
+        if options.output_format == "gif":
+            what = "a variation has no prompt"
+            raise invalid("output_format", GIF_FOR_GENERATIONS_ONLY.format(what=what), code="unsupported_value")
+        if not body.images:
+            raise missing_parameter("image")
+        if len(body.images) > 1:
+            raise invalid("image", f"Send one image; {len(body.images)} were sent.", code="invalid_value")
+        return cls(options, reader.raw("size") == "auto", body.images[0])
+
+    def sized_for(self, image: Image.Image, info: ModelInfo) -> VariationRequest:
+        """This request with ``size`` settled: the decoded input's own size if ``auto`` was asked for."""
+        return replace(self, options=sized_for_input(self.options, image, info)) if self.size_from_input else self
+
+    def to_job(self, info: ModelInfo, api_style: ApiStyle, image: Image.Image) -> ImageJob:
+        check_for_model(self.options, None, api_style, info)
+        return build_job("variation", self.options, info, image=image)
+
+
+def sized_for_input(options: ImageOptions, image: Image.Image, info: ModelInfo) -> ImageOptions:
+    width, height = info.size_for_input(image.width, image.height)
+    return replace(options, size=RequestedSize(width, height, standard=False))

@@ -1,0 +1,175 @@
+"""``easel pull`` against a fake hub on a loopback port: progress, resume, checksums, layout, registry, serving.
+
+The hub repositories are the tiny random-weight pipelines of
+:mod:`pipelines.tiny`, split and laid out as the real ones are on the hub
+(Kandinsky 2.2's decoder and prior repositories; Karlo and its
+image-variations repository), with files the pull must leave alone (an fp16
+variant, a README, the variations repository's own decoder).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from ..conftest import FAST
+from .conftest import REPO, clean_env, easel, free_port, serving
+from .fakehub import FakeHub
+
+DECODER = "kandinsky-community/kandinsky-2-2-decoder"
+PRIOR = "kandinsky-community/kandinsky-2-2-prior"
+KARLO = "kakaobrain/karlo-v1-alpha"
+KARLO_VARIATIONS = "kakaobrain/karlo-v1-alpha-image-variations"
+UNET = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def hub_repos(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from diffusers import KandinskyV22CombinedPipeline
+
+    root = tmp_path_factory.mktemp("hub")
+    combined = KandinskyV22CombinedPipeline.from_pretrained(tiny_model_dirs["kandinsky"])
+    combined.decoder_pipe.save_pretrained(root / "decoder")
+    combined.prior_pipe.save_pretrained(root / "prior")
+    shutil.copy(tiny_model_dirs["kandinsky"] / "easel.json", root / "decoder")  # native 64x64, as the tiny model
+    shutil.copy(root / "decoder" / UNET, root / "decoder/unet/diffusion_pytorch_model.fp16.safetensors")
+    (root / "decoder/README.md").write_text("# a model card the pull does not need\n")
+    karlo = shutil.copytree(
+        tiny_model_dirs["karlo"], root / "karlo", ignore=shutil.ignore_patterns("image_encoder", "feature_extractor")
+    )
+    variations = shutil.copytree(tiny_model_dirs["karlo"], root / "karlo-variations")
+    index = json.loads((karlo / "model_index.json").read_text())
+    index.update(
+        _class_name="UnCLIPImageVariationPipeline",
+        image_encoder=["transformers", "CLIPVisionModelWithProjection"],
+        feature_extractor=["transformers", "CLIPImageProcessor"],
+    )
+    (variations / "model_index.json").write_text(json.dumps(index))
+    return {DECODER: root / "decoder", PRIOR: root / "prior", KARLO: karlo, KARLO_VARIATIONS: variations}
+
+
+@pytest.fixture
+def hub(hub_repos: dict[str, Path]):
+    fake = FakeHub(hub_repos)
+    fake.url = fake.start()
+    yield fake
+    fake.stop()
+
+
+def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeHub, tmp_path: Path):
+    size = (hub.repos[DECODER] / UNET).stat().st_size
+    hub.stall_after[f"{DECODER}/{UNET}"] = size // 2
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cli", "pull", "kandinsky-2-2"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert hub.stalled.wait(120), "the pull never reached the UNet"
+    time.sleep(1.0)  # let the client write what it received
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130, stderr
+    assert "interrupted; run the same command again" in stderr
+    parts = list((tmp_path / "home/downloads").rglob("*.part"))
+    assert len(parts) == 1 and parts[0].name.startswith("diffusion_pytorch_model.safetensors.")
+    kept = parts[0].stat().st_size
+    assert 0 < kept <= size // 2
+
+    second = easel("pull", "kandinsky-2-2", env=env)
+    assert second.returncode == 0, second.stderr
+    # Resumed where it stopped: the UNet's second request asks for the rest only.
+    assert [r.range for r in hub.gets(DECODER, UNET)] == [None, f"bytes={kept}-"]
+    # Progress: the plan, a line per file, the byte bars, the checks.
+    assert f"from {DECODER}@{hub.commit(DECODER)[:7]}, {PRIOR}@{hub.commit(PRIOR)[:7]}" in second.stderr
+    assert f"{DECODER}: {UNET}" in second.stderr and "100%" in second.stderr
+    assert "match the hub's checksums" in second.stderr and "loads: kandinsky22" in second.stderr
+    # Only what the backends load was downloaded: no README, no fp16 variant.
+    fetched = {r.path.rsplit("/", 1)[-1] for r in hub.requests}
+    assert "README.md" not in fetched and "diffusion_pytorch_model.fp16.safetensors" not in fetched
+
+    model = tmp_path / "home/models/kandinsky-2-2"
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["_class_name"] == "KandinskyV22CombinedPipeline"
+    assert {p.name for p in model.iterdir() if p.is_dir()} == {
+        "unet", "scheduler", "movq", "prior_prior", "prior_image_encoder", "prior_text_encoder",
+        "prior_tokenizer", "prior_scheduler", "prior_image_processor",
+    }  # fmt: skip
+    entry = json.loads((tmp_path / "home/registry.json").read_text())["models"]["kandinsky-2-2"]
+    assert entry["backend"] == "kandinsky22" and entry["path"] == "models/kandinsky-2-2"
+    assert entry["source"] == f"pulled from {DECODER}@{hub.commit(DECODER)[:7]}, {PRIOR}@{hub.commit(PRIOR)[:7]}"
+    assert not (tmp_path / "home/downloads" / DECODER.replace("/", "--")).exists()
+
+    listed = easel("models", env=env)
+    assert listed.returncode == 0 and "kandinsky-2-2" in listed.stdout and "pulled from" in listed.stdout
+
+    with serving(env=env) as url:  # no flags: the pulled model is served next to the shipped one
+        body = {
+            "model": "kandinsky-2-2",
+            "prompt": "a red circle",
+            "size": "256x256",
+            "response_format": "b64_json",
+            **FAST,
+        }
+        response = httpx.post(url + "/v1/images/generations", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        image = Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
+        assert image.size == (256, 256)
+        models = httpx.get(url + "/v1/models", timeout=10).json()["data"]
+        assert {"easel-mini", "kandinsky-2-2"} <= {model["id"] for model in models}
+
+
+def test_karlo_takes_only_the_image_encoder_from_the_variations_repository(hub: FakeHub, tmp_path: Path):
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
+    done = easel("pull", "karlo", "--no-check", env=env)  # loaded below, in this process (torch is imported here)
+    assert done.returncode == 0, done.stderr
+    model = tmp_path / "home/models/karlo"
+    from pipelines.loader import load_backend
+
+    backend = load_backend("karlo", "karlo", model)
+    assert backend.info.tasks == {"generate", "variation"} and backend.variation_pipe is not None
+    assert (model / "image_encoder").is_dir() and (model / "feature_extractor").is_dir()
+    assert json.loads((model / "model_index.json").read_text())["_class_name"] == "UnCLIPPipeline"
+    from_variations = {
+        r.path.split("/resolve/")[1].split("/", 1)[1] for r in hub.requests if KARLO_VARIATIONS + "/resolve" in r.path
+    }
+    assert {name.split("/")[0] for name in from_variations} == {
+        "model_index.json",
+        "image_encoder",
+        "feature_extractor",
+    }
+
+
+def test_a_file_that_fails_its_checksum_is_deleted_and_nothing_is_registered(hub: FakeHub, tmp_path: Path):
+    hub.corrupt.add(f"{PRIOR}/prior/config.json")
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
+    done = easel("pull", "kandinsky-2-2", "--no-check", env=env)
+    assert done.returncode == 1
+    assert f"{PRIOR}: prior/config.json does not match the hub's checksum" in done.stderr
+    assert not list((tmp_path / "home/downloads").rglob("prior/config.json*"))
+    assert not (tmp_path / "home/registry.json").exists()
+
+
+def test_offline_it_fails_at_once_with_a_clear_message(tmp_path: Path):
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    started = time.monotonic()
+    done = easel("pull", "karlo", env=env)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 30  # the interpreter's start-up included, on a loaded machine
+    assert "cannot reach the Hugging Face hub at http://127.0.0.1:" in done.stderr
+    assert "the one command that needs the internet" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_hub_offline_in_the_environment_is_refused_by_name(tmp_path: Path):
+    done = easel("pull", "karlo", env=clean_env(tmp_path / "home", HF_HUB_OFFLINE="1"))
+    assert done.returncode == 1 and "HF_HUB_OFFLINE is set" in done.stderr
