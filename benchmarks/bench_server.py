@@ -49,34 +49,43 @@ def describe(name: str, seconds: list[float]) -> str:
 @contextlib.contextmanager
 def tiny_server(queue_size: int) -> Iterator[str]:
     """An in-process server on freshly built tiny models; yields its base URL."""
-    import uvicorn
-
     from pipelines.tiny import build_tiny_kandinsky
-    from server.app import create_app
     from server.config import ModelSpec, Settings
 
     with tempfile.TemporaryDirectory(prefix="easel-bench-") as tmp:
         path = build_tiny_kandinsky(Path(tmp) / "tiny")
         settings = Settings(models=(ModelSpec("easel-tiny", "kandinsky22", path),), queue_size=queue_size)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=5))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/health/ready").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("tiny server never became ready")
-                time.sleep(0.1)
+        with in_process_server(settings) as url:
             yield url
-        finally:
-            server.should_exit = True
-            thread.join(30)
+
+
+@contextlib.contextmanager
+def in_process_server(settings, loader=None) -> Iterator[str]:
+    """A uvicorn server for ``settings`` on a free loopback port, once its models are ready; yields its base URL."""
+    import uvicorn
+
+    from server.app import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(settings, loader=loader)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health/ready").status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the in-process server never became ready")
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 async def generate(http: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int]:

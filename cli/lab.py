@@ -14,11 +14,12 @@ from pathlib import Path
 
 LAB_MODULES = {"train": "pipelines.lab.training.train", "eval": "pipelines.lab.evaluate"}
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-BENCHMARKS = {"mini": "bench_mini.py", "server": "bench_server.py"}
+BENCHMARKS = {"mini": "bench_mini.py", "server": "bench_server.py", "gpu": "bench_gpu.py"}
 BENCH_USAGE = (
-    "usage: easel bench {mini,server} [options]\n"
+    "usage: easel bench {mini,server,gpu} [options]\n"
     "  mini    seconds per image of a model, in this process (benchmarks/bench_mini.py)\n"
     "  server  latency and throughput of a running or in-process server (benchmarks/bench_server.py)\n"
+    "  gpu     Kandinsky 2.2 and Karlo at real shapes, each speed setting against stock (benchmarks/bench_gpu.py)\n"
     "`easel bench mini --help` shows a benchmark's options."
 )
 

@@ -52,12 +52,16 @@ def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
     settings, spec = _settings_and_model(args)
     from pipelines.base import use_cpu_threads
     from pipelines.loader import load_backend  # torch and diffusers: seconds to import
+    from pipelines.speed import SpeedOptions
 
     _quiet_loading()
     print(f"loading {spec.name} ({spec.family}) from {spec.path}", file=sys.stderr)
     try:
+        # The server's speed settings, without the warm-up: this process runs one job, which compiles as it goes.
+        speed = SpeedOptions(settings.optimize, settings.compile_cache_dir, warmup_batches=())
+        dtype = settings.dtype_for(spec.family)
         backend = load_backend(
-            spec.name, spec.family, spec.path, presets=spec.presets, device=settings.device, dtype=settings.dtype
+            spec.name, spec.family, spec.path, presets=spec.presets, device=settings.device, dtype=dtype, optimize=speed
         )
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from None

@@ -85,6 +85,7 @@ class ModelInfo:
     created: int = 0  # unix time the weights were written
     complexities: dict[str, PriorPreset] = field(default_factory=dict)  # complexity name -> prior preset
     supports_animation: bool = False  # runs jobs with frames > 1 (an embedding walk per image)
+    optimizations: dict[str, Any] = field(default_factory=dict)  # what pipelines.optimize turned on at load
 
     def native_size_for(self, width: int, height: int) -> tuple[int, int]:
         """Nearest native resolution with the requested aspect ratio."""

@@ -2,7 +2,8 @@
 
 Automatic: CUDA, else Apple MPS, else CPU. Half precision only on CUDA
 (bfloat16 where the GPU supports it, since it does not overflow where fp16
-can; float16 otherwise); MPS and CPU run float32, where half precision is
+can; float16 otherwise), except for a family whose own choice is recorded in
+``CUDA_DTYPE_BY_FAMILY``; MPS and CPU run float32, where half precision is
 slow or unsupported.
 """
 
@@ -13,12 +14,13 @@ from collections.abc import Iterator
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+from .speed import DTYPE_NAMES, canonical_dtype
+
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+# Karlo's UnCLIP has been reported to degrade in bfloat16 (8 mantissa bits, against float16's 11); until a
+# GPU run of benchmarks/bench_gpu.py (its Karlo dtype rows) says otherwise, it runs in float16 on CUDA.
+CUDA_DTYPE_BY_FAMILY = {"karlo": torch.float16}
 
 
 def _mps_available() -> bool:
@@ -52,14 +54,13 @@ def choose_device(requested: str | None = None) -> torch.device:
     return device
 
 
-def choose_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
-    """``requested`` by name ("float32", "float16", "bfloat16"), or the best dtype for ``device``."""
+def choose_dtype(device: torch.device, requested: str | None = None, family: str | None = None) -> torch.dtype:
+    """``requested`` by name ("float32", "float16", "bfloat16"), or the best dtype for ``device`` and ``family``."""
     if requested is not None:
-        name = _DTYPE_ALIASES.get(requested.lower(), requested.lower())
-        if name not in DTYPES:
-            raise ValueError(f"unknown dtype {requested!r}: use one of {', '.join(DTYPES)}")
-        return DTYPES[name]
+        return DTYPES[canonical_dtype(requested)]
     if device.type == "cuda":
+        if family in CUDA_DTYPE_BY_FAMILY:
+            return CUDA_DTYPE_BY_FAMILY[family]
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 

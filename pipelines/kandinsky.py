@@ -1,10 +1,8 @@
 """Kandinsky 2.2 backend: CLIP prior + MoVQ latent decoder (the combined pipeline, or its inpaint variant).
 
-A batch is one prior call per kind of negative prompt and one decoder call for
-all jobs. Every image has its own ``torch.Generator`` seeded from its seed, for
-its initial and its scheduler noise, so image i depends on ``seeds[i]`` alone
-(up to floating-point differences between batch sizes). Edits use diffusers'
-inpaint decoder with inpaint weights, else blended latents (:mod:`pipelines.inpaint`).
+A batch is one prior call per kind of negative prompt and one decoder call for all jobs. Each image's own
+``torch.Generator``, seeded from its seed, makes its initial and scheduler noise: image i depends on ``seeds[i]`` alone
+(up to rounding between batch sizes). Edits: diffusers' inpaint decoder with inpaint weights, else blended latents.
 """
 
 from __future__ import annotations

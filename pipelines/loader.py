@@ -17,6 +17,7 @@ from .base import ImageBackend
 from .device import choose_device, choose_dtype, from_pretrained_dtype
 from .model_config import FAMILIES, read_easel_config
 from .presets import presets_for
+from .speed import SpeedOptions
 
 _HOW_TO_GET = {
     "kandinsky22": (
@@ -51,12 +52,15 @@ def load_backend(
     presets: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    optimize: SpeedOptions | None = None,
 ) -> ImageBackend:
     """The backend for the model saved at ``path``.
 
     ``family`` is "kandinsky22" or "karlo"; ``presets`` names the quality table
     in :mod:`pipelines.presets` (default: the family's). ``device`` and ``dtype``
-    are chosen automatically unless given (see :mod:`pipelines.device`).
+    are chosen automatically unless given (see :mod:`pipelines.device`);
+    ``optimize`` says which speed settings :mod:`pipelines.optimize` applies
+    (default: the device's defaults).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}: expected one of {', '.join(FAMILIES)}")
@@ -71,15 +75,22 @@ def load_backend(
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"{path} has no model_index.json"))
     torch_device = choose_device(device)
-    torch_dtype = choose_dtype(torch_device, dtype)
+    torch_dtype = choose_dtype(torch_device, dtype, family)
+    from .optimize import optimize_backend, resolve
+
+    options = optimize or SpeedOptions()
+    resolve(options.enabled, torch_device)  # refuse a bad combination before spending time on loading
+    backend: ImageBackend
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend
 
         combined = _load_kandinsky(path, torch_device, torch_dtype)
-        return KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
-    from .karlo import KarloBackend
+        backend = KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
+    else:
+        from .karlo import KarloBackend
 
-    return KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
+        backend = KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
+    return optimize_backend(backend, options)
 
 
 def _load_kandinsky(model_dir: Path, device: torch.device, dtype: torch.dtype) -> Any:

@@ -19,15 +19,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipelines import speed
 from pipelines.model_config import FAMILIES
 from weights.registry import REGISTRY_PATH, USER_REGISTRY_NAME, easel_home, load_registry, load_user_models
 
 from . import options as opt
 from .options import ConfigError, MiB, option
+from .scaleout.scaling import RayServeSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,38 +54,6 @@ class ModelSpec:
     presets: str | None = None  # a quality table in pipelines.presets; None: the family's
     owned_by: str = "easel"
     source: str = field(default="", compare=False)  # where it was configured or came from (messages, `easel models`)
-
-
-@dataclass(frozen=True)
-class RayServeSettings:
-    """How ``--ray`` lays the server out on Ray Serve (README, "From one machine to a cluster")."""
-
-    replicas: int = 1  # per model, when not autoscaling
-    min_replicas: int | None = None  # both set: each model autoscales between them
-    max_replicas: int | None = None
-    target_ongoing_requests: float = 2.0  # per model replica, what the autoscaler aims at
-    max_ongoing_requests: int = 4  # jobs a model replica holds at once (running or waiting there); more wait upstream
-    replica_cpus: float = 1.0  # Ray CPUs per model replica; also its torch threads (floor, at least 1)
-    replica_gpus: float = 0.0  # Ray GPUs per model replica (fractions share a GPU)
-    ingress_replicas: int = 1  # replicas of the HTTP app
-
-    def __post_init__(self) -> None:
-        if (self.min_replicas is None) != (self.max_replicas is None):
-            raise ValueError("--min-replicas and --max-replicas go together (autoscaling between them)")
-        if self.max_replicas is not None and not (0 <= (self.min_replicas or 0) <= self.max_replicas >= 1):
-            raise ValueError("need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1")
-        if self.replicas < 1 or self.ingress_replicas < 1 or self.max_ongoing_requests < 1:
-            raise ValueError("--replicas, --ingress-replicas and --max-ongoing-requests must be at least 1")
-        if self.target_ongoing_requests <= 0 or self.replica_cpus < 0 or self.replica_gpus < 0:
-            raise ValueError("--target-ongoing-requests must be positive, --replica-cpus/--replica-gpus not negative")
-
-    @property
-    def autoscaling(self) -> bool:
-        return self.max_replicas is not None
-
-    def as_options(self) -> dict[str, Any]:
-        """The :class:`Settings` fields that serve on Ray laid out so: ``Settings(..., **scaling.as_options())``."""
-        return {"use_ray": True, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -191,6 +161,26 @@ class Settings:
         0.0, "--replica-gpus", opt.non_negative_number, "GPUs per model replica (default 0; 0.5: two on a GPU)"
     )
     ingress_replicas: int = option(1, "--ingress-replicas", opt.integer(1), "replicas of the HTTP front end (1)")
+    # -- speed (README, "Fast on a GPU"): applied once, when a model loads --------------------------------
+    optimize: frozenset[str] | None = option(
+        None, "--optimize", speed.parse_enabled, f"auto, none, or any of {', '.join(speed.OPTIMIZATIONS)} (auto)"
+    )
+    family_dtypes: tuple[tuple[str, str], ...] = option(
+        (),
+        "--family-dtype",
+        speed.parse_family_dtypes,
+        "dtype per model family over --dtype, e.g. karlo=float16,kandinsky22=bfloat16",
+        metavar="FAMILY=DTYPE,...",
+    )
+    compile_cache_dir: Path | None = option(
+        None, "--compile-cache-dir", opt.path, "torch.compile's cache (default ~/.cache/easel/torch-compile)"
+    )
+    compile_warmup_batches: tuple[int, ...] | None = option(
+        None,
+        "--compile-warmup-batches",
+        speed.parse_warmup_batches,
+        "with compile: images per job compiled at load, e.g. 1,2,16 (default 1, 2 and the largest batch)",
+    )
     # Where each option's value came from ("--port", "EASEL_PORT", "easel.toml: port"), for later messages.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -223,6 +213,10 @@ class Settings:
     @property
     def default_model_name(self) -> str:
         return self.default_model or self.models[0].name
+
+    def dtype_for(self, family: str) -> str | None:
+        """The dtype a model of ``family`` loads in: its --family-dtype, else --dtype (None: the loader's choice)."""
+        return dict(self.family_dtypes).get(family, self.dtype)
 
     def origin(self, name: str) -> str:
         """The label of where option ``name`` was set (its flag when it was not set anywhere)."""

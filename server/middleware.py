@@ -1,12 +1,9 @@
 """The HTTP layer's guards: ASGI middleware (ids, access log and metrics, auth, body limit) and the connection protocol.
 
-Plain ASGI classes rather than ``BaseHTTPMiddleware`` so that request bodies
-stream through untouched and client disconnects stay visible to endpoints.
-
-:class:`GuardedH11Protocol` is uvicorn's h11 protocol with the limits a server
-facing slow or hostile clients needs (README, "Connection limits"): a cap on
-open connections, deadlines for a request's headers and body, and OpenAI error
-envelopes (with ``x-request-id``) for what is refused before the app sees it.
+Plain ASGI classes rather than ``BaseHTTPMiddleware``, so request bodies stream through untouched and client
+disconnects stay visible to endpoints. :class:`GuardedH11Protocol` is uvicorn's h11 protocol with the limits a server
+facing slow or hostile clients needs (README, "Connection limits"): a cap on open connections, deadlines for a
+request's headers and body, and OpenAI error envelopes (``x-request-id``) for what is refused before the app sees it.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from pipelines.base import ImageJob, ModelInfo
+from pipelines.speed import SpeedOptions
 
 
 class QueueFull(Exception):
@@ -45,6 +46,7 @@ class ModelToLoad:
     presets: str | None  # a quality table in pipelines.presets; None: the family's
     device: str | None  # None: the loader's choice
     dtype: str | None
+    optimize: SpeedOptions = SpeedOptions()  # speed settings applied at load (pipelines.optimize)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class EngineMetrics:
     busy_seconds: Any  # Counter by device: seconds a worker slot spent in pipeline calls
 
 
+DEFAULT_MAX_BATCH_IMAGES = {"gpu": 16, "cpu": 8}
+
+
 @dataclass(frozen=True)
 class BatchPolicy:
     """How a device runs its jobs: worker slots, images per call, the wait for companions."""
@@ -88,7 +93,7 @@ class BatchPolicy:
         gpu = not device.startswith(("cpu", "mps"))
         return cls(
             workers=workers or (1 if gpu else 2),
-            max_batch_images=max_batch_images or (16 if gpu else 8),
+            max_batch_images=max_batch_images or DEFAULT_MAX_BATCH_IMAGES["gpu" if gpu else "cpu"],
             batch_wait_ms=batch_wait_ms if batch_wait_ms is not None else (10.0 if gpu else 30.0),
         )
 

@@ -68,7 +68,13 @@ class LocalEngine:
     def load(self, model: ModelToLoad) -> ModelInfo:
         def load_one() -> ImageBackend:
             return self.loader(
-                model.name, model.family, model.path, presets=model.presets, device=model.device, dtype=model.dtype
+                model.name,
+                model.family,
+                model.path,
+                presets=model.presets,
+                device=model.device,
+                dtype=model.dtype,
+                optimize=model.optimize,
             )
 
         first = load_one()

@@ -32,6 +32,7 @@ def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
         "parameter_counts": dict(info.parameter_counts),
         "device": info.device,
         "dtype": info.dtype,
+        "optimizations": dict(info.optimizations),
         "max_n": max_n,
     }
 

@@ -27,10 +27,11 @@ from starlette.types import ASGIApp
 from pipelines.base import ImageJob
 
 from ..app import create_app, local_engine_factory
-from ..config import RayServeSettings, Settings, load_settings
+from ..config import Settings, load_settings
 from ..engine.base import EngineMetrics, ModelToLoad
 from ..errors import ERROR_TABLE
 from .engine import RayEngine, off_the_loop_if_pixels
+from .scaling import RayServeSettings
 from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
 
 log = logging.getLogger("easel.scaleout")

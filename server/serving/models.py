@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipelines.base import ModelInfo, Task
+from pipelines.speed import SpeedOptions, warmup_batches_for
 
 from ..config import ModelSpec, Settings
-from ..engine.base import Engine, EngineStopped, ModelToLoad
+from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine, EngineStopped, ModelToLoad
 from ..errors import SERVER_ERROR, APIError
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
+from ..protocol.tables import MAX_N
 
 log = logging.getLogger("easel.models")
 
@@ -164,8 +166,9 @@ def load_all(
         started = time.monotonic()
         spec = entry.spec
         try:
+            dtype, speed = settings.dtype_for(spec.family), speed_options(settings)
             info = engine.load(
-                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
+                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, dtype, speed)
             )
         except EngineStopped:  # the server stopped while this model loaded
             return
@@ -187,3 +190,11 @@ def load_all(
         entry.load_seconds = time.monotonic() - started
         entry.status = "ready"
         log.info("model %s ready on %s (%s) in %.1f s", spec.name, info.device, info.dtype, entry.load_seconds)
+
+
+def speed_options(settings: Settings) -> SpeedOptions:
+    """The speed settings models load with. Compiling warms up, by default, 1 and 2 images (the batch dimension
+    turns symbolic) and the most one pipeline call may hold, which torch compiles apart (README, "Fast on a GPU")."""
+    largest = max(settings.max_batch_images or max(DEFAULT_MAX_BATCH_IMAGES.values()), MAX_N)
+    batches = settings.compile_warmup_batches or warmup_batches_for(largest)
+    return SpeedOptions(settings.optimize, settings.compile_cache_dir, batches)

@@ -56,6 +56,8 @@ def test_capabilities_describe_the_loaded_model(api_server: LiveServer, tiny_bac
     assert caps["quality_presets"]["low"] == asdict(info.presets["low"])
     assert caps["parameter_counts"] == info.parameter_counts and all(v > 0 for v in caps["parameter_counts"].values())
     assert caps["device"] == "cpu" and caps["dtype"] == "float32"
+    # The CPU's default speed settings: the stock pipeline's SDPA attention, nothing compiled ahead.
+    assert caps["optimizations"] == {"enabled": ["sdpa"], "warmed_up_batches": []}
 
 
 def test_karlo_capabilities(api_server: LiveServer):
@@ -66,6 +68,7 @@ def test_karlo_capabilities(api_server: LiveServer):
     assert caps["supports_negative_prompt"] is False
     assert caps["supports_guidance_interval"] is False
     assert caps["quality_presets"]["high"]["super_res_steps"] is not None
+    assert caps["optimizations"] == {"enabled": ["sdpa"], "warmed_up_batches": []}
 
 
 def test_unknown_model_is_404(client):

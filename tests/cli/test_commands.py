@@ -190,3 +190,23 @@ def test_lab_and_benchmark_commands_pass_their_arguments_through(capsys, tmp_pat
     assert dispatch(["bench"]) == 2
     assert dispatch(["bench", "nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def test_generate_here_loads_with_the_servers_speed_settings_but_no_warm_up(tiny_home, tmp_path, capsys, monkeypatch):
+    from pipelines import loader
+    from pipelines.speed import SpeedOptions
+
+    config = tiny_home / "easel.toml"
+    config.write_text('optimize = "sdpa,fused_qkv"\nfamily_dtype = "kandinsky22=fp32"\n' + config.read_text())
+    load_backend, calls = loader.load_backend, []
+    monkeypatch.setattr(
+        loader, "load_backend", lambda *args, **kwargs: calls.append(kwargs) or load_backend(*args, **kwargs)
+    )
+    assert dispatch(["generate", "a red circle", "--size", "64x64", "--out", str(tmp_path), *FAST_FLAGS]) == 0
+    assert (
+        calls[0]["optimize"] == SpeedOptions(frozenset({"sdpa", "fused_qkv"}), None, ())
+        and calls[0]["dtype"] == "float32"
+    )
+    config.write_text('optimize = "sdpa,cuda_graphs"\n' + config.read_text().split("\n", 2)[2])
+    assert dispatch(["generate", "a red circle", "--out", str(tmp_path), *FAST_FLAGS]) == 1
+    assert "cuda_graphs needs a CUDA device" in capsys.readouterr().err

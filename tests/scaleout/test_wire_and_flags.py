@@ -12,11 +12,12 @@ from PIL import Image
 from ray.serve.schema import ServeDeploySchema
 
 from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
-from server.config import RayServeSettings, load_settings
+from server.config import load_settings
 from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
 from server.errors import job_error
 from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
 from server.scaleout.engine import RayEngine
+from server.scaleout.scaling import RayServeSettings
 from server.scaleout.wire import (
     RemoteError,
     error_from_wire,
