@@ -41,11 +41,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {  # name -> server flags
-    "before: 1 worker, no batching": ["--workers", "1", "--max-batch-images", "1"],
+SETTINGS = {  # name (as --settings takes it) -> server flags
+    "before": ["--workers", "1", "--max-batch-images", "1"],  # one call at a time, as before this work
     "batching": ["--workers", "1"],
-    "2 workers": ["--workers", "2", "--max-batch-images", "1"],
-    "batching + 2 workers (default)": [],
+    "workers": ["--workers", "2", "--max-batch-images", "1"],
+    "default": [],  # batching and two worker slots
 }
 PROMPTS = ("a red circle in the center", "a blue square on the left", "a yellow star at the top", "a green heart")
 
@@ -60,7 +60,7 @@ def server(flags: list[str]) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "server", "--port", str(port), "--queue-size", "64", "--log-level", "warning"]
+    command = [sys.executable, "-m", "server", "--port", str(port), "--queue-size", "64", "--log-level", "error"]
     env = {**os.environ, "EASEL_HOME": str(REPO / "runs" / "bench-home")}  # the shipped registry's models only
     process = subprocess.Popen([*command, *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -187,10 +187,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
     parser.add_argument("--clients", default="1,2,4,8,16")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help="which engine settings, comma-separated")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
     chosen = [name for name in SETTINGS if name in args.settings.split(",")]
+    if not chosen:
+        parser.error(f"--settings: none of {args.settings!r} is one of {', '.join(SETTINGS)}")
     table: dict[str, dict[int, Run]] = {}
     open_runs: dict[str, list[tuple[float, Run]]] = {}
     baseline_rate: float | None = None
@@ -218,9 +220,9 @@ def main() -> None:
                 f"p99 {percentile(probes, 0.99) * 1000:.1f} ms ({len(probes)} probes)",
                 flush=True,
             )
-    if "before: 1 worker, no batching" in table and "batching + 2 workers (default)" in table:
+    if "before" in table and "default" in table:
         with (
-            server(SETTINGS["before: 1 worker, no batching"]) as alone,
+            server(SETTINGS["before"]) as alone,
             server([]) as batched,
         ):
             worst = asyncio.run(batched_against_alone(alone, batched, 8))

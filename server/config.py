@@ -87,7 +87,9 @@ class Settings:
     image_dir: Path | None = option(
         None, "--image-dir", opt.path, "directory for URL images (default: a temporary one)"
     )
-    log_level: str = option("info", "--log-level", opt.choice("debug", "info", "warning", "error"), "default info")
+    log_level: str = option(
+        "info", "--log-level", opt.choice("debug", "info", "warning", "error"), "debug, info, warning or error (info)"
+    )
     keep_going: bool = option(
         False, "--keep-going", opt.boolean, "keep serving the other models when one fails to load", switch=True
     )

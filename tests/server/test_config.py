@@ -161,3 +161,14 @@ def test_the_registry_file_is_read_as_before(tiny_model_dirs: dict[str, Path], t
     )
     settings = read_settings(["--registry", str(registry)], {"EASEL_HOME": str(tmp_path / "home")})
     assert [spec.name for spec in settings.models] == [TINY] and settings.default_model_name == TINY
+
+
+def test_the_readme_lists_every_option_with_its_variable():
+    from server.config import OPTIONS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip() for line in readme.splitlines() if line.startswith("| `--")}
+    missing = [spec.flag for spec in OPTIONS.values() if f"`{spec.flag}`" not in rows]
+    assert missing == []
+    for spec in OPTIONS.values():
+        assert f"| `{spec.flag}` | `{spec.env}` |" in readme
