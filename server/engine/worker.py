@@ -264,8 +264,11 @@ class DeviceWorker:
             self._condition.wait()
         batch = [lane.waiting.popleft()]
         self._busy_slots += 1
+        # A core held while it waits for companions: no other slot may count every core free meanwhile.
+        self._threads_in_use += 1
         lane.running.extend(batch)
         self._gather(lane, batch)
+        self._threads_in_use -= 1
         threads = self._threads_for(lane)
         self._threads_in_use += threads
         return lane, batch, threads
@@ -310,7 +313,7 @@ class DeviceWorker:
         # Split the cores only when another slot is running or could take the waiting work.
         parallel = self._busy_slots > 1 or any(other.waiting and len(other.replicas) > 1 for other in self._lanes)
         share = max(1, self.cores // self.policy.workers) if parallel else self.cores
-        return min(share, self.cores - self._threads_in_use)
+        return max(1, min(share, self.cores - self._threads_in_use))
 
     def _execute(self, slot: int, lane: ModelLane, batch: list[LocalJobHandle], threads: int) -> None:
         started = time.monotonic()

@@ -157,3 +157,37 @@ def test_two_slots_split_the_cores_when_busy_and_one_takes_them_all_alone(tiny_b
     # and the calls running at any moment never hold more threads than there are cores.
     assert sorted(threads.values())[:3] == [1, 1, 1] and set(threads.values()) <= {1, 2}
     assert tracker["peak"] == 2 and tracker["most_threads"] == 2
+
+
+def test_on_one_core_a_slot_waiting_for_companions_keeps_its_core(tiny_backend, tiny_model_dirs):
+    """One core, two slots (a one-CPU Ray replica): the second slot must not take the core the first will need.
+
+    It used to: the first slot, done waiting for companions, was given zero threads, torch
+    refused them, the slot's thread died and its jobs were never answered.
+    """
+    from pipelines.loader import load_backend
+
+    tracker = new_tracker()
+    second = load_backend("tiny", "kandinsky22", tiny_model_dirs["kandinsky"])
+    replicas = [RecordingBackend(tiny_backend, tracker), RecordingBackend(second, tracker)]
+    engine = LocalEngine(queue_size=8, workers=2, max_batch_images=8, batch_wait_ms=300, cores=1)
+    engine.add_model("tiny", replicas)
+    try:
+
+        async def scenario():
+            long = engine.submit("tiny", prompted(tiny_backend, "long", decoder_steps=30))
+            pair = [engine.submit("tiny", prompted(tiny_backend, f"pair {i}")) for i in range(2)]
+            await asyncio.gather(long.result(), *(handle.result() for handle in pair))
+            # The last call held two jobs, so the next one waits for a companion; one that comes meanwhile
+            # cannot join it (other steps) and wakes the idle slot.
+            mixed = [engine.submit("tiny", prompted(tiny_backend, "two steps"))]
+            await asyncio.sleep(0.1)
+            mixed.append(engine.submit("tiny", prompted(tiny_backend, "three steps", decoder_steps=3)))
+            await asyncio.wait_for(asyncio.gather(*(handle.result() for handle in mixed)), 60)
+
+        asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    calls = [call for replica in replicas for call in replica.calls]
+    assert ["pair 0", "pair 1"] in calls and ["two steps"] in calls and ["three steps"] in calls
+    assert tracker["peak"] == 1 and tracker["most_threads"] == 1
