@@ -102,7 +102,9 @@ def plain_server(threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "server", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=REPO, env=env)
+    # The engine sizes its threads from the CPUs it may use, not OMP_NUM_THREADS: give it `threads` of them.
+    cpus = set(sorted(os.sched_getaffinity(0))[:threads])
+    process = subprocess.Popen(command, cwd=REPO, env=env, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
     return process, url
