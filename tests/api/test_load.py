@@ -118,8 +118,12 @@ def test_a_storm_of_disconnects_leaves_nothing_behind(loaded: LiveServer):
                 loaded.api_url + "/images/generations",
                 json={"prompt": "a cat", "model": TINY, "seed": index, "stream": index % 2 == 0, **slow},
             )
-            with pytest.raises((asyncio.TimeoutError, httpx.HTTPError)):
-                await asyncio.wait_for(request, timeout=0.05 + 0.05 * (index % 5))
+            try:
+                response = await asyncio.wait_for(request, timeout=0.05 + 0.05 * (index % 5))
+            except (asyncio.TimeoutError, httpx.HTTPError):
+                return  # the client left before its answer, as this test wants
+            # Only a refusal can come sooner: the queue (4) is full, which a quiet machine answers in time.
+            assert response.status_code == 429, response.text
 
     async def storm():
         for wave in range(4):
