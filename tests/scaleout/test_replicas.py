@@ -269,7 +269,10 @@ def test_killing_a_replica_under_load_loses_no_request(two_replicas: RayApp) -> 
     assert len(finished) == 32
     # The jobs the dead replica held were sent again by an ingress (each counts its own; Serve picks one).
     wait_until(lambda: two_replicas.readiness()["models"][TINY]["resent"] > 0, 30, "an ingress that resent a job")
-    # Serve replaces the dead replica.
-    wait_until(lambda: two_replicas.replica_states().get("RUNNING") == 2, 120, "a replacement replica")
-    after = replica_actor_names()
-    assert len(after) == 2 and victim not in after
+    # Serve replaces the dead replica. Its status can still count the dead one as RUNNING until a health
+    # check notices, so wait for a new actor by name as well as for the count.
+    def replaced() -> bool:
+        after = replica_actor_names()
+        return len(after) == 2 and victim not in after and two_replicas.replica_states().get("RUNNING") == 2
+
+    wait_until(replaced, 120, "a replacement replica")
