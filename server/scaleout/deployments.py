@@ -31,6 +31,7 @@ from ..config import Settings, load_settings
 from ..engine.base import EngineMetrics, ModelToLoad
 from ..errors import ERROR_TABLE
 from .engine import RayEngine, off_the_loop_if_pixels
+from .figures import FigureLog
 from .scaling import RayServeSettings
 from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
 
@@ -57,7 +58,8 @@ class ModelReplica:
         # Its torch threads: the CPUs Ray gave it (as OMP_NUM_THREADS, at least 1), not the machine's.
         cores = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         on_replica = replace(settings, queue_size=REPLICA_QUEUE_SIZE)
-        self._engine = local_engine_factory(on_replica, cores=cores)(None)  # its metrics: the ingress's (README)
+        self._figures = FigureLog()  # what its engine measures, sent to the ingress with each job's answer
+        self._engine = local_engine_factory(on_replica, cores=cores)(self._figures.metrics())
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._loaded: Message
         try:
@@ -83,7 +85,7 @@ class ModelReplica:
         try:
             handle = self._engine.submit(self._name, job)
         except Exception as error:  # QueueFull, EngineStopped: the ingress answers them
-            yield error_message(error)
+            yield self._ending(error_message(error))
             return
         try:
             yield accepted(self._replica)
@@ -92,12 +94,16 @@ class ModelReplica:
             result = await handle.result()
         except Exception as error:
             _log_unexpected(error, job)
-            yield error_message(error)
+            yield self._ending(error_message(error))
             return
         finally:
             if not handle.done:  # the call was cancelled: the client has gone
                 self._engine.cancel(handle)
-        yield result_message(result)  # native-size images: a copy of their pixels
+        yield self._ending(result_message(result))  # native-size images: a copy of their pixels
+
+    def _ending(self, message: Message) -> Message:
+        """A message that ends a job, with the figures this replica has measured since the last one."""
+        return {**message, "figures": self._figures.drain()}
 
     def __del__(self) -> None:
         self._engine.shutdown(5.0)

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -45,6 +45,7 @@ from ..engine.base import (
 )
 from ..engine.local import wait_until
 from ..engine.worker import AVERAGE_WEIGHT, FIRST_IMAGE_SECONDS_GUESS, next_turn
+from .figures import Figure, replay
 from .wire import Message, RemoteError, error_from_wire, job_to_wire, preview_from_wire, result_from_wire
 
 log = logging.getLogger("easel.scaleout")
@@ -91,6 +92,11 @@ class RemoteModel:
         self.seconds_per_image = per_image if previous is None else previous + AVERAGE_WEIGHT * (per_image - previous)
         if self.metrics is not None:
             self.metrics.images.labels(self.name).inc(len(result.images))
+
+    def replay(self, figures: Iterable[Figure]) -> None:
+        """Record what a replica measured inside its pipeline calls (:mod:`server.scaleout.figures`)."""
+        if self.metrics is not None:
+            replay(figures, self.metrics)
 
     def retry_after(self, images: int) -> float:
         """As ModelLane.retry_after; the jobs the replicas hold now stand for its slots (each runs in parallel)."""
@@ -185,16 +191,20 @@ class RayJobHandle:
             elif kind == "preview" and message["index"] >= self._previews_forwarded:
                 self._previews_forwarded = message["index"] + 1
                 self._previews.put_nowait(preview_from_wire(message))
-            elif kind == "result":
-                self._settle(result=result_from_wire(message))
-                return
-            elif kind == "error":
-                error = error_from_wire(message)
-                if isinstance(error, (Cancelled, EngineStopped)):  # this side asked nothing: the replica is going
-                    raise ReplicaStopped(str(error))
-                self._settle(error=error)
+            elif kind in ("result", "error"):
+                self.model.replay(message.get("figures", ()))
+                self._finish(message)
                 return
         raise RemoteError("the replica ended the job without an answer")
+
+    def _finish(self, message: Message) -> None:
+        if message["kind"] == "result":
+            self._settle(result=result_from_wire(message))
+            return
+        error = error_from_wire(message)
+        if isinstance(error, (Cancelled, EngineStopped)):  # this side asked nothing: the replica is going
+            raise ReplicaStopped(str(error))
+        self._settle(error=error)
 
     def _release(self) -> None:
         """Take the job off this model's waiting or running count."""

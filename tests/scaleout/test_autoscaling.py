@@ -11,7 +11,8 @@ import pytest
 from openai import OpenAI
 
 from server.config import ModelSpec, RayServeSettings
-from tests.conftest import TINY, assert_envelope
+from tests.api.test_metrics import samples, value
+from tests.conftest import FAST, TINY, assert_envelope
 
 from .conftest import RayApp, deployed, wait_until
 
@@ -49,6 +50,26 @@ def test_a_model_that_fails_to_load_on_its_replica_is_reported_as_plain_serving_
     error = assert_envelope(response, 503, code="model_unavailable")
     assert error["message"] == f"Model '{BROKEN}' failed to load: {model['error']}"
     assert response.headers["x-should-retry"] == "false"
+
+
+def test_metrics_count_what_the_replica_measured_inside_its_pipeline_calls(autoscaled: RayApp) -> None:
+    """As plain serving's /metrics (tests/api/test_metrics.py), with the pipeline measured on the model replica."""
+    before = samples(autoscaled)
+    client = OpenAI(base_url=autoscaled.api_url, api_key="any", max_retries=0)
+    for n in (1, 2):  # one after the other: each job is a pipeline call of its own
+        client.images.generate(prompt="a cyan ring", size="64x64", n=n, extra_body={"seed": 3, **FAST})
+    after = samples(autoscaled)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert added("easel_images_generated_total", model=TINY) == 3
+    assert added("easel_queue_wait_seconds_count", model=TINY) == 2
+    assert (added("easel_batch_images_count", model=TINY), added("easel_batch_images_sum", model=TINY)) == (2, 3)
+    for stage in ("text_encoder", "prior", "decoder", "image_decode"):
+        assert added("easel_stage_seconds_count", model=TINY, stage=stage) == 2, stage
+        assert added("easel_stage_seconds_sum", model=TINY, stage=stage) > 0, stage
+    assert added("easel_worker_busy_seconds_total", device="cpu") > 0
 
 
 def test_a_model_scales_from_one_replica_to_two_under_load_and_back(autoscaled: RayApp) -> None:

@@ -269,6 +269,7 @@ def test_killing_a_replica_under_load_loses_no_request(two_replicas: RayApp) -> 
     assert len(finished) == 32
     # The jobs the dead replica held were sent again by an ingress (each counts its own; Serve picks one).
     wait_until(lambda: two_replicas.readiness()["models"][TINY]["resent"] > 0, 30, "an ingress that resent a job")
+
     # Serve replaces the dead replica. Its status can still count the dead one as RUNNING until a health
     # check notices, so wait for a new actor by name as well as for the count.
     def replaced() -> bool:

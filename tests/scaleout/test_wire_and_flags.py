@@ -15,8 +15,10 @@ from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
 from server.config import load_settings
 from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
 from server.errors import job_error
+from server.metrics import Metrics
 from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
 from server.scaleout.engine import RayEngine
+from server.scaleout.figures import MAX_WAITING_FIGURES, FigureLog, replay
 from server.scaleout.scaling import RayServeSettings
 from server.scaleout.wire import (
     RemoteError,
@@ -216,3 +218,25 @@ def test_the_ingress_queue_keeps_a_reserve_for_retried_requests_then_drains() ->
         assert await asyncio.to_thread(engine.drain, 0.2)
 
     asyncio.run(scenario())
+
+
+def test_a_replicas_figures_reach_the_ingress_once_and_only_those_it_does_not_count_itself() -> None:
+    log = FigureLog()
+    on_replica = log.metrics()
+    on_replica.stage_seconds.labels("m", "decoder").observe(0.5)
+    on_replica.busy_seconds.labels("cpu").inc(0.75)
+    on_replica.images.labels("m").inc(2)  # the ingress counts images and cancellations itself
+    on_replica.cancelled.labels("m").inc()
+    figures = log.drain()
+    assert pickle.loads(pickle.dumps(figures)) == figures  # plain data: it crosses Ray
+    assert log.drain() == []
+    ingress = Metrics()
+    replay(figures, ingress.engine)
+    read = ingress.registry.get_sample_value
+    assert read("easel_stage_seconds_sum", {"model": "m", "stage": "decoder"}) == 0.5
+    assert read("easel_worker_busy_seconds_total", {"device": "cpu"}) == 0.75
+    assert read("easel_images_generated_total", {"model": "m"}) is None
+    for number in range(MAX_WAITING_FIGURES + 5):  # nobody drains: the oldest go
+        on_replica.queue_wait.labels("m").observe(number)
+    kept = log.drain()
+    assert len(kept) == MAX_WAITING_FIGURES and kept[0][3] == 5.0
