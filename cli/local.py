@@ -9,12 +9,12 @@ picture made here has the bytes the API would answer for the same request.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from tqdm import tqdm
 
 from server.config import ModelSpec, Settings, parse_model_spec, read_settings
+from server.engine.base import cpu_cores
 from server.errors import APIError
 from server.options import ConfigError
 from server.preflight import check_before_listening
@@ -67,7 +67,7 @@ def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
         raise CommandError(str(error)) from None
     if backend.info.device.startswith("cpu"):
         # A lone request in the server gets every core; thread count changes float sums, so match it.
-        use_cpu_threads(len(os.sched_getaffinity(0)))
+        use_cpu_threads(cpu_cores())
     bars = StageBars()
     try:
         job, prepare, options = _job(request, backend.info, settings)

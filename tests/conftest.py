@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import uvicorn
 from openai import AsyncOpenAI, OpenAI
 from starlette.applications import Starlette
@@ -30,6 +31,10 @@ from server.engine.local import Loader
 from server.middleware import uvicorn_options
 from server.state import ServerState
 from weights.registry import load_registry
+
+# The tests' own model calls (tiny models run outside a server) use one thread: over tensors this small,
+# threads only contend. Set here, once, for the whole run; a server's engine sets its own count per call.
+torch.set_num_threads(1)
 
 FAST = {"prior_steps": 2, "decoder_steps": 2}  # extension fields: keep test generations quick
 SLOW = {"prior_steps": 2, "decoder_steps": 200}  # a job that runs for seconds, to be cancelled

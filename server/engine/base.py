@@ -9,6 +9,7 @@ slot in behind the same methods.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,9 @@ class Engine(Protocol):
     def shutdown(self, timeout: float) -> None:
         """Stop taking jobs, drop the waiting ones, interrupt the running ones (blocking)."""
         ...
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on: its affinity where the OS has one (a container or taskset narrows it)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only: macOS and Windows have no such call
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from typing import Any
 
 from pipelines.base import Cancelled, ImageBackend, ImageJob, ModelInfo
 
-from .base import BatchPolicy, EngineMetrics, EngineStopped, JobHandle, ModelToLoad
+from .base import BatchPolicy, EngineMetrics, EngineStopped, JobHandle, ModelToLoad, cpu_cores
 from .worker import DeviceWorker, LocalJobHandle, ModelLane
 
 Loader = Callable[..., ImageBackend]  # pipelines.loader.load_backend's signature
@@ -97,7 +96,7 @@ class LocalEngine:
                 raise EngineStopped("the server is shutting down")
             worker = self._workers.get(device)
             if worker is None:
-                cores = (self.cores or len(os.sched_getaffinity(0))) if device.startswith("cpu") else 1
+                cores = (self.cores or cpu_cores()) if device.startswith("cpu") else 1
                 policy = self._policy(device)
                 worker = self._workers[device] = DeviceWorker(device, policy, cores, self.metrics)
             lane = ModelLane(name, replicas, self.queue_size, worker)

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipelines.base import Cancelled, ImageJob, StagePreset
@@ -16,8 +15,6 @@ from pipelines.kandinsky import KandinskyBackend
 from pipelines.loader import load_backend
 from pipelines.presets import presets_for
 from pipelines.tiny import build_tiny_kandinsky
-
-torch.set_num_threads(1)
 
 FAST = StagePreset(prior_steps=2, prior_guidance=4.0, decoder_steps=4, decoder_guidance=4.0)
 PROMPT = "a red cat on a hill, Zürich ☃"

@@ -17,8 +17,6 @@ from pipelines.loader import load_backend
 from pipelines.tiny import build_tiny_karlo
 from pipelines.unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel, register_unclip_for_loading
 
-torch.set_num_threads(1)
-
 FAST = StagePreset(prior_steps=2, prior_guidance=4.0, decoder_steps=4, decoder_guidance=8.0, super_res_steps=2)
 NATIVE = (64, 64)  # the tiny model's super-resolution sample_size
 

@@ -19,8 +19,6 @@ from pipelines.optimize import FusedAddedKVAttention, is_compiled, pipeline_mode
 from pipelines.speed import OPTIMIZATIONS, SpeedOptions, parse_enabled
 from pipelines.tiny import build_tiny_kandinsky, build_tiny_karlo
 
-torch.set_num_threads(1)
-
 MAX_PIXEL_DIFFERENCE = 2
 KANDINSKY_FAST = StagePreset(prior_steps=2, prior_guidance=4.0, decoder_steps=4, decoder_guidance=4.0)
 KANDINSKY_INTERVAL = StagePreset(

@@ -9,7 +9,6 @@ replacement, whatever the machine has.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import tempfile
@@ -27,14 +26,15 @@ ray = pytest.importorskip("ray", reason="the scale-out tests need the ray extra:
 from ray import serve  # noqa: E402
 
 from server.config import ModelSpec, RayServeSettings, Settings  # noqa: E402
+from server.engine.base import cpu_cores  # noqa: E402
 from server.scaleout.deployments import model_deployment_name  # noqa: E402
 from server.scaleout.launch import APP_NAME, running_on_ray, use_easel_proxy_middleware  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from weights.registry import load_registry  # noqa: E402
 
 # What the plain test server's engine runs a lone call on: the cores this process may use (not torch's own
-# default, which a test module may have lowered at import).
-ENGINE_CORES = len(os.sched_getaffinity(0))
+# default, which tests/conftest.py lowers to one).
+ENGINE_CORES = cpu_cores()
 RAY_CPUS = 3 * ENGINE_CORES  # logical: two model replicas and a replacement for a killed one
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 

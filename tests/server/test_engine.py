@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
 import pytest
 
 from pipelines.base import Cancelled, ImageJob
-from server.engine.base import EngineStopped, QueueFull
+from server.engine.base import EngineStopped, QueueFull, cpu_cores
 from server.engine.local import LocalEngine as Engine
 
 from ..conftest import OneJobAtATime
@@ -217,3 +218,9 @@ def test_a_model_added_after_shutdown_starts_no_worker(tiny_backend):
     with pytest.raises(EngineStopped):
         engine.add_model("late", tiny_backend)
     assert engine._workers == {} and engine.stats("late") is None
+
+
+def test_cores_are_counted_where_the_os_has_no_affinity_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cpu_cores() == len(os.sched_getaffinity(0))  # Linux: the cores this process may use
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS and Windows
+    assert cpu_cores() == os.cpu_count()
