@@ -102,7 +102,10 @@ class Settings:
     )
     # -- serving many users (README, "Serving many users") ---------------------------------------------
     workers: int | None = option(
-        None, "--workers", opt.integer(1), "worker slots per device (default: 2 on a CPU, 1 on a GPU)"
+        None,
+        "--workers",
+        opt.integer(1),
+        "worker slots per device (default: 2 on a CPU, 1 on a GPU; a CPU model over 100M parameters gets one)",
     )
     max_batch_images: int | None = option(
         None,

@@ -76,6 +76,11 @@ class EngineMetrics:
 
 
 DEFAULT_MAX_BATCH_IMAGES = {"gpu": 16, "cpu": 8}
+# Two CPU slots pay because a small model's call cannot keep two cores busy (OpenMP's own overhead was 27%
+# of self time under load for easel-mini, 8.7M parameters). A large model's matrix products keep every core
+# busy in one call, and a second copy doubles memory counted in GB (Kandinsky 2.2: 4.9 billion parameters,
+# 20 GB in float32; Karlo: over 1.7 billion), so past this size a model gets one copy unless --workers is given.
+SECOND_COPY_MAX_PARAMETERS = 100_000_000
 
 
 @dataclass(frozen=True)

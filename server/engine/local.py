@@ -10,7 +10,15 @@ from typing import Any
 
 from pipelines.base import Cancelled, ImageBackend, ImageJob, ModelInfo
 
-from .base import BatchPolicy, EngineMetrics, EngineStopped, JobHandle, ModelToLoad, cpu_cores
+from .base import (
+    SECOND_COPY_MAX_PARAMETERS,
+    BatchPolicy,
+    EngineMetrics,
+    EngineStopped,
+    JobHandle,
+    ModelToLoad,
+    cpu_cores,
+)
 from .worker import DeviceWorker, LocalJobHandle, ModelLane
 
 Loader = Callable[..., ImageBackend]  # pipelines.loader.load_backend's signature
@@ -77,10 +85,16 @@ class LocalEngine:
             )
 
         first = load_one()
-        policy = self._policy(first.info.device)
         # Each slot runs its own copy: a pipeline object (its scheduler) is not safe to share across threads.
-        self.add_model(model.name, [first] + [load_one() for _ in range(policy.workers - 1)])
+        self.add_model(model.name, [first] + [load_one() for _ in range(self._copies(first.info) - 1)])
         return first.info
+
+    def _copies(self, info: ModelInfo) -> int:
+        """Copies of a model to load: one per worker slot, but one for a large model unless --workers says."""
+        slots = self._policy(info.device).workers
+        if self.workers is None and sum(info.parameter_counts.values()) > SECOND_COPY_MAX_PARAMETERS:
+            return 1
+        return slots
 
     def _policy(self, device: str) -> BatchPolicy:
         return BatchPolicy.for_device(

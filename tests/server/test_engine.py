@@ -6,14 +6,15 @@ import asyncio
 import os
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from pipelines.base import Cancelled, ImageJob
-from server.engine.base import EngineStopped, QueueFull, cpu_cores
+from server.engine.base import SECOND_COPY_MAX_PARAMETERS, EngineStopped, ModelToLoad, QueueFull, cpu_cores
 from server.engine.local import LocalEngine as Engine
 
-from ..conftest import OneJobAtATime
+from ..conftest import TINY, OneJobAtATime
 
 
 def make_job(backend, *, n: int = 1, decoder_steps: int = 2, seed: int = 0, preview_count: int = 0) -> ImageJob:
@@ -224,3 +225,38 @@ def test_cores_are_counted_where_the_os_has_no_affinity_call(monkeypatch: pytest
     assert cpu_cores() == len(os.sched_getaffinity(0))  # Linux: the cores this process may use
     monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS and Windows
     assert cpu_cores() == os.cpu_count()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "workers", "copies"),
+    [
+        (8_700_000, None, 2),  # easel-mini's size: a copy per CPU slot
+        (SECOND_COPY_MAX_PARAMETERS + 1, None, 1),  # Kandinsky 2.2 is 4.9 billion: one copy, not 40 GB
+        (SECOND_COPY_MAX_PARAMETERS + 1, 2, 2),  # --workers given: as many as it says
+    ],
+)
+def test_a_large_model_is_loaded_once_on_a_cpu_unless_workers_says(tiny_model_dirs, parameters, workers, copies):
+    from pipelines.loader import load_backend
+
+    loaded = []
+
+    def loader(*args, **kwargs):
+        backend = load_backend(*args, **kwargs)
+        backend.info = replace(backend.info, parameter_counts={"unet": parameters})
+        loaded.append(backend)
+        return backend
+
+    engine = Engine(queue_size=4, loader=loader, workers=workers)
+    engine.load(ModelToLoad(TINY, "kandinsky22", tiny_model_dirs["kandinsky"], None, "cpu", None))
+
+    async def two_at_once():
+        handles = [engine.submit(TINY, make_job(loaded[0], seed=seed)) for seed in (1, 2)]
+        return [await handle.result() for handle in handles]
+
+    try:
+        assert len(loaded) == copies
+        results = asyncio.run(two_at_once())  # a one-copy model on a two-slot device still runs all its jobs
+        assert [len(result.images) for result in results] == [1, 1]
+        assert engine.stats(TINY)["completed"] == 2
+    finally:
+        engine.shutdown()
