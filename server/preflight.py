@@ -17,11 +17,14 @@ HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point 
 
 
 def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | None = None) -> None:
-    """Every model directory (or those of ``models``) is there, and the asked-for device and dtype exist here."""
+    """Every model directory (or those of ``models``) is there, the asked-for device and dtype exist here, and
+    Ray Serve is installed when ``--ray`` asks for it."""
     for spec in settings.models if models is None else models:
         _check_model_dir(spec)
     if settings.device is not None or settings.dtype is not None:
         _check_device_and_dtype(settings)
+    if settings.use_ray and models is None:  # serving; a command that runs one model locally needs no Ray
+        _check_ray_is_installed(settings)
 
 
 def _check_model_dir(spec: ModelSpec) -> None:
@@ -43,3 +46,14 @@ def _check_device_and_dtype(settings: Settings) -> None:
         choose_dtype(device, settings.dtype)
     except ValueError as error:
         raise ConfigError(f"{settings.origin('dtype')}: {error}") from None
+
+
+def _check_ray_is_installed(settings: Settings) -> None:
+    from .scaleout import why_ray_serve_is_missing
+
+    missing = why_ray_serve_is_missing()
+    if missing is not None:
+        raise ConfigError(
+            f"{settings.origin('use_ray')}: needs Ray Serve, which cannot be imported here ({missing}); "
+            "install the ray extra: pip install -e '.[ray]'"
+        )

@@ -8,6 +8,8 @@ line and exit with status 2.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,30 @@ def test_each_configuration_error_is_one_line_and_exit_status_2(argv, env, line,
     captured = capsys.readouterr()
     assert captured.err == f"easel: error: {line}\n"
     assert captured.out == ""
+
+
+NO_RAY_LINE = (
+    "--ray: needs Ray Serve, which cannot be imported here (No module named 'ray'); "
+    "install the ray extra: pip install -e '.[ray]'"
+)
+
+
+def test_ray_without_the_ray_extra_is_one_line_and_exit_status_2(home: Path):
+    # In a process of its own, where importing ray fails as it does without the extra.
+    without_ray = """
+import sys
+
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoRay())
+from server.__main__ import serve
+serve(["--ray"], {"EASEL_HOME": sys.argv[1]})
+"""
+    done = subprocess.run([sys.executable, "-c", without_ray, str(home)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr, done.stdout) == (2, f"easel: error: {NO_RAY_LINE}\n", "")
 
 
 def test_file_mistakes_name_the_file_and_key(home: Path):
