@@ -91,10 +91,9 @@ class LocalEngine:
 
     def _copies(self, info: ModelInfo) -> int:
         """Copies of a model to load: one per worker slot, but one for a large model unless --workers says."""
-        slots = self._policy(info.device).workers
         if self.workers is None and sum(info.parameter_counts.values()) > SECOND_COPY_MAX_PARAMETERS:
             return 1
-        return slots
+        return self._policy(info.device).workers
 
     def _policy(self, device: str) -> BatchPolicy:
         return BatchPolicy.for_device(
