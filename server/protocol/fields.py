@@ -35,6 +35,16 @@ def media_type(request: Request) -> str:
 
 
 async def read_json(request: Request) -> Any:
+    """The JSON body of a JSON-only endpoint; any other media type is a 415.
+
+    A browser sends text/plain, form-encoded and multipart bodies across origins without a CORS preflight, so an
+    endpoint that read those as JSON could be driven by any web page its user visits (an open local server too).
+    """
+    kind = media_type(request)
+    if kind != "application/json":
+        sent = f"Content-Type: {shown(kind)}" if kind else "no Content-Type"
+        message = f"Send the request body as JSON with Content-Type: application/json ({sent} was sent)."
+        raise APIError(415, message, code="unsupported_content_type")
     return await asyncio.to_thread(parse_json, await request.body())
 
 

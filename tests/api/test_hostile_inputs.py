@@ -133,6 +133,7 @@ SLOW_BODY = request_head(
     "POST", "/v1/images/generations", {"content-type": "application/json", "content-length": "100"}
 )
 HUGE_AUTH = request_head("GET", "/v1/models", {"authorization": "Bearer " + "a" * 1_000_000})
+GENERATION = json.dumps({"prompt": "a red circle", **FAST}).encode()  # valid JSON, sent as another media type
 SSRF = {"images": [{"image_url": "http://169.254.169.254/x.png"}]}
 TIMEOUT = "request_timeout"
 
@@ -174,6 +175,15 @@ ROWS = [
     Row("5,000-digit integer", generation(b'{"prompt": "x", "n": ' + b"9" * 5000 + b"}"), 400),
     Row(f"body over {BODY_LIMIT} bytes", generation({"prompt": "p" * (BODY_LIMIT + 1)}), 413, code="request_too_large"),
     Row("edit as text/plain", post("/v1/images/edits", b"x", "text/plain"), 400, code="unsupported_content_type"),
+    *(
+        Row(
+            f"generation as {kind} (no CORS preflight)",
+            post("/v1/images/generations", GENERATION, kind),
+            415,
+            code="unsupported_content_type",
+        )
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "")
+    ),
     Row("JSON edit with an http URL", json_edit(SSRF), 400, "images"),
     Row("JSON edit with a file_id", json_edit({"images": [{"file_id": "file-1"}]}), 400, "images"),
     Row("edit with two images", upload("edits", [image_part(PICTURE_PNG, "image[]")] * 2), 400, "image"),
