@@ -55,6 +55,17 @@ class APIError(Exception):
         self.extra = dict(extra or {})  # top-level keys next to "error" (e.g. readiness details)
 
 
+ECHO_LIMIT = 256  # characters of a client's own text (a name, a value, a path) repeated in an answer or a log line
+
+
+def shown(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked: what a client sent is repeated, never unbounded, so a
+    20 MB model name costs neither a 20 MB answer nor 40 MB of log."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[{len(text) - limit} more characters]"
+
+
 def invalid(param: str | None, message: str, code: str | None = None) -> APIError:
     """A 400 naming the offending request parameter."""
     return APIError(400, message, param=param, code=code)
@@ -155,7 +166,7 @@ async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    target = f"{request.method} {request.url.path}"
+    target = f"{request.method} {shown(request.url.path)}"
     if exc.status_code == 404:
         message = f"Invalid URL ({target})" + _missing_v1_hint(request.url.path)
     elif exc.status_code == 405:

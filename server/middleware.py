@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
-from .errors import APIError, error_response, raw_error
+from .errors import APIError, error_response, raw_error, shown
 from .metrics import HTTPMetrics
 
 access_log = logging.getLogger("easel.access")
@@ -138,6 +138,8 @@ class AccessLogMiddleware:
             "model": state.get("model"),
             "error": error,
         }
+        if status >= 400:  # an answered request named a route and a model Easel has; a refused one, anything
+            fields.update(path=shown(fields["path"]), model=fields["model"] and shown(fields["model"]))
         line = "{method} {path} {status} {duration_ms} ms model={model} request_id={request_id}".format(
             **{**fields, "model": fields["model"] or "-"}
         )

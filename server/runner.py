@@ -1,6 +1,6 @@
 """Running the app under uvicorn, with a shutdown that finishes the work it has taken on.
 
-On SIGTERM or SIGINT the server keeps listening but refuses new image requests
+On SIGTERM, SIGINT or SIGHUP the server keeps listening but refuses new image requests
 (503 with Retry-After), finishes its queued and running jobs for up to
 ``--shutdown-timeout`` seconds, cancels what is left with an error its clients
 can read, then stops; a second signal cuts the wait short. It exits 0: the
@@ -10,7 +10,11 @@ shutdown was the one asked for (uvicorn would re-raise the signal and exit 143).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -32,6 +36,22 @@ class EaselServer(uvicorn.Server):
         self.state = state
         self._draining: asyncio.Task[None] | None = None
         self._hurry: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's SIGINT and SIGTERM handling, plus SIGHUP: a closed terminal or a start without ``nohup``
+        sends it, and its default action kills the process on the spot, losing the answers in flight."""
+        hangup = getattr(signal, "SIGHUP", None)  # POSIX only
+        if hangup is None or threading.current_thread() is not threading.main_thread():
+            with super().capture_signals():
+                yield
+            return
+        previous = signal.signal(hangup, self.handle_exit)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(hangup, previous)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in the signal handler, on the event loop's thread between two of its steps: hand over to the loop.

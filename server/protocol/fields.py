@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..errors import APIError, invalid, missing_parameter
+from ..errors import APIError, invalid, missing_parameter, shown
 from .tables import PROMPT, STANDARD_SIZES, Field
 
 AUTO_SIZE = (1024, 1024)
@@ -35,12 +35,41 @@ def media_type(request: Request) -> str:
 
 
 async def read_json(request: Request) -> Any:
+    """The JSON body of a JSON-only endpoint; any other media type is a 415.
+
+    A browser sends text/plain, form-encoded and multipart bodies across origins without a CORS preflight, so an
+    endpoint that read those as JSON could be driven by any web page its user visits (an open local server too).
+    """
+    kind = media_type(request)
+    if kind != "application/json":
+        sent = f"Content-Type: {shown(kind)}" if kind else "no Content-Type"
+        message = f"Send the request body as JSON with Content-Type: application/json ({sent} was sent)."
+        raise APIError(415, message, code="unsupported_content_type")
     return await asyncio.to_thread(parse_json, await request.body())
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object from its pairs, refusing a key given twice: ``{"n": 1, "n": 10}`` must not quietly mean 10."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise _DuplicateKey(key)
+        value[key] = item
+    return value
 
 
 def parse_json(raw: bytes) -> Any:
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as duplicate:
+        key = shown(duplicate.key)
+        message = f"The JSON body gives '{key}' more than once; send each field once."
+        raise invalid(key, message, code="duplicate_parameter") from None
     except (ValueError, RecursionError):  # ValueError covers JSONDecodeError and UnicodeDecodeError
         raise invalid(
             None,
@@ -121,7 +150,7 @@ class FieldReader:
     def reject_unknown(self, allowed: frozenset[str]) -> None:
         for name in self.values:
             if name not in allowed:
-                param = self.prefix + name
+                param = shown(self.prefix + name)
                 raise invalid(param, f"Unrecognized request argument supplied: {param}", code="unknown_parameter")
 
     def given(self, name: str) -> bool:
@@ -186,7 +215,7 @@ class FieldReader:
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self.string(name)
         if value is not None and value not in choices:
-            message = f"Invalid value: '{value}'. Supported values are: {quote_list(choices)}."
+            message = f"Invalid value: '{shown(value)}'. Supported values are: {quote_list(choices)}."
             raise invalid(self.prefix + name, message, code="invalid_value")
         return value
 
@@ -268,14 +297,14 @@ def parse_size(value: str | None) -> RequestedSize:
     if match is None:
         raise invalid(
             "size",
-            f"Invalid value: '{value}'. Supported values are: 'auto', {quote_list(STANDARD_SIZES)}, "
+            f"Invalid value: '{shown(value)}'. Supported values are: 'auto', {quote_list(STANDARD_SIZES)}, "
             "or WIDTHxHEIGHT within the model's bounds (see /v1/models).",
             code="invalid_value",
         )
     width, height = int(match.group(1)), int(match.group(2))
     if max(width, height) > MAX_FREE_SIDE:
         raise invalid(
-            "size", f"Invalid size '{value}': each side must be at most {MAX_FREE_SIDE}.", code="invalid_value"
+            "size", f"Invalid size '{shown(value)}': each side must be at most {MAX_FREE_SIDE}.", code="invalid_value"
         )
     return RequestedSize(width, height, standard=value in STANDARD_SIZES)
 

@@ -19,7 +19,7 @@ from pipelines.speed import SpeedOptions, warmup_batches_for
 
 from ..config import ModelSpec, Settings
 from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine, EngineStopped, ModelToLoad
-from ..errors import SERVER_ERROR, APIError
+from ..errors import SERVER_ERROR, APIError, shown
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
 from ..protocol.tables import MAX_N
@@ -65,7 +65,7 @@ class ReadyModel:
 def model_not_found(name: str) -> APIError:
     return APIError(
         404,
-        f"The model `{name}` does not exist or you do not have access to it.",
+        f"The model `{shown(name)}` does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
     )

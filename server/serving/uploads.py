@@ -27,7 +27,7 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from ..errors import invalid
+from ..errors import invalid, shown
 from ..protocol.edits import UploadedBody
 from ..protocol.fields import media_type, parse_json, require_object
 from .decoding import UploadLimits
@@ -56,7 +56,7 @@ async def read_multipart(request: Request, file_parts: frozenset[str], limits: U
         for name, value in form.multi_items():
             if name not in file_parts:
                 if name in fields:
-                    raise invalid(name, f"'{name}' was given more than once.", code="invalid_value")
+                    raise invalid(shown(name), f"'{shown(name)}' was given more than once.", code="invalid_value")
                 fields[name] = value
                 continue
             param = part_param(name)

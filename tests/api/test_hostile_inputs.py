@@ -133,6 +133,7 @@ SLOW_BODY = request_head(
     "POST", "/v1/images/generations", {"content-type": "application/json", "content-length": "100"}
 )
 HUGE_AUTH = request_head("GET", "/v1/models", {"authorization": "Bearer " + "a" * 1_000_000})
+GENERATION = json.dumps({"prompt": "a red circle", **FAST}).encode()  # valid JSON, sent as another media type
 SSRF = {"images": [{"image_url": "http://169.254.169.254/x.png"}]}
 TIMEOUT = "request_timeout"
 
@@ -174,10 +175,21 @@ ROWS = [
     Row("5,000-digit integer", generation(b'{"prompt": "x", "n": ' + b"9" * 5000 + b"}"), 400),
     Row(f"body over {BODY_LIMIT} bytes", generation({"prompt": "p" * (BODY_LIMIT + 1)}), 413, code="request_too_large"),
     Row("edit as text/plain", post("/v1/images/edits", b"x", "text/plain"), 400, code="unsupported_content_type"),
+    *(
+        Row(
+            f"generation as {kind} (no CORS preflight)",
+            post("/v1/images/generations", GENERATION, kind),
+            415,
+            code="unsupported_content_type",
+        )
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "")
+    ),
     Row("JSON edit with an http URL", json_edit(SSRF), 400, "images"),
     Row("JSON edit with a file_id", json_edit({"images": [{"file_id": "file-1"}]}), 400, "images"),
     Row("edit with two images", upload("edits", [image_part(PICTURE_PNG, "image[]")] * 2), 400, "image"),
     Row("unknown model", generation({"model": "dall-e-9"}), 404, "model", "model_not_found"),
+    Row("a key given twice", generation(b'{"prompt": "x", "n": 1, "n": 10}'), 400, "n", "duplicate_parameter"),
+    Row("3 MB unknown field name", generation({"x" * 3_000_000: 1}), 400, "x" * 256 + "…[2999744 more characters]"),
     Row("unknown route", get("/v1/nope"), 404),
     Row("wrong method", post("/v1/models", b"", "application/json"), 405),
     *(Row(f"generation field {fields}", generation(fields), 400, param) for fields, param in BAD_FIELDS),
@@ -245,6 +257,44 @@ def test_hostile_input(hostile_server: LiveServer, row: Row):
         if row.code is not None:
             assert error["code"] == row.code, (row.input, error)
     assert httpx.get(hostile_server.url + "/health", timeout=10).json() == {"status": "ok"}, row.input
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        generation({"model": "m" * 3_000_000}),
+        generation({"size": "s" * 3_000_000}),
+        get("/v1/" + "p" * 10_000),
+    ],
+    ids=["model", "enum value", "path"],
+)
+def test_what_a_client_sent_is_repeated_at_most_256_characters(hostile_server: LiveServer, send):
+    handler, easel = _Lines(), logging.getLogger("easel")
+    level = easel.level
+    easel.setLevel(logging.INFO)  # the access line of a 4xx is logged at INFO
+    easel.addHandler(handler)
+    try:
+        answer = send(hostile_server)
+        deadline = time.monotonic() + 30
+        while not any(" ms model=" in line for line in handler.lines):  # logged once the answer is sent
+            assert time.monotonic() < deadline, "no access log line"
+            time.sleep(0.05)
+    finally:
+        easel.removeHandler(handler)
+        easel.setLevel(level)
+    assert answer.status in (400, 404)
+    message = answer.json()["error"]["message"]
+    assert "more characters]" in message and len(answer.body) < 1500, message[:300]
+    assert max(len(line) for line in handler.lines) < 2500
 
 
 def test_after_the_table_the_server_still_works_and_logged_no_error(hostile_server: LiveServer, errors_logged):
