@@ -81,6 +81,9 @@ def field_schema(field: t.Field) -> dict[str, Any]:
 def object_schema(fields: tuple[t.Field, ...], **replaced: dict[str, Any]) -> dict[str, Any]:
     """An object of ``fields`` (unknown ones are refused, as the server does); ``replaced`` swaps some schemas."""
     properties = {f.name: replaced.get(f.name) or field_schema(f) for f in fields}
+    for f in fields:
+        for alias in f.aliases:  # peer servers' names: documented apart, as the server takes them
+            properties[alias] = {**field_schema(f), "description": f"Alias of {f.name}; send one of the two."}
     required = [f.name for f in fields if f.required]
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     return {**schema, "required": required} if required else schema
