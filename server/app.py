@@ -26,7 +26,6 @@ from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
 from .middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from .paths import CollapseSlashesMiddleware
 from .routes import files, health, images, models, openapi, operations, playground
 from .serving.files import ImageStore
 from .serving.images import ImageServing
@@ -102,7 +101,6 @@ def create_app(
             *operations.routes,
         ],
         middleware=[
-            Middleware(CollapseSlashesMiddleware),
             Middleware(RequestIdMiddleware),
             Middleware(AccessLogMiddleware, metrics=metrics.http),
             *cors(settings.cors_allow_origins),  # outside auth: preflights carry no key, 401s need CORS headers
