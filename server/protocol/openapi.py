@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import tables as t
+from .openapi_responses import responses_paths, responses_schemas
 
 SIZE_PATTERN = "^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
 EVENT_IMAGE_FORMATS = ["png", "jpeg", "webp"]  # streams never send gif or svg
@@ -287,6 +288,7 @@ def _paths() -> dict[str, Any]:
                 "createImageVariation", "Variations of an image.", _answer("ImagesResponse"), requestBody=variation
             )
         },
+        **responses_paths(_operation, _answer, _body),
         "/v1/models": {"get": _operation("listModels", "Models and aliases.", _answer("ListModelsResponse"))},
         "/v1/models/{model}": {
             "get": _operation("retrieveModel", "One model or alias.", _answer("Model"), parameters=model_param)
@@ -311,13 +313,15 @@ def openapi_document() -> dict[str, Any]:
         **_answer_schemas(),
         **_error_schemas(),
         **_model_schemas(),
+        **responses_schemas(field_schema, object_schema),
     }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Easel",
             "version": "1",
-            "description": "OpenAI's Images and Models API on local prior+decoder models, plus Easel's extensions "
+            "description": "OpenAI's Images and Models API and the Responses API's image tool on local "
+            "prior+decoder models, plus Easel's extensions "
             "(x-easel-extension). The README says what each field means.",
         },
         "servers": [{"url": "/"}],
