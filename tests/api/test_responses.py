@@ -183,6 +183,26 @@ def test_a_client_without_state_sends_the_earlier_call_back(client: openai.OpenA
         client.responses.retrieve(first.id)  # store: false keeps nothing
 
 
+def test_two_input_images_follow_the_images_apis_one_image_rule(api_server: LiveServer) -> None:
+    image = {"type": "input_image", "image_url": data_url(png(holed_photo()))}
+    content = [{"type": "input_text", "text": "combine them"}, image, image]
+    body = {"model": "m", "input": [{"role": "user", "content": content}], "tools": [FAST_TOOL]}
+    response = httpx.post(api_server.api_url + "/responses", json=body, timeout=30)
+    error = assert_envelope(response, 400, param="input")
+    assert "2 were sent" in error["message"]
+
+
+def test_a_shutting_down_server_answers_503(api_server: LiveServer) -> None:
+    body = {"model": "m", "input": "a red circle", "tools": [FAST_TOOL]}
+    api_server.state.images.draining = True
+    try:
+        response = httpx.post(api_server.api_url + "/responses", json=body, timeout=30)
+    finally:
+        api_server.state.images.draining = False
+    assert_envelope(response, 503, code="shutting_down")
+    assert response.headers["retry-after"] == "2"
+
+
 def test_unknown_previous_response_is_openais_404(api_server: LiveServer) -> None:
     body = {"model": "m", "input": "more", "tools": [FAST_TOOL], "previous_response_id": "resp_unknown"}
     response = httpx.post(api_server.api_url + "/responses", json=body, timeout=30)
