@@ -18,6 +18,8 @@ from .events import encode_event
 from .images import ImageOptions, gpt_image_quality
 from .responses import ResponsesRequest
 
+NOT_IN_THE_RESPONSE = ("stream_options", "include")  # request-only settings: checked, not echoed
+
 
 def new_response_id() -> str:
     return "resp_" + secrets.token_hex(24)
@@ -77,7 +79,7 @@ class ResponseDraft:
             "background": False,
             "usage": _response_usage(self.usage) if status == "completed" else None,
             "tool_usage": _tool_usage(self.usage) if status == "completed" else None,
-            **{name: value for name, value in request.echoed.items() if name != "stream_options"},
+            **{name: value for name, value in request.echoed.items() if name not in NOT_IN_THE_RESPONSE},
         }
         body["parallel_tool_calls"] = body["parallel_tool_calls"] is not False
         body["text"] = body["text"] or {"format": {"type": "text"}}

@@ -67,9 +67,12 @@ class ResponsesServing:
         result = await self.images.wait(request, started.handle)
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        files = await asyncio.to_thread(started.finish, result.images)
-        self._finish(draft, started, files[0], result.prompt_tokens)
-        return JSONResponse(await asyncio.to_thread(draft.body, "completed"))
+
+        def render() -> JSONResponse:  # encoding, base64 and JSON of megabytes: off the event loop
+            self._finish(draft, started, started.finish(result.images)[0], result.prompt_tokens)
+            return JSONResponse(draft.body("completed"))
+
+        return await asyncio.to_thread(render)
 
     async def retrieve(self, request: Request) -> JSONResponse:
         response_id = request.path_params["response_id"]
