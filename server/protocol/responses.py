@@ -294,8 +294,8 @@ def _read_user_content(content: Any, param: str, texts: list[str], images: list[
         elif kind == "input_image":
             images.append(ImageRef(_image_url(part, part_param), part_param))
         else:
-            message = f"'{part_param}' must be an input_text or input_image part: Easel reads text and images only."
-            raise invalid(part_param, message, code="unsupported_value")
+            what = f"read '{kind}' parts; it reads input_text and input_image" if kind else "read other parts"
+            raise invalid(part_param, LANGUAGE_MODEL_ONLY.format(what=what), code="unsupported_value")
 
 
 def _prompt(texts: list[str]) -> str:

@@ -280,6 +280,21 @@ def test_refusals_name_the_parameter(api_server: LiveServer, change: dict, param
         assert error["message"].startswith("Easel serves the image_generation tool only")
 
 
+@pytest.mark.parametrize(
+    ("item", "param"),
+    [
+        ({"type": "function_call_output", "call_id": "c", "output": "x"}, "input[0].type"),
+        ({"type": "reasoning", "summary": []}, "input[0].type"),
+        ({"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}, "input[0].content[0]"),
+    ],
+)
+def test_input_only_a_language_model_reads_is_refused_as_such(api_server: LiveServer, item: dict, param: str) -> None:
+    body = {"model": "m", "input": [item], "tools": [FAST_TOOL]}
+    response = httpx.post(api_server.api_url + "/responses", json=body, timeout=30)
+    error = assert_envelope(response, 400, param=param, code="unsupported_value")
+    assert error["message"].startswith("Easel serves the image_generation tool only")
+
+
 def test_the_sdk_raises_bad_request_for_a_function_tool(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(
