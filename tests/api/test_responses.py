@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
@@ -132,6 +133,22 @@ def test_the_stream_sends_openais_events_in_order_with_real_partial_images(clien
     final_pixels = pixels(final.output[0].result)
     assert not np.array_equal(np.asarray(previews[0].convert("RGB")), final_pixels)  # a preview, not the result
     assert events[0].response.status == "in_progress" and final.status == "completed"
+
+
+def test_the_async_client_streams_the_same_image_as_the_json_answer(
+    client: openai.OpenAI, async_client: openai.AsyncOpenAI
+) -> None:
+    tool = FAST_TOOL | {"seed": 11, "partial_images": 1, "decoder_steps": 3}
+
+    async def streamed() -> str:
+        async with async_client, async_client.responses.stream(model="m", input="a red circle", tools=[tool]) as stream:
+            async for _ in stream:
+                pass
+            final = await stream.get_final_response()
+        return final.output[0].result
+
+    answered = client.responses.create(model="m", input="a red circle", tools=[tool | {"partial_images": 0}])
+    assert asyncio.run(streamed()) == answered.output[0].result  # same seed: the same bytes, streamed or not
 
 
 def test_an_input_image_with_a_transparent_area_is_edited(client: openai.OpenAI) -> None:
