@@ -122,11 +122,7 @@ def parse_responses_request(body: Any, is_easel_model: Callable[[str], bool]) ->
     messages = _read_input(reader.raw("input"))
     own = {row.name: reader.read(row) for row in OWN}
     image_fields = _tool_fields(tool, index, messages.prompt, own)
-    image_model = tool.get("model") if tool.get("model") is not None else None
-    if image_model is not None and not (isinstance(image_model, str) and image_model.strip()):
-        raise invalid(f"tools[{index}].model", "Invalid 'model': expected a model name.", code="invalid_value")
-    if image_model is None or (not is_easel_model(image_model) and is_easel_model(model)):
-        image_model = model if is_easel_model(model) else image_model
+    image_model = _image_model(tool.get("model"), model, index, is_easel_model)
     previous = reader.string("previous_response_id", max_length=256)
     return ResponsesRequest(
         model=model,
@@ -145,6 +141,14 @@ def parse_responses_request(body: Any, is_easel_model: Callable[[str], bool]) ->
         tool_choice=reader.raw("tool_choice") if reader.given("tool_choice") else "auto",
         echoed=_echoed(reader) | {"user": own["user"], "safety_identifier": own["safety_identifier"]},
     )
+
+
+def _image_model(tool_model: Any, model: str, index: int, is_easel_model: Callable[[str], bool]) -> str | None:
+    if tool_model is not None and not (isinstance(tool_model, str) and tool_model.strip()):
+        raise invalid(f"tools[{index}].model", "Invalid 'model': expected a model name.", code="invalid_value")
+    if tool_model is not None and is_easel_model(tool_model):
+        return str(tool_model)
+    return model if is_easel_model(model) else tool_model
 
 
 def _tools(value: Any) -> list[Any]:
