@@ -312,6 +312,21 @@ def test_input_only_a_language_model_reads_is_refused_as_such(api_server: LiveSe
     assert error["message"].startswith("Easel serves the image_generation tool only")
 
 
+@pytest.mark.parametrize(
+    "choice",
+    [
+        "auto",
+        "required",
+        {"type": "image_generation"},
+        {"type": "allowed_tools", "mode": "required", "tools": [{"type": "image_generation"}]},
+    ],
+)
+def test_every_tool_choice_that_allows_the_image_tool_is_served(client: openai.OpenAI, choice) -> None:
+    response = client.responses.create(model="m", input="a red circle", tools=[FAST_TOOL], tool_choice=choice)
+    assert response.output[0].status == "completed"
+    assert response.to_dict()["tool_choice"] == choice  # echoed as sent
+
+
 def test_the_sdk_raises_bad_request_for_a_function_tool(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(
