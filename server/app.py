@@ -26,10 +26,12 @@ from .engine.local import Loader, LocalEngine, load_backend
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
 from .middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from .routes import files, health, images, models, openapi, operations, playground
+from .routes import files, health, images, models, openapi, operations, playground, responses
 from .serving.files import ImageStore
 from .serving.images import ImageServing
+from .serving.kept import KeptResponses
 from .serving.models import Catalog, LoadFailed, load_all
+from .serving.responses import ResponsesServing
 from .state import ServerState
 
 log = logging.getLogger("easel.app")
@@ -96,6 +98,7 @@ def create_app(
             *health.routes,
             *models.routes,
             *images.routes(serving),
+            *responses.routes(ResponsesServing(serving, KeptResponses(settings.url_ttl_seconds))),
             *files.routes,
             *openapi.routes,
             *operations.routes,

@@ -177,7 +177,7 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     return error_response(APIError(exc.status_code, message, type=kind, headers=exc.headers))
 
 
-_V1_RESOURCES = ("/images/", "/models", "/files/")  # what Easel serves under /v1
+_V1_RESOURCES = ("/images/", "/models", "/files/", "/responses")  # what Easel serves under /v1
 
 
 def _missing_v1_hint(path: str) -> str:

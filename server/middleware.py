@@ -28,6 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .config import Settings
 from .errors import APIError, error_response, raw_error, shown
 from .metrics import HTTPMetrics
+from .paths import collapse_slashes
 
 access_log = logging.getLogger("easel.access")
 log = logging.getLogger("easel.connections")
@@ -42,7 +43,8 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Give every request an id (the client's ``x-request-id`` if sane) and echo it on every response.
+    """Give every request an id (the client's ``x-request-id`` if sane) and echo it on every response; the
+    outermost middleware, it also reads ``//`` in a path as ``/`` (:mod:`server.paths`).
 
     The id is ``request.state.request_id`` for everything behind this middleware.
     """
@@ -54,6 +56,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "//" in scope["path"]:  # a base URL ending in "/" joined to "/images/...": one slash meant
+            scope = collapse_slashes(scope)
         offered = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = offered if SANE_REQUEST_ID.match(offered) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
@@ -163,7 +163,11 @@ class FieldReader:
         return value
 
     def read(self, field: Field) -> Any:
-        """The field's value as its row declares it; absent or null: the row's default."""
+        """The field's value as its row declares it; absent or null: the row's default.
+
+        A field with aliases is read under the one name the client sent, so its errors name that one.
+        """
+        field = self._as_sent(field)
         name, kind = field.name, field.kind
         if kind == "integer":
             value: Any = self.integer(name, int(_bound(field.low)), int(_bound(field.high)))
@@ -178,6 +182,20 @@ class FieldReader:
         else:
             value = self.string(name, required=field.required, max_length=field.max_length, plain_text=field.plain_text)
         return field.default if value is None else value
+
+    def _as_sent(self, field: Field) -> Field:
+        """The row under the name the client used for it; two names for one setting are a 400."""
+        if not field.aliases:
+            return field
+        sent = [name for name in (field.name, *field.aliases) if self.given(name)]
+        if len(sent) > 1:
+            param = self.prefix + sent[1]
+            message = (
+                f"'{self.prefix + sent[0]}' and '{param}' both set {self.prefix + field.name} "
+                "(one is an alias of the other); send only one of them."
+            )
+            raise invalid(param, message, code="duplicate_parameter")
+        return replace(field, name=sent[0]) if sent and sent[0] != field.name else field
 
     def _wrong_type(self, name: str, expected: str, value: Any) -> APIError:
         param = self.prefix + name

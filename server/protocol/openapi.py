@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import tables as t
+from .openapi_responses import responses_paths, responses_schemas
 
 SIZE_PATTERN = "^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
 EVENT_IMAGE_FORMATS = ["png", "jpeg", "webp"]  # streams never send gif or svg
@@ -81,6 +82,9 @@ def field_schema(field: t.Field) -> dict[str, Any]:
 def object_schema(fields: tuple[t.Field, ...], **replaced: dict[str, Any]) -> dict[str, Any]:
     """An object of ``fields`` (unknown ones are refused, as the server does); ``replaced`` swaps some schemas."""
     properties = {f.name: replaced.get(f.name) or field_schema(f) for f in fields}
+    for f in fields:
+        for alias in f.aliases:  # peer servers' names: documented apart, as the server takes them
+            properties[alias] = {**field_schema(f), "description": f"Alias of {f.name}; send one of the two."}
     required = [f.name for f in fields if f.required]
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     return {**schema, "required": required} if required else schema
@@ -284,6 +288,7 @@ def _paths() -> dict[str, Any]:
                 "createImageVariation", "Variations of an image.", _answer("ImagesResponse"), requestBody=variation
             )
         },
+        **responses_paths(_operation, _answer, _body),
         "/v1/models": {"get": _operation("listModels", "Models and aliases.", _answer("ListModelsResponse"))},
         "/v1/models/{model}": {
             "get": _operation("retrieveModel", "One model or alias.", _answer("Model"), parameters=model_param)
@@ -308,13 +313,15 @@ def openapi_document() -> dict[str, Any]:
         **_answer_schemas(),
         **_error_schemas(),
         **_model_schemas(),
+        **responses_schemas(field_schema, object_schema),
     }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Easel",
             "version": "1",
-            "description": "OpenAI's Images and Models API on local prior+decoder models, plus Easel's extensions "
+            "description": "OpenAI's Images and Models API and the Responses API's image tool on local "
+            "prior+decoder models, plus Easel's extensions "
             "(x-easel-extension). The README says what each field means.",
         },
         "servers": [{"url": "/"}],

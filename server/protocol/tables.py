@@ -57,6 +57,7 @@ class Field:
     properties: tuple[Field, ...] = ()  # object: its fields
     many: bool = False  # file: a list of files is accepted too
     plain_text: bool = False  # string: text for the model, so control characters are refused
+    aliases: tuple[str, ...] = ()  # other names for it that peer servers' clients send (one per request)
 
 
 PROMPT = Field("prompt", "string", "What to draw.", max_length=MAX_PROMPT_LENGTH, required=True, plain_text=True)
@@ -191,9 +192,24 @@ PRIOR_STEPS = Field("prior_steps", "integer", "The prior's steps.", low=MIN_STEP
 PRIOR_GUIDANCE = Field(
     "prior_guidance_scale", "number", "The prior's guidance.", low=0.0, high=MAX_GUIDANCE, extension=True
 )
-DECODER_STEPS = Field("decoder_steps", "integer", "The decoder's steps.", low=MIN_STEPS, high=MAX_STEPS, extension=True)
+# The aliases are the names vLLM-Omni, SGLang and Open WebUI's IMAGES_OPENAI_API_PARAMS send (docs/compatibility.md).
+DECODER_STEPS = Field(
+    "decoder_steps",
+    "integer",
+    "The decoder's steps.",
+    low=MIN_STEPS,
+    high=MAX_STEPS,
+    extension=True,
+    aliases=("num_inference_steps", "steps"),
+)
 DECODER_GUIDANCE = Field(
-    "decoder_guidance_scale", "number", "The decoder's guidance.", low=0.0, high=MAX_GUIDANCE, extension=True
+    "decoder_guidance_scale",
+    "number",
+    "The decoder's guidance.",
+    low=0.0,
+    high=MAX_GUIDANCE,
+    extension=True,
+    aliases=("guidance_scale",),
 )
 GUIDANCE_MIN_TIMESTEP = Field(
     "decoder_guidance_min_timestep",
@@ -220,5 +236,5 @@ VARIATION = (
 
 
 def names(table: tuple[Field, ...], *, without_files: bool = True) -> frozenset[str]:
-    """The field names of a table (its text fields by default: files arrive apart)."""
-    return frozenset(f.name for f in table if not (without_files and f.kind == "file"))
+    """The field names of a table, aliases included (its text fields by default: files arrive apart)."""
+    return frozenset(name for f in table if not (without_files and f.kind == "file") for name in (f.name, *f.aliases))

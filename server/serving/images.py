@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from PIL import Image
@@ -67,6 +68,36 @@ class ImageServing:
         return await self.vary(request, VariationRequest.parse(body))
 
     async def generate(self, request: Request, generation: GenerationRequest) -> Response:
+        started = self.start_generation(request, generation)
+        if started.options.stream:
+            return self._stream(request, "image_generation", started)
+        return await self._respond(request, started, prompt=generation.prompt)
+
+    async def edit(self, request: Request, edit: EditRequest) -> Response:
+        started = await self.start_edit(request, edit)
+        if started.options.stream:
+            return self._stream(request, "image_edit", started)
+        return await self._respond(request, started, prompt=edit.prompt)
+
+    async def vary(self, request: Request, variation: VariationRequest) -> Response:
+        model = self._resolve(request, variation.options.model, "variation")
+        fit = _input_fit(variation.options, variation.size_from_input, model.info)
+        source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
+        variation = variation.sized_for(source, model.info)
+        job = variation.to_job(model.info, model.api_style, source)
+        options = variation.options
+        log.info(
+            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
+            "safety_identifier=%r [request_id=%s]",
+            model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
+            job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
+        )  # fmt: skip
+        handle = self._submit(request, model, job)
+        return await self._respond(request, StartedJob(model, options, handle))
+
+    # -- starting jobs: the endpoints here and /v1/responses (server/serving/responses.py) --------
+
+    def start_generation(self, request: Request, generation: GenerationRequest) -> StartedJob:
         model = self._resolve(request, generation.options.model, "generate")
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
@@ -76,12 +107,9 @@ class ImageServing:
             model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
             options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
-        handle = self._submit(request, model, job)
-        if options.stream:
-            return self._stream(request, "image_generation", options, handle)
-        return await self._respond(request, model, options, handle, prompt=generation.prompt)
+        return StartedJob(model, options, self._submit(request, model, job))
 
-    async def edit(self, request: Request, edit: EditRequest) -> Response:
+    async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
         model = self._resolve(request, edit.options.model, "edit")
         fit = _input_fit(edit.options, edit.size_from_input, model.info)
         original, repaint = await self._decode(
@@ -98,26 +126,8 @@ class ImageServing:
         )  # fmt: skip
         handle = self._submit(request, model, job)
         composite = edit_compositor(original, repaint, options.size.width, options.size.height)
-        if options.stream:
-            # Previews are stretched to the requested size, as the composited result is (never cropped).
-            return self._stream(request, "image_edit", options, handle, fit_preview=resize_exactly, prepare=composite)
-        return await self._respond(request, model, options, handle, prompt=edit.prompt, prepare=composite)
-
-    async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self._resolve(request, variation.options.model, "variation")
-        fit = _input_fit(variation.options, variation.size_from_input, model.info)
-        source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
-        variation = variation.sized_for(source, model.info)
-        job = variation.to_job(model.info, model.api_style, source)
-        options = variation.options
-        log.info(
-            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
-            "safety_identifier=%r [request_id=%s]",
-            model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
-            job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
-        )  # fmt: skip
-        handle = self._submit(request, model, job)
-        return await self._respond(request, model, options, handle)
+        # Previews are stretched to the requested size, as the composited result is (never cropped).
+        return StartedJob(model, options, handle, fit_preview=resize_exactly, prepare=composite)
 
     # -- the steps every endpoint shares ------------------------------------------------------------
 
@@ -148,18 +158,10 @@ class ImageServing:
         except Exception as error:
             raise job_error(error, request.state.request_id) from None
 
-    async def _respond(
-        self,
-        request: Request,
-        model: ReadyModel,
-        options: ImageOptions,
-        handle: JobHandle,
-        *,
-        prompt: str | None = None,
-        prepare: Prepare | None = None,
-    ) -> Response:
+    async def _respond(self, request: Request, started: StartedJob, *, prompt: str | None = None) -> Response:
         """The JSON answer with the job's images (499, nothing sent, if the client left first)."""
-        result = await self._wait(request, handle)
+        model, options, handle = started.model, started.options, started.handle
+        result = await self.wait(request, handle)
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         gpt_image = model.api_style == "gpt-image"
@@ -170,7 +172,7 @@ class ImageServing:
         def render() -> JSONResponse:
             # Resizing, encoding, writing files, base64 and JSON of megabytes: all off the event loop.
             finished = []
-            for data, seed in zip(finish_files(result.images, options, prepare), handle.job.seeds, strict=True):
+            for data, seed in zip(started.finish(result.images), handle.job.seeds, strict=True):
                 url = None if url_base is None else f"{url_base}/{self.store.save(data, options.output_format)}"
                 finished.append(FinishedImage(data, seed, url))
             body = images_response(
@@ -185,7 +187,7 @@ class ImageServing:
 
         return await asyncio.to_thread(render)
 
-    async def _wait(self, request: Request, handle: JobHandle) -> JobResult | None:
+    async def wait(self, request: Request, handle: JobHandle) -> JobResult | None:
         """The job's result; None, with the job cancelled, if the client disconnects first."""
         result = asyncio.ensure_future(handle.result())
         gone = asyncio.ensure_future(_wait_for_disconnect(request.receive))
@@ -203,38 +205,43 @@ class ImageServing:
             raise job_error(error, request.state.request_id) from error
         return result.result()
 
-    def _stream(
-        self,
-        request: Request,
-        kind: StreamKind,
-        options: ImageOptions,
-        handle: JobHandle,
-        *,
-        fit_preview: FitToSize = fit_to_size,
-        prepare: Prepare | None = None,
-    ) -> Response:
+    def _stream(self, request: Request, kind: StreamKind, started: StartedJob) -> Response:
         """Events for the job; streams always report usage. Final images are made exactly as the JSON answer's."""
-        size = options.size
-
-        def encode_preview(image: Image.Image) -> bytes:
-            return encode(
-                fit_preview(image, size.width, size.height), options.output_format, options.output_compression
-            )
-
-        def encode_final(images: list[Image.Image]) -> list[bytes]:
-            return finish_files(images, options, prepare)
+        handle = started.handle
 
         def usage(result: JobResult) -> dict:
             return job_usage(handle.job, result.prompt_tokens)
 
-        fields = ImageEventFields.of(options)
+        fields = ImageEventFields.of(started.options)
         keepalive = self.settings.sse_keepalive_seconds
-        stream = ImageStream(kind, fields, encode_preview, encode_final, usage, keepalive)
+        stream = ImageStream(kind, fields, started.encode_preview, started.finish, usage, keepalive)
         return stream_job(self.engine, handle, stream, request.state.request_id)
 
     def _url_base(self, request: Request) -> str:
         base = self.settings.public_base_url or str(request.base_url).rstrip("/")
         return f"{base}/v1/files/images"
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """A submitted job and how its native images become the files a client gets."""
+
+    model: ReadyModel
+    options: ImageOptions
+    handle: JobHandle
+    fit_preview: FitToSize = fit_to_size
+    prepare: Prepare | None = None
+
+    def encode_preview(self, image: Image.Image) -> bytes:
+        """A partial image as a file of the requested size and format (CPU work: run it in a thread)."""
+        size, options = self.options.size, self.options
+        return encode(
+            self.fit_preview(image, size.width, size.height), options.output_format, options.output_compression
+        )
+
+    def finish(self, images: list[Image.Image]) -> list[bytes]:
+        """The final files (CPU work: run it in a thread)."""
+        return finish_files(images, self.options, self.prepare)
 
 
 def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) -> Fit:

@@ -80,14 +80,21 @@ class _JobEventResponse(StreamingResponse):
 
 def stream_job(engine: Engine, handle: JobHandle, stream: ImageStream, request_id: str) -> StreamingResponse:
     """The ``text/event-stream`` response for a submitted job."""
+    events = _events(handle, stream, request_id)
+    return job_event_response(engine, handle, events, request_id, stream.keepalive_seconds)
+
+
+def job_event_response(
+    engine: Engine, handle: JobHandle, events: AsyncIterator[bytes], request_id: str, keepalive_seconds: float
+) -> StreamingResponse:
+    """``events`` about a submitted job as ``text/event-stream``, with keep-alives; a client that leaves cancels it."""
 
     def cancel_unfinished() -> None:
         if not handle.done:
             engine.cancel(handle)
             log.info("client left the stream; job cancelled [request_id=%s]", request_id)
 
-    events = with_keepalive(_events(handle, stream, request_id), stream.keepalive_seconds)
-    return _JobEventResponse(events, cancel_unfinished)
+    return _JobEventResponse(with_keepalive(events, keepalive_seconds), cancel_unfinished)
 
 
 async def with_keepalive(events: AsyncIterator[bytes], idle_seconds: float) -> AsyncIterator[bytes]:
