@@ -3,8 +3,9 @@
 The hub repositories are the tiny random-weight pipelines of
 :mod:`pipelines.tiny`, split and laid out as the real ones are on the hub
 (Kandinsky 2.2's decoder and prior repositories; Karlo and its
-image-variations repository), with files the pull must leave alone (an fp16
-variant, a README, the variations repository's own decoder).
+image-variations repository), each with a model card that names its licence,
+and with files the pull must leave alone (fp16 variants whole and sharded,
+the variations repository's own decoder).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +34,23 @@ PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 KARLO = "kakaobrain/karlo-v1-alpha"
 KARLO_VARIATIONS = "kakaobrain/karlo-v1-alpha-image-variations"
 UNET = "unet/diffusion_pytorch_model.safetensors"
+LICENSES = {DECODER: "apache-2.0", PRIOR: "apache-2.0", KARLO: "creativeml-openrail-m"}
+LICENSES[KARLO_VARIATIONS] = LICENSES[KARLO]
+
+
+def model_card(license_id: str) -> str:
+    return f"---\nlicense: {license_id}\ntags:\n- text-to-image\n---\n\n# A model card\n"
+
+
+def add_sharded_fp16_variant(folder: Path, weights: str) -> None:
+    """``NAME.fp16-0000k-of-00002.safetensors`` and their index beside ``weights``, as newer uploads hold them."""
+    data = (folder / weights).read_bytes()
+    stem = weights.removesuffix(".safetensors")
+    shards = [f"{stem}.fp16-0000{k}-of-00002.safetensors" for k in (1, 2)]
+    for shard in shards:
+        (folder / shard).write_bytes(data)
+    index = {"metadata": {"total_size": len(data)}, "weight_map": {"w": shards[0], "v": shards[1]}}
+    (folder / f"{stem}.safetensors.index.fp16.json").write_text(json.dumps(index))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +63,7 @@ def hub_repos(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPat
     combined.prior_pipe.save_pretrained(root / "prior")
     shutil.copy(tiny_model_dirs["kandinsky"] / "easel.json", root / "decoder")  # native 64x64, as the tiny model
     shutil.copy(root / "decoder" / UNET, root / "decoder/unet/diffusion_pytorch_model.fp16.safetensors")
-    (root / "decoder/README.md").write_text("# a model card the pull does not need\n")
+    add_sharded_fp16_variant(root / "decoder/unet", "diffusion_pytorch_model.safetensors")
     karlo = shutil.copytree(
         tiny_model_dirs["karlo"], root / "karlo", ignore=shutil.ignore_patterns("image_encoder", "feature_extractor")
     )
@@ -56,7 +75,20 @@ def hub_repos(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPat
         feature_extractor=["transformers", "CLIPImageProcessor"],
     )
     (variations / "model_index.json").write_text(json.dumps(index))
-    return {DECODER: root / "decoder", PRIOR: root / "prior", KARLO: karlo, KARLO_VARIATIONS: variations}
+    (karlo / "LICENSE").write_text("CreativeML Open RAIL-M\n")
+    repos = {DECODER: root / "decoder", PRIOR: root / "prior", KARLO: karlo, KARLO_VARIATIONS: variations}
+    for repo, directory in repos.items():
+        (directory / "README.md").write_text(model_card(LICENSES[repo]))
+    return repos
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``condition()`` holds; fails at once if ``process`` exits first. The timeout only ends a hung test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"exited {process.returncode} first"
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -75,7 +107,9 @@ def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeH
         [sys.executable, "-m", "cli", "pull", "kandinsky-2-2"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
     )
     assert hub.stalled.wait(120), "the pull never reached the UNet"
-    time.sleep(1.0)  # let the client write what it received
+    # The hub holds the connection open until it is stopped; Ctrl-C once the client has written what it got.
+    part = tmp_path / "home/downloads" / DECODER.replace("/", "--") / "unet"
+    wait_for(lambda: sum(p.stat().st_size for p in part.glob("*.part")) == size // 2, first)
     first.send_signal(signal.SIGINT)  # Ctrl-C
     _, stderr = first.communicate(timeout=60)
     assert first.returncode == 130, stderr
@@ -89,13 +123,23 @@ def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeH
     assert second.returncode == 0, second.stderr
     # Resumed where it stopped: the UNet's second request asks for the rest only.
     assert [r.range for r in hub.gets(DECODER, UNET)] == [None, f"bytes={kept}-"]
-    # Progress: the plan, a line per file, the byte bars, the checks.
-    assert f"from {DECODER}@{hub.commit(DECODER)[:7]}, {PRIOR}@{hub.commit(PRIOR)[:7]}" in second.stderr
+    # Progress: the licence and the plan with its size before any weights, a line per file, the byte bars, the checks.
+    lines = second.stderr.splitlines()
+    licence = lines.index(f"kandinsky-2-2: licence Apache License 2.0 (apache-2.0) (model card of {DECODER})")
+    plan = re.compile(
+        rf"kandinsky-2-2: (\d+) files, \d+\.\d\d GB to download from {DECODER}@{hub.commit(DECODER)[:7]}, "
+        rf"{PRIOR}@{hub.commit(PRIOR)[:7]} \({re.escape(hub.url)}\)"
+    )
+    planned = next(i for i, line in enumerate(lines) if plan.fullmatch(line))
+    count = int(plan.fullmatch(lines[planned]).group(1))  # type: ignore[union-attr]
+    per_file = [i for i, line in enumerate(lines) if re.match(rf"\[\d+/{count}\] ", line)]
+    assert licence < planned < per_file[0] and len(per_file) == count
     assert f"{DECODER}: {UNET}" in second.stderr and "100%" in second.stderr
     assert "match the hub's checksums" in second.stderr and "loads: kandinsky22" in second.stderr
-    # Only what the backends load was downloaded: no README, no fp16 variant.
-    fetched = {r.path.rsplit("/", 1)[-1] for r in hub.requests}
-    assert "README.md" not in fetched and "diffusion_pytorch_model.fp16.safetensors" not in fetched
+    # Only what the backends load was downloaded: the model card is read, no fp16 variant whole or sharded.
+    fetched = [r.path.rsplit("/", 1)[-1] for r in hub.requests]
+    assert not [name for name in fetched if ".fp16" in name]
+    assert not (tmp_path / "home/models/kandinsky-2-2/README.md").exists()
 
     model = tmp_path / "home/models/kandinsky-2-2"
     index = json.loads((model / "model_index.json").read_text())
@@ -106,6 +150,8 @@ def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeH
     }  # fmt: skip
     entry = json.loads((tmp_path / "home/registry.json").read_text())["models"]["kandinsky-2-2"]
     assert entry["backend"] == "kandinsky22" and entry["path"] == "models/kandinsky-2-2"
+    assert entry["license"] == "apache-2.0"
+    assert json.loads((model / "easel.json").read_text())["license"] == "apache-2.0"
     assert entry["source"] == f"pulled from {DECODER}@{hub.commit(DECODER)[:7]}, {PRIOR}@{hub.commit(PRIOR)[:7]}"
     assert not (tmp_path / "home/downloads" / DECODER.replace("/", "--")).exists()
 
@@ -130,7 +176,7 @@ def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeH
 
 def test_karlo_takes_only_the_image_encoder_from_the_variations_repository(hub: FakeHub, tmp_path: Path):
     env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
-    done = easel("pull", "karlo", "--no-check", env=env)  # loaded below, in this process (torch is imported here)
+    done = easel("pull", "karlo", "--no-check", "--accept-license", env=env)  # loaded below, in this process
     assert done.returncode == 0, done.stderr
     model = tmp_path / "home/models/karlo"
     from pipelines.loader import load_backend
@@ -144,6 +190,7 @@ def test_karlo_takes_only_the_image_encoder_from_the_variations_repository(hub: 
     }
     assert {name.split("/")[0] for name in from_variations} == {
         "model_index.json",
+        "README.md",  # its model card: the licence
         "image_encoder",
         "feature_extractor",
     }
