@@ -220,3 +220,89 @@ def test_offline_it_fails_at_once_with_a_clear_message(tmp_path: Path):
 def test_hub_offline_in_the_environment_is_refused_by_name(tmp_path: Path):
     done = easel("pull", "karlo", env=clean_env(tmp_path / "home", HF_HUB_OFFLINE="1"))
     assert done.returncode == 1 and "HF_HUB_OFFLINE is set" in done.stderr
+
+
+def test_a_dropped_connection_is_resumed_from_where_it_stopped(hub: FakeHub, tmp_path: Path):
+    size = (hub.repos[DECODER] / UNET).stat().st_size
+    hub.drops[f"{DECODER}/{UNET}"] = [size // 4, size // 4]  # two drops, each after a quarter of the file
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
+    done = easel("pull", "kandinsky-2-2", "--no-check", env=env)
+    assert done.returncode == 0, done.stderr
+    ranges = [r.range for r in hub.gets(DECODER, UNET)]
+    first, second = size // 4, 2 * (size // 4)
+    assert ranges == [None, f"bytes={first}-", f"bytes={second}-"]
+    assert f"connection lost at {first} of {size} bytes" in done.stderr and "resuming in 0.5 s" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "home/models/kandinsky-2-2" / UNET).read_bytes() == (hub.repos[DECODER] / UNET).read_bytes()
+
+
+def test_when_retries_run_out_one_line_says_to_run_it_again_which_continues(hub: FakeHub, tmp_path: Path):
+    from cli.hub import TRANSFER_ATTEMPTS
+
+    size = (hub.repos[DECODER] / UNET).stat().st_size
+    hub.drops[f"{DECODER}/{UNET}"] = [1000] * TRANSFER_ATTEMPTS
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
+    done = easel("pull", "kandinsky-2-2", "--no-check", env=env)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("easel pull: error:")]
+    assert errors == [
+        f"easel pull: error: {DECODER}: {UNET}: the connection failed {TRANSFER_ATTEMPTS} times "
+        "(RemoteProtocolError: peer closed connection without sending complete message body "
+        f"(received 1000 bytes, expected {size - 1000 * (TRANSFER_ATTEMPTS - 1)})); what arrived is kept: "
+        "run the same command again to continue where it stopped"
+    ]
+    assert "Traceback" not in done.stderr and not (tmp_path / "home/registry.json").exists()
+    again = easel("pull", "kandinsky-2-2", "--no-check", env=env)
+    assert again.returncode == 0, again.stderr
+    assert hub.gets(DECODER, UNET)[-1].range == f"bytes={1000 * TRANSFER_ATTEMPTS}-"
+    assert (tmp_path / "home/models/kandinsky-2-2" / UNET).read_bytes() == (hub.repos[DECODER] / UNET).read_bytes()
+
+
+def test_a_gated_repository_names_hf_token_and_a_token_opens_it(hub: FakeHub, tmp_path: Path):
+    hub.gated[PRIOR] = "hf_secret"
+    refused = easel("pull", "kandinsky-2-2", "--no-check", env=clean_env(tmp_path / "home", HF_ENDPOINT=hub.url))
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == (
+        f"easel pull: error: the hub answered 401 for {PRIOR}: it is gated or private; accept its terms at "
+        f"{hub.url}/{PRIOR} and set HF_TOKEN to a token that may read it (https://huggingface.co/settings/tokens)"
+    )
+    assert "Traceback" not in refused.stderr
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url, HF_TOKEN="hf_secret")
+    assert easel("pull", "kandinsky-2-2", "--no-check", env=env).returncode == 0
+
+
+def test_a_file_without_an_lfs_hash_is_checked_by_size_and_the_pull_says_so(hub: FakeHub, tmp_path: Path):
+    hub.xet.add(f"{DECODER}/{UNET}")
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
+    done = easel("pull", "kandinsky-2-2", "--no-check", env=env)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"{DECODER}: the hub gives no SHA-256 for 1 file(s) (stored with Xet): checked by size only: {UNET}"
+    ) in done.stderr.splitlines()
+    assert "match the hub's checksums or sizes" in done.stderr
+
+
+def test_an_open_rail_licence_is_accepted_once_and_remembered(hub: FakeHub, tmp_path: Path):
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
+    refused = easel("pull", "karlo", "--no-check", env=env)
+    assert refused.returncode == 1
+    link = f"{hub.url}/{KARLO}/blob/{hub.commit(KARLO)}/LICENSE"
+    assert refused.stderr.splitlines()[-3:] == [
+        f"easel pull: karlo is licensed under CreativeML Open RAIL-M (creativeml-openrail-m): {link}",
+        "Its use restrictions bind you, and you must pass them on to everyone your API server serves "
+        "(for instance in your terms of service).",
+        "To accept the licence, run `easel pull karlo --accept-license` (recorded in $EASEL_HOME/licenses.json, "
+        "so later pulls do not ask again).",
+    ]
+    # Nothing but the indexes and model cards was downloaded before the refusal.
+    fetched = {r.path.rsplit("/", 1)[-1] for r in hub.requests if "/resolve/" in r.path}
+    assert fetched == {"model_index.json", "README.md"}
+    accepted = easel("pull", "karlo", "--no-check", "--accept-license", env=env)
+    assert accepted.returncode == 0, accepted.stderr
+    record = json.loads((tmp_path / "home/licenses.json").read_text())["karlo"]
+    assert record["license"] == "creativeml-openrail-m" and record["text"] == link
+    again = easel("pull", "karlo", "--no-check", env=env)  # not asked again
+    assert again.returncode == 0, again.stderr
+    assert "karlo: licence CreativeML Open RAIL-M (creativeml-openrail-m)" in again.stderr
+    entry = json.loads((tmp_path / "home/registry.json").read_text())["models"]["karlo"]
+    assert entry["license"] == "creativeml-openrail-m"
