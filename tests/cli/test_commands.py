@@ -174,11 +174,12 @@ def test_a_flag_that_would_go_unused_is_refused(argv, line, capsys):
 def test_models_lists_family_size_parameters_native_size_and_origin(tiny_home, capsys, tiny_backend):
     assert dispatch(["models"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["NAME", "FAMILY", "SIZE", "PARAMETERS", "NATIVE", "FROM"]
+    assert table[0].split() == ["NAME", "FAMILY", "LICENCE", "SIZE", "PARAMETERS", "DTYPE", "NATIVE", "FROM"]
     assert table[1].startswith(f"{TINY} (default) [14 aliases]") and "64x64" in table[1]
     assert dispatch(["models", "--json"]) == 0
     rows = {row["name"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
     assert rows[TINY]["parameters"] == sum(tiny_backend.info.parameter_counts.values())  # read from the headers alone
+    assert rows[TINY]["stored_dtypes"] == ["float32"] and rows[TINY]["license"] is None
     assert rows[KARLO]["native_size"] == "64x64" and rows[KARLO]["family"] == "karlo"
     assert rows[TINY]["source"] == f"{tiny_home / 'easel.toml'}: models.{TINY}"
 
