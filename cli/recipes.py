@@ -47,7 +47,7 @@ RECIPES = {
             "kandinsky-2-2",
             "kandinsky22",
             "kandinsky22",
-            "Kandinsky 2.2: prior + decoder + MoVQ, about 4.9 B parameters (fp32 on the hub: about 19 GB)",
+            "Kandinsky 2.2: prior + decoder + MoVQ, about 4.9 B parameters, about 15.9 GB to download; Apache-2.0",
             (Part("kandinsky-community/kandinsky-2-2-decoder"), KANDINSKY_PRIOR),
             pipeline="KandinskyV22CombinedPipeline",
         ),
@@ -55,7 +55,7 @@ RECIPES = {
             "kandinsky-2-2-inpaint",
             "kandinsky22",
             "kandinsky22",
-            "Kandinsky 2.2 with its inpainting decoder (9-channel UNet): the best edits",
+            "Kandinsky 2.2 with its inpainting decoder (9-channel UNet): the best edits; Apache-2.0",
             (Part("kandinsky-community/kandinsky-2-2-decoder-inpaint"), KANDINSKY_PRIOR),
             pipeline="KandinskyV22InpaintCombinedPipeline",
         ),
@@ -63,7 +63,8 @@ RECIPES = {
             "karlo",
             "karlo",
             "karlo",
-            "Karlo v1 alpha (unCLIP, 256x256) with its image-variation encoder, about 3.4 B parameters",
+            "Karlo v1 alpha (unCLIP, 256x256) with its image-variation encoder, about 3.73 B parameters; "
+            "CreativeML Open RAIL-M (--accept-license)",
             (
                 Part("kakaobrain/karlo-v1-alpha"),
                 Part(
