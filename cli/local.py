@@ -107,7 +107,7 @@ def _settings_and_model(args: argparse.Namespace) -> tuple[Settings, ModelSpec]:
     chosen = [spec for spec in settings.models if spec.name == name]
     if not chosen and named:  # a bare name the settings do not list: a registered model, as `easel serve --model`
         try:
-            settings = read_settings([*argv, "--model", named])
+            settings = read_settings([*argv, "--model", named, "--default-model", named])
             chosen = list(settings.models)
         except ConfigError as error:
             if named in KNOWN_PULLS:  # "run `easel pull NAME` first"
