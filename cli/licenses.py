@@ -80,5 +80,8 @@ def _read(home: Path) -> dict:
     path = home / LICENSES_FILE
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:  # a damaged record: the licence is asked for again, and the record rewritten
+        return {}
     return data if isinstance(data, dict) else {}

@@ -120,7 +120,7 @@ def test_the_2023_layout_pulls_lists_and_serves_generations_variations_and_edits
     assert rows["kandinsky-2-2"]["stored_dtypes"] == ["float16", "float32"]  # the image encoder is stored in fp16
     assert rows["kandinsky-2-2"]["parameters"] > 0 and rows["karlo"]["parameters"] > 0  # read from .bin files
 
-    with serving(env=env) as url:
+    with serving("--model", "kandinsky-2-2", "--model", "karlo", env=env) as url:  # bare names of pulled models
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
         served = {model.id: model.model_extra for model in client.models.list()}
         assert served["kandinsky-2-2"]["license"] == "apache-2.0"
