@@ -238,7 +238,10 @@ def build_parser(prog: str = "easel serve") -> opt.OneLineParser:
         "--config", metavar="FILE", help=f"settings file (env EASEL_CONFIG; default $EASEL_HOME/{CONFIG_FILE_NAME})"
     )
     parser.add_argument(
-        "--model", action="append", metavar="NAME=FAMILY:PATH", help="model to serve (repeatable; env EASEL_MODELS)"
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="model to serve: a pulled model's name, or NAME=FAMILY:PATH (repeatable; env EASEL_MODELS)",
     )
     parser.add_argument(
         "--alias", action="append", metavar="ALIAS=MODEL", help="extra model name (repeatable; env EASEL_ALIASES)"
