@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -236,10 +237,23 @@ def _check_loads(recipe: Recipe, directory: Path) -> None:
     _say("checking that it loads (a separate process, offline; --no-check skips this) ...")
     command = [sys.executable, "-m", "cli.check", recipe.family, str(directory), "--presets", recipe.presets]
     done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HubError(f"the assembled model did not load: {last} (left in {directory})")
-    _say(done.stdout.strip())
+    if done.returncode == 0:
+        _say(done.stdout.strip())
+        return
+    # The downloads stay (they are removed only after success), so running the command again is quick.
+    shutil.rmtree(directory, ignore_errors=True)
+    again = "run the same command again to retry it, or add --no-check to skip it"
+    if done.returncode < 0:  # killed, most often by the kernel for want of memory
+        raise HubError(f"the load check was killed by {_signal_name(-done.returncode)} (out of memory?); {again}")
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    raise HubError(f"the assembled model did not load: {last}; {again}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _say(line: str) -> None:
