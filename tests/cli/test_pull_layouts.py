@@ -33,9 +33,11 @@ def today(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     return build_hub_repos(tiny_model_dirs, tmp_path_factory.mktemp("today"))
 
 
-@pytest.fixture
-def hub_2023(today: dict[str, Path], tmp_path: Path):
-    fake = FakeHub(to_hub_2023(today, tmp_path / "hub-2023"))
+@pytest.fixture(params=["today", "2023"])
+def layout_hub(request: pytest.FixtureRequest, today: dict[str, Path], tmp_path: Path):
+    """The fake hub serving the repositories as ``save_pretrained`` writes them today, or as published in 2023."""
+    fake = FakeHub(today if request.param == "today" else to_hub_2023(today, tmp_path / "hub-2023"))
+    fake.layout = request.param
     fake.url = fake.start()
     yield fake
     fake.stop()
@@ -97,28 +99,32 @@ def test_a_folder_with_only_fp16_shards_is_taken_renamed_and_loads(today: dict[s
     assert sorted(set(index["weight_map"].values())) == [name.replace(".fp16", "") for name in shards]
 
 
-def test_the_2023_layout_pulls_lists_and_serves_generations_variations_and_edits(hub_2023: FakeHub, tmp_path: Path):
-    env = clean_env(tmp_path / "home", HF_ENDPOINT=hub_2023.url)
+def test_each_layout_pulls_lists_and_serves_generations_variations_and_edits(layout_hub: FakeHub, tmp_path: Path):
+    env = clean_env(tmp_path / "home", HF_ENDPOINT=layout_hub.url)
     for command in (["kandinsky-2-2"], ["karlo", "--accept-license"]):
         done = easel("pull", *command, env=env)
         assert done.returncode == 0, done.stderr
         assert "loads: " in done.stderr and "Traceback" not in done.stderr
     models = tmp_path / "home/models"
-    assert (models / "kandinsky-2-2/unet/diffusion_pytorch_model.bin").is_file()
-    assert {p.name for p in (models / "kandinsky-2-2/prior_tokenizer").iterdir()} >= {"vocab.json", "merges.txt"}
-    assert not list(models.rglob("*.safetensors"))
-
-    # The 2023 repositories carry no easel.json, so the pulled Kandinsky renders at the real model's 512x512; this
-    # tiny stand-in was made at 64x64, and at 512x512 its attention alone takes minutes on a busy CPU. Declare it
-    # as a user would (pipelines/model_config.py), keeping what the pull wrote.
-    about = models / "kandinsky-2-2/easel.json"
-    about.write_text(json.dumps({**json.loads(about.read_text()), "native_size": 64}))
+    if layout_hub.layout == "2023":
+        assert (models / "kandinsky-2-2/unet/diffusion_pytorch_model.bin").is_file()
+        assert {p.name for p in (models / "kandinsky-2-2/prior_tokenizer").iterdir()} >= {"vocab.json", "merges.txt"}
+        assert not list(models.rglob("*.safetensors"))
+        # The 2023 repositories carry no easel.json, so the pulled Kandinsky renders at the real model's 512x512;
+        # this tiny stand-in was made at 64x64, and at 512x512 its attention alone takes minutes on a busy CPU.
+        # Declare it as a user would (pipelines/model_config.py), keeping what the pull wrote.
+        about = models / "kandinsky-2-2/easel.json"
+        about.write_text(json.dumps({**json.loads(about.read_text()), "native_size": 64}))
+    else:
+        assert not list(models.rglob("*.bin"))
     listed = easel("models", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
     assert rows["kandinsky-2-2"]["license"] == "apache-2.0" and rows["karlo"]["license"] == "creativeml-openrail-m"
-    assert rows["kandinsky-2-2"]["stored_dtypes"] == ["float16", "float32"]  # the image encoder is stored in fp16
-    assert rows["kandinsky-2-2"]["parameters"] > 0 and rows["karlo"]["parameters"] > 0  # read from .bin files
+    # The 2023 repositories store the image encoder in fp16.
+    stored = ["float16", "float32"] if layout_hub.layout == "2023" else ["float32"]
+    assert rows["kandinsky-2-2"]["stored_dtypes"] == stored
+    assert rows["kandinsky-2-2"]["parameters"] > 0 and rows["karlo"]["parameters"] > 0  # .bin files too
 
     with serving("--model", "kandinsky-2-2", "--model", "karlo", env=env) as url:  # bare names of pulled models
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
