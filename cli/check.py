@@ -16,11 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path")
     parser.add_argument("--presets")
     parser.add_argument("--device")
+    parser.add_argument("--dtype")
     args = parser.parse_args(argv)
     from pipelines.loader import load_backend  # offline: importing pipelines sets HF_HUB_OFFLINE
 
     try:
-        backend = load_backend("check", args.family, args.path, presets=args.presets, device=args.device)
+        backend = load_backend(
+            "check", args.family, args.path, presets=args.presets, device=args.device, dtype=args.dtype
+        )
     except Exception as error:  # reported as one line to the parent, which names the directory
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return 1

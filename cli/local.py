@@ -23,6 +23,7 @@ from server.protocol.images import GenerationRequest
 from server.serving.decoding import UploadLimits, decode_variation_input
 from server.serving.images import edit_compositor, finish_files
 from server.serving.masks import decode_edit_inputs
+from weights.registry import KNOWN_PULLS
 
 from .images import CommandError, Request
 
@@ -104,6 +105,13 @@ def _settings_and_model(args: argparse.Namespace) -> tuple[Settings, ModelSpec]:
     name = named or settings.default_model_name
     name = settings.aliases.get(name, name)
     chosen = [spec for spec in settings.models if spec.name == name]
+    if not chosen and named:  # a bare name the settings do not list: a registered model, as `easel serve --model`
+        try:
+            settings = read_settings([*argv, "--model", named, "--default-model", named])
+            chosen = list(settings.models)
+        except ConfigError as error:
+            if named in KNOWN_PULLS:  # "run `easel pull NAME` first"
+                raise CommandError(str(error), "model") from None
     if not chosen:
         known = ", ".join([spec.name for spec in settings.models] + list(settings.aliases))
         raise CommandError(f"no model or alias {named!r} (have: {known})", "model")

@@ -1,24 +1,22 @@
 """``easel models``: the local models ``easel serve`` would serve, read from disk without loading them.
 
-Parameter counts come from the safetensors headers (shapes only, no
-weights read); the native size from the directory's ``easel.json`` or the
-family's default.
+The licence, parameter count and stored dtypes come from the directory
+(:mod:`server.serving.model_facts`: ``easel.json`` and the weight files'
+headers, safetensors and ``.bin`` alike, no weights read); the native size
+from the directory's ``easel.json`` or the family's default.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import struct
 import sys
-from pathlib import Path
 
 from server.config import ModelSpec, read_settings
 from server.options import ConfigError
+from server.serving.model_facts import model_facts
 
 KANDINSKY_NATIVE_SIDE = 512  # pipelines.kandinsky's default without easel.json
-HEADER_LENGTH = struct.Struct("<Q")  # safetensors: a little-endian u64, then that many bytes of JSON
 
 
 def run(name: str, argv: list[str]) -> int:
@@ -45,30 +43,19 @@ def run(name: str, argv: list[str]) -> int:
 
 def describe(spec: ModelSpec) -> dict:
     found = (spec.path / "model_index.json").is_file()
+    facts = model_facts(spec.path) if found else None
     return {
         "name": spec.name,
         "family": spec.family,
         "path": str(spec.path),
         "present": found,
-        "bytes": _disk_bytes(spec.path) if found else None,
-        "parameters": _parameters(spec.path) if found else None,
+        "license": facts.license if facts else None,
+        "bytes": facts.disk_bytes if facts else None,
+        "parameters": facts.parameters if facts else None,
+        "stored_dtypes": list(facts.stored_dtypes) if facts else None,
         "native_size": _native_size(spec) if found else None,
         "source": spec.source,
     }
-
-
-def _disk_bytes(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-
-
-def _parameters(path: Path) -> int:
-    total = 0
-    for file in path.rglob("*.safetensors"):
-        with file.open("rb") as stream:
-            (length,) = HEADER_LENGTH.unpack(stream.read(HEADER_LENGTH.size))
-            header = json.loads(stream.read(length))
-        total += sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
-    return total
 
 
 def _native_size(spec: ModelSpec) -> str:
@@ -83,18 +70,20 @@ def _native_size(spec: ModelSpec) -> str:
 
 
 def _table(rows: list[dict]) -> str:
-    header = ("NAME", "FAMILY", "SIZE", "PARAMETERS", "NATIVE", "FROM")
+    header = ("NAME", "FAMILY", "LICENCE", "SIZE", "PARAMETERS", "DTYPE", "NATIVE", "FROM")
     lines = [header]
     for row in rows:
         name = row["name"] + (" (default)" if row["default"] else "")
         if row["aliases"]:
             name += f" [{len(row['aliases'])} aliases]"
         if not row["present"]:
-            lines.append((name, row["family"], "missing", "-", "-", row["path"]))
+            lines.append((name, row["family"], "-", "missing", "-", "-", "-", row["path"]))
             continue
         size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] < 1e9 else f"{row['bytes'] / 1e9:.2f} GB"
         params = f"{row['parameters'] / 1e6:.2f} M" if row["parameters"] < 1e9 else f"{row['parameters'] / 1e9:.2f} B"
-        lines.append((name, row["family"], size, params, row["native_size"], row["source"]))
+        dtypes = "+".join(row["stored_dtypes"]) or "-"
+        license_id = row["license"] or "-"
+        lines.append((name, row["family"], license_id, size, params, dtypes, row["native_size"], row["source"]))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines

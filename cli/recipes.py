@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 INDEX = "model_index.json"
-WEIGHT_FORMATS = (".safetensors", ".bin", ".msgpack", ".h5", ".ckpt", ".onnx", ".pt", ".pth", ".ot")
-PREFERRED_FORMATS = (".safetensors", ".bin")  # the first a folder has is taken; the other formats never
-VARIANT = re.compile(r"\.(fp16|fp32|bf16|non_ema|ema)\.")  # diffusers' weight variants: the plain file is taken
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,7 @@ RECIPES = {
             "kandinsky-2-2",
             "kandinsky22",
             "kandinsky22",
-            "Kandinsky 2.2: prior + decoder + MoVQ, about 4.9 B parameters (fp32 on the hub: about 19 GB)",
+            "Kandinsky 2.2: prior + decoder + MoVQ, about 4.9 B parameters, about 15.9 GB to download; Apache-2.0",
             (Part("kandinsky-community/kandinsky-2-2-decoder"), KANDINSKY_PRIOR),
             pipeline="KandinskyV22CombinedPipeline",
         ),
@@ -59,7 +55,7 @@ RECIPES = {
             "kandinsky-2-2-inpaint",
             "kandinsky22",
             "kandinsky22",
-            "Kandinsky 2.2 with its inpainting decoder (9-channel UNet): the best edits",
+            "Kandinsky 2.2 with its inpainting decoder (9-channel UNet): the best edits; Apache-2.0",
             (Part("kandinsky-community/kandinsky-2-2-decoder-inpaint"), KANDINSKY_PRIOR),
             pipeline="KandinskyV22InpaintCombinedPipeline",
         ),
@@ -67,7 +63,8 @@ RECIPES = {
             "karlo",
             "karlo",
             "karlo",
-            "Karlo v1 alpha (unCLIP, 256x256) with its image-variation encoder, about 3.4 B parameters",
+            "Karlo v1 alpha (unCLIP, 256x256) with its image-variation encoder, about 3.73 B parameters; "
+            "CreativeML Open RAIL-M (--accept-license)",
             (
                 Part("kakaobrain/karlo-v1-alpha"),
                 Part(
@@ -92,26 +89,6 @@ def components(index: dict[str, Any]) -> list[str]:
 
 def part_folders(part: Part, index: dict[str, Any]) -> tuple[str, ...]:
     return part.folders if part.folders is not None else tuple(components(index))
-
-
-def _weight_format(filename: str) -> str | None:
-    name = filename.removesuffix(".index.json")  # a sharded checkpoint's index goes with its format
-    return next((suffix for suffix in WEIGHT_FORMATS if name.endswith(suffix)), None)
-
-
-def select_files(filenames: list[str], folders: tuple[str, ...]) -> list[str]:
-    """The files of ``folders`` to download: configs and such, and one weight format per folder."""
-    chosen: list[str] = []
-    for folder in folders:
-        inside = [name for name in filenames if name.startswith(folder + "/")]
-        chosen += [name for name in inside if _weight_format(name) is None]
-        plain = [name for name in inside if _weight_format(name) and not VARIANT.search(name.rsplit("/", 1)[-1])]
-        for suffix in PREFERRED_FORMATS:
-            weights = [name for name in plain if _weight_format(name) == suffix]
-            if weights:
-                chosen += weights
-                break
-    return sorted(chosen)
 
 
 def assembled_index(recipe: Recipe, indexes: list[dict[str, Any]]) -> dict[str, Any]:

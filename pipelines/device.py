@@ -79,6 +79,17 @@ def from_pretrained_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {keyword: dtype}
 
 
+def from_pretrained_options(dtype: torch.dtype) -> dict[str, object]:
+    """A pipeline's ``from_pretrained`` keywords: offline, in ``dtype``, each module created empty and filled once.
+
+    ``low_cpu_mem_usage`` (which needs accelerate) builds modules on the meta
+    device and then loads the weights into them, so loading costs the weights
+    once, in the serving dtype, rather than random weights first and the real
+    ones on top.
+    """
+    return {"local_files_only": True, "low_cpu_mem_usage": True, **from_pretrained_dtype(dtype)}
+
+
 @contextlib.contextmanager
 def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """On a CPU, run the block on one thread, then restore this thread's count.

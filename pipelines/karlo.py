@@ -42,7 +42,7 @@ from .base import (
     run_alone,
     seeded_generators,
 )
-from .device import dtype_name, from_pretrained_dtype
+from .device import dtype_name, from_pretrained_options
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
@@ -62,9 +62,9 @@ class KarloBackend:
         config = read_easel_config(model_dir)
         self.device = device
         self.dtype = dtype
-        self.pipe: UnCLIPPipeline = UnCLIPPipeline.from_pretrained(
-            model_dir, local_files_only=True, **from_pretrained_dtype(dtype)
-        ).to(device)
+        self.pipe: UnCLIPPipeline = UnCLIPPipeline.from_pretrained(model_dir, **from_pretrained_options(dtype)).to(
+            device
+        )
         self.pipe.set_progress_bar_config(disable=True)
         self.missing_for_variation = [c for c in VARIATION_COMPONENTS if not (model_dir / c).is_dir()]
         self.variation_pipe = None if self.missing_for_variation else self._load_variation(model_dir)
@@ -94,8 +94,9 @@ class KarloBackend:
         )
 
     def _load_variation(self, model_dir: Path) -> UnCLIPImageVariationPipeline:
+        # Loaded in the serving dtype: the 2023 repositories store this encoder in float16.
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-            model_dir / "image_encoder", local_files_only=True
+            model_dir / "image_encoder", local_files_only=True, dtype=self.dtype
         )
         image_encoder = image_encoder.to(self.device, self.dtype).eval()
         feature_extractor = CLIPImageProcessor.from_pretrained(model_dir / "feature_extractor", local_files_only=True)

@@ -14,24 +14,16 @@ from typing import Any
 import torch
 
 from .base import ImageBackend
-from .device import choose_device, choose_dtype, from_pretrained_dtype
+from .device import choose_device, choose_dtype, from_pretrained_options
+from .hub_compat import register_legacy_names
+from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
 from .presets import presets_for
 from .speed import SpeedOptions
 
 _HOW_TO_GET = {
-    "kandinsky22": (
-        "On a machine with internet access, download kandinsky-community/kandinsky-2-2-prior and "
-        "kandinsky-community/kandinsky-2-2-decoder, build one pipeline with "
-        "KandinskyV22CombinedPipeline.from_pretrained('kandinsky-community/kandinsky-2-2-decoder') "
-        "(it pulls the prior too) and save it with .save_pretrained(<folder>); then copy that folder to {path}."
-    ),
-    "karlo": (
-        "On a machine with internet access, run UnCLIPPipeline.from_pretrained('kakaobrain/karlo-v1-alpha')"
-        ".save_pretrained(<folder>); for variations also save CLIPVisionModelWithProjection and "
-        "CLIPImageProcessor from kakaobrain/karlo-v1-alpha-image-variations into <folder>/image_encoder and "
-        "<folder>/feature_extractor; then copy that folder to {path}."
-    ),
+    "kandinsky22": "Download it with `easel pull kandinsky-2-2`, or point the entry at a saved pipeline.",
+    "karlo": "Download it with `easel pull karlo`, or point the entry at a saved pipeline.",
 }
 _HOW_TO_GET_EASEL_MINI = "Train it with `python -m pipelines.lab.training.train`, which writes it to {path}."
 
@@ -76,6 +68,8 @@ def load_backend(
         raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"{path} has no model_index.json"))
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(torch_device, dtype, family)
+    check_fits(name, family, path, torch_device, torch_dtype)  # refuse before a byte is loaded
+    register_legacy_names()
     from .optimize import optimize_backend, resolve
 
     options = optimize or SpeedOptions()
@@ -104,7 +98,7 @@ def _load_kandinsky(model_dir: Path, device: torch.device, dtype: torch.dtype) -
     index = json.loads((model_dir / "model_index.json").read_text())
     inpaint = index.get("_class_name") == KandinskyV22InpaintCombinedPipeline.__name__
     pipeline_class = KandinskyV22InpaintCombinedPipeline if inpaint else KandinskyV22CombinedPipeline
-    combined = pipeline_class.from_pretrained(model_dir, local_files_only=True, **from_pretrained_dtype(dtype))
+    combined = pipeline_class.from_pretrained(model_dir, **from_pretrained_options(dtype))
     for pipe in (combined.prior_pipe, combined.decoder_pipe):
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)

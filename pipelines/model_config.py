@@ -13,6 +13,10 @@ It sits next to ``model_index.json``. Every key is optional:
 ``created``
     Unix time the weights were written (for ``/v1/models``); defaults to the
     modification time of ``model_index.json``.
+``license``
+    The weights' licence as the hub names it (``apache-2.0``,
+    ``creativeml-openrail-m``); ``easel pull`` copies it from the model card.
+    Shown by ``/v1/models`` and ``easel models``.
 
 Other keys (e.g. training notes written by ``pipelines.training``) are allowed
 and not read by the backends.
@@ -36,6 +40,7 @@ class EaselConfig:
     min_side: int
     max_side: int
     created: int
+    license: str | None = None
 
 
 def _parse_native_size(value: object, source: Path) -> tuple[int, int] | None:
@@ -65,4 +70,5 @@ def read_easel_config(model_dir: Path) -> EaselConfig:
         min_side=int(data.get("min_side", DEFAULT_MIN_SIDE)),
         max_side=int(data.get("max_side", DEFAULT_MAX_SIDE)),
         created=int(data.get("created", created_default)),
+        license=str(data["license"]) if data.get("license") else None,
     )

@@ -33,7 +33,8 @@ def _mini(prior_steps: int, decoder_steps: int) -> StagePreset:
 
 
 _FAMILY_PRESETS: dict[str, dict[str, StagePreset]] = {
-    # Kandinsky 2.2's own defaults are prior 25 steps / guidance 4, decoder 100 / guidance 4.
+    # From the published settings (docs/models.md): standard is the model card's prior 25 steps at guidance 4 and
+    # decoder 50 at 4; high is diffusers' KandinskyV22Pipeline default of 100 decoder steps.
     "kandinsky22": {
         "low": StagePreset(prior_steps=10, prior_guidance=4.0, decoder_steps=20, decoder_guidance=4.0),
         "medium": StagePreset(prior_steps=25, prior_guidance=4.0, decoder_steps=50, decoder_guidance=4.0),
@@ -41,7 +42,7 @@ _FAMILY_PRESETS: dict[str, dict[str, StagePreset]] = {
         "xhigh": StagePreset(prior_steps=25, prior_guidance=4.0, decoder_steps=150, decoder_guidance=4.0),
         "max": StagePreset(prior_steps=25, prior_guidance=4.0, decoder_steps=200, decoder_guidance=4.0),
     },
-    # Karlo's defaults: prior 25 / 4.0, decoder 25 / 8.0, super-resolution 7.
+    # diffusers' UnCLIPPipeline defaults as standard: prior 25 at 4.0, decoder 25 at 8.0, super-resolution 7.
     "karlo": {
         "low": StagePreset(
             prior_steps=10, prior_guidance=4.0, decoder_steps=10, decoder_guidance=8.0, super_res_steps=4

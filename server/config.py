@@ -10,8 +10,11 @@ reference.
 Models are the exception, as a set: the first of ``--model``,
 ``EASEL_MODELS`` and the file's ``[models]`` that lists any decides which
 are served; with none, the shipped registry's models and those ``easel pull``
-registered in ``$EASEL_HOME``. The registry's OpenAI aliases always point at
-the default model; aliases and API keys add up across the sources.
+registered in ``$EASEL_HOME``. Each source takes bare names of registered
+models as well as ``NAME=FAMILY:PATH`` (:mod:`server.model_specs`); a
+``--default-model`` that names a registered model serves it too. The
+registry's OpenAI aliases always point at the default model; aliases and API
+keys add up across the sources.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import speed
-from pipelines.model_config import FAMILIES
-from weights.registry import REGISTRY_PATH, USER_REGISTRY_NAME, easel_home, load_registry, load_user_models
+from weights.registry import KNOWN_PULLS, REGISTRY_PATH, easel_home, load_registry
 
 from . import options as opt
+from .model_specs import ModelSpec, listed_models, not_registered, parse_model_spec, registered_models
+
+__all__ = ["ModelSpec", "Settings", "load_settings", "parse_model_spec", "read_settings"]
 from .options import ConfigError, MiB, option
 from .scaleout.scaling import RayServeSettings
 
@@ -42,18 +47,6 @@ DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0
 DEFAULT_MAX_DECODE_MB = 48.0  # memory one upload's pixels may take as decoded; see server.serving.decoding
 CONFIG_FILE_NAME = "easel.toml"
 FILE_SECTIONS = ("models", "aliases", "api_keys")  # file keys that are not options
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model to load: a name clients use, a backend family, and a weights directory."""
-
-    name: str
-    family: str
-    path: Path
-    presets: str | None = None  # a quality table in pipelines.presets; None: the family's
-    owned_by: str = "easel"
-    source: str = field(default="", compare=False)  # where it was configured or came from (messages, `easel models`)
 
 
 @dataclass(frozen=True)
@@ -231,21 +224,6 @@ class Settings:
 OPTIONS = opt.declared_options(Settings)
 
 
-def parse_model_spec(text: str, source: str = "--model") -> ModelSpec:
-    """``NAME=FAMILY:PATH``, e.g. ``easel-tiny=kandinsky22:/tmp/tiny``."""
-    name, eq, rest = text.partition("=")
-    family, colon, path = rest.partition(":")
-    if not (eq and colon and name and family and path):
-        raise ConfigError(f"{source}: expected NAME=FAMILY:PATH, got {text!r}")
-    return _model_spec(name, family, path, source)
-
-
-def _model_spec(name: str, family: str, path: str, source: str, presets: str | None = None) -> ModelSpec:
-    if family not in FAMILIES:
-        raise ConfigError(f"{source}: model {name!r} has unknown family {family!r} (known: {', '.join(FAMILIES)})")
-    return ModelSpec(name, family, Path(path).expanduser().resolve(), presets=presets, source=source)
-
-
 def parse_alias(text: str, source: str = "--alias") -> tuple[str, str]:
     """``ALIAS=MODEL``, e.g. ``dall-e-3=easel-tiny``."""
     alias, eq, target = text.partition("=")
@@ -260,7 +238,10 @@ def build_parser(prog: str = "easel serve") -> opt.OneLineParser:
         "--config", metavar="FILE", help=f"settings file (env EASEL_CONFIG; default $EASEL_HOME/{CONFIG_FILE_NAME})"
     )
     parser.add_argument(
-        "--model", action="append", metavar="NAME=FAMILY:PATH", help="model to serve (repeatable; env EASEL_MODELS)"
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="model to serve: a pulled model's name, or NAME=FAMILY:PATH (repeatable; env EASEL_MODELS)",
     )
     parser.add_argument(
         "--alias", action="append", metavar="ALIAS=MODEL", help="extra model name (repeatable; env EASEL_ALIASES)"
@@ -291,8 +272,12 @@ def read_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     file, file_label = _read_config_file(args.pop("config"), env)
     sources = opt.Sources({name: args[name] for name in OPTIONS if name in args}, env, file, file_label)
     values, origins = opt.read_options(OPTIONS, sources)
-    models, registry_default, registry_aliases = _models(args, sources)
+    models, registry_default, registry_aliases, registered = _models(args, sources)
     default = values.get("default_model") or registry_default or models[0].name
+    if default not in {model.name for model in models} and default in registered:
+        models.append(registered[default])  # --default-model names a registered model: it is served too
+    if default not in {model.name for model in models} and default in KNOWN_PULLS:
+        raise not_registered(default, origins.get("default_model", "default model"), registered)
     if default not in {model.name for model in models}:
         served = ", ".join(model.name for model in models)
         raise ConfigError(
@@ -344,43 +329,15 @@ def _listed(sources: opt.Sources, variable: str, key: str) -> list[str]:
     return found
 
 
-def _models(args: dict[str, Any], sources: opt.Sources) -> tuple[list[ModelSpec], str | None, list[str]]:
-    """The served models, the registry's default (None unless they came from it) and the registry's aliases."""
+def _models(args: dict[str, Any], sources: opt.Sources) -> tuple[list[ModelSpec], str | None, list[str], dict]:
+    """The served models, the registry's default (None unless they came from it), its aliases, all registered."""
     registry_path = Path(args["registry"] or sources.env.get("EASEL_REGISTRY") or REGISTRY_PATH)
     registry = load_registry(registry_path)
-    if args["model"]:
-        return [parse_model_spec(text) for text in args["model"]], None, list(registry.aliases)
-    if sources.env.get("EASEL_MODELS"):
-        texts = opt.text_list(sources.env["EASEL_MODELS"])
-        return [parse_model_spec(text, "EASEL_MODELS") for text in texts], None, list(registry.aliases)
-    if "models" in sources.file:
-        return _file_models(sources.file["models"], sources.file_label), None, list(registry.aliases)
-    home = easel_home(sources.env)
-    registered = [(m, m.source or f"registry {registry_path}") for m in registry.models.values()]
-    registered += [(m, m.source or f"registry {home / USER_REGISTRY_NAME}") for m in load_user_models(home).values()]
-    models = [
-        ModelSpec(m.name, m.backend, m.path, presets=m.presets, owned_by=m.owned_by, source=source)
-        for m, source in registered
-    ]
-    return models, registry.default, list(registry.aliases)
-
-
-def _file_models(tables: Any, label: str) -> list[ModelSpec]:
-    """``[models.NAME]`` tables with ``family``, ``path`` and optionally ``presets`` (relative paths: the file's)."""
-    if not isinstance(tables, dict) or not tables:
-        raise ConfigError(f"{label}: [models] must hold [models.NAME] tables")
-    base = Path(label).parent
-    specs = []
-    for name, table in tables.items():
-        where = f"{label}: models.{name}"
-        if not (
-            isinstance(table, dict) and isinstance(table.get("family"), str) and isinstance(table.get("path"), str)
-        ):
-            raise ConfigError(f'{where}: needs family = "..." and path = "..."')
-        presets = table.get("presets")
-        spec = _model_spec(name, table["family"], str(base / Path(table["path"]).expanduser()), where, presets)
-        specs.append(spec)
-    return specs
+    registered = registered_models(registry, registry_path, sources.env)
+    listed = listed_models(args["model"], sources, registered)
+    if listed is not None:
+        return listed, None, list(registry.aliases), registered
+    return list(registered.values()), registry.default, list(registry.aliases), registered
 
 
 def _aliases(args: dict[str, Any], sources: opt.Sources) -> dict[str, str]:

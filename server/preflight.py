@@ -1,9 +1,10 @@
 """Checks that need the disk or torch, made once before the server listens, so a mistake never serves 503s.
 
 Each failure is a :class:`~server.options.ConfigError` that names the flag,
-variable or file entry that set the value. torch is imported only when a
-device or dtype was asked for by name (the automatic choice cannot be
-wrong), so a plain start stays fast.
+variable or file entry that set the value. The memory check reads the
+weights' headers and what the device has free, so that a model too large
+for the machine is refused here, in one line, rather than killed half-way
+through loading.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point 
 def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | None = None) -> None:
     """Every model directory (or those of ``models``) is there, the asked-for device and dtype exist here, and
     Ray Serve is installed when ``--ray`` asks for it."""
-    for spec in settings.models if models is None else models:
+    specs = list(settings.models if models is None else models)
+    for spec in specs:
         _check_model_dir(spec)
     if settings.device is not None or settings.dtype is not None:
         _check_device_and_dtype(settings)
+    _check_memory(settings, specs)
     if settings.use_ray and models is None:  # serving; a command that runs one model locally needs no Ray
         _check_ray_is_installed(settings)
 
@@ -46,6 +49,24 @@ def _check_device_and_dtype(settings: Settings) -> None:
         choose_dtype(device, settings.dtype)
     except ValueError as error:
         raise ConfigError(f"{settings.origin('dtype')}: {error}") from None
+
+
+def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
+    """Every model fits in what the device has free, beside the ones before it; refused before anything loads."""
+    from pipelines.device import choose_device, choose_dtype, dtype_name
+    from pipelines.memory import ModelTooLarge, check_fits
+    from weights.footprint import model_footprint
+
+    device = choose_device(settings.device)
+    before = 0
+    for spec in specs:
+        dtype = choose_dtype(device, settings.dtype, spec.family)
+        try:
+            check_fits(spec.name, spec.family, spec.path, device, dtype, others=before)
+        except ModelTooLarge as error:
+            where = settings.origin("dtype") if settings.dtype is not None else spec.source or "--model"
+            raise ConfigError(f"{where}: {error}") from None
+        before += model_footprint(spec.path).memory_bytes(dtype_name(dtype))
 
 
 def _check_ray_is_installed(settings: Settings) -> None:

@@ -20,6 +20,9 @@ from typing import Any
 WEIGHTS_DIR = Path(__file__).resolve().parent
 REGISTRY_PATH = WEIGHTS_DIR / "registry.json"
 USER_REGISTRY_NAME = "registry.json"
+# The models `easel pull` can fetch (their recipes are in cli/recipes.py): a model list that names one before it
+# is pulled is told to run `easel pull NAME`, without importing the command line.
+KNOWN_PULLS = ("kandinsky-2-2", "kandinsky-2-2-inpaint", "karlo")
 
 
 @dataclass(frozen=True)

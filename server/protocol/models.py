@@ -1,7 +1,9 @@
 """OpenAI's model objects, plus Easel's ``status`` and ``capabilities``.
 
 Local models and aliases are both listed; an alias has ``alias_of``.
-``capabilities`` is null until the model has loaded.
+``capabilities`` is null until the model has loaded. ``license`` and
+``weights`` (parameters, stored dtypes, bytes on disk) are read from the
+model's directory before it loads (null until then, or if unreadable).
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ def model_object(
     error: str | None,
     info: ModelInfo | None,
     max_n: int,
+    facts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An OpenAI model object for ``model_id`` (an alias of ``model_name`` when they differ)."""
     body: dict[str, Any] = {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
     if model_id != model_name:
         body["alias_of"] = model_name
     body["status"] = status
+    body["license"] = None if facts is None else facts["license"]
+    body["weights"] = None if facts is None else {key: value for key, value in facts.items() if key != "license"}
     if error is not None:
         body["error"] = error
     body["capabilities"] = None if info is None else capabilities(info, max_n)

@@ -23,6 +23,7 @@ from ..errors import SERVER_ERROR, APIError, shown
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
 from ..protocol.tables import MAX_N
+from .model_facts import ModelFacts, model_facts
 
 log = logging.getLogger("easel.models")
 
@@ -38,6 +39,7 @@ class ModelEntry:
         self.info: ModelInfo | None = None
         self.error: str | None = None
         self.load_seconds: float | None = None
+        self.facts: ModelFacts | None = None  # read from the directory before loading (load_all)
 
     @property
     def name(self) -> str:
@@ -131,6 +133,7 @@ class Catalog:
             error=entry.error,
             info=entry.info,
             max_n=max_n_for(api_style_for(model_id)),
+            facts=None if entry.facts is None else entry.facts.as_json(),
         )
 
     def all_ready(self) -> bool:
@@ -165,6 +168,7 @@ def load_all(
             return
         started = time.monotonic()
         spec = entry.spec
+        entry.facts = _read_facts(spec)
         try:
             dtype, speed = settings.dtype_for(spec.family), speed_options(settings)
             info = engine.load(
@@ -190,6 +194,15 @@ def load_all(
         entry.load_seconds = time.monotonic() - started
         entry.status = "ready"
         log.info("model %s ready on %s (%s) in %.1f s", spec.name, info.device, info.dtype, entry.load_seconds)
+
+
+def _read_facts(spec: ModelSpec) -> ModelFacts | None:
+    """The directory's licence, parameters, dtypes and size; None (and a log line) when they cannot be read."""
+    try:
+        return model_facts(spec.path)
+    except Exception as error:  # a missing or broken directory: loading reports it properly
+        log.debug("model %s: weights not described: %s: %s", spec.name, type(error).__name__, error)
+        return None
 
 
 def speed_options(settings: Settings) -> SpeedOptions:

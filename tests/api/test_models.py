@@ -75,3 +75,29 @@ def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("gpt-4o")
     assert caught.value.code == "model_not_found" and caught.value.param == "model"
+
+
+def test_each_model_tells_its_licence_and_weights_read_from_its_directory(client, api_server: LiveServer, tiny_backend):
+    from server.serving.model_facts import model_facts
+
+    body = httpx.get(api_server.api_url + f"/models/{TINY}").json()
+    path = next(spec.path for spec in api_server.app.state.easel.settings.models if spec.name == TINY)
+    facts = model_facts(path)
+    assert body["license"] is None  # the tiny model's easel.json names none
+    assert body["weights"] == {
+        "parameters": sum(tiny_backend.info.parameter_counts.values()),
+        "stored_dtypes": ["float32"],
+        "disk_bytes": facts.disk_bytes,
+    }
+    assert facts.disk_bytes == sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    alias = client.models.retrieve("dall-e-3")  # the SDK's Model parses the extra fields
+    assert alias.model_extra["weights"] == body["weights"] and alias.model_extra["license"] is None
+
+
+def test_the_shipped_model_is_mit_licensed():
+    from server.serving.model_facts import model_facts
+
+    shipped = load_registry().models["easel-mini"]
+    facts = model_facts(shipped.path)
+    assert facts.license == "mit" and facts.stored_dtypes == ("float16",)
+    assert 8_000_000 < facts.parameters < 10_000_000

@@ -4,8 +4,11 @@ It serves repositories from local directories in the hub's own layout:
 ``GET /api/models/{repo}/revision/{rev}`` (the file list with sizes, git
 blob ids and LFS SHA-256s, as ``model_info(files_metadata=True)`` reads it)
 and ``GET /{repo}/resolve/{rev}/{path}`` with HTTP Range support. It
-records every request, and can stall a file part-way (to interrupt a pull)
-or serve a file with one byte flipped (to fail its checksum).
+records every request, and can stall a file part-way (to interrupt a pull),
+drop the connection part-way through a file a set number of times (to make
+the pull retry), serve a file with one byte flipped (to fail its checksum),
+list a file as stored in Xet (no LFS SHA-256, a blob id that is not the
+bytes'), or gate a repository behind a token (401 without it).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +35,10 @@ class HubRequest:
 class FakeHub:
     repos: dict[str, Path]  # repo id -> directory
     stall_after: dict[str, int] = field(default_factory=dict)  # "repo/file" -> bytes sent before stalling (once)
+    drops: dict[str, list[int]] = field(default_factory=dict)  # "repo/file" -> bytes sent on each dropped answer
     corrupt: set[str] = field(default_factory=set)  # "repo/file" served with its first byte flipped
+    xet: set[str] = field(default_factory=set)  # "repo/file" listed without LFS metadata, as Xet files may be
+    gated: dict[str, str] = field(default_factory=dict)  # repo -> the token it takes
     requests: list[HubRequest] = field(default_factory=list)
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -50,7 +57,9 @@ class FakeHub:
             "size": len(data),
             "blobId": hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest(),
         }
-        if name.endswith(LFS_SUFFIXES):
+        if f"{repo}/{name}" in self.xet:  # the blob id of a pointer file, not of these bytes
+            item["blobId"] = hashlib.sha1(b"xet pointer " + name.encode()).hexdigest()
+        elif name.endswith(LFS_SUFFIXES):
             item["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
         return item
 
@@ -90,7 +99,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             hub.requests.append(HubRequest(path, self.headers.get("Range")))
-            if match := _INFO.fullmatch(path):
+            repo = next((repo for repo in hub.gated if path.startswith((f"/api/models/{repo}/", f"/{repo}/"))), None)
+            if repo is not None and self.headers.get("Authorization") != f"Bearer {hub.gated[repo]}":
+                body = b'{"error": "Access to model is restricted. You must have access to it and be authenticated."}'
+                self._send(401, body, "application/json", {"X-Error-Code": "GatedRepo"})
+            elif match := _INFO.fullmatch(path):
                 self._info(match.group(1))
             elif (match := _RESOLVE.fullmatch(path)) and match.group(1) in hub.repos:
                 self._file(match.group(1), match.group(3))
@@ -122,7 +135,22 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if key in hub.stall_after and not hub.stalled.is_set():
                 self._stall(data, hub.stall_after[key])
                 return
+            if hub.drops.get(key):
+                self._drop(status, data[start:], hub.drops[key].pop(0), headers)
+                return
             self._send(status, data[start:], "application/octet-stream", headers)
+
+        def _drop(self, status: int, body: bytes, sent: int, headers: dict) -> None:
+            """Promise the whole body, send ``sent`` bytes of it, then close the connection (a dropped transfer)."""
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body[:sent])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
 
         def _stall(self, data: bytes, sent: int) -> None:
             """Send the first ``sent`` bytes of a full answer, then hang until released (a dead connection)."""
@@ -132,7 +160,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data[:sent])
             self.wfile.flush()
             hub.stalled.set()
-            hub.release.wait(60)
+            hub.release.wait()  # until the test or the hub's stop releases it: no timing to outlast
             self.close_connection = True
 
         def _send(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:

@@ -174,11 +174,12 @@ def test_a_flag_that_would_go_unused_is_refused(argv, line, capsys):
 def test_models_lists_family_size_parameters_native_size_and_origin(tiny_home, capsys, tiny_backend):
     assert dispatch(["models"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["NAME", "FAMILY", "SIZE", "PARAMETERS", "NATIVE", "FROM"]
+    assert table[0].split() == ["NAME", "FAMILY", "LICENCE", "SIZE", "PARAMETERS", "DTYPE", "NATIVE", "FROM"]
     assert table[1].startswith(f"{TINY} (default) [14 aliases]") and "64x64" in table[1]
     assert dispatch(["models", "--json"]) == 0
     rows = {row["name"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
     assert rows[TINY]["parameters"] == sum(tiny_backend.info.parameter_counts.values())  # read from the headers alone
+    assert rows[TINY]["stored_dtypes"] == ["float32"] and rows[TINY]["license"] is None
     assert rows[KARLO]["native_size"] == "64x64" and rows[KARLO]["family"] == "karlo"
     assert rows[TINY]["source"] == f"{tiny_home / 'easel.toml'}: models.{TINY}"
 
@@ -210,3 +211,20 @@ def test_generate_here_loads_with_the_servers_speed_settings_but_no_warm_up(tiny
     config.write_text('optimize = "sdpa,cuda_graphs"\n' + config.read_text().split("\n", 2)[2])
     assert dispatch(["generate", "a red circle", "--out", str(tmp_path), *FAST_FLAGS]) == 1
     assert "cuda_graphs needs a CUDA device" in capsys.readouterr().err
+
+
+def test_generate_takes_a_pulled_models_bare_name_and_names_easel_pull_for_one_not_pulled(
+    tiny_home: Path, tiny_model_dirs: dict[str, Path], tmp_path: Path, capsys
+):
+    from weights.registry import register_user_model
+
+    assert dispatch(["generate", "a red circle", "--model", "karlo", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        "easel generate: error: --model: model 'karlo' is not pulled yet: run `easel pull karlo` first (--model)\n"
+    )
+    # Registered as `easel pull` does, though easel.toml lists other models: found by its name all the same.
+    entry = {"backend": "kandinsky22", "path": str(tiny_model_dirs["kandinsky"])}
+    register_user_model(tiny_home, "kandinsky-2-2", entry)
+    argv = ["generate", "a red circle", "--model", "kandinsky-2-2", "--size", "64x64", "--out", str(tmp_path)]
+    assert dispatch([*argv, *FAST_FLAGS]) == 0, capsys.readouterr().err
+    assert [Image.open(path).size for path in tmp_path.glob("*.png")] == [(64, 64)]

@@ -162,7 +162,7 @@ def test_variation_without_image_encoder_names_what_is_missing(tmp_path):
 
 
 def test_missing_directory_says_how_to_get_karlo(tmp_path):
-    with pytest.raises(FileNotFoundError, match="karlo-v1-alpha"):
+    with pytest.raises(FileNotFoundError, match="`easel pull karlo`"):
         load_backend("karlo", "karlo", tmp_path / "absent")
 
 

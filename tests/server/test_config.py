@@ -111,7 +111,13 @@ CONFIG_ERRORS = [
     (["--log-level", "loud"], {}, "--log-level: 'loud' is not one of debug, info, warning, error"),
     ([], {"EASEL_KEEP_GOING": "maybe"}, "EASEL_KEEP_GOING: 'maybe' is not true or false"),
     (["--model", "m=dalle:/models/m"], {}, "--model: model 'm' has unknown family 'dalle' (known: kandinsky22, karlo)"),
-    (["--model", "m"], {}, "--model: expected NAME=FAMILY:PATH, got 'm'"),
+    (["--model", "m=kandinsky22"], {}, "--model: expected NAME=FAMILY:PATH, got 'm=kandinsky22'"),
+    (
+        ["--model", "m"],
+        {},
+        "--model: no registered model 'm' (registered: easel-mini; `easel pull --help` lists the models it can "
+        "fetch); a model directory is given as NAME=FAMILY:PATH",
+    ),
     (
         ["--model", f"m=kandinsky22:{NOWHERE}"],
         {},

@@ -1,0 +1,175 @@
+"""Will a model fit? Its memory need, from the weight headers, against what the device has free, before loading.
+
+A model needs its weights in the serving dtype (:mod:`weights.footprint`)
+plus a working margin for the activations of one generation: a tenth of the
+weights, and at least 1 GiB. What is free is the smallest of the limits that
+apply: on a CPU, ``MemAvailable``, the process's cgroup memory limit (v1 or
+v2) less its usage, and ``RLIMIT_AS``/``RLIMIT_DATA`` less what the process
+already maps; on CUDA, ``torch.cuda.mem_get_info``. A model that cannot fit
+is refused in one line that says what it needs, what is free, and which
+smaller dtype would fit, instead of being killed by the kernel half-way.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weights.footprint import ModelFootprint, model_footprint
+
+from .device import dtype_name
+
+GIB = 1024**3
+WORKING_MARGIN_FRACTION = 0.10
+WORKING_MARGIN_FLOOR = 1 * GIB
+_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+class ModelTooLarge(ValueError):
+    """The model's memory need exceeds what the device has free; the message is the one line to show."""
+
+
+@dataclass(frozen=True)
+class FreeMemory:
+    bytes: int
+    source: str  # which limit decided it: "MemAvailable", "cgroup memory limit", "RLIMIT_AS", "cuda:0", ...
+
+
+def memory_need(footprint: ModelFootprint, dtype: str) -> int:
+    """Bytes the model needs in ``dtype``: its weights plus the working margin."""
+    weights = footprint.memory_bytes(dtype)
+    return weights + working_margin(weights)
+
+
+def working_margin(weight_bytes: int) -> int:
+    return max(WORKING_MARGIN_FLOOR, int(weight_bytes * WORKING_MARGIN_FRACTION))
+
+
+def free_memory(device: torch.device) -> FreeMemory:
+    """What ``device`` has free for a new model (CPU: the tightest of the limits this process runs under)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return FreeMemory(free, str(device))
+    # MPS shares the machine's memory, so the CPU's limits apply to it too.
+    return min(_cpu_limits(), key=lambda limit: limit.bytes)
+
+
+def _cpu_limits() -> list[FreeMemory]:
+    limits = []
+    meminfo = _read_kib_fields(Path("/proc/meminfo"))
+    if "MemAvailable" in meminfo:
+        limits.append(FreeMemory(meminfo["MemAvailable"], "MemAvailable"))
+    cgroup = _cgroup_headroom()
+    if cgroup is not None:
+        limits.append(FreeMemory(cgroup, "cgroup memory limit"))
+    status = _read_kib_fields(Path("/proc/self/status"))
+    for name, limit, used in (
+        ("RLIMIT_AS", resource.RLIMIT_AS, "VmSize"),
+        ("RLIMIT_DATA", resource.RLIMIT_DATA, "VmData"),
+    ):
+        soft, _hard = resource.getrlimit(limit)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(FreeMemory(max(0, soft - status.get(used, 0)), name))
+    if not limits:  # not Linux: nothing to read, so nothing to refuse on
+        limits.append(FreeMemory(_UNLIMITED, "unknown"))
+    return limits
+
+
+def _read_kib_fields(path: Path) -> dict[str, int]:
+    """``Name: 123 kB`` lines (``/proc/meminfo``, ``/proc/self/status``) as bytes."""
+    fields = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+            fields[name] = int(parts[0]) * 1024
+    return fields
+
+
+def _cgroup_headroom() -> int | None:
+    """The process's cgroup memory limit less its usage (v2, else v1), or None when there is no limit."""
+    for limit_file, usage_file in _cgroup_files():
+        try:
+            limit_text, usage_text = limit_file.read_text().strip(), usage_file.read_text().strip()
+        except OSError:
+            continue
+        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= _UNLIMITED:
+            continue
+        return max(0, int(limit_text) - int(usage_text))
+    return None
+
+
+def _cgroup_files() -> Iterable[tuple[Path, Path]]:
+    root = Path("/sys/fs/cgroup")
+    try:
+        entries = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return
+    for entry in entries:
+        _, controllers, path = entry.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            yield root / path.lstrip("/") / "memory.max", root / path.lstrip("/") / "memory.current"
+        elif "memory" in controllers.split(","):
+            # Inside a container the v1 hierarchy is mounted at its own root; outside, under the path.
+            for base in (root / "memory" / path.lstrip("/"), root / "memory"):
+                yield base / "memory.limit_in_bytes", base / "memory.usage_in_bytes"
+
+
+def smaller_dtypes(device: torch.device, family: str, dtype: torch.dtype) -> list[torch.dtype]:
+    """Dtypes that take less memory than ``dtype`` and that this family can run in on ``device``."""
+    if dtype not in (torch.float32, torch.float64):
+        return []
+    if device.type == "cuda":
+        return [torch.bfloat16, torch.float16] if torch.cuda.is_bf16_supported() else [torch.float16]
+    if device.type == "mps":
+        return [torch.float16]
+    # Karlo's super-resolution upscale has no CPU half kernel (pipelines.karlo).
+    return [] if family == "karlo" else [torch.bfloat16]
+
+
+def check_fits(
+    name: str, family: str, model_dir: Path, device: torch.device, dtype: torch.dtype, *, others: int = 0
+) -> None:
+    """Raise :class:`ModelTooLarge` if the model cannot fit on ``device`` beside ``others`` bytes still to load."""
+    footprint = model_footprint(model_dir)
+    need = memory_need(footprint, dtype_name(dtype)) + others
+    free = free_memory(device)
+    if need <= free.bytes:
+        return
+    raise ModelTooLarge(refusal(name, footprint, dtype, need, free, smaller_dtypes(device, family, dtype), others))
+
+
+def refusal(
+    name: str,
+    footprint: ModelFootprint,
+    dtype: torch.dtype,
+    need: int,
+    free: FreeMemory,
+    smaller: list[torch.dtype],
+    others: int = 0,
+) -> str:
+    """The one line: what the model needs, what is free, and what would fit."""
+    weights = footprint.memory_bytes(dtype_name(dtype))
+    beside = f" beside {_gb(others)} for the other models" if others else ""
+    line = (
+        f"model {name!r} does not fit: it needs {_gb(need)} in {dtype_name(dtype)} "
+        f"({_gb(weights)} of weights + {_gb(working_margin(weights))} working margin{beside}), "
+        f"but only {_gb(free.bytes)} is free ({free.source})"
+    )
+    for candidate in smaller:
+        candidate_need = memory_need(footprint, dtype_name(candidate)) + others
+        if candidate_need <= free.bytes:
+            return f"{line}; --dtype {dtype_name(candidate)} would fit ({_gb(candidate_need)})"
+    return f"{line}; free some memory, or use a machine with more"
+
+
+def _gb(count: int) -> str:
+    return f"{count / 1e9:.1f} GB"
