@@ -133,3 +133,20 @@ def test_combining_embeddings_keeps_one_as_it_is_and_weighs_several() -> None:
     even = combine_embeds([a, b], None)
     np.testing.assert_allclose(even.numpy(), [[2 * 2**-0.5, 2 * 2**-0.5]], rtol=1e-6)  # halfway, mean length 2
     np.testing.assert_allclose(combine_embeds([a, b], (1.0, 0.0)).numpy(), a.numpy(), rtol=1e-6)
+
+
+def test_an_inpainting_decoder_also_starts_from_the_input(tmp_path) -> None:
+    path = build_tiny_kandinsky(tmp_path / "tiny-inpaint", inpaint=True)
+    inpaint = load_backend("tiny-inpaint", "kandinsky22", path, presets="easel-mini", device="cpu")
+    timesteps: list[int] = []
+    hook = inpaint.decoder_pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: timesteps.append(int(kwargs["timestep"])), with_kwargs=True
+    )
+    try:
+        images = inpaint.run(edit((7, 8), strength=0.5))
+        other = inpaint.run(edit((7, 8), strength=0.5, image=picture((250, 230, 40))))
+    finally:
+        hook.remove()
+    assert [image.size for image in images] == [(64, 64)] * 2
+    assert images[0].tobytes() != other[0].tobytes()  # the input is where the decoder starts
+    assert len(timesteps) == 2 * 2  # two edits, each the last two of four steps
