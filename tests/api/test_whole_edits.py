@@ -20,7 +20,7 @@ from PIL import Image
 from server.config import ModelSpec, Settings
 from tests.api.test_edits import HEIGHT, PICTURE_PNG, WIDTH, data_url, decoded, encode, picture, post_multipart
 from tests.api.test_variations import EASEL_MINI
-from tests.conftest import FAST, LiveServer, assert_envelope, running_server
+from tests.conftest import FAST, KARLO, TINY, LiveServer, assert_envelope, running_server
 
 JPEG = encode(picture(), "JPEG", quality=90)
 JPEG_BASE64 = base64.b64encode(JPEG).decode()
@@ -152,6 +152,12 @@ def test_json_edit_with_several_images(api_server: LiveServer, fidelity: str | N
     response = httpx.post(api_server.api_url + "/images/edits", json=body, timeout=60)
     assert response.status_code == 200, response.text
     assert len(response.json()["data"]) == 1
+
+
+def test_models_list_the_edit_modes(api_server: LiveServer) -> None:
+    models = {model["id"]: model for model in httpx.get(api_server.api_url + "/models", timeout=30).json()["data"]}
+    assert models[TINY]["capabilities"]["edit_modes"] == ["masked", "whole_image"]
+    assert models[KARLO]["capabilities"]["edit_modes"] == []  # Karlo serves no edits
 
 
 # -- errors -------------------------------------------------------------------------------------
