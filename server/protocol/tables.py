@@ -40,7 +40,7 @@ QUALITY_REPORTED = {"standard": "medium", "auto": "medium", "hd": "high"}  # GPT
 FORMAT_NOTES = {"png": "PNG is lossless", "gif": "GIF frames are palette images", "svg": "SVG is traced vectors"}
 INPUT_FIDELITY_WEIGHTS = {"low": 0.0, "high": 0.5}  # masked edits: share of the input's own embedding (docs/edits.md)
 # Whole-image edits (no mask): (strength, mix) per input_fidelity, chosen by benchmarks/bench_edit_quality.py.
-WHOLE_EDIT_FIDELITY = {"low": (0.8, 0.0), "high": (0.6, 0.0)}
+WHOLE_EDIT_FIDELITY = {"low": (0.9, 0.0), "high": (0.8, 0.0)}
 
 
 @dataclass(frozen=True)
