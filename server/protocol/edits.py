@@ -113,6 +113,12 @@ class EditRequest:
         """A job for the decoded ``images`` (the first edited) and its repaint ``mask`` (mode "L", 255 = repaint;
         None: the whole image is edited)."""
         check_for_model(self.options, self.prompt, api_style, info)
+        if mask is not None and self.mix.strength is not None:
+            message = (
+                "'strength' applies to whole-image edits only; this edit marks an area to repaint (a mask, markup "
+                "or transparent pixels), which is generated from noise."
+            )
+            raise invalid("strength", message, code="unsupported_value")
         strength, weight = self.mix.for_edit(whole_image=mask is None)
         job = build_job(
             "edit", self.options, info, prompt=self.prompt, image=images[0], mask=mask, input_image_weight=weight

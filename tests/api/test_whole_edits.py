@@ -197,6 +197,14 @@ def test_bad_strength_and_weights_are_named(api_server: LiveServer, fields: dict
     assert error["message"].startswith(message)
 
 
+def test_strength_is_refused_for_a_masked_edit(api_server: LiveServer) -> None:
+    from tests.api.test_edits import MASK_PNG
+
+    files = [("image", ("a.png", PICTURE_PNG, "image/png")), ("mask", ("m.png", MASK_PNG, "image/png"))]
+    error = assert_envelope(post_multipart(api_server, files, {"strength": "0.5"}), 400, param="strength")
+    assert error["message"].startswith("'strength' applies to whole-image edits only")
+
+
 def test_sdk_list_fields_are_read(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(
