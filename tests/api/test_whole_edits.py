@@ -160,6 +160,18 @@ def test_models_list_the_edit_modes(api_server: LiveServer) -> None:
     assert models[KARLO]["capabilities"]["edit_modes"] == []  # Karlo serves no edits
 
 
+def test_openapi_documents_the_edit_fields(api_server: LiveServer) -> None:
+    schemas = httpx.get(api_server.url + "/openapi.json", timeout=30).json()["components"]["schemas"]
+    form, body = schemas["CreateImageEditRequest"]["properties"], schemas["EditImageBodyJsonParam"]["properties"]
+    assert form["image"]["anyOf"][1]["maxItems"] == 16 and body["images"]["maxItems"] == 16
+    for properties in (form, body):
+        assert properties["strength"]["x-easel-extension"] is True
+        assert properties["strength"]["type"] == ["number", "null"]
+        assert properties["input_image_weight"]["maximum"] == 1.0
+        assert properties["image_weights"]["type"] == ["array", "null"]
+        assert properties["image_weights"]["items"] == {"type": "number", "minimum": 0.0, "maximum": 100.0}
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
