@@ -176,7 +176,7 @@ ROWS = [
     Row("edit as text/plain", post("/v1/images/edits", b"x", "text/plain"), 400, code="unsupported_content_type"),
     Row("JSON edit with an http URL", json_edit(SSRF), 400, "images"),
     Row("JSON edit with a file_id", json_edit({"images": [{"file_id": "file-1"}]}), 400, "images"),
-    Row("edit with two images", upload("edits", [image_part(PICTURE_PNG, "image[]")] * 2), 400, "image"),
+    Row("edit with 17 images", upload("edits", [image_part(PICTURE_PNG, "image[]")] * 17), 400, "image"),
     Row("unknown model", generation({"model": "dall-e-9"}), 404, "model", "model_not_found"),
     Row("unknown route", get("/v1/nope"), 404),
     Row("wrong method", post("/v1/models", b"", "application/json"), 405),
