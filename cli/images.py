@@ -52,7 +52,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     if name == "edit":
         parser.add_argument("image", type=Path, help="the picture to edit (PNG, JPEG or WebP)")
         parser.add_argument(
-            "--mask", type=Path, required=True, help="PNG whose fully transparent pixels mark the area to repaint"
+            "--mask",
+            type=Path,
+            help="PNG whose fully transparent pixels mark the area to repaint; without one, the whole image is edited",
         )
     if name in ("generate", "edit"):
         parser.add_argument("prompt", help="what to draw")
@@ -90,7 +92,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 
 _DESCRIPTIONS = {
     "generate": "Make images from a prompt and write them to files.",
-    "edit": "Repaint the masked area of an image (OpenAI's mask semantics) and write the results to files.",
+    "edit": "Edit an image as the prompt says (the whole image, or a masked area: OpenAI's mask semantics) and "
+    "write the results to files.",
     "vary": "Make variations of an image (no prompt: they start from the image's own embedding).",
 }
 _TASKS = {"generate": "generate", "edit": "edit", "vary": "variation"}
@@ -142,7 +145,7 @@ def _request(name: str, args: argparse.Namespace) -> Request:
     if name in ("generate", "edit"):
         fields["prompt"] = args.prompt
     image = _read(args.image, "image") if name in ("edit", "vary") else None
-    mask = _read(args.mask, "mask") if name == "edit" else None
+    mask = _read(args.mask, "mask") if name == "edit" and args.mask is not None else None
     return Request(_TASKS[name], fields, image, mask)
 
 

@@ -22,7 +22,7 @@ from server.protocol.edits import EditRequest, UploadedBody, VariationRequest
 from server.protocol.images import GenerationRequest
 from server.serving.decoding import UploadLimits, decode_variation_input
 from server.serving.images import edit_compositor, finish_files
-from server.serving.masks import decode_edit_inputs
+from server.serving.masks import decode_edit_images
 from weights.registry import KNOWN_PULLS
 
 from .images import CommandError, Request
@@ -132,11 +132,13 @@ def _job(request: Request, info, settings: Settings):
     assert request.image is not None
     if request.task == "edit":
         edit = EditRequest.parse(UploadedBody(fields, False, "image", [request.image], request.mask))
-        original, repaint = decode_edit_inputs(edit.image, edit.image_param, edit.mask, limits, None, edit.markup)
-        edit = edit.sized_for(original, info)
+        images, repaint = decode_edit_images(edit.images, edit.image_param, edit.mask, limits, None, edit.markup)
+        edit = edit.sized_for(images[0], info)
         size = edit.options.size
-        job = edit.to_job(info, "easel", original, repaint)
-        return job, edit_compositor(original, repaint, size.width, size.height), edit.options
+        job = edit.to_job(info, "easel", images, repaint)
+        if repaint is None:  # the whole image edited: nothing of the input to keep as it was
+            return job, None, edit.options
+        return job, edit_compositor(images[0], repaint, size.width, size.height), edit.options
     # Variations are multipart-only in the API: every value is text, as the form reader expects.
     form = {key: str(value) for key, value in fields.items()}
     variation = VariationRequest.parse(UploadedBody(form, True, "image", [request.image]))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the OpenAI-compatible API server (the default when no command is given)"),
     "generate": ("images", "make images from a prompt, here or on a running server"),
-    "edit": ("images", "repaint the masked part of an image"),
+    "edit": ("images", "edit an image as a prompt says (all of it, or a masked part)"),
     "vary": ("images", "make variations of an image"),
     "models": ("models", "list local models: family, size on disk, parameters, native size, origin"),
     "pull": ("pull", "download a known model from the Hugging Face hub and register it"),

@@ -122,10 +122,13 @@ class ImageJob:
     prompt: str = ""
     negative_prompt: str | None = None
     image: Image.Image | None = None  # variation / edit input, RGB, any size
-    mask: Image.Image | None = None  # edit: mode "L", same size as image, 255 = repaint
+    mask: Image.Image | None = None  # edit: mode "L", image's size, 255 = repaint; None: whole image (strength)
+    references: list[Image.Image] = field(default_factory=list)  # edit: more inputs, for their embeddings only
+    image_weights: tuple[float, ...] | None = None  # edit: relative weight of image, then references; None: equal
+    strength: float = 1.0  # whole-image edit: share (0-1] of the decoder's schedule run from the noised input
     preview_count: int = 0  # partial images wanted, decoded at evenly spaced decoder steps
-    # Edits: the share (0-1) of the input image's own CLIP image embedding mixed into the prompt's before
-    # decoding (input_fidelity); 0 leaves the prompt's embedding alone.
+    # Edits: the share (0-1) of the input images' own CLIP image embedding (several: combined, walks.combine_embeds)
+    # mixed into the prompt's before decoding (input_fidelity); 0 leaves the prompt's embedding alone.
     input_image_weight: float = 0.0
     # > 1: each image is an animation of this many frames, a walk through image-embedding space with the
     # image's initial noise held (pipelines.walks); run returns n * frames images, image i's frames together.
@@ -198,8 +201,10 @@ def check_job(job: ImageJob, info: ModelInfo) -> None:
         raise ValueError(f"{info.name!r} cannot stop decoder guidance part-way")
     if job.task in ("variation", "edit") and job.image is None:
         raise ValueError(f"task {job.task!r} needs an image")
-    if job.task == "edit" and job.mask is None:
-        raise ValueError("task 'edit' needs a mask")
+    if job.image_weights is not None and len(job.image_weights) != 1 + len(job.references):
+        raise ValueError(f"need one weight per input image: {1 + len(job.references)} images, {job.image_weights}")
+    if not 0 < job.strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], not {job.strength}")
     if job.frames > 1 and (job.task != "generate" or not info.supports_animation):
         raise ValueError(f"{info.name!r} cannot animate a {job.task!r} job")
 

@@ -2,7 +2,8 @@
 
 A batch is one prior call per kind of negative prompt and one decoder call for all jobs. Each image's own
 ``torch.Generator``, seeded from its seed, makes its initial and scheduler noise: image i depends on ``seeds[i]`` alone
-(up to rounding between batch sizes). Edits: diffusers' inpaint decoder with inpaint weights, else blended latents.
+(up to rounding between batch sizes). Edits: diffusers' inpaint decoder with inpaint weights, else blended latents;
+whole-image edits (no mask) start the decoder from the input's noised latents (pipelines.img2img).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from .base import (
     seeded_generators,
 )
 from .device import dtype_name, one_cpu_thread
+from .img2img import ImageStart, image_start, starting_at
 from .inpaint import LatentBlend, composite_unmasked, latent_blend, resized_original
 from .model_config import EaselConfig
 from .presets import complexities_for, presets_for
-from .walks import mix_in_images, walk_frames
+from .walks import animate, mix_in_images
 
 REAL_KANDINSKY_NATIVE_SIDE = 512
 INPAINT_UNET_CHANNELS = 9
@@ -94,6 +96,8 @@ class KandinskyBackend:
     def batch_key(self, job: ImageJob) -> Hashable | None:
         if job.frames > 1:
             return None  # an animation is many decoder calls of its own
+        if job.task == "edit" and job.mask is None:  # whole-image edits share a schedule cut by strength
+            return (job.task, job.width, job.height, job.preset, job.strength)
         if job.task == "edit" and self.inpaint_weights:
             return None  # diffusers' inpaint decoder applies the first row's image and mask to every row
         return (job.task, job.width, job.height, job.preset)
@@ -145,24 +149,7 @@ class KandinskyBackend:
 
     def _animate(self, job: ImageJob) -> JobOutcome:
         """Frames walking between two prior samples, each decoded from the image's own initial noise."""
-
-        def sample(ends: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
-            embeds, left = self._text_to_embeds([ends])
-            if left:
-                raise Cancelled()
-            return embeds[id(ends)]
-
-        def decode(frame_job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor) -> list[Image.Image]:
-            generators = seeded_generators(self.device, frame_job.seeds)
-            outcome = self._decode(BatchRows([frame_job]), embeds, negative, generators)[id(frame_job)]
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
-
-        try:
-            return walk_frames(job, sample, decode)
-        except Cancelled as left:
-            return left
+        return animate(job, self._text_to_embeds, self._decode, self.device)
 
     def _text_to_embeds(self, jobs: list[ImageJob]) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]:
         """Prior: each job's ``n`` image embeddings and ``n`` negative ones; and the jobs that left meanwhile.
@@ -235,15 +222,20 @@ class KandinskyBackend:
         return self._zero_image_embed.repeat(batch_size, 1).to(device or self.device)
 
     def _decode(
-        self, rows: BatchRows, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
+        self,
+        rows: BatchRows,
+        embeds: torch.Tensor,
+        negative: torch.Tensor,
+        generators: list[torch.Generator],
+        start: ImageStart | None = None,
     ) -> dict[int, JobOutcome]:
-        """Decoder from image embeddings; inpaint weights get an all-repaint mask."""
+        """Decoder from image embeddings (from noise, or ``start``); inpaint weights get an all-repaint mask."""
         extra: dict[str, Any] = {}
         if self.inpaint_weights:
             # Everything repainted: the UNet sees no masked image, i.e. plain generation.
             size = (rows.jobs[0].width, rows.jobs[0].height)
             extra = _inpaint_inputs(Image.new("RGB", size), Image.new("L", size, 255), rows.size)
-        return self._run_decoder(rows, embeds, negative, generators, extra)
+        return self._run_decoder(rows, embeds, negative, generators, extra, start=start)
 
     def _run_decoder(
         self,
@@ -253,10 +245,12 @@ class KandinskyBackend:
         generators: list[torch.Generator],
         extra: dict[str, Any],
         blend: LatentBlend | None = None,
+        start: ImageStart | None = None,
     ) -> dict[int, JobOutcome]:
         first = rows.jobs[0]
         steps = first.preset.decoder_steps
-        previews = self._previews(rows, steps, blend)
+        run = start.steps if start is not None else steps  # a whole-image edit runs the schedule's end only
+        previews = self._previews(rows, run, blend)
         scheduler = self.decoder_pipe.scheduler
         interval = _GuidanceInterval(first.preset.decoder_guidance_min_timestep, inpaint=self.inpaint_weights)
         guidance = interval.first_step_guidance(first.preset.decoder_guidance, scheduler, steps)
@@ -271,7 +265,7 @@ class KandinskyBackend:
                 for follower in filter(None, (previews, blend)):
                     follower.keep_rows(keep)
             for job in rows.jobs:
-                report_progress(job, "decoder", step + 1, steps)
+                report_progress(job, "decoder", step + 1, run)
             if previews is not None:
                 previews.emit(step)
             next_timestep = scheduler.timesteps[step + 1] if step + 1 < len(scheduler.timesteps) else None
@@ -291,7 +285,7 @@ class KandinskyBackend:
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 generator=generators,
-                latents=blend.initial_noise if blend is not None else None,
+                latents=blend.initial_noise if blend is not None else start.latents if start is not None else None,
                 callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=["latents", *interval.doubled],
                 **extra,
@@ -315,6 +309,11 @@ class KandinskyBackend:
     ) -> dict[int, JobOutcome]:
         embeds = mix_in_images(rows, embeds, self._image_to_embed)  # input_fidelity
         originals = {id(job): resized_original(job) for job in rows.jobs}
+        if rows.jobs[0].mask is None:  # whole-image edits: batch_key keeps them apart from masked ones
+            scheduler = self.decoder_pipe.scheduler
+            start = image_start(rows, originals, generators, self.decoder_pipe.movq, scheduler, self.device)
+            with starting_at(scheduler, rows.jobs[0].preset.decoder_steps, rows.jobs[0].strength):
+                return self._decode(rows, embeds, negative, generators, start)
         if self.inpaint_weights:  # one job: batch_key keeps inpaint-weight edits apart
             (job,) = rows.jobs
             assert job.mask is not None  # check_job

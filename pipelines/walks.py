@@ -1,4 +1,4 @@
-"""Moving through image-embedding space: animation frames and input-fidelity mixing.
+"""Moving through image-embedding space: animation frames, and input-fidelity mixing of edit inputs.
 
 unCLIP decoders draw from a CLIP image embedding, so images between two
 embeddings are meaningful (DALL-E 2's interpolations). An animation's two
@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .base import BatchRows, ImageJob
+from .base import BatchRows, Cancelled, ImageJob, JobOutcome, seeded_generators
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,7 @@ def mix_in_image(prompt_embeds: torch.Tensor, image_embed: torch.Tensor, weight:
 def mix_in_images(
     rows: BatchRows, embeds: torch.Tensor, embed_image: Callable[[Image.Image], torch.Tensor]
 ) -> torch.Tensor:
-    """Each job's rows of prompt embeddings mixed with its input image's own, as its ``input_image_weight`` asks."""
+    """Each job's rows of prompt embeddings mixed with its input images' own, as its ``input_image_weight`` asks."""
     if all(job.input_image_weight <= 0 or job.image is None for job in rows.jobs):
         return embeds
     import torch
@@ -74,10 +74,57 @@ def mix_in_images(
     mixed = []
     for job, span in rows.spans():
         if job.input_image_weight > 0 and job.image is not None:
-            mixed.append(mix_in_image(embeds[span], embed_image(job.image), job.input_image_weight))
+            inputs = [embed_image(image) for image in (job.image, *job.references)]
+            combined = combine_embeds(inputs, job.image_weights)
+            mixed.append(mix_in_image(embeds[span], combined, job.input_image_weight))
         else:
             mixed.append(embeds[span])
     return torch.cat(mixed)
+
+
+def combine_embeds(embeds: list[torch.Tensor], weights: tuple[float, ...] | None) -> torch.Tensor:
+    """Several images' embeddings (one row each) as one: the weighted mean direction, at the weighted mean length.
+
+    A plain weighted sum (what Kandinsky's prior ``interpolate`` does) shortens the vector as the images
+    disagree; the decoder was trained on embeddings of an image's own length. One image is used as it is.
+    """
+    if len(embeds) == 1:
+        return embeds[0]
+    import torch
+
+    shares = torch.tensor(weights or [1.0] * len(embeds), dtype=embeds[0].dtype, device=embeds[0].device)
+    shares = shares / shares.sum()
+    stacked = torch.cat(embeds)  # (images, dim)
+    lengths = stacked.norm(dim=-1, keepdim=True)
+    direction = (shares[:, None] * stacked / lengths).sum(dim=0, keepdim=True)
+    length = (shares[:, None] * lengths).sum(dim=0, keepdim=True)
+    return direction / direction.norm(dim=-1, keepdim=True).clamp_min(_PARALLEL) * length
+
+
+TextToEmbeds = Callable[[list[ImageJob]], "tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]"]
+DecodeRows = Callable[[BatchRows, "torch.Tensor", "torch.Tensor", list["torch.Generator"]], dict[int, JobOutcome]]
+
+
+def animate(job: ImageJob, text_to_embeds: TextToEmbeds, decode_rows: DecodeRows, device: Any) -> JobOutcome:
+    """A backend's animation job: its prior samples and frame decodes, with Cancelled as the outcome if it left."""
+
+    def sample(ends: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, left = text_to_embeds([ends])
+        if left:
+            raise Cancelled()
+        return embeds[id(ends)]
+
+    def decode(frame_job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor) -> list[Image.Image]:
+        generators = seeded_generators(device, frame_job.seeds)
+        outcome = decode_rows(BatchRows([frame_job]), embeds, negative, generators)[id(frame_job)]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    try:
+        return walk_frames(job, sample, decode)
+    except Cancelled as left:
+        return left
 
 
 def walk_frames(job: ImageJob, sample: SampleEmbeds, decode: Decode) -> list[Image.Image]:

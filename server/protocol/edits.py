@@ -46,15 +46,37 @@ class UploadedBody:
 
 
 @dataclass(frozen=True)
+class InputMix:
+    """How an edit's inputs steer it: the mix weights, and where a whole-image edit's decoder starts."""
+
+    fidelity: str  # input_fidelity, low or high
+    image_weight: float | None = None  # input_image_weight as sent (None: input_fidelity's)
+    strength: float | None = None  # strength as sent (None: input_fidelity's)
+    image_weights: tuple[float, ...] | None = None  # per input image, as sent
+
+    def for_edit(self, whole_image: bool) -> tuple[float, float]:
+        """(strength, input image weight): a masked edit keeps its long-standing mix and ignores strength."""
+        strength, weight = t.WHOLE_EDIT_FIDELITY[self.fidelity]
+        if not whole_image:
+            strength, weight = 1.0, t.INPUT_FIDELITY_WEIGHTS[self.fidelity]
+        chosen_strength = strength if self.strength is None else self.strength
+        return chosen_strength, weight if self.image_weight is None else self.image_weight
+
+
+@dataclass(frozen=True)
 class EditRequest:
     prompt: str
     options: ImageOptions
     size_from_input: bool  # no size or "auto": the input's own size
-    image: bytes
+    images: tuple[bytes, ...]  # the first is edited, the others are references
     image_param: str
     mask: bytes | None
     markup: bytes | None = None
-    input_image_weight: float = 0.0  # input_fidelity's share of the input image's own embedding
+    mix: InputMix = InputMix("low")
+
+    @property
+    def image(self) -> bytes:
+        return self.images[0]
 
     @classmethod
     def parse(cls, body: UploadedBody) -> EditRequest:
@@ -63,7 +85,7 @@ class EditRequest:
         prompt = read_prompt(reader)
         options = read_image_options(reader)
         reader.read(t.MODERATION)  # checked; Easel runs no moderation model
-        fidelity = reader.read(t.INPUT_FIDELITY)
+        mix = read_input_mix(reader, len(body.images))
         check_stream_options(options)
         if options.output_format == "gif":
             what = "an edit repaints one image in place"
@@ -74,25 +96,52 @@ class EditRequest:
             message = "markup cannot be combined with mask: both mark the area to repaint. Send one of them."
             raise invalid("markup", message, code="invalid_value")
         size_from_input = reader.raw("size") in (None, "auto")
-        weight = t.INPUT_FIDELITY_WEIGHTS[fidelity]
-        return cls(prompt, options, size_from_input, body.images[0], body.image_param, body.mask, body.markup, weight)
+        images = tuple(body.images)
+        return cls(prompt, options, size_from_input, images, body.image_param, body.mask, body.markup, mix)
 
     def sized_for(self, image: Image.Image, info: ModelInfo) -> EditRequest:
         """This request with ``size`` settled: the decoded input's own size unless one was asked for."""
         return replace(self, options=sized_for_input(self.options, image, info)) if self.size_from_input else self
 
-    def to_job(self, info: ModelInfo, api_style: ApiStyle, image: Image.Image, mask: Image.Image) -> ImageJob:
-        """A job for the decoded ``image`` and its repaint ``mask`` (mode "L", 255 = repaint)."""
+    def to_job(
+        self,
+        info: ModelInfo,
+        api_style: ApiStyle,
+        images: list[Image.Image],
+        mask: Image.Image | None,
+    ) -> ImageJob:
+        """A job for the decoded ``images`` (the first edited) and its repaint ``mask`` (mode "L", 255 = repaint;
+        None: the whole image is edited)."""
         check_for_model(self.options, self.prompt, api_style, info)
-        return build_job(
-            "edit",
-            self.options,
-            info,
-            prompt=self.prompt,
-            image=image,
-            mask=mask,
-            input_image_weight=self.input_image_weight,
+        if mask is not None and self.mix.strength is not None:
+            message = (
+                "'strength' applies to whole-image edits only; this edit marks an area to repaint (a mask, markup "
+                "or transparent pixels), which is generated from noise."
+            )
+            raise invalid("strength", message, code="unsupported_value")
+        strength, weight = self.mix.for_edit(whole_image=mask is None)
+        job = build_job(
+            "edit", self.options, info, prompt=self.prompt, image=images[0], mask=mask, input_image_weight=weight
         )
+        return replace(job, references=images[1:], strength=strength, image_weights=self.mix.image_weights)
+
+
+def read_input_mix(reader: FieldReader, image_count: int) -> InputMix:
+    """input_fidelity and the extensions that override it, checked against the number of input images."""
+    fidelity = reader.read(t.INPUT_FIDELITY)
+    strength = reader.read(t.STRENGTH)
+    if strength is not None and strength <= 0:
+        message = "Invalid 'strength': expected a number above 0 and at most 1 (1 starts the decoder from noise)."
+        raise invalid("strength", message, code="invalid_value")
+    weights = reader.read(t.IMAGE_WEIGHTS)
+    if weights is not None:
+        if len(weights) != image_count:
+            message = f"'image_weights' has {len(weights)} weights for {image_count} images: send one per image."
+            raise invalid("image_weights", message, code="invalid_value")
+        if sum(weights) <= 0:
+            raise invalid("image_weights", "'image_weights' must not all be 0.", code="invalid_value")
+    image_weights = None if weights is None else tuple(weights)
+    return InputMix(fidelity, reader.read(t.INPUT_IMAGE_WEIGHT), strength, image_weights)
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,8 @@ class FieldReader:
             value = self.enum(field)
         elif kind == "object":
             value = self.object(field)
+        elif kind == "numbers":
+            value = self.numbers(field.name, _bound(field.low), _bound(field.high))
         else:
             value = self.string(name, required=field.required, max_length=field.max_length, plain_text=field.plain_text)
         return field.default if value is None else value
@@ -285,6 +287,22 @@ class FieldReader:
         if not math.isfinite(value) or not low <= value <= high:
             raise self._out_of_range(name, value, low, high)
         return float(value)
+
+    def numbers(self, name: str, low: float, high: float) -> list[float] | None:
+        """A list of numbers: a JSON array; in a form, repeated ``name[]`` parts or one comma-separated value."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        if self.form and isinstance(value, str):
+            value = [part.strip() for part in value.strip().removeprefix("[").removesuffix("]").split(",")]
+        if not isinstance(value, list):
+            raise self._wrong_type(name, "an array of numbers", value)
+        items = FieldReader({str(i): item for i, item in enumerate(value)}, form=self.form, prefix=f"{name}.")
+        numbers = [items.number(str(i), low, high) for i in range(len(value))]
+        for i, number in enumerate(numbers):
+            if number is None:
+                raise items._wrong_type(str(i), "a number", value[i])
+        return [number for number in numbers if number is not None]
 
     def boolean(self, name: str) -> bool | None:
         value = self.raw(name)

@@ -37,7 +37,8 @@ def _binary(field: t.Field) -> dict[str, Any]:
     one = {"type": "string", "format": "binary"}
     if field.name != "image":
         return one
-    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": 1}]}  # image[]: one only
+    most = t.MAX_EDIT_IMAGES if field.many else 1  # image[]: edits take references, variations one image
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": most}]}
 
 
 def _base_schema(field: t.Field) -> dict[str, Any]:
@@ -46,6 +47,8 @@ def _base_schema(field: t.Field) -> dict[str, Any]:
         return {"type": kind, "minimum": field.low, "maximum": field.high}
     if kind == "boolean":
         return {"type": "boolean"}
+    if kind == "numbers":
+        return {"type": "array", "items": {"type": "number", "minimum": field.low, "maximum": field.high}}
     if kind == "enum":
         return {"type": "string", "enum": list(field.choices)}
     if kind == "size":
@@ -91,11 +94,11 @@ def object_schema(fields: tuple[t.Field, ...], **replaced: dict[str, Any]) -> di
 
 
 def _json_edit_schema() -> dict[str, Any]:
-    """Edits as JSON: ``images`` (a list of one reference) and references for ``mask`` and ``markup``."""
-    images = {"type": "array", "items": _ref("ImageRefParam"), "minItems": 1, "maxItems": 1}
+    """Edits as JSON: ``images`` (a list of references) and references for ``mask`` and ``markup``."""
+    images = {"type": "array", "items": _ref("ImageRefParam"), "minItems": 1, "maxItems": t.MAX_EDIT_IMAGES}
     fields = tuple(f for f in t.EDIT if f.name != "image")
     schema = object_schema(fields, mask=_ref("ImageRefParam"), markup=_ref("ImageRefParam"))
-    schema["properties"] = {"images": {**images, "description": t.IMAGE.meaning}, **schema["properties"]}
+    schema["properties"] = {"images": {**images, "description": t.EDIT_IMAGE.meaning}, **schema["properties"]}
     schema["required"] = ["images", *schema["required"]]
     return schema
 

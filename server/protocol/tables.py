@@ -13,11 +13,13 @@ from typing import Any, Literal
 
 from pipelines.presets import COMPLEXITIES, QUALITIES, STYLES
 
-FieldKind = Literal["string", "integer", "number", "boolean", "enum", "size", "object", "file"]
+FieldKind = Literal["string", "integer", "number", "boolean", "enum", "size", "object", "file", "numbers"]
 
 STANDARD_SIZES = ("256x256", "512x512", "1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536")
 MAX_N = 10
 MAX_PARTIAL_IMAGES = 3
+MAX_EDIT_IMAGES = 16  # OpenAI's limit for gpt-image edits
+MAX_IMAGE_WEIGHT = 100.0
 MAX_SEED = 2**53 - 1  # largest integer every JSON client round-trips exactly
 MIN_STEPS = 2  # UnCLIPScheduler (every prior, Karlo's decoder) divides by steps - 1
 MAX_STEPS = 200
@@ -36,7 +38,9 @@ PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image": MAX_PROMPT_LEN
 TASK_ENDPOINTS = {"generate": "image generations", "edit": "image edits", "variation": "image variations"}
 QUALITY_REPORTED = {"standard": "medium", "auto": "medium", "hd": "high"}  # GPT-image answers; others as asked
 FORMAT_NOTES = {"png": "PNG is lossless", "gif": "GIF frames are palette images", "svg": "SVG is traced vectors"}
-INPUT_FIDELITY_WEIGHTS = {"low": 0.0, "high": 0.5}  # share of the input image's own embedding (README)
+INPUT_FIDELITY_WEIGHTS = {"low": 0.0, "high": 0.5}  # masked edits: share of the input's own embedding (docs/edits.md)
+# Whole-image edits (no mask): (strength, mix) per input_fidelity, chosen by benchmarks/bench_edit_quality.py.
+WHOLE_EDIT_FIDELITY = {"low": (0.9, 0.0), "high": (0.8, 0.0)}
 
 
 @dataclass(frozen=True)
@@ -166,12 +170,21 @@ PARTIAL_IMAGES = Field(
 INPUT_FIDELITY = Field(
     "input_fidelity",
     "enum",
-    "How strongly the input image's own CLIP embedding steers the repaint: low, the prompt's alone; "
-    "high, an even mix of the two.",
+    "How much of the input survives. Whole-image edits (no mask): high keeps more of the picture "
+    "(the decoder starts from less noise); masked edits: high mixes the input's own CLIP embedding half into "
+    "the prompt's, low uses the prompt's alone (docs/edits.md).",
     choices=("low", "high"),
     default="low",
 )
-IMAGE = Field("image", "file", "The input image (PNG, JPEG or WebP); edits take a list of one.", required=True)
+IMAGE = Field("image", "file", "The input image (PNG, JPEG or WebP).", required=True)
+EDIT_IMAGE = Field(
+    "image",
+    "file",
+    f"The image to edit (PNG, JPEG or WebP), or a list of up to {MAX_EDIT_IMAGES}: the first is edited (and is the "
+    "one a mask applies to), all are mixed into the prompt's image embedding as references.",
+    required=True,
+    many=True,
+)
 MASK = Field("mask", "file", "Its fully transparent pixels mark the area to repaint.")
 MARKUP = Field(
     "markup",
@@ -219,6 +232,32 @@ GUIDANCE_MIN_TIMESTEP = Field(
     high=MAX_TIMESTEP,
     extension=True,
 )
+STRENGTH = Field(
+    "strength",
+    "number",
+    "Whole-image edits (no mask): the share of the decoder's schedule run from the input noised to it; "
+    "1 starts from noise. Above 0. Default: input_fidelity's.",
+    low=0.0,
+    high=1.0,
+    extension=True,
+)
+INPUT_IMAGE_WEIGHT = Field(
+    "input_image_weight",
+    "number",
+    "Edits: the share (spherical interpolation) of the input images' own CLIP embedding mixed into the prompt's. "
+    "Default: input_fidelity's.",
+    low=0.0,
+    high=1.0,
+    extension=True,
+)
+IMAGE_WEIGHTS = Field(
+    "image_weights",
+    "numbers",
+    "Edits: one relative weight (0-100) per input image, in order, for their embedding mix; default equal.",
+    low=0.0,
+    high=MAX_IMAGE_WEIGHT,
+    extension=True,
+)
 
 _SHARED = (MODEL, N, SIZE, QUALITY, RESPONSE_FORMAT, OUTPUT_FORMAT, OUTPUT_COMPRESSION, USER)
 _OUTPUT_EXTRAS = (BACKGROUND, FRAME_COUNT, FRAME_DURATION_MS, SVG, COMPLEXITY, MODERATION, SAFETY_IDENTIFIER, STREAM)
@@ -227,8 +266,8 @@ _EXTENSIONS = (SEED, NEGATIVE_PROMPT, PRIOR_STEPS, PRIOR_GUIDANCE, DECODER_STEPS
 GENERATION = (PROMPT, *_SHARED, *_OUTPUT_EXTRAS, STYLE, PARTIAL_IMAGES, *_EXTENSIONS, GUIDANCE_MIN_TIMESTEP)
 # Multipart edits; JSON edits send images/mask as {"image_url": ...} references instead (protocol.openapi).
 EDIT = (
-    IMAGE, PROMPT, MASK, MARKUP, INPUT_FIDELITY, *_SHARED, *_OUTPUT_EXTRAS, PARTIAL_IMAGES, *_EXTENSIONS,
-    GUIDANCE_MIN_TIMESTEP,
+    EDIT_IMAGE, PROMPT, MASK, MARKUP, INPUT_FIDELITY, *_SHARED, *_OUTPUT_EXTRAS, PARTIAL_IMAGES, *_EXTENSIONS,
+    GUIDANCE_MIN_TIMESTEP, STRENGTH, INPUT_IMAGE_WEIGHT, IMAGE_WEIGHTS,
 )  # fmt: skip
 VARIATION = (
     IMAGE, *_SHARED, SAFETY_IDENTIFIER, SEED, DECODER_STEPS, DECODER_GUIDANCE, GUIDANCE_MIN_TIMESTEP,

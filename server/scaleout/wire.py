@@ -23,6 +23,7 @@ Message = dict[str, Any]
 WireImage = tuple[str, int, int, bytes]  # mode, width, height, raw pixels
 _CALLBACKS = ("on_preview", "should_cancel", "on_progress")  # set on each side, never sent
 _IMAGES = ("image", "mask")
+_IMAGE_LISTS = ("references",)
 
 
 class RemoteError(RuntimeError):
@@ -39,11 +40,14 @@ def image_from_wire(data: WireImage) -> Image.Image:
 
 
 def job_to_wire(job: ImageJob) -> Message:
-    data = {f.name: getattr(job, f.name) for f in fields(job) if f.name not in _CALLBACKS + _IMAGES}
+    sent_apart = _CALLBACKS + _IMAGES + _IMAGE_LISTS
+    data = {f.name: getattr(job, f.name) for f in fields(job) if f.name not in sent_apart}
     data["preset"] = asdict(job.preset)
     for name in _IMAGES:
         image = getattr(job, name)
         data[name] = None if image is None else image_to_wire(image)
+    for name in _IMAGE_LISTS:
+        data[name] = [image_to_wire(image) for image in getattr(job, name)]
     return data
 
 
@@ -53,6 +57,8 @@ def job_from_wire(data: Message) -> ImageJob:
     for name in _IMAGES:
         if values[name] is not None:
             values[name] = image_from_wire(values[name])
+    for name in _IMAGE_LISTS:
+        values[name] = [image_from_wire(image) for image in values[name]]
     return ImageJob(**values)
 
 

@@ -32,7 +32,7 @@ from ..protocol.fields import read_json
 from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
 from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
-from .masks import decode_edit_inputs
+from .masks import decode_edit_images
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
 from .uploads import read_edit_body, read_variation_body
@@ -112,20 +112,24 @@ class ImageServing:
     async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
         model = self._resolve(request, edit.options.model, "edit")
         fit = _input_fit(edit.options, edit.size_from_input, model.info)
-        original, repaint = await self._decode(
-            decode_edit_inputs, edit.image, edit.image_param, edit.mask, self.upload_limits, fit, edit.markup
+        images, repaint = await self._decode(
+            decode_edit_images, edit.images, edit.image_param, edit.mask, self.upload_limits, fit, edit.markup
         )
+        original = images[0]
         edit = edit.sized_for(original, model.info)
-        job = edit.to_job(model.info, model.api_style, original, repaint)
+        job = edit.to_job(model.info, model.api_style, images, repaint)
         options = edit.options
         log.info(
-            "edit model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. stream=%s user=%r "
+            "edit model=%s (%s) n=%d input=%dx%d images=%d %s size=%s native=%dx%d seeds=%d.. stream=%s user=%r "
             "safety_identifier=%r [request_id=%s]",
-            model.requested, model.name, job.n, original.width, original.height, options.size.label, job.width,
+            model.requested, model.name, job.n, original.width, original.height, len(images),
+            "masked" if repaint is not None else f"whole strength={job.strength}", options.size.label, job.width,
             job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
-        composite = edit_compositor(original, repaint, options.size.width, options.size.height)
+        composite = None  # a whole-image edit keeps no pixel of the input as it was
+        if repaint is not None:
+            composite = edit_compositor(original, repaint, options.size.width, options.size.height)
         # Previews are stretched to the requested size, as the composited result is (never cropped).
         return StartedJob(model, options, handle, fit_preview=resize_exactly, prepare=composite)
 

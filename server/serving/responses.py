@@ -32,7 +32,7 @@ from ..protocol.responses import ResponsesRequest, parse_responses_request, tool
 from .images import ImageServing, StartedJob
 from .kept import KeptResponse, KeptResponses
 from .streaming import job_event_response
-from .uploads import _refuse_several_images, data_url_bytes
+from .uploads import data_url_bytes, refuse_too_many_images
 
 log = logging.getLogger("easel.responses")
 
@@ -126,8 +126,8 @@ class ResponsesServing:
         if mask is not None and not images:
             raise invalid(f"{tool_param}.input_image_mask", "A mask needs an input image to edit.")
         if images:
-            # The Images API's own rule on how many images one edit takes, so both change together.
-            _refuse_several_images(len(images), "input")
+            # The Images API's own rule on how many images one edit takes (16), so both change together.
+            refuse_too_many_images(len(images), "input")
             edit = EditRequest.parse(UploadedBody(fields, False, "input", images, mask))
             started = await self.images.start_edit(request, edit)
             return ResponseDraft(parsed, started.options, "edit"), started  # options sized for the input

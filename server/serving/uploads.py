@@ -6,9 +6,10 @@ bytes into pixels is :mod:`server.serving.decoding`.
 
 Edits arrive as ``multipart/form-data`` (one ``image`` part, or ``image[]``
 parts for a list, optional ``mask``) or ``application/json`` with ``images:
-[{"image_url": "data:..."}]`` and ``mask: {"image_url": ...}`` (``markup`` likewise). One image per
-edit: OpenAI takes up to 16, the extra ones as references, which
-prior+decoder models cannot use, so more are refused rather than dropped.
+[{"image_url": "data:..."}]`` and ``mask: {"image_url": ...}`` (``markup`` likewise). Up to 16
+images per edit, as OpenAI: the first is edited, the others are references.
+Repeated ``name[]`` text parts (how the openai SDK sends a list field, e.g.
+``image_weights``) arrive as a list under ``name``.
 
 JSON edits accept only ``data:`` URLs with base64 content. Easel never fetches
 ``http(s)`` URLs: a server that fetches what clients name can be steered at
@@ -27,12 +28,13 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from ..errors import invalid, shown
+from ..errors import APIError, invalid, shown
 from ..protocol.edits import UploadedBody
 from ..protocol.fields import media_type, parse_json, require_object
 from .decoding import UploadLimits
 
 MAX_FILE_PARTS = 20  # OpenAI takes up to 16 images and a mask; more is refused by the parser
+MAX_EDIT_IMAGES = 16  # OpenAI's limit
 EDIT_FILE_PARTS = frozenset({"image", "image[]", "mask", "markup"})
 JSON_IMAGE_FIELDS = ("images", "mask", "markup")
 
@@ -54,6 +56,13 @@ async def read_multipart(request: Request, file_parts: frozenset[str], limits: U
     files: dict[str, list[bytes]] = {}
     async with request.form(max_files=MAX_FILE_PARTS) as form:
         for name, value in form.multi_items():
+            if name not in file_parts and name.endswith("[]"):  # a list field, one part per item
+                items = fields.setdefault(name.removesuffix("[]"), [])
+                if not isinstance(items, list) or not isinstance(value, str):
+                    param = part_param(name)
+                    raise invalid(param, f"'{param}' was given both as a value and as a list.", code="invalid_value")
+                items.append(value)
+                continue
             if name not in file_parts:
                 if name in fields:
                     raise invalid(shown(name), f"'{shown(name)}' was given more than once.", code="invalid_value")
@@ -84,7 +93,7 @@ async def read_edit_body(request: Request, limits: UploadLimits) -> UploadedBody
         body = await read_multipart(request, EDIT_FILE_PARTS, limits)
         mask, markup = _at_most_one(body, "mask"), _at_most_one(body, "markup")
         images = body.files.get("image", []) + body.files.get("image[]", [])
-        _refuse_several_images(len(images), "image")
+        refuse_too_many_images(len(images), "image")
         return UploadedBody(body.fields, True, "image", images, mask, markup)
     if kind == "application/json":
         return await asyncio.to_thread(_json_edit_body, await request.body(), limits)
@@ -103,12 +112,11 @@ def _at_most_one(body: MultipartBody, part: str) -> bytes | None:
     return files[0] if files else None
 
 
-def _refuse_several_images(count: int, param: str) -> None:
-    if count > 1:
+def refuse_too_many_images(count: int, param: str) -> None:
+    if count > MAX_EDIT_IMAGES:
         raise invalid(
             param,
-            f"Easel edits one image per request, but {count} were sent. Send a single image (and optionally a mask): "
-            "prior+decoder models cannot use extra images as references.",
+            f"An edit takes at most {MAX_EDIT_IMAGES} images, but {count} were sent.",
             code="invalid_value",
         )
 
@@ -119,11 +127,21 @@ def _json_edit_body(raw: bytes, limits: UploadLimits) -> UploadedBody:
     refs = payload.get("images")
     if refs is not None and not isinstance(refs, list):
         raise invalid("images", "'images' must be an array of {\"image_url\": ...} objects.", code="invalid_type")
-    _refuse_several_images(len(refs or []), "images")
-    images = [image_ref_bytes(ref, "images", limits) for ref in refs or []]
+    refuse_too_many_images(len(refs or []), "images")
+    images = [_numbered_ref(ref, number, len(refs or []), limits) for number, ref in enumerate(refs or [], start=1)]
     mask, markup = (_optional_ref(payload, name, limits) for name in ("mask", "markup"))
     fields = {name: value for name, value in payload.items() if name not in JSON_IMAGE_FIELDS}
     return UploadedBody(fields, False, "images", images, mask, markup)
+
+
+def _numbered_ref(ref: object, number: int, count: int, limits: UploadLimits) -> bytes:
+    """One of the ``images``; with several, an error says which (1-based)."""
+    try:
+        return image_ref_bytes(ref, "images", limits)
+    except APIError as error:
+        if count == 1:
+            raise
+        raise invalid("images", f"Image {number} of {count}: {error.message}", code=error.code) from None
 
 
 def _optional_ref(payload: dict[str, Any], name: str, limits: UploadLimits) -> bytes | None:

@@ -74,13 +74,6 @@ BAD_UPLOADS = {
         "mask",
         "The 'mask' file is a GIF file; upload a PNG, JPEG or WebP image.",
     ),
-    "no mask and no alpha": (
-        rgb_jpeg(),
-        None,
-        "mask",
-        "No mask was given and the image has no alpha channel, so nothing marks the area to edit: "
-        "send a mask whose fully transparent pixels (alpha 0) cover it, or an image with such pixels.",
-    ),
     "mask without alpha": (
         PICTURE_PNG,
         encode(Image.new("L", (WIDTH, HEIGHT), 0)),

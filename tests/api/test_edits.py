@@ -128,15 +128,15 @@ def test_a_list_of_one_image_goes_as_image_array_and_works(client: openai.OpenAI
     assert decoded(result.data[0].b64_json).size == (WIDTH, HEIGHT)
 
 
-def test_several_images_are_refused_not_dropped(client: openai.OpenAI) -> None:
+def test_more_than_sixteen_images_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(
-            image=[("a.png", PICTURE_PNG, "image/png"), ("b.png", PICTURE_PNG, "image/png")],
+            image=[(f"{i}.png", PICTURE_PNG, "image/png") for i in range(17)],
             prompt="a blue square",
             extra_body=FAST,
         )
     assert info.value.param == "image"
-    assert info.value.body["message"].startswith("Easel edits one image per request, but 2 were sent.")
+    assert info.value.body["message"] == "An edit takes at most 16 images, but 17 were sent."
 
 
 def test_without_a_mask_the_images_transparent_pixels_are_repainted(client: openai.OpenAI) -> None:
@@ -218,7 +218,7 @@ def test_json_body_with_data_urls(api_server) -> None:
             "'images' is a remote URL; Easel does not fetch",
         ),
         ([{"file_id": "file-abc"}], None, "images", "'images' uses file_id, but Easel has no Files API"),
-        ([{"image_url": data_url(PICTURE_PNG)}] * 2, None, "images", "Easel edits one image per request, but 2"),
+        ([{"image_url": data_url(PICTURE_PNG)}] * 17, None, "images", "An edit takes at most 16 images, but 17"),
         ({"image_url": data_url(PICTURE_PNG)}, None, "images", "'images' must be an array"),
         (None, None, "images", "Missing required parameter: 'images'."),
         ([{"image_url": data_url(PICTURE_PNG)}], {"file_id": "file-m"}, "mask", "'mask' uses file_id"),

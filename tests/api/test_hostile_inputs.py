@@ -186,7 +186,7 @@ ROWS = [
     ),
     Row("JSON edit with an http URL", json_edit(SSRF), 400, "images"),
     Row("JSON edit with a file_id", json_edit({"images": [{"file_id": "file-1"}]}), 400, "images"),
-    Row("edit with two images", upload("edits", [image_part(PICTURE_PNG, "image[]")] * 2), 400, "image"),
+    Row("edit with 17 images", upload("edits", [image_part(PICTURE_PNG, "image[]")] * 17), 400, "image"),
     Row("unknown model", generation({"model": "dall-e-9"}), 404, "model", "model_not_found"),
     Row("a key given twice", generation(b'{"prompt": "x", "n": 1, "n": 10}'), 400, "n", "duplicate_parameter"),
     Row("3 MB unknown field name", generation({"x" * 3_000_000: 1}), 400, "x" * 256 + "…[2999744 more characters]"),

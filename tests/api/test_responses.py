@@ -200,13 +200,35 @@ def test_a_client_without_state_sends_the_earlier_call_back(client: openai.OpenA
         client.responses.retrieve(first.id)  # store: false keeps nothing
 
 
-def test_two_input_images_follow_the_images_apis_one_image_rule(api_server: LiveServer) -> None:
+def test_an_opaque_photo_without_a_mask_is_edited_whole(client: openai.OpenAI) -> None:
+    """Home Assistant's AI Task with an attached photo: no mask, no transparent area, as gpt-image models take it."""
+    photo = Image.new("RGB", (SIZE, SIZE), (30, 160, 90))
+    content = [
+        {"type": "input_text", "text": "make it night"},
+        {"type": "input_image", "image_url": data_url(png(photo)), "detail": "auto"},
+    ]
+    response = client.responses.create(
+        model="gpt-4o-mini", input=[{"role": "user", "content": content}], tools=[FAST_TOOL]
+    )
+    call = response.output[0]
+    assert call.action == "edit" and call.size == f"{SIZE}x{SIZE}"
+    assert pixels(call.result).shape == (SIZE, SIZE, 3)
+
+
+def test_several_input_images_follow_the_images_apis_edit_rule(api_server: LiveServer) -> None:
     image = {"type": "input_image", "image_url": data_url(png(holed_photo()))}
+    body = {"model": "m", "tools": [FAST_TOOL]}
     content = [{"type": "input_text", "text": "combine them"}, image, image]
-    body = {"model": "m", "input": [{"role": "user", "content": content}], "tools": [FAST_TOOL]}
-    response = httpx.post(api_server.api_url + "/responses", json=body, timeout=30)
+    response = httpx.post(
+        api_server.api_url + "/responses", json={**body, "input": [{"role": "user", "content": content}]}, timeout=60
+    )
+    assert response.status_code == 200 and response.json()["output"][0]["action"] == "edit"
+    content = [{"type": "input_text", "text": "combine them"}, *[image] * 17]
+    response = httpx.post(
+        api_server.api_url + "/responses", json={**body, "input": [{"role": "user", "content": content}]}, timeout=60
+    )
     error = assert_envelope(response, 400, param="input")
-    assert "2 were sent" in error["message"]
+    assert "at most 16 images, but 17 were sent" in error["message"]
 
 
 def test_a_shutting_down_server_answers_503(api_server: LiveServer) -> None:

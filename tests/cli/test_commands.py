@@ -84,6 +84,15 @@ def test_edit_here_keeps_the_unmasked_pixels(tiny_home, tmp_path: Path, capsys):
     assert "decoder  : 100%" in capsys.readouterr().err
 
 
+def test_edit_here_without_a_mask_edits_the_whole_image(tiny_home, tmp_path: Path) -> None:
+    image = png(tmp_path / "photo.png", (96, 64))
+    argv = ["edit", str(image), "make it night", "--seed", "4", "--out", str(tmp_path)]
+    assert dispatch([*argv, *FAST_FLAGS]) == 0
+    result = Image.open(tmp_path / "photo-edit-4.png").convert("RGB")
+    assert result.size == (96, 64)  # the input's own size
+    assert result.tobytes() != Image.open(image).convert("RGB").tobytes()
+
+
 def test_vary_here_names_each_file_by_its_seed(tiny_home, tmp_path: Path, capsys):
     image = png(tmp_path / "input.png", (64, 64), colour=(20, 160, 40))
     assert (

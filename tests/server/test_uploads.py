@@ -224,10 +224,12 @@ def test_mask_size_must_match_the_image() -> None:
     assert error.message == "The mask is 32x32 but the image is 48x32; they must have the same dimensions."
 
 
-def test_no_mask_and_no_alpha_is_refused() -> None:
-    error = refused(repaint_mask, noise(), None)
-    assert error.param == "mask"
-    assert error.message.startswith("No mask was given and the image has no alpha channel")
+def test_no_mask_and_no_alpha_edits_the_whole_image() -> None:
+    assert repaint_mask(noise(), None) is None
+
+
+def test_no_mask_and_an_opaque_alpha_channel_edits_the_whole_image() -> None:
+    assert repaint_mask(Image.new("RGBA", (48, 32), (9, 9, 9, 255)), None) is None
 
 
 def test_mask_without_alpha_channel_is_refused() -> None:
@@ -236,13 +238,10 @@ def test_mask_without_alpha_channel_is_refused() -> None:
     assert error.message.startswith("The mask has no alpha channel")
 
 
-@pytest.mark.parametrize("use_mask, owner", [(True, "mask"), (False, "image (no mask was given)")])
-def test_alpha_without_any_transparent_pixel_would_edit_nothing(use_mask: bool, owner: str) -> None:
-    opaque = Image.new("RGBA", (48, 32), (9, 9, 9, 255))
-    image, mask = (noise(), opaque) if use_mask else (opaque, None)
-    error = refused(repaint_mask, image, mask)
+def test_a_mask_without_any_transparent_pixel_would_edit_nothing() -> None:
+    error = refused(repaint_mask, noise(), Image.new("RGBA", (48, 32), (9, 9, 9, 255)))
     assert error.param == "mask"
-    assert error.message == f"The {owner} has no fully transparent pixel (alpha 0): nothing would be edited."
+    assert error.message == "The mask has no fully transparent pixel (alpha 0): nothing would be edited."
 
 
 def test_base64_data_urls_decode() -> None:
