@@ -3,6 +3,7 @@ from noise. Through the openai SDK, against the tiny random-weight Karlo."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,26 @@ def test_sdk_edit_with_two_images(client: openai.OpenAI) -> None:
     two = edit(client, images, extra_body={"seed": 5})
     assert len(two) == 1
     assert two != edit(client, images[:1], extra_body={"seed": 5})  # the reference is mixed in
+
+
+def test_karlo_edits_stream_partial_images(async_client: openai.AsyncOpenAI) -> None:
+    async def collect() -> list:
+        async with async_client:
+            stream = await async_client.images.edit(
+                model=KARLO,
+                image=("photo.png", PICTURE_PNG, "image/png"),
+                prompt="make it night",
+                size="256x256",
+                stream=True,
+                partial_images=1,
+                input_fidelity="high",
+                extra_body={"prior_steps": 2, "decoder_steps": 4},
+            )
+            return [event async for event in stream]
+
+    events = asyncio.run(collect())
+    assert [event.type for event in events] == ["image_edit.partial_image", "image_edit.completed"]
+    assert all(decoded(event.b64_json).size == (256, 256) for event in events)
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,15 @@ def test_whole_image_edit_reference_images_and_their_weights_count(backend):
     assert _edit(backend, 0.6, references=[_picture(1)], image_weights=(1.0, 3.0)) != with_reference
 
 
+def test_a_cancelled_edit_leaves_no_mix_behind(backend):
+    answers = iter([False] * (FAST.prior_steps + 2) + [True] * 100)  # cancelled in the decoder, after the mix
+    edit = job(task="edit", prompt="a cat", image=_picture(0), input_image_weight=0.6)
+    with pytest.raises(Cancelled):
+        backend.run(replace(edit, should_cancel=lambda: next(answers)))
+    assert not backend.pipe.text_proj._forward_pre_hooks
+    assert "step" not in backend.pipe.decoder_scheduler.__dict__
+
+
 def test_a_guidance_interval_in_a_preset_is_refused_not_ignored(backend):
     interval = job(prompt="a cat")
     interval = replace(interval, preset=replace(interval.preset, decoder_guidance_min_timestep=500))
