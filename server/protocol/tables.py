@@ -174,7 +174,8 @@ INPUT_FIDELITY = Field(
     "enum",
     "How much of the input survives. Whole-image edits (no mask): high keeps more of the picture "
     "(the decoder starts from less noise); masked edits: high mixes the input's own CLIP embedding half into "
-    "the prompt's, low uses the prompt's alone (docs/edits.md).",
+    "the prompt's, low uses the prompt's alone; Karlo (whole-image edits from noise): the mix alone, "
+    "low 0.3, high 0.6 (docs/edits.md).",
     choices=("low", "high"),
     default="low",
 )
