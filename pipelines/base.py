@@ -3,10 +3,9 @@
 The engine (in ``server/``) only ever sees the types here: it never imports
 diffusers. A backend only ever sees these types: it never sees HTTP.
 
-A backend produces images at a *native* resolution it chooses with
-:meth:`ModelInfo.native_size_for`; the server fits them to the size the client
-asked for. torch is imported inside the shared steps, not at the top, so the
-server can start listening before torch has loaded.
+A backend produces images at a *native* resolution it chooses with :meth:`ModelInfo.native_size_for`;
+the server fits them to the size the client asked for. torch is imported inside the shared steps, not
+at the top, so the server can start listening before torch has loaded.
 """
 
 from __future__ import annotations
@@ -86,6 +85,8 @@ class ModelInfo:
     complexities: dict[str, PriorPreset] = field(default_factory=dict)  # complexity name -> prior preset
     supports_animation: bool = False  # runs jobs with frames > 1 (an embedding walk per image)
     optimizations: dict[str, Any] = field(default_factory=dict)  # what pipelines.optimize turned on at load
+    edit_modes: tuple[str, ...] = ("masked", "whole_image")  # with "edit" in tasks: the edits it can make
+    edit_strength: bool = True  # whole-image edits start the decoder from the noised input (False: from noise)
 
     def native_size_for(self, width: int, height: int) -> tuple[int, int]:
         """Nearest native resolution with the requested aspect ratio."""

@@ -6,6 +6,11 @@ and ``feature_extractor/`` (CLIPImageProcessor), the components
 UnCLIPImageVariationPipeline adds; without them the task raises
 MissingComponent.
 
+Whole-image edits (no mask) have no image-to-image start: Karlo's decoder
+works in pixels from noise. The prompt goes through the prior as for a
+generation, and the input images' CLIP image embedding is mixed into the
+prior's sample (walks.mix_in_image) before the decoder is conditioned on it.
+
 The output size is fixed by the super-resolution UNet's ``sample_size`` (256
 for Karlo v1 alpha). Karlo has no negative prompt and no step callback: the
 schedulers' ``step`` is observed instead, for cancellation at every step of
@@ -46,6 +51,7 @@ from .device import dtype_name, from_pretrained_options
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
+from .walks import combine_embeds, mix_in_image
 
 VARIATION_COMPONENTS = ("image_encoder", "feature_extractor")
 DEFAULT_SUPER_RES_STEPS = 7  # Karlo's own default, for presets that do not set it
@@ -79,9 +85,11 @@ class KarloBackend:
             min_side=config.min_side,
             max_side=config.max_side,
             fixed_native_size=(side_w, side_h),
-            # Variation stays listed without the image encoder, so a request for it
-            # gets MissingComponent's explanation rather than "unsupported task".
-            tasks=frozenset({"generate", "variation"}),
+            # Variation and edit stay listed without the image encoder, so a request for
+            # them gets MissingComponent's explanation rather than "unsupported task".
+            tasks=frozenset({"generate", "variation", "edit"}),
+            edit_modes=("whole_image",),
+            edit_strength=False,
             presets=presets_for(presets),
             parameter_counts=parameter_counts(components),
             device=str(device),
@@ -163,8 +171,8 @@ class KarloBackend:
             "super_res_num_inference_steps": job.preset.super_res_steps or DEFAULT_SUPER_RES_STEPS,
             "decoder_guidance_scale": job.preset.decoder_guidance,
         }
-        with self._observed(job):
-            if job.task == "generate":
+        with self._observed(job), self._mixed_in(job):
+            if job.task in ("generate", "edit"):
                 output = self.pipe(
                     prompt=job.prompt,
                     num_images_per_prompt=job.n,
@@ -179,6 +187,38 @@ class KarloBackend:
                     image=job.image.convert("RGB"), num_images_per_prompt=job.n, generator=generators, **steps
                 )
         return output.images
+
+    # -- edits ------------------------------------------------------------------------
+
+    def _mixed_in(self, job: ImageJob) -> ExitStack:
+        """For an edit, while the pipeline runs: the prior's image embeddings mixed with the input images' own.
+
+        ``text_proj`` receives the prior's samples, the conditional rows only (it prepends its own learned
+        unconditional embedding for guidance), so replacing its ``image_embeddings`` changes what the decoder
+        and the guidance see and nothing else. Each row's prior sample still comes from its own seed.
+        """
+        stack = ExitStack()
+        if job.task != "edit" or job.input_image_weight <= 0:
+            return stack
+        assert job.image is not None  # _check_job
+        combined = combine_embeds(
+            [self._image_embed(image) for image in (job.image, *job.references)], job.image_weights
+        )
+
+        def mix(module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+            prior = kwargs["image_embeddings"]
+            mixed = mix_in_image(prior, combined.to(prior.dtype), job.input_image_weight)
+            return args, {**kwargs, "image_embeddings": mixed}
+
+        handle = self.pipe.text_proj.register_forward_pre_hook(mix, with_kwargs=True)
+        stack.callback(handle.remove)
+        return stack
+
+    def _image_embed(self, image: Image.Image) -> torch.Tensor:
+        """One image's CLIP image embedding (one row), as the variation pipeline computes it."""
+        assert self.variation_pipe is not None  # _check_job
+        pixels = self.variation_pipe.feature_extractor(images=image.convert("RGB"), return_tensors="pt").pixel_values
+        return self.variation_pipe.image_encoder(pixels.to(self.device, self.dtype)).image_embeds
 
     # -- step observation ---------------------------------------------------------------
 
@@ -225,9 +265,14 @@ class KarloBackend:
 
     def _check_job(self, job: ImageJob) -> None:
         check_job(job, self.info)
-        if job.task == "variation" and self.variation_pipe is None:
+        if job.task == "edit" and job.mask is not None:
+            raise ValueError(f"{self.info.name!r} repaints the whole image only: an edit with a mask is not supported")
+        if job.task == "edit" and job.strength != 1:
+            raise ValueError(f"{self.info.name!r} edits decode from noise: strength must be 1, not {job.strength}")
+        if job.task in ("variation", "edit") and self.variation_pipe is None:
+            what = "make variations" if job.task == "variation" else "edit images"
             raise MissingComponent(
-                f"model {self.info.name!r} cannot make variations: its directory lacks "
+                f"model {self.info.name!r} cannot {what}: its directory lacks "
                 f"{', '.join(self.missing_for_variation)}. Save CLIPVisionModelWithProjection and "
                 "CLIPImageProcessor (from kakaobrain/karlo-v1-alpha-image-variations) into the sub-folders "
                 "image_encoder/ and feature_extractor/ of the model directory."

@@ -54,11 +54,14 @@ class InputMix:
     strength: float | None = None  # strength as sent (None: input_fidelity's)
     image_weights: tuple[float, ...] | None = None  # per input image, as sent
 
-    def for_edit(self, whole_image: bool) -> tuple[float, float]:
-        """(strength, input image weight): a masked edit keeps its long-standing mix and ignores strength."""
+    def for_edit(self, whole_image: bool, from_input: bool = True) -> tuple[float, float]:
+        """(strength, input image weight): a masked edit keeps its long-standing mix and ignores strength; a
+        whole-image edit on a model that cannot start from the input (``from_input`` false) is the mix alone."""
         strength, weight = t.WHOLE_EDIT_FIDELITY[self.fidelity]
         if not whole_image:
             strength, weight = 1.0, t.INPUT_FIDELITY_WEIGHTS[self.fidelity]
+        elif not from_input:
+            strength, weight = 1.0, t.MIX_ONLY_EDIT_FIDELITY[self.fidelity]
         chosen_strength = strength if self.strength is None else self.strength
         return chosen_strength, weight if self.image_weight is None else self.image_weight
 
@@ -113,17 +116,35 @@ class EditRequest:
         """A job for the decoded ``images`` (the first edited) and its repaint ``mask`` (mode "L", 255 = repaint;
         None: the whole image is edited)."""
         check_for_model(self.options, self.prompt, api_style, info)
+        self._check_edit_mode(info, masked=mask is not None)
         if mask is not None and self.mix.strength is not None:
             message = (
                 "'strength' applies to whole-image edits only; this edit marks an area to repaint (a mask, markup "
                 "or transparent pixels), which is generated from noise."
             )
             raise invalid("strength", message, code="unsupported_value")
-        strength, weight = self.mix.for_edit(whole_image=mask is None)
+        strength, weight = self.mix.for_edit(whole_image=mask is None, from_input=info.edit_strength)
         job = build_job(
             "edit", self.options, info, prompt=self.prompt, image=images[0], mask=mask, input_image_weight=weight
         )
         return replace(job, references=images[1:], strength=strength, image_weights=self.mix.image_weights)
+
+    def _check_edit_mode(self, info: ModelInfo, masked: bool) -> None:
+        """Refuse what this model's edits cannot do: a marked area, or a strength it has no use for."""
+        if masked and "masked" not in info.edit_modes:
+            param = "mask" if self.mask is not None else "markup" if self.markup is not None else self.image_param
+            message = (
+                f"Model '{info.name}' repaints the whole image only: it cannot edit an area marked by a mask, "
+                "markup or transparent pixels. Send an opaque image without a mask or markup."
+            )
+            raise invalid(param, message, code="unsupported_value")
+        if self.mix.strength is not None and not info.edit_strength:
+            message = (
+                f"'strength' does not apply to model '{info.name}': it has no image-to-image decoder path, so a "
+                "whole-image edit decodes from noise, steered by the input images' CLIP embedding "
+                "(input_fidelity or input_image_weight)."
+            )
+            raise invalid("strength", message, code="unsupported_value")
 
 
 def read_input_mix(reader: FieldReader, image_count: int) -> InputMix:

@@ -32,7 +32,7 @@ def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
         "complexity_presets": {name: asdict(preset) for name, preset in info.complexities.items()},
         "supports_animation": info.supports_animation,
         # Edits: an area marked by a mask, markup or transparency (inpainting), or the whole image (image to image).
-        "edit_modes": ["masked", "whole_image"] if "edit" in info.tasks else [],
+        "edit_modes": list(info.edit_modes) if "edit" in info.tasks else [],
         "parameter_counts": dict(info.parameter_counts),
         "device": info.device,
         "dtype": info.dtype,

@@ -41,6 +41,8 @@ FORMAT_NOTES = {"png": "PNG is lossless", "gif": "GIF frames are palette images"
 INPUT_FIDELITY_WEIGHTS = {"low": 0.0, "high": 0.5}  # masked edits: share of the input's own embedding (docs/edits.md)
 # Whole-image edits (no mask): (strength, mix) per input_fidelity, chosen by benchmarks/bench_edit_quality.py.
 WHOLE_EDIT_FIDELITY = {"low": (0.9, 0.0), "high": (0.8, 0.0)}
+# Whole-image edits on a model that decodes from noise (Karlo): the mix alone, chosen, not measured (docs/edits.md).
+MIX_ONLY_EDIT_FIDELITY = {"low": 0.3, "high": 0.6}
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ INPUT_FIDELITY = Field(
     "enum",
     "How much of the input survives. Whole-image edits (no mask): high keeps more of the picture "
     "(the decoder starts from less noise); masked edits: high mixes the input's own CLIP embedding half into "
-    "the prompt's, low uses the prompt's alone (docs/edits.md).",
+    "the prompt's, low uses the prompt's alone; Karlo (whole-image edits from noise): the mix alone, "
+    "low 0.3, high 0.6 (docs/edits.md).",
     choices=("low", "high"),
     default="low",
 )
@@ -236,7 +239,7 @@ STRENGTH = Field(
     "strength",
     "number",
     "Whole-image edits (no mask): the share of the decoder's schedule run from the input noised to it; "
-    "1 starts from noise. Above 0. Default: input_fidelity's.",
+    "1 starts from noise. Above 0. Default: input_fidelity's. Refused for Karlo, which decodes edits from noise.",
     low=0.0,
     high=1.0,
     extension=True,

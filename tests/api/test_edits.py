@@ -259,14 +259,14 @@ def post_multipart(api_server, files: list, data: dict | None = None) -> httpx.R
     )
 
 
-def test_karlo_cannot_edit(api_server) -> None:
+def test_karlo_cannot_edit_a_masked_area(api_server) -> None:
     response = post_multipart(
         api_server,
         [("image", ("a.png", PICTURE_PNG, "image/png")), ("mask", ("m.png", MASK_PNG, "image/png"))],
         {"model": KARLO},
     )
-    error = assert_envelope(response, 400, param="model", code="unsupported_model")
-    assert error["message"] == "Model 'karlo-tiny' does not support image edits."
+    error = assert_envelope(response, 400, param="mask", code="unsupported_value")
+    assert error["message"].startswith("Model 'karlo-tiny' repaints the whole image only")
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,8 @@ def test_karlo_capabilities(api_server: LiveServer):
     caps = httpx.get(api_server.api_url + f"/models/{KARLO}").json()["capabilities"]
     assert caps["family"] == "karlo"
     assert caps["fixed_native_size"] == caps["native_size"]
-    assert caps["endpoints"] == ["generations", "variations"]
+    assert caps["endpoints"] == ["generations", "edits", "variations"]
+    assert caps["edit_modes"] == ["whole_image"]  # decoded from noise: no masked edits
     assert caps["supports_negative_prompt"] is False
     assert caps["supports_guidance_interval"] is False
     assert caps["quality_presets"]["high"]["super_res_steps"] is not None

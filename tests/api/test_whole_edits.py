@@ -157,7 +157,7 @@ def test_json_edit_with_several_images(api_server: LiveServer, fidelity: str | N
 def test_models_list_the_edit_modes(api_server: LiveServer) -> None:
     models = {model["id"]: model for model in httpx.get(api_server.api_url + "/models", timeout=30).json()["data"]}
     assert models[TINY]["capabilities"]["edit_modes"] == ["masked", "whole_image"]
-    assert models[KARLO]["capabilities"]["edit_modes"] == []  # Karlo serves no edits
+    assert models[KARLO]["capabilities"]["edit_modes"] == ["whole_image"]  # Karlo repaints the whole image only
 
 
 def test_openapi_documents_the_edit_fields(api_server: LiveServer) -> None:

@@ -82,7 +82,8 @@ def test_model_info(backend):
     assert info.fixed_native_size == NATIVE
     assert info.native_size_for(1792, 1024) == NATIVE
     assert info.native_area == 64 * 64
-    assert info.tasks == {"generate", "variation"}
+    assert info.tasks == {"generate", "variation", "edit"}
+    assert (info.edit_modes, info.edit_strength) == (("whole_image",), False)
     assert info.supports_negative_prompt is False
     assert set(info.parameter_counts) == {
         "text_encoder",
@@ -137,12 +138,52 @@ def test_variation(backend):
     assert images[0].tobytes() != images[1].tobytes()
 
 
-def test_negative_prompt_and_edit_are_refused(backend):
+def test_negative_prompt_masked_edit_and_strength_are_refused(backend):
     with pytest.raises(ValueError, match="negative_prompt"):
         backend.run(job(prompt="a cat", negative_prompt="a dog"))
     mask = Image.new("L", NATIVE, 255)
-    with pytest.raises(ValueError, match="edit"):
+    with pytest.raises(ValueError, match="repaints the whole image only"):
         backend.run(job(task="edit", prompt="a cat", image=Image.new("RGB", NATIVE), mask=mask))
+    with pytest.raises(ValueError, match="strength must be 1"):
+        backend.run(job(task="edit", prompt="a cat", image=Image.new("RGB", NATIVE), strength=0.5))
+
+
+def _picture(seed: int) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((48, 80, 3)) * 255).astype(np.uint8))
+
+
+def _edit(backend, weight: float, **kwargs) -> list[bytes]:
+    edit = job(task="edit", n=2, prompt="a cat", image=_picture(0), input_image_weight=weight, **kwargs)
+    images = backend.run(edit)
+    assert [image.size for image in images] == [NATIVE, NATIVE]
+    return [image.tobytes() for image in images]
+
+
+def test_whole_image_edit_mixes_the_input_embedding_into_the_prior_sample(backend):
+    mixed = _edit(backend, 0.6)
+    assert mixed == _edit(backend, 0.6)  # same seeds, same images
+    assert mixed[0] != mixed[1]  # each image its own seed
+    # Weight 0 is the prompt's own prior sample: exactly the generation for the same seeds.
+    generated = [image.tobytes() for image in backend.run(job(n=2, prompt="a cat"))]
+    assert _edit(backend, 0.0) == generated
+    assert mixed[0] != generated[0] and mixed[1] != generated[1]
+    assert not backend.pipe.text_proj._forward_pre_hooks  # the mix is gone after the call
+
+
+def test_whole_image_edit_reference_images_and_their_weights_count(backend):
+    alone = _edit(backend, 0.6)
+    with_reference = _edit(backend, 0.6, references=[_picture(1)])
+    assert with_reference != alone
+    assert _edit(backend, 0.6, references=[_picture(1)], image_weights=(1.0, 3.0)) != with_reference
+
+
+def test_a_cancelled_edit_leaves_no_mix_behind(backend):
+    answers = iter([False] * (FAST.prior_steps + 2) + [True] * 100)  # cancelled in the decoder, after the mix
+    edit = job(task="edit", prompt="a cat", image=_picture(0), input_image_weight=0.6)
+    with pytest.raises(Cancelled):
+        backend.run(replace(edit, should_cancel=lambda: next(answers)))
+    assert not backend.pipe.text_proj._forward_pre_hooks
+    assert "step" not in backend.pipe.decoder_scheduler.__dict__
 
 
 def test_a_guidance_interval_in_a_preset_is_refused_not_ignored(backend):
@@ -158,6 +199,8 @@ def test_variation_without_image_encoder_names_what_is_missing(tmp_path):
     assert "image_encoder" not in backend.info.parameter_counts
     with pytest.raises(MissingComponent, match="image_encoder, feature_extractor"):
         backend.run(job(task="variation", image=Image.new("RGB", (32, 32))))
+    with pytest.raises(MissingComponent, match="cannot edit images: its directory lacks image_encoder"):
+        backend.run(job(task="edit", prompt="a cat", image=Image.new("RGB", (32, 32))))
     assert len(backend.run(job(prompt="still generates"))) == 1
 
 
