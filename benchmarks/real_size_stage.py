@@ -1,4 +1,4 @@
-"""One stage of a real-size Kandinsky 2.2 alone: ``python -m benchmarks.real_size_stage unet|prior MODEL_DIR DTYPE``.
+"""One stage of a real-size Kandinsky 2.2 alone: ``python -m benchmarks.real_size_stage unet|prior DIR DTYPE [SIDES]``.
 
 Loads the stage as the pipeline loader does (modules created empty and filled
 once, in ``DTYPE``), then times its forward pass on classifier-free
@@ -25,7 +25,7 @@ EMBED = 1280  # Kandinsky 2.2's CLIP embedding width
 BATCH = 2  # conditional and unconditional
 
 
-def main(stage: str, model_dir: Path, dtype_name: str) -> dict:
+def main(stage: str, model_dir: Path, dtype_name: str, sides: tuple[int, ...] = (512, 768)) -> dict:
     dtype = DTYPES[dtype_name]
     folder = model_dir / FOLDERS[stage]
     start = time.perf_counter()
@@ -38,7 +38,7 @@ def main(stage: str, model_dir: Path, dtype_name: str) -> dict:
             embeds = {"image_embeds": torch.randn(BATCH, EMBED, dtype=dtype)}
             result["seconds_per_step"] = {
                 f"{side}x{side}": _time(lambda s=side: model(_latents(s, dtype), 500, None, added_cond_kwargs=embeds))
-                for side in (512, 768)
+                for side in sides
             }
         else:
             inputs = {
@@ -63,4 +63,5 @@ def _time(step) -> float:  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))
+    sides = tuple(int(side) for side in sys.argv[4].split(",")) if len(sys.argv) > 4 else (512, 768)
+    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], sides)))

@@ -15,7 +15,6 @@ import torch
 
 from .base import ImageBackend
 from .device import choose_device, choose_dtype, from_pretrained_options
-from .hub_compat import register_legacy_names
 from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
 from .presets import presets_for
@@ -69,7 +68,6 @@ def load_backend(
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(torch_device, dtype, family)
     check_fits(name, family, path, torch_device, torch_dtype)  # refuse before a byte is loaded
-    register_legacy_names()
     from .optimize import optimize_backend, resolve
 
     options = optimize or SpeedOptions()

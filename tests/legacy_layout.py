@@ -38,12 +38,16 @@ IMAGE_PROCESSOR_CLASSES = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPI
 _BIN_NAMES = {"model": "pytorch_model", "diffusion_pytorch_model": "diffusion_pytorch_model"}
 
 
-def to_legacy_layout(directory: Path | str) -> Path:
-    """Rewrite ``directory`` (a pipeline directory, or one hub repository's folder) in place; returns it."""
+def to_legacy_layout(directory: Path | str, *, half_image_encoder: bool = True) -> Path:
+    """Rewrite ``directory`` (a pipeline directory, or one hub repository's folder) in place; returns it.
+
+    ``half_image_encoder=False`` keeps the image encoder in float32, for comparisons that need the same weights.
+    """
     directory = Path(directory)
     for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
-        _weights_to_bin(folder, half=folder.name in IMAGE_ENCODER_FOLDERS)
-        _config_to_legacy(folder, half=folder.name in IMAGE_ENCODER_FOLDERS)
+        half = half_image_encoder and folder.name in IMAGE_ENCODER_FOLDERS
+        _weights_to_bin(folder, half=half)
+        _config_to_legacy(folder, half=half)
         if folder.name.endswith("tokenizer"):
             _tokenizer_to_slow_files(folder)
         for name in ("preprocessor_config.json",):
