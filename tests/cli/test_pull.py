@@ -135,7 +135,7 @@ def test_karlo_takes_only_the_image_encoder_from_the_variations_repository(hub: 
     from pipelines.loader import load_backend
 
     backend = load_backend("karlo", "karlo", model)
-    assert backend.info.tasks == {"generate", "variation"} and backend.variation_pipe is not None
+    assert backend.info.tasks == {"generate", "variation", "edit"} and backend.variation_pipe is not None
     assert (model / "image_encoder").is_dir() and (model / "feature_extractor").is_dir()
     assert json.loads((model / "model_index.json").read_text())["_class_name"] == "UnCLIPPipeline"
     from_variations = {
