@@ -15,9 +15,8 @@ from PIL import Image
 
 from server.config import ModelSpec, Settings
 
-from ..conftest import FAST, KARLO, TINY, LiveServer, assert_envelope, running_server
+from ..conftest import EASEL_MINI, FAST, KARLO, TINY, LiveServer, assert_envelope, running_server
 from .test_edits import HEIGHT, HOLE, WIDTH, encode, kept_area, mask_png, picture
-from .test_variations import EASEL_MINI
 
 PROMPT = "a red circle in the top left corner"
 SDK_MODEL_NAMES = typing.get_args(ImageModel)

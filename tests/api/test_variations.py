@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +16,6 @@ from server.config import ModelSpec, Settings
 from tests.api.test_edits import multipart
 from tests.conftest import KARLO, LiveServer, assert_envelope, running_server
 
-EASEL_MINI = Path(__file__).resolve().parents[2] / "weights" / "easel-mini"
 DECODER_FAST = {"decoder_steps": 2}
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK marks variations deprecated
@@ -153,15 +151,6 @@ def test_missing_image_and_json_bodies_are_refused(api_server: LiveServer) -> No
 
 
 # -- the real target: the trained miniature model ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def easel_mini() -> Iterator[LiveServer]:
-    if not (EASEL_MINI / "model_index.json").is_file():
-        pytest.skip("weights/easel-mini is not trained yet")
-    spec = ModelSpec(name="easel-mini", family="kandinsky22", path=EASEL_MINI, presets="easel-mini")
-    with running_server(Settings(models=(spec,))) as live:
-        yield live
 
 
 VARIATION_SOURCES = [("red", "circle"), ("blue", "square")]

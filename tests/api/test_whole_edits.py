@@ -10,17 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from PIL import Image
 
-from server.config import ModelSpec, Settings
 from tests.api.test_edits import HEIGHT, PICTURE_PNG, WIDTH, data_url, decoded, encode, picture, post_multipart
-from tests.api.test_variations import EASEL_MINI
-from tests.conftest import FAST, KARLO, TINY, LiveServer, assert_envelope, running_server
+from tests.conftest import FAST, KARLO, TINY, LiveServer, assert_envelope
 
 JPEG = encode(picture(), "JPEG", quality=90)
 JPEG_BASE64 = base64.b64encode(JPEG).decode()
@@ -229,15 +226,6 @@ def test_sdk_list_fields_are_read(client: openai.OpenAI) -> None:
 
 
 # -- easel-mini: does the edit keep the picture and take the instruction? -----------------------------
-
-
-@pytest.fixture(scope="module")
-def easel_mini() -> Iterator[LiveServer]:
-    if not (EASEL_MINI / "model_index.json").is_file():
-        pytest.skip("weights/easel-mini is not trained yet")
-    spec = ModelSpec(name="easel-mini", family="kandinsky22", path=EASEL_MINI, presets="easel-mini")
-    with running_server(Settings(models=(spec,))) as live:
-        yield live
 
 
 def test_easel_mini_recolours_an_object_in_place(easel_mini: LiveServer) -> None:
