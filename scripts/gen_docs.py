@@ -203,7 +203,7 @@ def options_page() -> str:
         *table(("flag", "what"), rows),
     ]
     intro = (
-        "Every option of `easel serve` (and `easel generate`, `edit`, `vary` where they load a model). "
+        "Every option of `easel serve`. "
         "A flag beats its environment variable, which beats the key in `easel.toml`, which beats the default; "
         "how the file is found and how models, aliases and keys add up: "
         "[Running and configuring](../running.md#configuration). `easel serve --help` prints the same list."
