@@ -161,8 +161,8 @@ def main() -> None:
 
     import ray
 
-    from server.config import ModelSpec, RayServeSettings, Settings
     from server.scaleout.launch import running_on_ray, use_easel_proxy_middleware
+    from server.settings.config import ModelSpec, RayServeSettings, Settings
     from weights.registry import load_registry
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads per replica {args.threads}")

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import CLIENT_CLOSED_REQUEST, APIError, internal_error, invalid, job_error
+from ..http.errors import CLIENT_CLOSED_REQUEST, APIError, internal_error, invalid, job_error
 from ..protocol import tables as t
 from ..protocol.edits import EditRequest, UploadedBody
 from ..protocol.fields import FieldReader, read_json

@@ -28,7 +28,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..engine.base import Engine, JobHandle, JobResult, Preview
-from ..errors import APIError, internal_error, job_error
+from ..http.errors import APIError, internal_error, job_error
 from ..protocol.events import (
     ImageEventFields,
     StreamKind,

@@ -13,7 +13,7 @@ import pytest
 from openai.types.image_model import ImageModel
 from PIL import Image
 
-from server.config import ModelSpec, Settings
+from server.settings.config import ModelSpec, Settings
 
 from ..conftest import EASEL_MINI, FAST, KARLO, TINY, LiveServer, assert_envelope, running_server
 from .test_edits import HEIGHT, HOLE, WIDTH, encode, kept_area, mask_png, picture

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from pipelines.base import ImageJob
-from server.config import ModelSpec, Settings
+from server.settings.config import ModelSpec, Settings
 
 from ..conftest import FAST, SLOW, LiveServer, OneJobAtATime, assert_envelope, running_server
 

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from server.config import ModelSpec, Settings
 from server.serving.kept import KeptResponse, KeptResponses
+from server.settings.config import ModelSpec, Settings
 from tests.api.test_streaming import FailsAfterFirstPreview
 from tests.conftest import TINY, LiveServer, assert_envelope, running_server
 

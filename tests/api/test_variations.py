@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from server.config import ModelSpec, Settings
+from server.settings.config import ModelSpec, Settings
 from tests.api.test_edits import multipart
 from tests.conftest import KARLO, LiveServer, assert_envelope, running_server
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from server.config import ModelSpec, RayServeSettings
+from server.settings.config import ModelSpec, RayServeSettings
 from tests.api.test_metrics import samples, value
 from tests.conftest import FAST, TINY, assert_envelope
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import serve
-from server.config import read_settings
-from server.options import ConfigError
+from server.settings.config import read_settings
+from server.settings.options import ConfigError
 from weights.registry import register_user_model
 
 from ..conftest import TINY
@@ -196,7 +196,7 @@ def test_the_registry_file_is_read_as_before(tiny_model_dirs: dict[str, Path], t
 
 
 def test_the_readme_lists_every_option_with_its_variable():
-    from server.config import OPTIONS
+    from server.settings.config import OPTIONS
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     rows = {line.split("|")[1].strip() for line in readme.splitlines() if line.startswith("| `--")}

@@ -19,11 +19,11 @@ from types import FrameType
 
 import uvicorn
 
-from .app import create_app, drain
-from .config import Settings
-from .middleware import uvicorn_options
-from .serving.models import LoadFailed
-from .state import ServerState
+from ..http.middleware import uvicorn_options
+from ..routes.state import ServerState
+from ..serving.models import LoadFailed
+from ..settings.config import Settings
+from .application import create_app, drain
 
 log = logging.getLogger("easel.runner")
 # Once the jobs are done or cancelled, the answers still in flight get this long to be sent.
@@ -86,7 +86,7 @@ def build_server(settings: Settings, *, on_load_failure: LoadFailed | None = Non
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=None,  # server.logs has set up one format for Easel and uvicorn
+        log_config=None,  # server.observe.logs has set up one format for Easel and uvicorn
         access_log=False,  # the access log is Easel's own, with request ids and models
         timeout_graceful_shutdown=int(SEND_GRACE_SECONDS),
         **uvicorn_options(settings),  # connection limits and deadlines

@@ -4,14 +4,14 @@ Command-line flags beat ``EASEL_*`` environment variables, which beat the
 file (``--config FILE``, ``EASEL_CONFIG``, else ``$EASEL_HOME/easel.toml`` if
 it exists), which beats the declared default. Adding an option is one
 ``option(...)`` field below: its flag, variable and file key follow from its
-name (:mod:`server.options`). The README's "Configuration" section is the
+name (:mod:`server.settings.options`). The README's "Configuration" section is the
 reference.
 
 Models are the exception, as a set: the first of ``--model``,
 ``EASEL_MODELS`` and the file's ``[models]`` that lists any decides which
 are served; with none, the shipped registry's models and those ``easel pull``
 registered in ``$EASEL_HOME``. Each source takes bare names of registered
-models as well as ``NAME=FAMILY:PATH`` (:mod:`server.model_specs`); a
+models as well as ``NAME=FAMILY:PATH`` (:mod:`server.settings.model_specs`); a
 ``--default-model`` that names a registered model serves it too. The
 registry's OpenAI aliases always point at the default model; aliases and API
 keys add up across the sources.
@@ -34,7 +34,7 @@ from .model_specs import ModelSpec, listed_models, not_registered, parse_model_s
 
 __all__ = ["ModelSpec", "Settings", "load_settings", "parse_model_spec", "read_settings"]
 from .options import ConfigError, MiB, option
-from .scaleout.scaling import RayServeSettings
+from .ray_serve import RayServeSettings
 
 if sys.version_info >= (3, 11):
     import tomllib

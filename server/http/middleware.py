@@ -25,9 +25,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import Settings
+from ..observe.metrics import HTTPMetrics
+from ..settings.config import Settings
 from .errors import APIError, error_response, raw_error, shown
-from .metrics import HTTPMetrics
 from .paths import collapse_slashes
 
 access_log = logging.getLogger("easel.access")
@@ -44,7 +44,7 @@ def new_request_id() -> str:
 
 class RequestIdMiddleware:
     """Give every request an id (the client's ``x-request-id`` if sane) and echo it on every response; the
-    outermost middleware, it also reads ``//`` in a path as ``/`` (:mod:`server.paths`).
+    outermost middleware, it also reads ``//`` in a path as ``/`` (:mod:`server.http.paths`).
 
     The id is ``request.state.request_id`` for everything behind this middleware.
     """

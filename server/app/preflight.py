@@ -1,6 +1,6 @@
 """Checks that need the disk or torch, made once before the server listens, so a mistake never serves 503s.
 
-Each failure is a :class:`~server.options.ConfigError` that names the flag,
+Each failure is a :class:`~server.settings.options.ConfigError` that names the flag,
 variable or file entry that set the value. The memory check reads the
 weights' headers and what the device has free, so that a model too large
 for the machine is refused here, in one line, rather than killed half-way
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import ModelSpec, Settings
-from .options import ConfigError
+from ..settings.config import ModelSpec, Settings
+from ..settings.options import ConfigError
 
 HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point the entry at a saved pipeline"
 
@@ -70,7 +70,7 @@ def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
 
 
 def _check_ray_is_installed(settings: Settings) -> None:
-    from .scaleout import why_ray_serve_is_missing
+    from ..scaleout import why_ray_serve_is_missing
 
     missing = why_ray_serve_is_missing()
     if missing is not None:

@@ -1,6 +1,6 @@
 """How ``--ray`` lays the server out on Ray Serve: replicas, autoscaling, resources (no Ray import).
 
-The values are :class:`server.config.Settings` options; this is them taken
+The values are :class:`server.settings.config.Settings` options; this is them taken
 together, with the rules that span several of them.
 """
 

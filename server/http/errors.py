@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from pipelines.base import Cancelled, MissingComponent
 
-from .engine.base import EngineStopped, QueueFull, WorkerLost
+from ..engine.base import EngineStopped, QueueFull, WorkerLost
 
 log = logging.getLogger("easel.errors")
 
