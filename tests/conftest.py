@@ -26,8 +26,8 @@ from starlette.applications import Starlette
 
 from pipelines.base import BatchResult, ImageJob
 from server.app.application import create_app
+from server.app.runner import uvicorn_options
 from server.engine.local import Loader
-from server.http.middleware import uvicorn_options
 from server.routes.state import ServerState
 from server.settings.config import ModelSpec, Settings
 from weights.registry import load_registry

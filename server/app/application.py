@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 from ..engine.base import Engine, EngineMetrics
 from ..engine.local import Loader, LocalEngine, load_backend
 from ..http.cors import cors
-from ..http.errors import EXCEPTION_HANDLERS
+from ..http.error_handlers import EXCEPTION_HANDLERS
 from ..http.middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from ..observe.metrics import Metrics
 from ..routes import files, health, images, models, openapi, operations, playground, responses

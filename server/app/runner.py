@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from ..http.middleware import uvicorn_options
+from patches.h11 import incomplete_event_limit
+from patches.uvicorn import check_h11_protocol
+
+from ..http.connections import ConnectionLimits, RefusalLog
+from ..http.middleware import GuardedH11Protocol
 from ..routes.state import ServerState
 from ..serving.models import LoadFailed
 from ..settings.config import Settings
@@ -92,3 +98,19 @@ def build_server(settings: Settings, *, on_load_failure: LoadFailed | None = Non
         **uvicorn_options(settings),  # connection limits and deadlines
     )
     return EaselServer(config, app.state.easel)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that apply ``settings``' connection limits.
+
+    Each call is one server's: its connections share its limits and its refusal log, and no other server's.
+    """
+    check_h11_protocol()
+    limits = ConnectionLimits(
+        settings.max_connections,
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        header_bytes=incomplete_event_limit(None),
+    )
+    protocol = functools.partial(GuardedH11Protocol, limits=limits, refusals=RefusalLog(limits.max_connections))
+    return {"http": protocol, "timeout_keep_alive": settings.keep_alive_seconds}

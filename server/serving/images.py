@@ -24,7 +24,7 @@ from pipelines.base import ImageJob, ModelInfo, Task
 from pipelines.inpaint import composite_unmasked
 
 from ..engine.base import Engine, JobHandle, JobResult
-from ..http.errors import CLIENT_CLOSED_REQUEST, job_error, shutting_down
+from ..http.errors import CLIENT_CLOSED_REQUEST, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
@@ -32,6 +32,7 @@ from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, im
 from ..settings.config import Settings
 from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .job_errors import job_error
 from .masks import decode_edit_images
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job

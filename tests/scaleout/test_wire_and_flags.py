@@ -13,7 +13,6 @@ from ray.serve.schema import ServeDeploySchema
 
 from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
 from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
-from server.http.errors import job_error
 from server.observe.metrics import Metrics
 from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
 from server.scaleout.engine import RayEngine
@@ -29,6 +28,7 @@ from server.scaleout.wire import (
     result_from_wire,
     result_message,
 )
+from server.serving.job_errors import job_error
 from server.settings.config import load_settings
 from server.settings.ray_serve import RayServeSettings
 
