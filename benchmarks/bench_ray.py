@@ -162,7 +162,9 @@ def main() -> None:
     import ray
 
     from server.scaleout.launch import running_on_ray, use_easel_proxy_middleware
-    from server.settings.config import ModelSpec, RayServeSettings, Settings
+    from server.settings.config import Settings
+    from server.settings.model_specs import ModelSpec
+    from server.settings.ray_serve import RayServeSettings
     from weights.registry import load_registry
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads per replica {args.threads}")

@@ -50,7 +50,8 @@ def describe(name: str, seconds: list[float]) -> str:
 def tiny_server(queue_size: int) -> Iterator[str]:
     """An in-process server on freshly built tiny models; yields its base URL."""
     from pipelines.tiny import build_tiny_kandinsky
-    from server.settings.config import ModelSpec, Settings
+    from server.settings.config import Settings
+    from server.settings.model_specs import ModelSpec
 
     with tempfile.TemporaryDirectory(prefix="easel-bench-") as tmp:
         path = build_tiny_kandinsky(Path(tmp) / "tiny")

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from .app.preflight import check_before_listening
 from .app.runner import EaselServer, build_server
 from .observe.logs import configure_logging
-from .settings.config import Settings, load_settings
+from .settings.config import Settings
+from .settings.loading import load_settings
 from .settings.options import ConfigError, fail
 
 log = logging.getLogger("easel")

@@ -29,7 +29,8 @@ from server.app.application import create_app
 from server.app.runner import uvicorn_options
 from server.engine.local import Loader
 from server.routes.state import ServerState
-from server.settings.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 from weights.registry import load_registry
 
 # The tests' own model calls (tiny models run outside a server) use one thread: over tensors this small,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..settings.config import ModelSpec, Settings
+from ..settings.config import Settings
+from ..settings.model_specs import ModelSpec
 from ..settings.options import ConfigError
 
 HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point the entry at a saved pipeline"

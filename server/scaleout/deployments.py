@@ -29,7 +29,8 @@ from pipelines.base import ImageJob
 from ..app.application import create_app, local_engine_factory
 from ..engine.base import EngineMetrics, ModelToLoad
 from ..serving.job_errors import ERROR_TABLE
-from ..settings.config import Settings, load_settings
+from ..settings.config import Settings
+from ..settings.loading import load_settings
 from ..settings.ray_serve import RayServeSettings
 from .engine import RayEngine, off_the_loop_if_pixels
 from .figures import FigureLog

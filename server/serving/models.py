@@ -22,7 +22,8 @@ from ..http.errors import SERVER_ERROR, APIError, shown
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
 from ..protocol.tables import MAX_N
-from ..settings.config import ModelSpec, Settings
+from ..settings.config import Settings
+from ..settings.model_specs import ModelSpec
 from .model_facts import ModelFacts, model_facts
 
 log = logging.getLogger("easel.models")

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.settings.config import ModelSpec
+from server.settings.model_specs import ModelSpec
 
 from ..conftest import TINY, LiveServer, running_server, tiny_settings
 from ..raw_http import connect, exchange, read_answer, request_head

@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from server.serving.kept import KeptResponse, KeptResponses
-from server.settings.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 from tests.api.test_streaming import FailsAfterFirstPreview
 from tests.conftest import TINY, LiveServer, assert_envelope, running_server
 

@@ -29,7 +29,7 @@ from server.scaleout.wire import (
     result_message,
 )
 from server.serving.job_errors import job_error
-from server.settings.config import load_settings
+from server.settings.loading import load_settings
 from server.settings.ray_serve import RayServeSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import serve
-from server.settings.config import read_settings
+from server.settings.loading import read_settings
 from server.settings.options import ConfigError
 from weights.registry import register_user_model
 

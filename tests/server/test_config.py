@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import serve
-from server.settings.config import read_settings
+from server.settings.loading import read_settings
 from server.settings.options import ConfigError
 from weights.registry import register_user_model
 
@@ -204,3 +204,16 @@ def test_the_readme_lists_every_option_with_its_variable():
     assert missing == []
     for spec in OPTIONS.values():
         assert f"| `{spec.flag}` | `{spec.env}` |" in readme
+
+
+def test_the_ray_options_take_their_defaults_from_ray_serve_settings():
+    # Declared once: a default changed on RayServeSettings is the flag's default too.
+    from dataclasses import fields
+
+    from server.settings.config import Settings
+    from server.settings.ray_serve import RayServeSettings
+
+    declared = {field.name: field.default for field in fields(Settings)}
+    assert {field.name: declared[field.name] for field in fields(RayServeSettings)} == {
+        field.name: field.default for field in fields(RayServeSettings)
+    }

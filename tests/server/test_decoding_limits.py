@@ -14,7 +14,9 @@ from PIL import Image
 from server.http.errors import APIError
 from server.serving.decoding import UploadLimits, decode_variation_input, decoded_bytes, inspect_upload, open_upload
 from server.serving.masks import decode_edit_inputs
-from server.settings.config import ModelSpec, Settings, load_settings
+from server.settings.config import Settings
+from server.settings.loading import load_settings
+from server.settings.model_specs import ModelSpec
 from tests.hostile_files import encode, lying_jpeg, lying_png, lying_webp, zeros_png
 
 LIMITS = UploadLimits()

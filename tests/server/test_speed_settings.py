@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.speed import OPTIMIZATIONS, SpeedOptions
 from server.serving.models import speed_options
-from server.settings.config import load_settings
+from server.settings.loading import load_settings
 
 from ..conftest import FAST, KARLO, TINY, running_server, tiny_settings
 

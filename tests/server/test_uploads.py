@@ -289,7 +289,7 @@ def test_bad_image_references_are_refused(ref: object, message: str) -> None:
 
 
 def test_limits_come_from_the_command_line() -> None:
-    from server.settings.config import load_settings
+    from server.settings.loading import load_settings
 
     argv = ["--model", "m=kandinsky22:/nowhere", "--max-upload-mb", "2", "--max-upload-megapixels", "1.5"]
     limits = UploadLimits.from_settings(load_settings(argv, env={}))

@@ -18,7 +18,9 @@ from server.app.application import create_app
 from server.http.errors import APIError
 from server.protocol.fields import FieldReader, parse_size
 from server.protocol.images import GenerationRequest, check_for_model
-from server.settings.config import ModelSpec, Settings, load_settings, parse_model_spec
+from server.settings.config import Settings
+from server.settings.loading import load_settings
+from server.settings.model_specs import ModelSpec, parse_model_spec
 
 from ..conftest import assert_envelope
 
