@@ -7,9 +7,9 @@ name. Everything else the guard reads of h11 (``Connection.their_state``, ``trai
 
 from __future__ import annotations
 
-from .versions import Tested, check
+from .versions import VersionRange, check
 
-TESTED = Tested("h11", "0.16", "0.17", "h11._connection.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE", __name__)
+TESTED = VersionRange("h11", "0.16", "0.17", "h11._connection.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE", __name__)
 
 
 def incomplete_event_limit(configured: int | None) -> int:

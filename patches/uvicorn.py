@@ -9,9 +9,9 @@ API, so a server checks it with :func:`check_h11_protocol` before it serves with
 
 from __future__ import annotations
 
-from .versions import Tested, UntestedVersion, check
+from .versions import UntestedVersion, VersionRange, check
 
-TESTED = Tested("uvicorn", "0.55", "0.56", "the internals of its h11 protocol class", __name__)
+TESTED = VersionRange("uvicorn", "0.55", "0.56", "the internals of its h11 protocol class", __name__)
 OVERRIDDEN = ("connection_made", "data_received", "on_response_complete", "connection_lost", "send_400_response")
 
 

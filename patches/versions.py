@@ -13,7 +13,7 @@ class UntestedVersion(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Tested:
+class VersionRange:
     """The versions of ``distribution`` a patch module was tested with: ``low <= version < below``."""
 
     distribution: str
@@ -32,7 +32,7 @@ def _release(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
-def check(tested: Tested, installed: str | None = None) -> None:
+def check(tested: VersionRange, installed: str | None = None) -> None:
     """Raise :class:`UntestedVersion` unless ``installed`` (default: what is installed) is in ``tested``'s range."""
     found = installed if installed is not None else _installed(tested.distribution)
     if _release(tested.low) <= _release(found) < _release(tested.below):

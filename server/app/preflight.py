@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from patches.h11 import incomplete_event_limit
+from patches.uvicorn import check_h11_protocol
+from patches.versions import UntestedVersion
+
 from ..settings.config import Settings
 from ..settings.model_specs import ModelSpec
 from ..settings.options import ConfigError
@@ -20,8 +24,11 @@ HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point 
 
 def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | None = None) -> None:
     """Every model directory (or those of ``models``) is there, the asked-for device and dtype exist here, and
-    Ray Serve is installed when ``--ray`` asks for it."""
+    Ray Serve is installed when ``--ray`` asks for it; serving, the HTTP libraries are versions the connection
+    guard was tested with."""
     specs = list(settings.models if models is None else models)
+    if models is None:
+        _check_http_libraries()
     for spec in specs:
         _check_model_dir(spec)
     if settings.device is not None or settings.dtype is not None:
@@ -29,6 +36,14 @@ def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | Non
     _check_memory(settings, specs)
     if settings.use_ray and models is None:  # serving; a command that runs one model locally needs no Ray
         _check_ray_is_installed(settings)
+
+
+def _check_http_libraries() -> None:
+    try:
+        check_h11_protocol()
+        incomplete_event_limit(None)
+    except UntestedVersion as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_model_dir(spec: ModelSpec) -> None:
