@@ -1,11 +1,12 @@
-"""What every request passes before it reaches a route: the connection guard, then four ASGI middlewares.
+"""What every request passes before it reaches a route: four ASGI middlewares, and under them the connection guard.
 
-:class:`GuardedH11Protocol` is uvicorn's h11 protocol with the limits a server facing slow or hostile clients needs
-(README, "Connection limits"; its limits and early answers are :mod:`server.http.connections`). Then a request gets
-its id, its access line and metrics, the API key check and the body limit: plain ASGI classes rather than
-``BaseHTTPMiddleware``, so request bodies stream through untouched and client disconnects stay visible to endpoints.
-They share one module on purpose: every request runs all of them, and the architecture test counts the files a
-request passes (tests/server/test_layout.py). CORS, which only browsers need, is :mod:`server.http.cors`.
+A request gets its id, its access line and metrics, the API key check and the body limit: plain ASGI classes
+rather than ``BaseHTTPMiddleware``, so request bodies stream through untouched and client disconnects stay
+visible to endpoints. :class:`GuardedH11Protocol`, at the end, is uvicorn's h11 protocol with the limits a
+server facing slow or hostile clients needs (README, "Connection limits"; its limits and early answers are in
+:mod:`server.http.connections`). They share one module on purpose: every request runs all of them, and the
+architecture test caps the files a request passes (tests/server/test_layout.py). CORS, which only browsers
+need, is :mod:`server.http.cors`.
 """
 
 from __future__ import annotations
