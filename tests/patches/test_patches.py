@@ -84,3 +84,19 @@ def test_an_explicit_choice_of_online_is_kept(monkeypatch):
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     hub_patch.go_offline()
     assert os.environ["HF_HUB_OFFLINE"] == "0" and hub.HF_HUB_OFFLINE is False
+
+
+def test_serve_refuses_an_untested_http_library_before_listening(monkeypatch, tmp_path, capsys):
+    from patches import versions
+    from server.__main__ import serve
+
+    installed = {"uvicorn": "0.56.0", "h11": version("h11")}
+    monkeypatch.setattr(versions, "_installed", installed.__getitem__)
+    with pytest.raises(SystemExit) as stopped:
+        serve(["--port", "1"], env={"EASEL_HOME": str(tmp_path)})
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "easel: error: uvicorn 0.56.0 is untested: Easel relies on the internals of its h11 protocol class, tested "
+        "with uvicorn>=0.55,<0.56. Install a tested version (pip install 'uvicorn>=0.55,<0.56'), or check that "
+        "code against uvicorn 0.56.0 and widen the range in patches.uvicorn.\n"
+    )
