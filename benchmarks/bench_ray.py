@@ -161,8 +161,10 @@ def main() -> None:
 
     import ray
 
-    from server.config import ModelSpec, RayServeSettings, Settings
     from server.scaleout.launch import running_on_ray, use_easel_proxy_middleware
+    from server.settings.config import Settings
+    from server.settings.model_specs import ModelSpec
+    from server.settings.ray_serve import RayServeSettings
     from weights.registry import load_registry
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads per replica {args.threads}")
@@ -174,7 +176,7 @@ def main() -> None:
     # The default model twice: "one" on 1 replica, "two" on 2, side by side, so their windows can alternate.
     registry = load_registry()
     entry = registry.models[registry.default]
-    models = tuple(ModelSpec(name, entry.backend, entry.path, entry.presets) for name in ("one", "two"))
+    models = tuple(ModelSpec(name, entry.family, entry.path, entry.presets) for name in ("one", "two"))
     with tempfile.TemporaryDirectory(prefix="easel-bench-images-") as image_dir:
         scaling = RayServeSettings(replica_cpus=args.threads)
         settings = Settings(models=models, port=free_port(), image_dir=Path(image_dir), **scaling.as_options())

@@ -29,7 +29,8 @@ from pipelines.device import dtype_name
 from pipelines.loader import load_backend
 from pipelines.presets import presets_for
 from pipelines.speed import SpeedOptions
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 
 FAMILY = "kandinsky22"
 GUIDANCE_INTERVAL_MIN_TIMESTEP = 600  # easel-mini's presets' value

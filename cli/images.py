@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.options import OneLineParser
+from server.settings.options import OneLineParser
 
 RANDOM_SEED_RANGE = 2**31
 SLUG_WORDS = 6

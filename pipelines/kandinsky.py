@@ -16,6 +16,8 @@ import torch
 from diffusers import KandinskyV22InpaintPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
 from PIL import Image
 
+from patches.diffusers import check_tested, prepare_inpaint_masks_with, stop_guidance
+
 from . import kandinsky_mask
 from .base import (
     BatchResult,
@@ -54,8 +56,9 @@ class KandinskyBackend:
         self.prior_pipe: KandinskyV22PriorPipeline = combined.prior_pipe
         self.decoder_pipe: KandinskyV22Pipeline | KandinskyV22InpaintPipeline = combined.decoder_pipe
         self.inpaint_weights = self.decoder_pipe.unet.config.in_channels == INPAINT_UNET_CHANNELS
+        check_tested()  # the diffusers internals patched here and in _GuidanceInterval
         if self.inpaint_weights:
-            kandinsky_mask.install()
+            prepare_inpaint_masks_with(kandinsky_mask.shrink_kept_region)
         self.movq_scale_factor = self.decoder_pipe.movq_scale_factor
         self._zero_image_embed = self._encode_zero_image()
         # Without a negative prompt the prior pipeline re-encodes an all-zero image on
@@ -357,7 +360,7 @@ class _GuidanceInterval:
             return {}
         if int(next_timestep) >= self.min_timestep:
             return {}
-        pipe._guidance_scale = 1.0  # read by the pipeline's loop (and its do_classifier_free_guidance) each step
+        stop_guidance(pipe)
         # Unconditional rows come first (negative embeddings; the mask inputs are two equal copies).
         return {name: tensors[name].chunk(2)[1] for name in self.doubled}
 

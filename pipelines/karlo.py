@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from patches.diffusers import register_unclip
+
 from .base import (
     BatchResult,
     BatchRows,
@@ -50,7 +52,7 @@ from .base import (
 from .device import dtype_name, from_pretrained_options
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
-from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
+from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline
 from .walks import combine_embeds, mix_in_image
 
 VARIATION_COMPONENTS = ("image_encoder", "feature_extractor")
@@ -64,7 +66,7 @@ class KarloBackend:
         if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
             # The super-resolution stage's antialiased bicubic upscale has no CPU half kernel.
             raise ValueError(f"Karlo cannot run in {dtype_name(dtype)} on the CPU: use float32")
-        register_unclip_for_loading()
+        register_unclip()
         config = read_easel_config(model_dir)
         self.device = device
         self.dtype = dtype

@@ -31,6 +31,8 @@ from diffusers.models.attention_processor import (
 )
 from transformers import PreTrainedModel
 
+from patches.torch import cache_compiled_graphs
+
 from .base import ImageBackend, ImageJob
 from .speed import OPTIMIZATIONS, SpeedOptions
 
@@ -275,11 +277,7 @@ def use_compile_cache(directory: Path | None) -> Path:
     """Point Inductor's on-disk caches (FX graphs, Triton kernels) at a directory that survives restarts."""
     path = directory or default_compile_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
-    import torch._inductor.config as inductor_config
-
-    # Inductor reads the variable on every cache lookup; its default lives in /tmp, lost on reboot.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-    inductor_config.fx_graph_cache = True
+    cache_compiled_graphs(path)
     return path
 
 

@@ -28,7 +28,7 @@ KNOWN_PULLS = ("kandinsky-2-2", "kandinsky-2-2-inpaint", "karlo")
 @dataclass(frozen=True)
 class RegisteredModel:
     name: str
-    backend: str  # model family: "kandinsky22" | "karlo"
+    family: str  # "kandinsky22" | "karlo" (pipelines.model_config.FAMILIES)
     path: Path  # absolute
     presets: str  # key into pipelines.presets (a family name)
     owned_by: str
@@ -52,13 +52,15 @@ def easel_home(env: Mapping[str, str] | None = None) -> Path:
 
 
 def _model(name: str, entry: object, base: Path) -> RegisteredModel:
-    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str) or not isinstance(entry.get("path"), str):
-        raise ValueError(f"registry model {name!r} needs string 'backend' and 'path'")
+    # Files written before the key was called "family" say "backend": both are read, "family" is written.
+    family = entry.get("family", entry.get("backend")) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(family, str) or not isinstance(entry.get("path"), str):
+        raise ValueError(f"registry model {name!r} needs string 'family' and 'path'")
     return RegisteredModel(
         name=name,
-        backend=entry["backend"],
+        family=family,
         path=(base / entry["path"]).resolve(),
-        presets=str(entry.get("presets", entry["backend"])),
+        presets=str(entry.get("presets", family)),
         owned_by=str(entry.get("owned_by", "easel")),
         source=str(entry.get("source", "")),
     )

@@ -65,7 +65,7 @@ class JobResult:
 
 @dataclass(frozen=True)
 class EngineMetrics:
-    """Where an engine records its figures: prometheus-client metrics, made per app by :mod:`server.metrics`."""
+    """Where an engine records its figures: prometheus-client metrics, made per app by :mod:`server.observe.metrics`."""
 
     queue_wait: Any  # Histogram by model: seconds from submit to the start of the job's pipeline call
     batch_images: Any  # Histogram by model: images per pipeline call

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipelines.base import ImageJob, ModelInfo
 
-from ..errors import invalid, missing_parameter
+from ..http.errors import invalid, missing_parameter
 from . import tables as t
 from .fields import FieldReader, RequestedSize, read_prompt
 from .images import ApiStyle, ImageOptions, build_job, check_for_model, check_stream_options, read_image_options

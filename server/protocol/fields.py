@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..errors import APIError, invalid, missing_parameter, shown
+from ..http.errors import APIError, invalid, missing_parameter, shown
 from .tables import PROMPT, STANDARD_SIZES, Field
 
 AUTO_SIZE = (1024, 1024)

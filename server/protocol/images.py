@@ -27,7 +27,7 @@ from PIL import Image
 from pipelines.base import ImageJob, ModelInfo, Task
 from pipelines.presets import STYLE_DECODER_GUIDANCE_FACTOR
 
-from ..errors import invalid
+from ..http.errors import invalid
 from . import tables as t
 from .fields import FieldReader, RequestedSize, parse_size, read_prompt, require_object
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import APIError, invalid, missing_parameter
+from ..http.errors import APIError, invalid, missing_parameter
 from . import tables as t
 from .fields import FieldReader, require_object
 from .tables import Field

@@ -26,13 +26,14 @@ from starlette.types import ASGIApp
 
 from pipelines.base import ImageJob
 
-from ..app import create_app, local_engine_factory
-from ..config import Settings, load_settings
+from ..app.application import create_app, local_engine_factory
 from ..engine.base import EngineMetrics, ModelToLoad
-from ..errors import ERROR_TABLE
+from ..serving.job_errors import ERROR_TABLE
+from ..settings.config import Settings
+from ..settings.loading import load_settings
+from ..settings.ray_serve import RayServeSettings
 from .engine import RayEngine, off_the_loop_if_pixels
 from .figures import FigureLog
-from .scaling import RayServeSettings
 from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
 
 log = logging.getLogger("easel.scaleout")

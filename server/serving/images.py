@@ -3,7 +3,7 @@
 A typed request (:mod:`server.protocol.images`) comes in; the answer goes out
 in the style of the model name the client used. The job waits in the engine;
 a client that disconnects before its images are ready cancels it. Log lines
-carry ``request.state.request_id``, set by :class:`~server.middleware.RequestIdMiddleware`.
+carry ``request.state.request_id``, set by :class:`~server.http.middleware.RequestIdMiddleware`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from starlette.types import Receive
 from pipelines.base import ImageJob, ModelInfo, Task
 from pipelines.inpaint import composite_unmasked
 
-from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
-from ..errors import CLIENT_CLOSED_REQUEST, job_error, shutting_down
+from ..http.errors import CLIENT_CLOSED_REQUEST, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
 from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
+from ..settings.config import Settings
 from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .job_errors import job_error
 from .masks import decode_edit_images
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job

@@ -25,7 +25,7 @@ from .options import ConfigError, Sources, text_list
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model to load: a name clients use, a backend family, and a weights directory."""
+    """One model to load: a name clients use, its family, and a weights directory."""
 
     name: str
     family: str
@@ -56,7 +56,7 @@ def registered_models(registry: Registry, registry_path: Path, env: Mapping[str,
     found = [(m, m.source or f"registry {registry_path}") for m in registry.models.values()]
     found += [(m, m.source or f"registry {home / USER_REGISTRY_NAME}") for m in load_user_models(home).values()]
     return {
-        m.name: ModelSpec(m.name, m.backend, m.path, presets=m.presets, owned_by=m.owned_by, source=source)
+        m.name: ModelSpec(m.name, m.family, m.path, presets=m.presets, owned_by=m.owned_by, source=source)
         for m, source in found
     }
 
