@@ -49,7 +49,7 @@ class UploadedBody:
 class InputMix:
     """How an edit's inputs steer it: the mix weights, and where a whole-image edit's decoder starts."""
 
-    fidelity: str  # input_fidelity, low or high
+    fidelity: t.InputFidelity
     image_weight: float | None = None  # input_image_weight as sent (None: input_fidelity's)
     strength: float | None = None  # strength as sent (None: input_fidelity's)
     image_weights: tuple[float, ...] | None = None  # per input image, as sent
