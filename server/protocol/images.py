@@ -178,7 +178,7 @@ class GenerationRequest:
     def to_job(self, info: ModelInfo, api_style: ApiStyle) -> ImageJob:
         check_for_model(self.options, self.prompt, api_style, info)
         check_stream_options(self.options)
-        return build_job("generate", self.options, info, prompt=self.prompt, style=self.style)
+        return build_job(Task.GENERATE, self.options, info, prompt=self.prompt, style=self.style)
 
 
 def max_n_for(api_style: ApiStyle) -> int:

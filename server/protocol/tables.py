@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from pipelines.presets import COMPLEXITIES, QUALITIES, STYLES
+from pipelines.tasks import Task
 
 from .rows import Field, boolean, enum, file, integer, nested, number, numbers, size, string
 
@@ -47,7 +48,7 @@ SVG_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 SVG_EFFORT_DEFAULT = "medium"
 SVG_USAGE_COUNTS = ("input_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 PROMPT_LIMITS = {"dall-e-2": 1000, "dall-e-3": 4000, "gpt-image": MAX_PROMPT_LENGTH, "easel": MAX_PROMPT_LENGTH}
-TASK_ENDPOINTS = {"generate": "image generations", "edit": "image edits", "variation": "image variations"}
+TASK_ENDPOINTS = {Task.GENERATE: "image generations", Task.EDIT: "image edits", Task.VARIATION: "image variations"}
 QUALITY_REPORTED = {"standard": "medium", "auto": "medium", "hd": "high"}  # GPT-image answers; others as asked
 FORMAT_NOTES: dict[OutputFormat, str] = {
     "png": "PNG is lossless",
