@@ -3,7 +3,7 @@
 By default the model runs in this process (:mod:`cli.local`), with a
 progress bar per stage. With ``--server URL`` the request goes to a running
 Easel instead (:mod:`cli.remote`), streaming partial images where the API
-streams. Either way the fields mean what they mean in the API (README), each
+streams. Either way the fields mean what they mean in the API (docs/api.md), each
 file is named after its seed, and a seed is chosen here when none is given so
 that every picture can be made again.
 """

@@ -336,8 +336,9 @@ class _GuidanceInterval:
     """Classifier-free guidance only at high noise: at timesteps below ``min_timestep`` the decoder runs unguided.
 
     Guidance decides what is drawn while the latents are mostly noise; at low noise it over-pushes
-    settled details (README). Stopping is diffusers' dynamic-guidance recipe: scale 1 and the
-    conditional half of every doubled input, so the remaining steps cost half as much.
+    settled details (docs/easel-mini.md, "Guidance at high noise only"). Stopping is diffusers'
+    dynamic-guidance recipe: scale 1 and the conditional half of every doubled input, so the remaining
+    steps cost half as much.
     """
 
     def __init__(self, min_timestep: int | None, *, inpaint: bool):

@@ -1,4 +1,4 @@
-"""Speed settings applied to a loaded backend, once, at load time (README "Fast on a GPU").
+"""Speed settings applied to a loaded backend, once, at load time (docs/performance.md, "Fast on a GPU").
 
 Every diffusers pipeline a backend holds is found among its attributes and its
 models are changed in place: attention implementation, memory layout, fused

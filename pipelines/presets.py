@@ -66,8 +66,8 @@ _FAMILY_PRESETS: dict[str, dict[str, StagePreset]] = {
         ),
     },
     # The embedded miniature model (Kandinsky 2.2 format, trained by pipelines/lab/training). Its decoder is
-    # guided only at t >= 600 (kandinsky._GuidanceInterval); both guidance choices were measured (README).
-    # xhigh and max: more decoder steps, not measured to score better than high on held-out prompts (README).
+    # guided only at t >= 600 (kandinsky._GuidanceInterval); both choices measured (docs/lab.md, "Evaluate").
+    # xhigh and max: more decoder steps, not measured to score better than high (docs/limits.md, "Known gaps").
     "easel-mini": {
         name: _mini(prior_steps, decoder_steps)
         for name, prior_steps, decoder_steps in (

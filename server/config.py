@@ -4,8 +4,8 @@ Command-line flags beat ``EASEL_*`` environment variables, which beat the
 file (``--config FILE``, ``EASEL_CONFIG``, else ``$EASEL_HOME/easel.toml`` if
 it exists), which beats the declared default. Adding an option is one
 ``option(...)`` field below: its flag, variable and file key follow from its
-name (:mod:`server.options`). The README's "Configuration" section is the
-reference.
+name (:mod:`server.options`). The reference is docs/reference/options.md, which
+``scripts/gen_docs.py`` writes from these declarations, and (docs/running.md, "Configuration").
 
 Models are the exception, as a set: the first of ``--model``,
 ``EASEL_MODELS`` and the file's ``[models]`` that lists any decides which
@@ -93,7 +93,7 @@ class Settings:
     sse_keepalive_seconds: float = option(
         15.0, "--sse-keepalive-seconds", opt.number, "SSE comment line on a stream idle this long; 0: never (15)"
     )
-    # -- serving many users (README, "Serving many users") ---------------------------------------------
+    # -- serving many users (docs/serving.md) --------------------------------------------------------
     workers: int | None = option(
         None,
         "--workers",
@@ -113,7 +113,7 @@ class Settings:
     shutdown_timeout: float = option(
         30.0, "--shutdown-timeout", opt.non_negative_number, "seconds to finish jobs after SIGTERM/SIGINT (30)"
     )
-    # -- limits (README, "Limits") ------------------------------------------------------------------
+    # -- limits (docs/limits.md, "Resource limits") ---------------------------------------------------
     max_decode_bytes: int = option(
         int(DEFAULT_MAX_DECODE_MB * MiB),
         "--max-decode-mb",
@@ -135,7 +135,7 @@ class Settings:
     keep_alive_seconds: float = option(
         5.0, "--keep-alive-seconds", opt.positive_number, "an idle kept-alive connection is closed after (5)"
     )
-    # -- Ray Serve (README, "From one machine to a cluster"); the others need --ray ---------------------
+    # -- Ray Serve (docs/ray.md); the others need --ray ----------------------------------------------
     use_ray: bool = option(
         False, "--ray", opt.boolean, "serve on Ray Serve: a local instance, or the cluster in RAY_ADDRESS", switch=True
     )
@@ -159,7 +159,7 @@ class Settings:
         0.0, "--replica-gpus", opt.non_negative_number, "GPUs per model replica (default 0; 0.5: two on a GPU)"
     )
     ingress_replicas: int = option(1, "--ingress-replicas", opt.integer(1), "replicas of the HTTP front end (1)")
-    # -- speed (README, "Fast on a GPU"): applied once, when a model loads --------------------------------
+    # -- speed (docs/performance.md, "Fast on a GPU"): applied once, when a model loads -----------------
     optimize: frozenset[str] | None = option(
         None, "--optimize", speed.parse_enabled, f"auto, none, or any of {', '.join(speed.OPTIMIZATIONS)} (auto)"
     )

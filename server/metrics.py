@@ -3,7 +3,8 @@
 The HTTP figures are recorded by :class:`~server.middleware.AccessLogMiddleware`,
 the engine's by the engine itself (:class:`~server.engine.base.EngineMetrics`);
 queue depth and model state are read when scraped. The names, their labels and
-an example scrape configuration are in the README ("Metrics").
+an example scrape configuration are on docs/reference/metrics.md (generated from
+this registry by ``scripts/gen_docs.py``) and in (docs/serving.md, "Metrics").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Plain ASGI classes rather than ``BaseHTTPMiddleware``, so request bodies stream through untouched and client
 disconnects stay visible to endpoints. :class:`GuardedH11Protocol` is uvicorn's h11 protocol with the limits a server
-facing slow or hostile clients needs (README, "Connection limits"): a cap on open connections, deadlines for a
+facing slow or hostile clients needs (docs/running.md, "Connection limits"): a cap on open connections, deadlines for a
 request's headers and body, and OpenAI error envelopes (``x-request-id``) for what is refused before the app sees it.
 """
 

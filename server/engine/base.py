@@ -95,7 +95,7 @@ class BatchPolicy:
     def for_device(
         cls, device: str, *, workers: int | None, max_batch_images: int | None, batch_wait_ms: float | None
     ) -> BatchPolicy:
-        """The settings given, the rest by device (measured defaults: README, "Serving many users")."""
+        """The settings given, the rest by device (measured: docs/performance.md, "Serving many users")."""
         gpu = not device.startswith(("cpu", "mps"))
         return cls(
             workers=workers or (1 if gpu else 2),

@@ -11,7 +11,7 @@ the OpenAI name's own limits) and converts the request into the
 The name a client asks for decides the answer's style (:data:`ApiStyle`):
 ``dall-e-2``, ``dall-e-3``, GPT image names, or ``easel`` for everything else
 (local names, custom aliases), which answers like ``dall-e-2`` and accepts
-every field. The fields and their meanings are listed in the README.
+every field. The fields and their meanings are listed in docs/api.md and docs/reference/fields.md.
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ def images_response(
             background="opaque",
             output_format=options.output_format,
             quality=gpt_image_quality(options.quality),
-            size=options.size.label,  # any WIDTHxHEIGHT, as the current SDK types it (README)
+            size=options.size.label,  # any WIDTHxHEIGHT, as the SDK types it (docs/api.md)
             usage=usage_block,
         )
         if options.safety_identifier is not None:

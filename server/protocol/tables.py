@@ -4,7 +4,7 @@ Validation (:class:`server.protocol.fields.FieldReader`) reads each field by
 its row here, and ``/openapi.json`` (:mod:`server.protocol.openapi`) is built
 from the same rows, so the document cannot drift from what the server checks.
 A row holds only data, typed by the value it reads as (:mod:`server.protocol.rows`); what the fields mean at
-length is the README's.
+length is docs/api.md's, and docs/reference/fields.md is generated from these rows (``scripts/gen_docs.py``).
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def model_options(scaling: RayServeSettings, shutdown_timeout: float) -> dict[st
 def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
     """The Serve application for ``settings``; ``overrides`` adds deployment options per model name.
 
-    ``settings.image_dir`` must be set, and shared by every ingress replica (README).
+    ``settings.image_dir`` must be set, and shared by every ingress replica
+    (docs/ray.md, "url images behind any replica").
     """
     if settings.image_dir is None:
         raise ValueError("on Ray Serve, url images need an --image-dir that every ingress replica shares")

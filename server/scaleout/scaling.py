@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RayServeSettings:
-    """How ``--ray`` lays the server out on Ray Serve (README, "From one machine to a cluster")."""
+    """How ``--ray`` lays the server out on Ray Serve (docs/ray.md, "Layout")."""
 
     replicas: int = 1  # per model, when not autoscaling
     min_replicas: int | None = None  # both set: each model autoscales between them

@@ -19,7 +19,7 @@ part, ``image`` or ``mask``, as OpenAI answers oversized uploads)
     * Decoding costs what the image is worth: a JPEG is decoded at the smallest
       DCT scale that covers the size its job uses it at (``Fit``), every image
       is shrunk to that size before any conversion, and the decoded pixels'
-      memory is capped by ``--max-decode-mb`` before decoding (README, Edits).
+      memory is capped by ``--max-decode-mb`` before decoding (docs/api.md, "Uploads").
     * A Huffman JPEG claiming more 8x8 blocks than its bytes can code (each
       costs a bit) is refused before decoding; truncated or corrupt files fail
       while decoding. Both answer 400.

@@ -207,7 +207,8 @@ def _read_facts(spec: ModelSpec) -> ModelFacts | None:
 
 def speed_options(settings: Settings) -> SpeedOptions:
     """The speed settings models load with. Compiling warms up, by default, 1 and 2 images (the batch dimension
-    turns symbolic) and the most one pipeline call may hold, which torch compiles apart (README, "Fast on a GPU")."""
+    turns symbolic) and the most one pipeline call may hold, which torch compiles apart
+    (docs/performance.md, "Fast on a GPU")."""
     largest = max(settings.max_batch_images or max(DEFAULT_MAX_BATCH_IMAGES.values()), MAX_N)
     batches = settings.compile_warmup_batches or warmup_batches_for(largest)
     return SpeedOptions(settings.optimize, settings.compile_cache_dir, batches)
