@@ -7,7 +7,7 @@ from enum import Enum
 
 class Task(str, Enum):
     """A task. It compares, hashes, encodes to JSON and reads in every message as its value: ``Task.EDIT == "edit"``,
-    ``f"{Task.EDIT!r}" == "'edit'"``, so no answer, log line or error text changed when the strings became an enum."""
+    ``f"{Task.EDIT!r}" == "'edit'"``, so answers, log lines and error texts name a task as its plain string would."""
 
     GENERATE = "generate"
     VARIATION = "variation"
