@@ -24,7 +24,7 @@ from diffusers import KandinskyV22CombinedPipeline
 from benchmarks import gpu_measure as measure
 from benchmarks.bench_server import in_process_server
 from benchmarks.gpu_models import build_pipeline
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, Task
 from pipelines.device import dtype_name
 from pipelines.loader import load_backend
 from pipelines.presets import presets_for
@@ -85,7 +85,7 @@ def serving_rows(bench: Any, variant: str, enabled: frozenset[str] | None, gener
 
 
 def _job(size: int, preset: Any) -> ImageJob:
-    return ImageJob(task="generate", n=1, width=size, height=size, seeds=[0], preset=preset, prompt=PROMPT)
+    return ImageJob(task=Task.GENERATE, n=1, width=size, height=size, seeds=[0], preset=preset, prompt=PROMPT)
 
 
 def _median(bench: Any, call: Any) -> float:

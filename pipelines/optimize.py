@@ -35,6 +35,7 @@ from patches.torch import cache_compiled_graphs
 
 from .base import ImageBackend, ImageJob
 from .speed import OPTIMIZATIONS, SpeedOptions
+from .tasks import Task
 
 log = logging.getLogger("easel.optimize")
 
@@ -295,7 +296,7 @@ def warm_up(backend: ImageBackend, batches: tuple[int, ...]) -> list[int]:
     for n in batches:
         started = time.monotonic()
         seeds = list(range(n))
-        backend.run(ImageJob("generate", n, width, height, seeds, short, prompt="a warm-up"))
+        backend.run(ImageJob(Task.GENERATE, n, width, height, seeds, short, prompt="a warm-up"))
         log.info(
             "%s: compiled for %d image(s) at %dx%d in %.1f s", info.name, n, width, height, time.monotonic() - started
         )

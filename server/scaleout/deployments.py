@@ -163,7 +163,7 @@ def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | N
         for key, value in (overrides or {}).get(spec.name, {}).items():
             options[key] = {**options[key], **value} if isinstance(value, Mapping) and key in options else value
         deployment = serve.deployment(ModelReplica).options(name=model_deployment_name(spec.name), **options)
-        to_load = ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
+        to_load = ModelToLoad(spec, settings.device, settings.dtype)
         models[spec.name] = deployment.bind(to_load, settings)
     ingress = serve.deployment(EaselIngress).options(
         name=INGRESS_NAME,

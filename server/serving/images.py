@@ -81,7 +81,7 @@ class ImageServing:
         return await self._respond(request, started, prompt=edit.prompt)
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self._resolve(request, variation.options.model, "variation")
+        model = self._resolve(request, variation.options.model, Task.VARIATION)
         fit = _input_fit(variation.options, variation.size_from_input, model.info)
         source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
         variation = variation.sized_for(source, model.info)
@@ -99,7 +99,7 @@ class ImageServing:
     # -- starting jobs: the endpoints here and /v1/responses (server/serving/responses.py) --------
 
     def start_generation(self, request: Request, generation: GenerationRequest) -> StartedJob:
-        model = self._resolve(request, generation.options.model, "generate")
+        model = self._resolve(request, generation.options.model, Task.GENERATE)
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
         log.info(
@@ -111,7 +111,7 @@ class ImageServing:
         return StartedJob(model, options, self._submit(request, model, job))
 
     async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
-        model = self._resolve(request, edit.options.model, "edit")
+        model = self._resolve(request, edit.options.model, Task.EDIT)
         fit = _input_fit(edit.options, edit.size_from_input, model.info)
         images, repaint = await self._decode(
             decode_edit_images, edit.images, edit.image_param, edit.mask, self.upload_limits, fit, edit.markup

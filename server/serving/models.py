@@ -172,9 +172,7 @@ def load_all(
         entry.facts = _read_facts(spec)
         try:
             dtype, speed = settings.dtype_for(spec.family), speed_options(settings)
-            info = engine.load(
-                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, dtype, speed)
-            )
+            info = engine.load(ModelToLoad(spec, settings.device, dtype, speed))
         except EngineStopped:  # the server stopped while this model loaded
             return
         except Exception as error:  # the server keeps running and reports it
