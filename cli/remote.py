@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from .images import CommandError, Request
+from .image_request import CommandError, Request
 
 ENDPOINTS = {"generate": "images/generations", "edit": "images/edits", "variation": "images/variations"}
 TIMEOUT = httpx.Timeout(30.0, read=600.0)  # a slow model on a CPU may take minutes between events
