@@ -28,7 +28,7 @@ from .image_request import CommandError, Request
 
 
 class StageBars:
-    """``ImageJob.on_progress``: one bar per stage (prior, decoder, super_res), on stderr."""
+    """``JobControl.on_progress``: one bar per stage (prior, decoder, super_res), on stderr."""
 
     def __init__(self) -> None:
         self.stage: str | None = None
@@ -50,7 +50,7 @@ class StageBars:
 
 def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
     settings, spec = _settings_and_model(args)
-    from pipelines.base import use_cpu_threads
+    from pipelines.base import JobControl, use_cpu_threads
     from pipelines.loader import load_backend  # torch and diffusers: seconds to import
     from pipelines.speed import SpeedOptions
 
@@ -71,8 +71,7 @@ def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
     bars = StageBars()
     try:
         prepared = prepare_job(_parse(request), backend.info, "easel", UploadLimits.from_settings(settings))
-        prepared.job.on_progress = bars
-        return prepared.finish(backend.run(prepared.job))
+        return prepared.finish(backend.run(prepared.job, JobControl(on_progress=bars)))
     except APIError as error:
         raise CommandError(error.message, error.param) from None
     except ValueError as error:  # a job the model refuses

@@ -29,7 +29,16 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.base import BatchResult, Cancelled, ImageBackend, ImageJob, run_isolated, use_cpu_threads
+from pipelines.base import (
+    BatchResult,
+    Cancelled,
+    ImageBackend,
+    ImageJob,
+    JobControl,
+    Ticket,
+    run_isolated,
+    use_cpu_threads,
+)
 
 from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, Preview, QueueFull
 
@@ -134,7 +143,10 @@ class QueueFigures:
 
 
 class LocalJobHandle(JobHandleBase):
-    """A submitted job, seen from the event loop; worker threads call only its ``*_from_worker`` methods."""
+    """A submitted job, seen from the event loop; worker threads call only its ``*_from_worker`` methods.
+
+    It owns the job's ticket: the backend reaches the handle only through the ticket's control.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, model: str, job: ImageJob, batch_key: Hashable | None):
         super().__init__(loop, job)
@@ -143,8 +155,7 @@ class LocalJobHandle(JobHandleBase):
         self.submitted = time.monotonic()
         self._loop = loop
         self._cancel = threading.Event()
-        job.should_cancel = self._cancel.is_set
-        job.on_preview = self.preview_from_worker
+        self.ticket = Ticket(job, JobControl(on_preview=self.preview_from_worker, should_cancel=self._cancel.is_set))
 
     @property
     def cancelled(self) -> bool:
@@ -349,7 +360,7 @@ class DeviceWorker:
         jobs = [handle.job for handle in batch]
         # Counted here, on the backend's own thread: a tokenizer is not safe to share across threads.
         tokens = [backend.count_tokens(job.prompt) if job.prompt else 0 for job in jobs]
-        result = run_isolated(backend, jobs)
+        result = run_isolated(backend, [handle.ticket for handle in batch])
         seconds = time.monotonic() - started
         self._record(lane, batch, result, seconds, started)
         for handle, outcome, prompt_tokens in zip(batch, result.outcomes, tokens, strict=True):

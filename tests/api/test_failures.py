@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, JobControl
 from server.config import ModelSpec, Settings
 
 from ..conftest import FAST, SLOW, LiveServer, OneJobAtATime, assert_envelope, running_server
@@ -31,7 +31,7 @@ class RaisingBackend(OneJobAtATime):
         self.inner = inner
         self.info = inner.info
 
-    def run(self, job: ImageJob):
+    def run(self, job: ImageJob, control: JobControl):
         raise RuntimeError(f"exploded in {SECRET}")
 
     def count_tokens(self, prompt: str) -> int:

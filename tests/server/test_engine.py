@@ -39,12 +39,12 @@ class CountingBackend(OneJobAtATime):
         self.info = inner.info
         self.tracker = tracker
 
-    def run(self, job):
+    def run(self, job, control):
         with self.tracker["lock"]:
             self.tracker["active"] += 1
             self.tracker["peak"] = max(self.tracker["peak"], self.tracker["active"])
         try:
-            return self.inner.run(job)
+            return self.inner.run(job, control)
         finally:
             with self.tracker["lock"]:
                 self.tracker["active"] -= 1
@@ -61,8 +61,8 @@ class ThreadRecordingBackend(OneJobAtATime):
         self.info = inner.info
         self.token_thread: str | None = None
 
-    def run(self, job):
-        return self.inner.run(job)
+    def run(self, job, control):
+        return self.inner.run(job, control)
 
     def count_tokens(self, prompt):
         self.token_thread = threading.current_thread().name
@@ -190,7 +190,7 @@ class StopIterationBackend(OneJobAtATime):
     def __init__(self, inner) -> None:
         self.info = inner.info
 
-    def run(self, job):
+    def run(self, job, control):
         raise StopIteration("empty")
 
     def count_tokens(self, prompt):
