@@ -29,6 +29,18 @@ class Cancelled(Exception):
     """Raised inside a backend when ``ImageJob.should_cancel`` turns true between steps."""
 
 
+class NonFiniteOutput(Exception):
+    """A stage's output held NaN or infinite values (damaged weights, or a dtype that overflows): the job fails."""
+
+    def __init__(self, model: str, stage: str) -> None:
+        super().__init__(
+            f"Model '{model}' produced NaN or infinite values in its {stage} stage, so it has no image to return. "
+            "Its weights may be damaged, or its dtype may overflow for this input (try --dtype float32)."
+        )
+        self.model = model
+        self.stage = stage
+
+
 class MissingComponent(Exception):
     """The model directory lacks something a task needs (e.g. Karlo's image encoder).
 
@@ -246,41 +258,6 @@ def parameter_counts(components: dict[str, Any]) -> dict[str, int]:
     return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}
 
 
-_NOTHING = object()
-
-
-@contextmanager
-def after_each_step(scheduler: Any, observer: Callable[[int, Any], None]) -> Iterator[None]:
-    """Call ``observer(step_index, step_output)`` after every ``scheduler.step`` inside the block.
-
-    Pipelines expose the latents after each step but not the scheduler's
-    estimate of the clean sample, which makes far better previews, and UnCLIP
-    has no step callback at all. Wrapping the scheduler instance's ``step`` for
-    one call gives both without copying any pipeline loop.
-    """
-    original_step = scheduler.step
-    calls = 0
-
-    def step(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        output = original_step(*args, **kwargs)
-        observer(calls, output)
-        calls += 1
-        return output
-
-    # An instance attribute shadows the class's method; hooks may nest, so put back
-    # whatever was there before (an outer hook's wrapper, or nothing).
-    shadowed = scheduler.__dict__.get("step", _NOTHING)
-    scheduler.step = step
-    try:
-        yield
-    finally:
-        if shadowed is _NOTHING:
-            del scheduler.step
-        else:
-            scheduler.step = shadowed
-
-
 def run_alone(backend: ImageBackend, job: ImageJob) -> list[Image.Image]:
     """``job`` as a batch of one: its images, or its outcome raised."""
     outcome = backend.run_batch([job]).outcomes[0]
@@ -360,15 +337,18 @@ def keep_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return tensor[keep.to(tensor.device)]
 
 
-class StageClock:
-    """Seconds per pipeline stage, for metrics: the forward passes of each stage's module, summed.
+class StageWatch:
+    """Each pipeline stage's forward passes, watched: their seconds summed (for metrics), their outputs checked.
 
-    On a GPU the clock waits for the device at every boundary, so the figures are the
-    stage's own work rather than the time to queue it.
+    On a GPU the watch waits for the device at every boundary, so the figures are the
+    stage's own work rather than the time to queue it. An output with NaN or
+    infinite values raises :class:`NonFiniteOutput` at once: without the check
+    it would be clamped into an all-black image and answered 200.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, model: str) -> None:
         self.seconds: dict[str, float] = {}
+        self.model = model
         self._sync = device.type == "cuda"
 
     def _now(self) -> float:
@@ -378,19 +358,26 @@ class StageClock:
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def _add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+    def _finished(self, name: str, started: float, output: Any) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + self._now() - started
+        import torch
+
+        tensor = _first_tensor(output)
+        if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteOutput(self.model, name)
 
     @contextmanager
-    def timing(self, stages: dict[str, Any]) -> Iterator[None]:
-        """Inside the block, add every forward pass of each ``stages`` module (by stage name) to its stage."""
+    def watching(self, stages: dict[str, Any]) -> Iterator[None]:
+        """Inside the block, time and check every forward pass of each ``stages`` module (by stage name)."""
         handles = []
         for name, module in stages.items():
             started: list[float] = []
             handles.append(module.register_forward_pre_hook(lambda *_, started=started: started.append(self._now())))
             handles.append(
                 module.register_forward_hook(
-                    lambda *_, name=name, started=started: self._add(name, self._now() - started.pop())
+                    lambda _module, _args, output, name=name, started=started: self._finished(
+                        name, started.pop(), output
+                    )
                 )
             )
         try:
@@ -398,3 +385,11 @@ class StageClock:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """A module's main output: itself, or the first tensor of its tuple or ``ModelOutput``."""
+    import torch
+
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, tuple) else (output,)
+    return next((value for value in values if isinstance(value, torch.Tensor)), None)

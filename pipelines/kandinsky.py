@@ -24,8 +24,7 @@ from .base import (
     ImageJob,
     JobOutcome,
     ModelInfo,
-    StageClock,
-    after_each_step,
+    StageWatch,
     check_job,
     keep_rows,
     parameter_counts,
@@ -39,6 +38,7 @@ from .img2img import ImageStart, image_start, starting_at
 from .inpaint import LatentBlend, composite_unmasked, latent_blend, resized_original
 from .model_config import EaselConfig
 from .presets import complexities_for, presets_for
+from .scheduler_hooks import after_each_step
 from .walks import animate, mix_in_images
 
 REAL_KANDINSKY_NATIVE_SIDE = 512
@@ -117,14 +117,14 @@ class KandinskyBackend:
                 outcomes[id(job)] = error
             else:
                 live.append(job)
-        clock = StageClock(self.device)
+        watch = StageWatch(self.device, self.info.name)
         if live:
-            with clock.timing(self._stages):
+            with watch.watching(self._stages):
                 if live[0].frames > 1:  # alone in its batch (batch_key)
                     outcomes[id(live[0])] = self._animate(live[0])
                 else:
                     outcomes.update(self._run_live(live))
-        return BatchResult([outcomes[id(job)] for job in jobs], clock.seconds)
+        return BatchResult([outcomes[id(job)] for job in jobs], watch.seconds)
 
     # -- stages -----------------------------------------------------------------------
 

@@ -38,8 +38,8 @@ from .base import (
     JobOutcome,
     MissingComponent,
     ModelInfo,
-    StageClock,
-    after_each_step,
+    NonFiniteOutput,
+    StageWatch,
     check_job,
     parameter_counts,
     raise_if_cancelled,
@@ -50,6 +50,7 @@ from .base import (
 from .device import dtype_name, from_pretrained_options
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
+from .scheduler_hooks import after_each_step
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
 from .walks import combine_embeds, mix_in_image
 
@@ -124,6 +125,13 @@ class KarloBackend:
         variation.set_progress_bar_config(disable=True)
         return variation
 
+    def modules_by_folder(self) -> dict[str, Any]:
+        """The loaded components by the model directory's folder names."""
+        folders = dict(self.pipe.components)
+        if self.variation_pipe is not None:
+            folders["image_encoder"] = self.variation_pipe.image_encoder
+        return folders
+
     def _components(self) -> dict[str, Any]:
         """The pipeline's modules by name; all but ``text_proj`` (a few matrix products) are timed as stages."""
         pipe = self.pipe
@@ -151,15 +159,15 @@ class KarloBackend:
         return run_alone(self, job)
 
     def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
-        clock = StageClock(self.device)
+        watch = StageWatch(self.device, self.info.name)
         outcomes: list[JobOutcome] = []
-        with clock.timing(self._stages):
+        with watch.watching(self._stages):
             for job in jobs:  # one at a time (batch_key): the engine sends batches of one
                 try:
                     outcomes.append(self._run_one(job))
-                except (Cancelled, MissingComponent, ValueError) as error:
+                except (Cancelled, MissingComponent, NonFiniteOutput, ValueError) as error:
                     outcomes.append(error)
-        return BatchResult(outcomes, clock.seconds)
+        return BatchResult(outcomes, watch.seconds)
 
     @torch.inference_mode()
     def _run_one(self, job: ImageJob) -> list[Image.Image]:
