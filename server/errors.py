@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from pipelines.base import Cancelled, MissingComponent
+from pipelines.base import Cancelled, MissingComponent, NonFiniteOutput
 
 from .engine.base import EngineStopped, QueueFull, WorkerLost
 
@@ -132,6 +132,7 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], APIError]]] = [
     # Only the engine's shutdown cancels a job whose client is still waiting for it.
     (Cancelled, lambda error: shutting_down("The job was stopped: the server is shutting down.")),
     (MissingComponent, lambda error: APIError(400, str(error), param="model", code="missing_component")),
+    (NonFiniteOutput, lambda error: APIError(500, str(error), type=SERVER_ERROR, code="model_error")),
     (ValueError, lambda error: APIError(400, str(error), code="invalid_value")),
 ]
 

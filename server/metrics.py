@@ -72,6 +72,12 @@ class Metrics:
             busy_seconds=Counter(
                 "easel_worker_busy_seconds", "Seconds worker slots spent in pipeline calls", ["device"], registry=r
             ),
+            nonfinite=Counter(
+                "easel_nonfinite_outputs",
+                "Jobs failed because a pipeline stage produced NaN or infinite values",
+                ["model", "stage"],
+                registry=r,
+            ),
         )
 
     def watch(self, catalog: Any, engine: Engine) -> None:

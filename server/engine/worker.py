@@ -27,7 +27,15 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.base import BatchResult, Cancelled, ImageBackend, ImageJob, run_isolated, use_cpu_threads
+from pipelines.base import (
+    BatchResult,
+    Cancelled,
+    ImageBackend,
+    ImageJob,
+    NonFiniteOutput,
+    run_isolated,
+    use_cpu_threads,
+)
 
 from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, Preview, QueueFull
 
@@ -357,3 +365,6 @@ class DeviceWorker:
             self.metrics.images.labels(lane.name).inc(made)
             self.metrics.cancelled.labels(lane.name).inc(left)
             self.metrics.busy_seconds.labels(self.device).inc(seconds)
+            for outcome in result.outcomes:
+                if isinstance(outcome, NonFiniteOutput):
+                    self.metrics.nonfinite.labels(lane.name, outcome.stage).inc()
