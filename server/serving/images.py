@@ -25,13 +25,22 @@ from pipelines.inpaint import composite_unmasked
 
 from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
-from ..errors import CLIENT_CLOSED_REQUEST, job_error, shutting_down
+from ..errors import CLIENT_CLOSED_REQUEST, insufficient_storage, job_error, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
 from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
 from .decoding import Fit, UploadLimits, decode_variation_input
-from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .files import (
+    STORAGE_RETRY_AFTER_SECONDS,
+    Encoding,
+    ImageStore,
+    StorageUnavailable,
+    encode,
+    finish_images,
+    fit_to_size,
+    resize_exactly,
+)
 from .masks import decode_edit_images
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
@@ -175,10 +184,12 @@ class ImageServing:
 
         def render() -> JSONResponse:
             # Resizing, encoding, writing files, base64 and JSON of megabytes: all off the event loop.
-            finished = []
-            for data, seed in zip(started.finish(result.images), handle.job.seeds, strict=True):
-                url = None if url_base is None else f"{url_base}/{self.store.save(data, options.output_format)}"
-                finished.append(FinishedImage(data, seed, url))
+            files = started.finish(result.images)
+            names = self.store.save_all(files, options.output_format) if url_base is not None else None
+            urls = [f"{url_base}/{name}" for name in names] if names is not None else [None] * len(files)
+            finished = [
+                FinishedImage(data, seed, url) for data, seed, url in zip(files, handle.job.seeds, urls, strict=True)
+            ]
             body = images_response(
                 created=int(time.time()),
                 images=finished,
@@ -189,7 +200,10 @@ class ImageServing:
             )
             return JSONResponse(body)
 
-        return await asyncio.to_thread(render)
+        try:
+            return await asyncio.to_thread(render)
+        except StorageUnavailable as error:
+            raise insufficient_storage(str(error), STORAGE_RETRY_AFTER_SECONDS) from None
 
     async def wait(self, request: Request, handle: JobHandle) -> JobResult | None:
         """The job's result; None, with the job cancelled, if the client disconnects first."""
