@@ -16,7 +16,7 @@ easel-mini, then measures, in one run:
   same bytes twice.
 
 Requests are easel-mini's default: 256x256, quality medium, b64_json. The
-figures go to stdout as they come and as a table at the end (the README's).
+figures go to stdout as they come and as a table at the end (docs/performance.md, "Serving many users").
 """
 
 from __future__ import annotations

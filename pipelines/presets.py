@@ -12,13 +12,18 @@ saturated, higher-contrast images; ``natural`` eases off for softer ones.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from .base import PriorPreset, StagePreset
 
-QUALITIES = ("standard", "hd", "low", "medium", "high", "xhigh", "max", "auto")
-COMPLEXITIES = ("low", "medium", "high")
-STYLES = ("vivid", "natural")
+Quality = Literal["standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"]
+Complexity = Literal["low", "medium", "high"]
+Style = Literal["vivid", "natural"]
+QUALITIES: tuple[Quality, ...] = get_args(Quality)
+COMPLEXITIES: tuple[Complexity, ...] = get_args(Complexity)
+STYLES: tuple[Style, ...] = get_args(Style)
 
-STYLE_DECODER_GUIDANCE_FACTOR = {"vivid": 1.0, "natural": 0.75}
+STYLE_DECODER_GUIDANCE_FACTOR: dict[Style, float] = {"vivid": 1.0, "natural": 0.75}
 
 
 def _mini(prior_steps: int, decoder_steps: int) -> StagePreset:
@@ -61,8 +66,8 @@ _FAMILY_PRESETS: dict[str, dict[str, StagePreset]] = {
         ),
     },
     # The embedded miniature model (Kandinsky 2.2 format, trained by pipelines/lab/training). Its decoder is
-    # guided only at t >= 600 (kandinsky._GuidanceInterval); both guidance choices were measured (README).
-    # xhigh and max: more decoder steps, not measured to score better than high on held-out prompts (README).
+    # guided only at t >= 600 (kandinsky._GuidanceInterval); both choices measured (docs/lab.md, "Evaluate").
+    # xhigh and max: more decoder steps, not measured to score better than high (docs/limits.md, "Known gaps").
     "easel-mini": {
         name: _mini(prior_steps, decoder_steps)
         for name, prior_steps, decoder_steps in (

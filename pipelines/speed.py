@@ -1,4 +1,4 @@
-"""The speed settings a backend is loaded with, and how they are written (README "Fast on a GPU").
+"""The speed settings a backend is loaded with, and how they are written (docs/performance.md, "Fast on a GPU").
 
 :mod:`pipelines.optimize` applies them; this module holds only their names and
 parsers, without torch, so the server's configuration checks them before any

@@ -1,4 +1,4 @@
-"""Take the README's screenshot of the playground: a real browser, a running server, one generation.
+"""Take the playground's screenshot (shown in the README and on docs/running.md): a browser, a server, one generation.
 
     python scripts/playground_screenshot.py --base-url http://127.0.0.1:8000 --out docs/playground.png
 

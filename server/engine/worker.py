@@ -8,7 +8,7 @@ On a CPU the cores are a budget the slots share: a call with nothing else to do
 takes them all, calls running side by side take a share each, and no call runs
 on more threads than there are free cores. Slot n starts work only while n
 others are busy, so a lone request always runs on the first slot. Measured
-defaults: README, "Serving many users".
+defaults: (docs/performance.md, "Serving many users").
 
 A :class:`LocalJobHandle` is the event-loop side of a job; worker threads reach
 it only through ``loop.call_soon_threadsafe``.

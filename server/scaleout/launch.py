@@ -22,14 +22,14 @@ import httpx
 import ray
 from ray import serve
 
-from ..config import Settings
 from ..serving.models import LoadFailed
+from ..settings.config import Settings
 from .deployments import build_app
 
 log = logging.getLogger("easel.scaleout")
 
 APP_NAME = "easel"
-# Ray's HTTP proxy reads this when it starts (README, "From one machine to a cluster").
+# Ray's HTTP proxy reads this when it starts (docs/ray.md, "Headers").
 PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "server.scaleout.proxy.proxy_middlewares"
 

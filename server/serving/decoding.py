@@ -19,7 +19,7 @@ part, ``image`` or ``mask``, as OpenAI answers oversized uploads)
     * Decoding costs what the image is worth: a JPEG is decoded at the smallest
       DCT scale that covers the size its job uses it at (``Fit``), every image
       is shrunk to that size before any conversion, and the decoded pixels'
-      memory is capped by ``--max-decode-mb`` before decoding (README, Edits).
+      memory is capped by ``--max-decode-mb`` before decoding (docs/api.md, "Uploads").
     * A Huffman JPEG claiming more 8x8 blocks than its bytes can code (each
       costs a bit) is refused before decoding; truncated or corrupt files fail
       while decoding. Both answer 400.
@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from ..config import DEFAULT_MAX_DECODE_MB, Settings
-from ..errors import invalid
+from ..http.errors import invalid
+from ..settings.config import DEFAULT_MAX_DECODE_MB, Settings
 
 
 @dataclass(frozen=True)

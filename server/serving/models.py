@@ -17,12 +17,13 @@ from typing import Any, Literal
 from pipelines.base import ModelInfo, Task
 from pipelines.speed import SpeedOptions, warmup_batches_for
 
-from ..config import ModelSpec, Settings
 from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine, EngineStopped, ModelToLoad
-from ..errors import SERVER_ERROR, APIError, shown
+from ..http.errors import SERVER_ERROR, APIError, shown
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
 from ..protocol.tables import MAX_N
+from ..settings.config import Settings
+from ..settings.model_specs import ModelSpec
 from .model_facts import ModelFacts, model_facts
 
 log = logging.getLogger("easel.models")
@@ -171,9 +172,7 @@ def load_all(
         entry.facts = _read_facts(spec)
         try:
             dtype, speed = settings.dtype_for(spec.family), speed_options(settings)
-            info = engine.load(
-                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, dtype, speed)
-            )
+            info = engine.load(ModelToLoad(spec, settings.device, dtype, speed))
         except EngineStopped:  # the server stopped while this model loaded
             return
         except Exception as error:  # the server keeps running and reports it
@@ -207,7 +206,8 @@ def _read_facts(spec: ModelSpec) -> ModelFacts | None:
 
 def speed_options(settings: Settings) -> SpeedOptions:
     """The speed settings models load with. Compiling warms up, by default, 1 and 2 images (the batch dimension
-    turns symbolic) and the most one pipeline call may hold, which torch compiles apart (README, "Fast on a GPU")."""
+    turns symbolic) and the most one pipeline call may hold, which torch compiles apart
+    (docs/performance.md, "Fast on a GPU")."""
     largest = max(settings.max_batch_images or max(DEFAULT_MAX_BATCH_IMAGES.values()), MAX_N)
     batches = settings.compile_warmup_batches or warmup_batches_for(largest)
     return SpeedOptions(settings.optimize, settings.compile_cache_dir, batches)

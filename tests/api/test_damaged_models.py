@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from pipelines.finite_weights import check_finite_weights
 from pipelines.loader import load_backend
 from pipelines.preflight import BrokenModelFile
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from weights.spec import ModelSpec
 
 from ..conftest import FAST, running_server
 

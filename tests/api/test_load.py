@@ -23,7 +23,7 @@ from ..conftest import FAST, TINY, LiveServer, running_server, tiny_settings
 CLIENTS = 16
 REQUESTS_PER_CLIENT = 25
 # A batched image may differ from the same seed's image alone: batched matrix products round differently.
-# tests/pipelines/test_batching.py measures it; the README states it for easel-mini.
+# tests/pipelines/test_batching.py measures it; docs/serving.md states it for easel-mini.
 BATCH_TOLERANCE = 6
 SIDE = 64  # the tiny model's native size: answers come unresized, so pixels compare exactly
 

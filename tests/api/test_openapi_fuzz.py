@@ -23,7 +23,7 @@ SPEC = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openai-im
 EXAMPLES = 25
 
 # Operations whose 2xx answers differ from the spec on purpose, with the reason; their bodies are not checked
-# against it (5xx still fails). None today (README, "Hostile inputs"): keep this list and the README's in step.
+# against it (5xx still fails). None today (docs/limits.md, "Hostile inputs"): keep this list and that page in step.
 DEVIATIONS: dict[str, str] = {}
 
 if not SPEC.exists():  # a clone outside the project's workspace: CI always has ../shared

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from weights.spec import ModelSpec
 
 from ..conftest import FAST, TINY, assert_envelope, running_server
 

@@ -14,7 +14,8 @@ from pipelines.loader import load_backend
 from pipelines.tiny import build_tiny_kandinsky
 
 # Pixels of a job batched with others may differ from the same job alone: batched matrix products
-# round differently. Measured on these tiny models: up to 1 grey level, 4 for an edit (README: easel-mini's).
+# round differently. Measured on these tiny models: up to 1 grey level, 4 for an edit
+# (docs/serving.md, "Reproducibility").
 BATCH_TOLERANCE = 6
 FAST = StagePreset(prior_steps=2, prior_guidance=4.0, decoder_steps=4, decoder_guidance=4.0)
 

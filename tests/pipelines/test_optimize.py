@@ -2,7 +2,7 @@
 
 The tolerance: every eager optimisation stays within MAX_PIXEL_DIFFERENCE
 levels (of 255) of the stock pipeline for the same seed, in float32. The
-measured differences are smaller (README "Fast on a GPU").
+measured differences are smaller (docs/performance.md, "Correctness").
 """
 
 from __future__ import annotations

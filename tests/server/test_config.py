@@ -1,6 +1,6 @@
 """Configuration: flags beat variables beat easel.toml beat defaults; mistakes are one line before anything listens.
 
-``CONFIG_ERRORS`` is the README's table of configuration errors: each row is
+``CONFIG_ERRORS`` is the table in (docs/running.md, "Configuration errors"): each row is
 run through ``easel serve``'s own entry point and must print exactly that
 line and exit with status 2.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import serve
-from server.config import read_settings
-from server.options import ConfigError
+from server.settings.loading import read_settings
+from server.settings.options import ConfigError
 from weights.registry import register_user_model
 
 from ..conftest import TINY
@@ -195,12 +195,25 @@ def test_the_registry_file_is_read_as_before(tiny_model_dirs: dict[str, Path], t
     assert [spec.name for spec in settings.models] == [TINY] and settings.default_model_name == TINY
 
 
-def test_the_readme_lists_every_option_with_its_variable():
-    from server.config import OPTIONS
+def test_the_options_page_lists_every_option_with_its_variable():
+    from server.settings.config import OPTIONS
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = {line.split("|")[1].strip() for line in readme.splitlines() if line.startswith("| `--")}
+    page = (Path(__file__).resolve().parents[2] / "docs/reference/options.md").read_text()
+    rows = {line.split("|")[1].strip() for line in page.splitlines() if line.startswith("| `--")}
     missing = [spec.flag for spec in OPTIONS.values() if f"`{spec.flag}`" not in rows]
     assert missing == []
     for spec in OPTIONS.values():
-        assert f"| `{spec.flag}` | `{spec.env}` |" in readme
+        assert f"| `{spec.flag}` | `{spec.env}` |" in page
+
+
+def test_the_ray_options_take_their_defaults_from_ray_serve_settings():
+    # Declared once: a default changed on RayServeSettings is the flag's default too.
+    from dataclasses import fields
+
+    from server.settings.config import Settings
+    from server.settings.ray_serve import RayServeSettings
+
+    declared = {field.name: field.default for field in fields(Settings)}
+    assert {field.name: declared[field.name] for field in fields(RayServeSettings)} == {
+        field.name: field.default for field in fields(RayServeSettings)
+    }

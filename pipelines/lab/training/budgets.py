@@ -1,6 +1,6 @@
 """How much data and how many steps each component gets.
 
-``full`` is the shipped recipe (its measured time is in the README and in
+``full`` is the shipped recipe (its measured time is in docs/lab.md and in
 weights/easel-mini/easel.json);
 ``tiny`` runs a few steps of everything in seconds, to check the whole path
 end to end.
@@ -51,7 +51,7 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget(
         pool_scenes=40_000,
         tokenizer_captions=40_000,
-        clip_steps=1600,  # 800 left two-object shapes entangled in the embedding (README)
+        clip_steps=1600,  # 800 entangled two-object shapes (docs/lab.md, "Where the remaining error comes from")
         clip_batch=128,
         movq_steps=1000,
         movq_batch=32,

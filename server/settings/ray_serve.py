@@ -1,7 +1,7 @@
 """How ``--ray`` lays the server out on Ray Serve: replicas, autoscaling, resources (no Ray import).
 
-The values are :class:`server.config.Settings` options; this is them taken
-together, with the rules that span several of them.
+The values are :class:`server.settings.config.Settings` options, whose defaults are the ones declared here;
+this is them taken together, with the rules that span several of them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RayServeSettings:
-    """How ``--ray`` lays the server out on Ray Serve (README, "From one machine to a cluster")."""
+    """How ``--ray`` lays the server out on Ray Serve (docs/ray.md, "Layout")."""
 
     replicas: int = 1  # per model, when not autoscaling
     min_replicas: int | None = None  # both set: each model autoscales between them
