@@ -3,7 +3,7 @@
 A typed request (:mod:`server.protocol.images`) comes in; the answer goes out
 in the style of the model name the client used. The job waits in the engine;
 a client that disconnects before its images are ready cancels it. Log lines
-carry ``request.state.request_id``, set by :class:`~server.http.middleware.RequestIdMiddleware`.
+carry ``request.state.request_id``, set by :class:`~server.http.request_id.RequestIdMiddleware`.
 """
 
 from __future__ import annotations
