@@ -16,7 +16,9 @@ class BearerAuthMiddleware:
 
     Paths under ``public_prefixes`` (health checks, served image URLs, which
     are unguessable like OpenAI's own blob URLs) and the exact ``public_paths``
-    (the playground page) need no key.
+    (the playground page) need no key. A public path that is sent a valid key
+    anyway learns so (``request.state.has_api_key``), so it can show its caller
+    what it keeps from the public (the readiness check's model paths).
     """
 
     def __init__(
@@ -35,13 +37,20 @@ class BearerAuthMiddleware:
         # Compare against every key (no early exit) so timing says nothing about which key is close.
         return any([hmac.compare_digest(offered.encode(), key) for key in self.keys])
 
+    def _offered(self, scope: Scope) -> str | None:
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or self._is_public(scope["path"]):
+        if scope["type"] != "http" or not self.keys:
             await self.app(scope, receive, send)
             return
-        authorization = Headers(scope=scope).get("authorization", "")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        offered = self._offered(scope)
+        if self._is_public(scope["path"]):
+            scope.setdefault("state", {})["has_api_key"] = offered is not None and self._matches(offered)
+            await self.app(scope, receive, send)
+            return
+        if offered is None:
             error = APIError(
                 401,
                 "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
@@ -49,7 +58,7 @@ class BearerAuthMiddleware:
                 code="invalid_api_key",
                 headers={"www-authenticate": "Bearer"},
             )
-        elif not self._matches(token.strip()):
+        elif not self._matches(offered):
             error = APIError(
                 401, "Incorrect API key provided.", code="invalid_api_key", headers={"www-authenticate": "Bearer"}
             )

@@ -158,3 +158,33 @@ def test_a_stage_that_outputs_inf_fails_the_request_with_model_error(overflowing
     metrics = httpx.get(overflowing_server.url + "/metrics", timeout=10).text
     assert 'easel_nonfinite_outputs_total{model="hot",stage="decoder"} 1.0' in metrics
     assert 'model="tiny"' not in "".join(line for line in metrics.splitlines() if "nonfinite_outputs_total{" in line)
+
+
+def test_the_public_readiness_check_shows_a_failed_model_without_its_paths(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+):
+    missing = tmp_path / "secret-place" / "k22"
+    settings = Settings(
+        models=(
+            ModelSpec(name="tiny", family="kandinsky22", path=tiny_model_dirs["kandinsky"]),
+            ModelSpec(name="gone", family="kandinsky22", path=missing),
+        ),
+        default_model="tiny",
+        api_keys=("sk-right",),
+    )
+    with running_server(settings, wait_ready=False) as live:
+        body = live.wait_for(
+            lambda b: b["models"]["gone"]["status"] == "failed" and b["models"]["tiny"]["status"] == "ready"
+        )
+        public = body["models"]["gone"]["error"]
+        assert str(tmp_path) not in json.dumps(body)
+        assert public == (
+            "model 'gone': no directory <model directory>. Download it with `easel pull kandinsky-2-2`, "
+            "or point the entry at a saved pipeline."
+        )
+        for key in (None, "sk-wrong"):
+            headers = {"authorization": f"Bearer {key}"} if key else {}
+            seen = httpx.get(live.url + "/health/ready", headers=headers, timeout=10).json()
+            assert seen["models"]["gone"]["error"] == public
+        keyed = httpx.get(live.url + "/health/ready", headers={"authorization": "Bearer sk-right"}, timeout=10)
+        assert keyed.json()["models"]["gone"]["error"] == public.replace("<model directory>", str(missing))
