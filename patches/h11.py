@@ -1,6 +1,6 @@
 """h11: the size limit of an incomplete event, which h11 keeps in a private module.
 
-The connection guard (:mod:`server.http.middleware`) answers headers over that limit with a 431, so it needs the
+The connection guard (:mod:`server.http.guard`) answers headers over that limit with a 431, so it needs the
 limit h11 applies when uvicorn's ``h11_max_incomplete_event_size`` is not set; uvicorn imports the same private
 name. Everything else the guard reads of h11 (``Connection.their_state``, ``trailing_data``, the states) is public.
 """

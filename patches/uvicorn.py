@@ -1,6 +1,6 @@
 """uvicorn: the h11 protocol class the connection guard extends, and the internals it relies on.
 
-:class:`server.http.middleware.GuardedH11Protocol` subclasses ``uvicorn.protocols.http.h11_impl.H11Protocol``:
+:class:`server.http.guard.GuardedH11Protocol` subclasses ``uvicorn.protocols.http.h11_impl.H11Protocol``:
 it overrides ``connection_made``, ``data_received``, ``on_response_complete``, ``connection_lost`` and
 ``send_400_response``, and reads ``conn``, ``cycle`` (``scope``, ``response_started``, ``disconnected``,
 ``message_event``), ``connections``, ``transport``, ``loop`` and ``config``. None of that is uvicorn's public

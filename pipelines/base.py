@@ -19,21 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from PIL import Image
 
+from .errors import Cancelled, NonFiniteOutput
 from .tasks import Task
 
 if TYPE_CHECKING:
     import torch
-
-
-class Cancelled(Exception):
-    """Raised inside a backend when a job's ``JobControl.should_cancel`` turns true between steps."""
-
-
-class MissingComponent(Exception):
-    """The model directory lacks something a task needs (e.g. Karlo's image encoder).
-
-    The message says what is missing and how to get it; the server answers 400.
-    """
 
 
 @dataclass(frozen=True)
@@ -352,15 +342,18 @@ def keep_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return tensor[keep.to(tensor.device)]
 
 
-class StageClock:
-    """Seconds per pipeline stage, for metrics: the forward passes of each stage's module, summed.
+class StageWatch:
+    """Each pipeline stage's forward passes, watched: their seconds summed (for metrics), their outputs checked.
 
-    On a GPU the clock waits for the device at every boundary, so the figures are the
-    stage's own work rather than the time to queue it.
+    On a GPU the watch waits for the device at every boundary, so the figures are the
+    stage's own work rather than the time to queue it. An output with NaN or
+    infinite values raises :class:`NonFiniteOutput` at once: without the check
+    it would be clamped into an all-black image and answered 200.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, model: str) -> None:
         self.seconds: dict[str, float] = {}
+        self.model = model
         self._sync = device.type == "cuda"
 
     def _now(self) -> float:
@@ -370,19 +363,26 @@ class StageClock:
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def _add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+    def _finished(self, name: str, started: float, output: Any) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + self._now() - started
+        import torch
+
+        tensor = _first_tensor(output)
+        if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteOutput(self.model, name)
 
     @contextmanager
-    def timing(self, stages: dict[str, Any]) -> Iterator[None]:
-        """Inside the block, add every forward pass of each ``stages`` module (by stage name) to its stage."""
+    def watching(self, stages: dict[str, Any]) -> Iterator[None]:
+        """Inside the block, time and check every forward pass of each ``stages`` module (by stage name)."""
         handles = []
         for name, module in stages.items():
             started: list[float] = []
             handles.append(module.register_forward_pre_hook(lambda *_, started=started: started.append(self._now())))
             handles.append(
                 module.register_forward_hook(
-                    lambda *_, name=name, started=started: self._add(name, self._now() - started.pop())
+                    lambda _module, _args, output, name=name, started=started: self._finished(
+                        name, started.pop(), output
+                    )
                 )
             )
         try:
@@ -390,3 +390,11 @@ class StageClock:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """A module's main output: itself, or the first tensor of its tuple or ``ModelOutput``."""
+    import torch
+
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, tuple) else (output,)
+    return next((value for value in values if isinstance(value, torch.Tensor)), None)

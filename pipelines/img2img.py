@@ -22,8 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .base import BatchRows, Ticket
-
-_NOTHING = object()
+from .scheduler_hooks import shadowing
 
 
 def steps_run(steps: int, strength: float) -> int:
@@ -42,15 +41,8 @@ def starting_at(scheduler: Any, steps: int, strength: float) -> Iterator[None]:
         if count == steps:
             scheduler.timesteps = scheduler.timesteps[skipped:]
 
-    shadowed = scheduler.__dict__.get("set_timesteps", _NOTHING)
-    scheduler.set_timesteps = set_timesteps
-    try:
+    with shadowing(scheduler, "set_timesteps", set_timesteps):
         yield
-    finally:
-        if shadowed is _NOTHING:
-            del scheduler.set_timesteps
-        else:
-            scheduler.set_timesteps = shadowed
 
 
 @dataclass

@@ -22,12 +22,11 @@ from . import kandinsky_mask
 from .base import (
     BatchResult,
     BatchRows,
-    Cancelled,
     ImageJob,
     JobControl,
     JobOutcome,
     ModelInfo,
-    StageClock,
+    StageWatch,
     Ticket,
     check_job,
     keep_rows,
@@ -39,11 +38,12 @@ from .base import (
     wants_to_stop,
 )
 from .device import dtype_name, one_cpu_thread
+from .errors import Cancelled
 from .img2img import ImageStart, image_start, starting_at
 from .inpaint import LatentBlend, composite_unmasked, inpaint_inputs, latent_blend, resized_original
 from .model_config import EaselConfig
 from .presets import complexities_for, presets_for
-from .steps import after_each_step
+from .scheduler_hooks import after_each_step
 from .tasks import Task
 from .walks import animate, mix_in_images
 
@@ -124,14 +124,14 @@ class KandinskyBackend:
                 outcomes[ticket] = error
             else:
                 live.append(ticket)
-        clock = StageClock(self.device)
+        watch = StageWatch(self.device, self.info.name)
         if live:
-            with clock.timing(self._stages):
+            with watch.watching(self._stages):
                 if live[0].job.frames > 1:  # alone in its batch (batch_key)
                     outcomes[live[0]] = self._animate(live[0])
                 else:
                     outcomes.update(self._run_live(live))
-        return BatchResult([outcomes[ticket] for ticket in tickets], clock.seconds)
+        return BatchResult([outcomes[ticket] for ticket in tickets], watch.seconds)
 
     # -- stages -----------------------------------------------------------------------
 

@@ -35,13 +35,11 @@ from patches.diffusers import register_unclip
 from .base import (
     BatchResult,
     BatchRows,
-    Cancelled,
     ImageJob,
     JobControl,
     JobOutcome,
-    MissingComponent,
     ModelInfo,
-    StageClock,
+    StageWatch,
     Ticket,
     check_job,
     parameter_counts,
@@ -51,9 +49,10 @@ from .base import (
     seeded_generators,
 )
 from .device import dtype_name, from_pretrained_options
+from .errors import Cancelled, MissingComponent, NonFiniteOutput
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
-from .steps import after_each_step
+from .scheduler_hooks import after_each_step
 from .tasks import Task
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline
 from .walks import combine_embeds, mix_in_image
@@ -129,6 +128,13 @@ class KarloBackend:
         variation.set_progress_bar_config(disable=True)
         return variation
 
+    def modules_by_folder(self) -> dict[str, Any]:
+        """The loaded components by the model directory's folder names."""
+        folders = dict(self.pipe.components)
+        if self.variation_pipe is not None:
+            folders["image_encoder"] = self.variation_pipe.image_encoder
+        return folders
+
     def _components(self) -> dict[str, Any]:
         """The pipeline's modules by name; all but ``text_proj`` (a few matrix products) are timed as stages."""
         pipe = self.pipe
@@ -156,15 +162,15 @@ class KarloBackend:
         return run_alone(self, job, control)
 
     def run_batch(self, tickets: Sequence[Ticket]) -> BatchResult:
-        clock = StageClock(self.device)
+        watch = StageWatch(self.device, self.info.name)
         outcomes: list[JobOutcome] = []
-        with clock.timing(self._stages):
+        with watch.watching(self._stages):
             for ticket in tickets:  # one at a time (batch_key): the engine sends batches of one
                 try:
                     outcomes.append(self._run_one(ticket))
-                except (Cancelled, MissingComponent, ValueError) as error:
+                except (Cancelled, MissingComponent, NonFiniteOutput, ValueError) as error:
                     outcomes.append(error)
-        return BatchResult(outcomes, clock.seconds)
+        return BatchResult(outcomes, watch.seconds)
 
     @torch.inference_mode()
     def _run_one(self, ticket: Ticket) -> list[Image.Image]:

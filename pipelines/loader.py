@@ -7,7 +7,6 @@ and every load passes ``local_files_only``). A missing model is a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from .base import ImageBackend
 from .device import choose_device, choose_dtype, from_pretrained_options
 from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
+from .preflight import check_model_files, read_json_file
 from .presets import presets_for
 from .speed import SpeedOptions
 
@@ -68,9 +68,11 @@ def load_backend(
         raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"no directory {path}"))
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"{path} has no model_index.json"))
+    check_model_files(path)  # name a broken or missing file before the libraries guess at it
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(torch_device, dtype, family)
     check_fits(name, family, path, torch_device, torch_dtype)  # refuse before a byte is loaded
+    from .finite_weights import check_finite_weights
     from .optimize import optimize_backend, resolve
 
     options = optimize or SpeedOptions()
@@ -80,11 +82,13 @@ def load_backend(
         from .kandinsky import KandinskyBackend
 
         combined = _load_kandinsky(path, torch_device, torch_dtype)
+        check_finite_weights(path, combined.components)
         backend = KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
     else:
         from .karlo import KarloBackend
 
         backend = KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
+        check_finite_weights(path, backend.modules_by_folder())
     return optimize_backend(backend, options)
 
 
@@ -96,8 +100,8 @@ def _load_kandinsky(model_dir: Path, device: torch.device, dtype: torch.dtype) -
     """
     from diffusers import KandinskyV22CombinedPipeline, KandinskyV22InpaintCombinedPipeline
 
-    index = json.loads((model_dir / "model_index.json").read_text())
-    inpaint = index.get("_class_name") == KandinskyV22InpaintCombinedPipeline.__name__
+    index = read_json_file(model_dir / "model_index.json")
+    inpaint = isinstance(index, dict) and index.get("_class_name") == KandinskyV22InpaintCombinedPipeline.__name__
     pipeline_class = KandinskyV22InpaintCombinedPipeline if inpaint else KandinskyV22CombinedPipeline
     combined = pipeline_class.from_pretrained(model_dir, **from_pretrained_options(dtype))
     for pipe in (combined.prior_pipe, combined.decoder_pipe):

@@ -56,7 +56,7 @@ class Previews:
         self.latest: torch.Tensor | None = None
 
     def record(self, step: int, output: Any) -> None:
-        """A scheduler step's observer (``steps.after_each_step``)."""
+        """A scheduler step's observer (``scheduler_hooks.after_each_step``)."""
         if any(step in self.steps[ticket] for ticket in self.rows.tickets):
             self.latest = predicted_clean(output)
 

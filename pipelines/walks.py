@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .base import BatchRows, Cancelled, ImageJob, JobOutcome, Ticket, seeded_generators
+from .base import BatchRows, ImageJob, JobOutcome, Ticket, seeded_generators
+from .errors import Cancelled
 
 if TYPE_CHECKING:
     import torch

@@ -77,7 +77,13 @@ def errors_source() -> tuple[list[tuple[type[BaseException], Callable[[Any], Any
     from server.http import errors
     from server.serving.job_errors import ERROR_TABLE
 
-    helpers = [errors.invalid, errors.missing_parameter, errors.shutting_down, errors.internal_error]
+    helpers = [
+        errors.invalid,
+        errors.missing_parameter,
+        errors.shutting_down,
+        errors.insufficient_storage,
+        errors.internal_error,
+    ]
     return ERROR_TABLE, helpers
 
 

@@ -21,9 +21,12 @@ from starlette.middleware import Middleware
 
 from ..engine.base import Engine, EngineMetrics
 from ..engine.local import Loader, LocalEngine, load_backend
+from ..http.access_log import AccessLogMiddleware
+from ..http.auth import BearerAuthMiddleware
+from ..http.body_limit import BodySizeLimitMiddleware
 from ..http.cors import cors
 from ..http.error_handlers import EXCEPTION_HANDLERS
-from ..http.middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
+from ..http.request_id import RequestIdMiddleware
 from ..observe.metrics import Metrics
 from ..routes import files, health, images, models, openapi, operations, playground, responses
 from ..routes.state import ServerState

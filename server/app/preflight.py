@@ -9,6 +9,7 @@ through loading.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 
 from patches.h11 import incomplete_event_limit
@@ -29,6 +30,7 @@ def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | Non
     specs = list(settings.models if models is None else models)
     if models is None:
         _check_http_libraries()
+        _check_image_dir(settings)
     for spec in specs:
         _check_model_dir(spec)
     if settings.device is not None or settings.dtype is not None:
@@ -44,6 +46,25 @@ def _check_http_libraries() -> None:
         incomplete_event_limit(None)
     except UntestedVersion as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_image_dir(settings: Settings) -> None:
+    """``--image-dir`` exists or can be made, and takes a file: else every ``url`` answer would fail later."""
+    directory = settings.image_dir
+    if directory is None:
+        return  # a fresh temporary directory
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".easel-write-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"{settings.origin('image_dir')}: {directory} cannot hold the images answered as URLs ({reason.lower()}); "
+            "choose a writable directory"
+        ) from None
 
 
 def _check_model_dir(spec: ModelSpec) -> None:

@@ -25,7 +25,7 @@ from patches.h11 import incomplete_event_limit
 from patches.uvicorn import check_h11_protocol
 
 from ..http.connections import ConnectionLimits, RefusalLog
-from ..http.middleware import GuardedH11Protocol
+from ..http.guard import GuardedH11Protocol
 from ..routes.state import ServerState
 from ..serving.models import LoadFailed
 from ..settings.config import Settings

@@ -74,6 +74,7 @@ class EngineMetrics:
     images: Any  # Counter by model: images made
     cancelled: Any  # Counter by model: jobs cancelled (client gone) or dropped
     busy_seconds: Any  # Counter by device: seconds a worker slot spent in pipeline calls
+    nonfinite: Any  # Counter by model and stage: jobs failed because a stage output NaN or infinite values
 
 
 DEFAULT_MAX_BATCH_IMAGES = {"gpu": 16, "cpu": 8}

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.base import Cancelled, ImageBackend, ImageJob, ModelInfo
+from pipelines.base import ImageBackend, ImageJob, ModelInfo
+from pipelines.errors import Cancelled
 
 from .base import (
     SECOND_COPY_MAX_PARAMETERS,

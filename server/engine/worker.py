@@ -29,16 +29,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.base import (
-    BatchResult,
-    Cancelled,
-    ImageBackend,
-    ImageJob,
-    JobControl,
-    Ticket,
-    run_isolated,
-    use_cpu_threads,
-)
+from pipelines.base import BatchResult, ImageBackend, ImageJob, JobControl, Ticket, run_isolated, use_cpu_threads
+from pipelines.errors import Cancelled, NonFiniteOutput
 
 from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, Preview, QueueFull
 
@@ -394,3 +386,6 @@ class DeviceWorker:
             self.metrics.images.labels(lane.name).inc(made)
             self.metrics.cancelled.labels(lane.name).inc(left)
             self.metrics.busy_seconds.labels(self.device).inc(seconds)
+            for outcome in result.outcomes:
+                if isinstance(outcome, NonFiniteOutput):
+                    self.metrics.nonfinite.labels(lane.name, outcome.stage).inc()

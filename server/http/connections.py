@@ -1,4 +1,4 @@
-"""What the connection guard (:class:`server.http.middleware.GuardedH11Protocol`) limits and answers with.
+"""What the connection guard (:class:`server.http.guard.GuardedH11Protocol`) limits and answers with.
 
 Its early answers are written as raw HTTP/1.1 bytes in OpenAI's envelope (with an ``x-request-id``): no app, no
 Starlette, is there to send them. Refused connections are logged at most once per interval, with a count.

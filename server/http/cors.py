@@ -10,7 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from .errors import APIError, error_response
-from .middleware import REQUEST_ID_HEADER
+from .request_id import REQUEST_ID_HEADER
 
 
 class _CorsMiddleware(CORSMiddleware):

@@ -70,6 +70,13 @@ def shutting_down(message: str = "The server is shutting down.") -> APIError:
     return APIError(503, message, type=SERVER_ERROR, code="shutting_down", headers=headers)
 
 
+def insufficient_storage(message: str, retry_after: int) -> APIError:
+    """The image directory cannot take the files a ``url`` answer needs (full, read-only): 507, retry later."""
+    return APIError(
+        507, message, type=SERVER_ERROR, code="insufficient_storage", headers={"retry-after": str(retry_after)}
+    )
+
+
 def internal_error(request_id: str) -> APIError:
     return APIError(
         500,

@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per app: what the HTTP layer and the engine count, and ``GET /metrics``.
 
-The HTTP figures are recorded by :class:`~server.http.middleware.AccessLogMiddleware`,
+The HTTP figures are recorded by :class:`~server.http.access_log.AccessLogMiddleware`,
 the engine's by the engine itself (:class:`~server.engine.base.EngineMetrics`);
 queue depth and model state are read when scraped. The names, their labels and
 an example scrape configuration are on docs/reference/metrics.md (generated from
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..engine.base import Engine, EngineMetrics
-from ..http.middleware import HTTPMetrics
+from ..http.access_log import HTTPMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0)
@@ -64,6 +64,12 @@ class Metrics:
             cancelled=Counter("easel_jobs_cancelled", "Jobs cancelled or dropped (client gone)", ["model"], registry=r),
             busy_seconds=Counter(
                 "easel_worker_busy_seconds", "Seconds worker slots spent in pipeline calls", ["device"], registry=r
+            ),
+            nonfinite=Counter(
+                "easel_nonfinite_outputs",
+                "Jobs failed because a pipeline stage produced NaN or infinite values",
+                ["model", "stage"],
+                registry=r,
             ),
         )
 

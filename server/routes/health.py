@@ -4,7 +4,8 @@
 ``GET /health/ready``: 200 when every model is loaded and the server is not
 shutting down, else 503 (error
 envelope); both carry ``models``: each model's status (``loading``,
-``ready`` with its queue figures, or ``failed`` with the loader's message).
+``ready`` with its queue figures, or ``failed`` with the loader's message,
+its file paths shown only to a caller that sends the API key).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ async def health(request: Request) -> JSONResponse:
 
 async def ready(request: Request) -> JSONResponse:
     state: ServerState = request.app.state.easel
-    models = state.catalog.readiness(state.engine)
+    # A failed model's reason names files on the server: shown to a caller with the API key only.
+    models = state.catalog.readiness(state.engine, with_paths=getattr(request.state, "has_api_key", False))
     if state.catalog.all_ready() and not state.images.draining:
         return JSONResponse({"status": "ready", "models": models})
     if state.images.draining:

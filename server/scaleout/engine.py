@@ -31,7 +31,8 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from pipelines.base import Cancelled, ImageJob, ModelInfo
+from pipelines.base import ImageJob, ModelInfo
+from pipelines.errors import Cancelled
 
 from ..engine.base import (
     EngineMetrics,

@@ -16,7 +16,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
+from pipelines.base import ImageJob, StagePreset
+from pipelines.errors import Cancelled, MissingComponent, NonFiniteOutput
 
 from ..engine.base import EngineStopped, JobResult, Preview, QueueFull
 
@@ -92,6 +93,8 @@ def error_message(error: BaseException) -> Message:
     described: Message = {"kind": "error", "type": type(error).__name__, "message": str(error)}
     if isinstance(error, QueueFull):
         described.update(model=error.model, waiting=error.waiting, retry_after=error.retry_after)
+    elif isinstance(error, NonFiniteOutput):
+        described.update(model=error.model, stage=error.stage)
     elif isinstance(error, ValueError):
         described["type"] = "ValueError"  # a job the backend refuses: a 400, whatever its subclass
     return described
@@ -101,6 +104,8 @@ def error_from_wire(message: Message) -> BaseException:
     kind, text = message["type"], message["message"]
     if kind == "QueueFull":
         return QueueFull(message["model"], message["waiting"], message["retry_after"])
+    if kind == "NonFiniteOutput":
+        return NonFiniteOutput(message["model"], message["stage"])
     rebuilt: dict[str, type[Exception]] = {
         "Cancelled": Cancelled,
         "EngineStopped": EngineStopped,

@@ -29,6 +29,8 @@ access, and a periodic sweep deletes the rest.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import logging
 import math
@@ -69,6 +71,21 @@ _ID = r"[A-Za-z0-9_-]{43}"  # secrets.token_urlsafe(32)
 _EXTENSION = "(" + "|".join(MEDIA_TYPES) + ")"  # a MEDIA_TYPES key
 _FILE_NAME = re.compile(rf"{_ID}\.{_EXTENSION}")
 _PARTIAL_NAME = re.compile(rf"\.{_ID}\.{_EXTENSION}\.part")  # a write in progress, or one a crash left behind
+# The disk's conditions, not a bug: the store answers them (507, a warning) instead of raising a traceback.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO})
+STORAGE_RETRY_AFTER_SECONDS = 30
+
+
+class StorageUnavailable(Exception):
+    """The image directory cannot take a file now (full, read-only, no permission): a 507, not a bug."""
+
+    def __init__(self, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno is not None else str(error)
+        super().__init__(
+            f"The server cannot store images for URLs right now ({reason.lower()}). "
+            "Ask for response_format b64_json, or retry later."
+        )
+        self.errno = error.errno
 
 
 def center_crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -182,6 +199,7 @@ class ImageStore:
     def __init__(self, directory: Path, ttl_seconds: float) -> None:
         self.directory = directory
         self.ttl_seconds = ttl_seconds
+        self._conditions: set[tuple[str, int | None]] = set()  # (what failed, errno) already warned about
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -189,16 +207,43 @@ class ImageStore:
         """Often enough that a file outlives its TTL by at most a quarter of it (and at most a minute)."""
         return max(0.25, min(60.0, self.ttl_seconds / 4))
 
+    def save_all(self, files: list[bytes], extension: str) -> list[str]:
+        """Store one request's files; their names for the URLs. All or none: a failed write removes the others."""
+        names: list[str] = []
+        try:
+            for data in files:
+                names.append(self.save(data, extension))
+        except StorageUnavailable:
+            for name in names:
+                _remove_quietly(self.directory / name)
+            raise
+        self._conditions.clear()  # the disk takes whole answers again: warn anew when it next fails
+        return names
+
     def save(self, data: bytes, extension: str) -> str:
-        """Store ``data``; returns the file name to put in the URL."""
+        """Store ``data``; returns the file name to put in the URL. A full or read-only disk: StorageUnavailable."""
         name = f"{secrets.token_urlsafe(32)}.{extension}"
         temporary = self.directory / f".{name}.part"
-        # O_EXCL: never write through a file or symlink someone else put at this name.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, self.directory / name)  # never serve a half-written file
+        try:
+            # O_EXCL: never write through a file or symlink someone else put at this name.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            descriptor = os.open(temporary, flags, 0o644)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(data)
+            os.replace(temporary, self.directory / name)  # never serve a half-written file
+        except OSError as error:
+            _remove_quietly(temporary)  # a half-written file holds the space the disk lacks
+            if error.errno not in STORAGE_ERRNOS:
+                raise
+            self._warn_once(error, "cannot store images for URLs")
+            raise StorageUnavailable(error) from None
         return name
+
+    def _warn_once(self, error: OSError, doing: str) -> None:
+        """One warning per disk condition (full, read-only, ...) until the store works again, not one per request."""
+        if (doing, error.errno) not in self._conditions:
+            self._conditions.add((doing, error.errno))
+            log.warning("image directory %s %s: %s", self.directory, doing, os.strerror(error.errno or 0))
 
     def read(self, name: str) -> tuple[bytes, float] | None:
         """The live file's bytes and expiry time, or None (unknown, not ours, or expired). File I/O: run in a thread."""
@@ -210,7 +255,7 @@ class ImageStore:
             return None
         expires = status.st_mtime + self.ttl_seconds
         if expires <= time.time():
-            path.unlink(missing_ok=True)
+            _remove_quietly(path)  # expired is a 404 even where the file cannot be deleted (a read-only disk)
             return None
         try:
             # O_NOFOLLOW: a symlink swapped in since the check is refused. Read whole (images are
@@ -225,13 +270,21 @@ class ImageStore:
         """Delete this store's expired files (and stale partial writes); returns how many."""
         now = time.time()
         removed = 0
-        for path in self.directory.iterdir():
-            if not (_FILE_NAME.fullmatch(path.name) or _PARTIAL_NAME.fullmatch(path.name)):
-                continue
-            status = _own_regular_file(path)
-            if status is not None and status.st_mtime + self.ttl_seconds <= now:
-                path.unlink(missing_ok=True)
-                removed += 1
+        try:
+            for path in self.directory.iterdir():
+                if not (_FILE_NAME.fullmatch(path.name) or _PARTIAL_NAME.fullmatch(path.name)):
+                    continue
+                status = _own_regular_file(path)
+                if status is not None and status.st_mtime + self.ttl_seconds <= now:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        except OSError as error:
+            self._warn_once(error, "cannot be swept of expired images")
         if removed:
             log.debug("swept %d expired images", removed)
         return removed
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only disk: nothing more to do, and the answer does not change
+        path.unlink(missing_ok=True)

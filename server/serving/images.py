@@ -3,7 +3,7 @@
 A typed request (:mod:`server.protocol.images`) comes in; the answer goes out
 in the style of the model name the client used. The job waits in the engine;
 a client that disconnects before its images are ready cancels it. Log lines
-carry ``request.state.request_id``, set by :class:`~server.http.middleware.RequestIdMiddleware`.
+carry ``request.state.request_id``, set by :class:`~server.http.request_id.RequestIdMiddleware`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,23 @@ from pipelines.base import ImageJob, ModelInfo, Task
 from pipelines.inpaint import composite_unmasked
 
 from ..engine.base import Engine, JobHandle, JobResult
-from ..http.errors import CLIENT_CLOSED_REQUEST, shutting_down
+from ..http.errors import CLIENT_CLOSED_REQUEST, insufficient_storage, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
 from ..protocol.images import ApiStyle, FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
 from ..settings.config import Settings
 from .decoding import Fit, UploadLimits, decode_variation_input
-from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .files import (
+    STORAGE_RETRY_AFTER_SECONDS,
+    Encoding,
+    ImageStore,
+    StorageUnavailable,
+    encode,
+    finish_images,
+    fit_to_size,
+    resize_exactly,
+)
 from .job_errors import job_error
 from .masks import decode_edit_images
 from .models import Catalog, ReadyModel
@@ -163,10 +172,12 @@ class ImageServing:
 
         def render() -> JSONResponse:
             # Resizing, encoding, writing files, base64 and JSON of megabytes: all off the event loop.
-            finished = []
-            for data, seed in zip(started.finish(result.images), handle.job.seeds, strict=True):
-                url = None if url_base is None else f"{url_base}/{self.store.save(data, options.output_format)}"
-                finished.append(FinishedImage(data, seed, url))
+            files = started.finish(result.images)
+            names = self.store.save_all(files, options.output_format) if url_base is not None else None
+            urls = [f"{url_base}/{name}" for name in names] if names is not None else [None] * len(files)
+            finished = [
+                FinishedImage(data, seed, url) for data, seed, url in zip(files, handle.job.seeds, urls, strict=True)
+            ]
             body = images_response(
                 created=int(time.time()),
                 images=finished,
@@ -177,7 +188,10 @@ class ImageServing:
             )
             return JSONResponse(body)
 
-        return await asyncio.to_thread(render)
+        try:
+            return await asyncio.to_thread(render)
+        except StorageUnavailable as error:
+            raise insufficient_storage(str(error), STORAGE_RETRY_AFTER_SECONDS) from None
 
     async def wait(self, request: Request, handle: JobHandle) -> JobResult | None:
         """The job's result; None, with the job cancelled, if the client disconnects first."""

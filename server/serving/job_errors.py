@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.base import Cancelled, MissingComponent
+from pipelines.errors import Cancelled, MissingComponent, NonFiniteOutput
 
 from ..engine.base import EngineStopped, QueueFull, WorkerLost
 from ..http.errors import SERVER_ERROR, APIError, internal_error, shutting_down
@@ -56,6 +56,7 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], APIError]]] = [
     # Only the engine's shutdown cancels a job whose client is still waiting for it.
     (Cancelled, lambda error: shutting_down("The job was stopped: the server is shutting down.")),
     (MissingComponent, lambda error: APIError(400, str(error), param="model", code="missing_component")),
+    (NonFiniteOutput, lambda error: APIError(500, str(error), type=SERVER_ERROR, code="model_error")),
     (ValueError, lambda error: APIError(400, str(error), code="invalid_value")),
 ]
 

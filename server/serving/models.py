@@ -8,6 +8,7 @@ loader's message); the image endpoints answer 503 until theirs is ready.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -140,18 +141,28 @@ class Catalog:
     def all_ready(self) -> bool:
         return all(entry.status == "ready" for entry in self.entries.values())
 
-    def readiness(self, engine: Engine) -> dict[str, Any]:
-        """Each model's status: ``loading``, ``ready`` with queue figures, or ``failed`` with the loader's reason."""
+    def readiness(self, engine: Engine, *, with_paths: bool = True) -> dict[str, Any]:
+        """Each model's status: ``loading``, ``ready`` with queue figures, or ``failed`` with the loader's reason
+        (its file paths replaced by placeholders unless ``with_paths``: the check is public)."""
         report: dict[str, Any] = {}
         for name, entry in self.entries.items():
             item: dict[str, Any] = {"status": entry.status}
             if entry.error is not None:
-                item["error"] = entry.error
+                item["error"] = entry.error if with_paths else without_paths(entry.error, entry.spec)
             if entry.info is not None:
                 item.update(device=entry.info.device, dtype=entry.info.dtype)
                 item.update(engine.stats(name) or {})
             report[name] = item
         return report
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/>])/[^\s'\"()\[\],;]*[^\s'\"()\[\],;.]")  # a sentence's full stop is not in it
+
+
+def without_paths(message: str, spec: ModelSpec) -> str:
+    """``message`` with the model's directory and any other absolute path replaced by placeholders."""
+    message = message.replace(str(spec.path), "<model directory>")
+    return _ABSOLUTE_PATH.sub("<path>", message)
 
 
 LoadFailed = Callable[[str, str], None]  # (model name, message)

@@ -179,7 +179,7 @@ def test_each_server_has_its_own_limits_and_refusal_log(tiny_model_dirs: dict[st
     # Two servers in one process (the tests run several) must not share a count of refused connections.
     from server.app.runner import uvicorn_options
     from server.http.connections import ConnectionLimits, RefusalLog
-    from server.http.middleware import GuardedH11Protocol
+    from server.http.guard import GuardedH11Protocol
 
     first = uvicorn_options(tiny_settings(tiny_model_dirs, max_connections=1))["http"]
     second = uvicorn_options(tiny_settings(tiny_model_dirs, max_connections=2))["http"]

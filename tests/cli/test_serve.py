@@ -8,6 +8,7 @@ readiness.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -55,6 +56,34 @@ def test_bare_easel_serves_and_a_bad_port_stops_it_before_listening(tmp_path: Pa
         text=True,
     )
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+
+
+def test_an_image_dir_that_cannot_be_written_stops_the_server_in_one_line(tmp_path: Path):
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    done = easel("serve", "--port", str(free_port()), "--image-dir", str(not_a_dir), env=clean_env(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"easel: error: --image-dir: {not_a_dir} cannot hold the images answered as URLs (not a directory); "
+        "choose a writable directory\n"
+    )
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)]).returncode
+    ):
+        return  # root only: a read-only mount is the one way to refuse root a write
+    try:
+        env = clean_env(tmp_path, EASEL_IMAGE_DIR=str(read_only))
+        done = easel("serve", "--port", str(free_port()), env=env)
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"easel: error: EASEL_IMAGE_DIR: {read_only} cannot hold the images answered as URLs (read-only file system); "
+        "choose a writable directory\n"
+    )
 
 
 def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(broken_model: Path, tmp_path: Path):

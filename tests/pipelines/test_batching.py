@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import BatchRows, Cancelled, ImageJob, JobControl, StagePreset, Ticket
+from pipelines.base import BatchRows, ImageJob, JobControl, StagePreset, Ticket
+from pipelines.errors import Cancelled
 from pipelines.kandinsky import KandinskyBackend
 from pipelines.loader import load_backend
 from pipelines.tiny import build_tiny_kandinsky

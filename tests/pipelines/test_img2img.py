@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.base import Cancelled, ImageJob, JobControl, StagePreset, Ticket
+from pipelines.base import ImageJob, JobControl, StagePreset, Ticket
+from pipelines.errors import Cancelled
 from pipelines.img2img import starting_at, steps_run
 from pipelines.kandinsky import KandinskyBackend
 from pipelines.loader import load_backend

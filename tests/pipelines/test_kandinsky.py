@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import Cancelled, ImageJob, JobControl, StagePreset
+from pipelines.base import ImageJob, JobControl, StagePreset
+from pipelines.errors import Cancelled
 from pipelines.inpaint import composite_unmasked
 from pipelines.kandinsky import KandinskyBackend
 from pipelines.loader import load_backend

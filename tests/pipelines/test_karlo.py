@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from patches.diffusers import register_unclip
-from pipelines.base import Cancelled, ImageJob, JobControl, MissingComponent, StagePreset
+from pipelines.base import ImageJob, JobControl, StagePreset
+from pipelines.errors import Cancelled, MissingComponent
 from pipelines.karlo import KarloBackend
 from pipelines.loader import load_backend
 from pipelines.tiny import build_tiny_karlo

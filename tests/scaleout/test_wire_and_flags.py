@@ -11,7 +11,8 @@ import yaml
 from PIL import Image
 from ray.serve.schema import ServeDeploySchema
 
-from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
+from pipelines.base import ImageJob, StagePreset
+from pipelines.errors import Cancelled, MissingComponent, NonFiniteOutput
 from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
 from server.observe.metrics import Metrics
 from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
@@ -97,6 +98,7 @@ def test_previews_and_results_cross_as_pixels() -> None:
         (ValueError("bad size"), 400),
         (UnicodeError("a ValueError subclass"), 400),
         (RuntimeError("device fault"), 500),
+        (NonFiniteOutput("m", "decoder"), 500),
     ],
 )
 def test_errors_come_back_as_the_types_the_error_table_answers(raised: Exception, status: int) -> None:
@@ -106,6 +108,9 @@ def test_errors_come_back_as_the_types_the_error_table_answers(raised: Exception
         assert isinstance(rebuilt, QueueFull)
         assert (rebuilt.model, rebuilt.waiting, rebuilt.retry_after) == ("m", 3, 7)
         assert job_error(rebuilt, "req_test").headers["retry-after"] == "7"
+    elif isinstance(raised, NonFiniteOutput):
+        assert (rebuilt.model, rebuilt.stage) == ("m", "decoder")  # type: ignore[attr-defined]
+        assert job_error(rebuilt, "req_test").code == "model_error"
     elif isinstance(raised, RuntimeError):
         assert isinstance(rebuilt, RemoteError) and str(rebuilt) == "RuntimeError: device fault"
     else:

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from pipelines.base import BatchResult, Cancelled, ImageJob
+from pipelines.base import BatchResult, ImageJob
+from pipelines.errors import Cancelled
 from server.engine.local import LocalEngine
 
 from .test_engine import make_job, wait_until

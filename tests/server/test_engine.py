@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines.base import Cancelled, ImageJob
+from pipelines.base import ImageJob
+from pipelines.errors import Cancelled
 from server.engine.base import SECOND_COPY_MAX_PARAMETERS, EngineStopped, ModelToLoad, QueueFull, cpu_cores
 from server.engine.local import LocalEngine as Engine
 from weights.spec import ModelSpec
