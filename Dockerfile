@@ -6,10 +6,10 @@
 
 # The cpu base needs python3 with venv; the cuda base gets them from apt below.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+ARG CUDA_BASE_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
 # Where pip finds torch (EASEL_TORCH_INDEX); empty: pip's own configuration decides.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cu126
+ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cu130
 
 # ---- cuda: first, so that building the default (last) target never touches the CUDA base
 FROM ${CUDA_BASE_IMAGE} AS cuda

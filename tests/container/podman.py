@@ -10,15 +10,19 @@ them is baked into the image.
 from __future__ import annotations
 
 import configparser
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 GLOBAL_FLAGS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
 LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's system bundle
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "easel-tests"  # as container_base.sh
 PIP_CONFIG_FILES = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "~/.config/pip/pip.conf", "~/.pip/pip.conf")
 
 
@@ -37,6 +41,16 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     if check and done.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
     return done
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """One holder at a time on this machine. Test workers (pytest-xdist) that each build the image take turns:
+    the first builds, the others find every layer cached; and only one makes the base image."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f"{name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def base_image() -> str:

@@ -25,7 +25,7 @@ from openai import OpenAI
 from PIL import Image
 
 from .conftest import FIGURES
-from .podman import base_image, build_command, podman, run_command, why_not_runnable
+from .podman import base_image, build_command, machine_lock, podman, run_command, why_not_runnable
 
 pytestmark = [
     pytest.mark.container,
@@ -53,11 +53,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
-    base = base_image()
     tag = f"localhost/easel-test:{uuid.uuid4().hex[:12]}"
-    started = time.monotonic()
-    podman(*build_command(tag, base), timeout=3600)
-    FIGURES["build seconds (base image cached)"] = f"{time.monotonic() - started:.0f}"
+    with machine_lock("container-build"):
+        base = base_image()
+        started = time.monotonic()
+        podman(*build_command(tag, base), timeout=3600)
+        FIGURES["build seconds (base image made)"] = f"{time.monotonic() - started:.0f}"
     try:
         yield tag
     finally:
@@ -98,7 +99,8 @@ def wait_until(running: Running, is_ready: Callable[[], bool], what: str) -> flo
     started = time.monotonic()
     while not is_ready():
         if state(running, "Running") != "true":
-            logs = podman("logs", running.name, check=False).stderr[-4000:]
+            done = podman("logs", running.name, check=False)
+            logs = (done.stdout + done.stderr)[-4000:]
             pytest.fail(f"the container exited ({state(running, 'ExitCode')}) before {what}:\n{logs}")
         assert time.monotonic() - started < READY_TIMEOUT, f"not {what} after {READY_TIMEOUT:.0f} s"
         time.sleep(1)
