@@ -24,7 +24,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from .conftest import FIGURES
+from .conftest import PREFIX
 from .podman import base_image, build_command, machine_lock, podman, run_command, why_not_runnable
 
 pytestmark = [
@@ -51,18 +51,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class Built:
+    tag: str
+    seconds: float  # the build's, the base image made
+
+
 @pytest.fixture(scope="module")
-def image() -> Iterator[str]:
+def built() -> Iterator[Built]:
     tag = f"localhost/easel-test:{uuid.uuid4().hex[:12]}"
     with machine_lock("container-build"):
         base = base_image()
         started = time.monotonic()
         podman(*build_command(tag, base), timeout=3600)
-        FIGURES["build seconds (base image made)"] = f"{time.monotonic() - started:.0f}"
+        seconds = time.monotonic() - started
     try:
-        yield tag
+        yield Built(tag, seconds)
     finally:
         podman("rmi", "--force", tag, check=False)
+
+
+@pytest.fixture
+def image(built: Built) -> str:
+    return built.tag
+
+
+@pytest.fixture
+def figure(record_property: Callable[[str, object], None]) -> Callable[[str, str], None]:
+    """Records a figure for the summary (conftest.py)."""
+    return lambda name, value: record_property(PREFIX + name, value)
 
 
 @pytest.fixture
@@ -126,9 +143,9 @@ def stop(running: Running) -> tuple[str, float]:
     return state(running, "ExitCode"), time.monotonic() - started
 
 
-def test_the_image_serves_easel_mini_as_a_non_root_user_and_stops_with_exit_0(image: str, volume: str):
+def test_the_image_serves_easel_mini_as_a_non_root_user_and_stops_with_exit_0(image: str, volume: str, figure):
     with container(image, volume) as running:
-        FIGURES["seconds from run to ready"] = f"{wait_until(running, lambda: answers_ready(running), 'ready'):.1f}"
+        figure("seconds from run to ready", f"{wait_until(running, lambda: answers_ready(running), 'ready'):.1f}")
         assert healthy(running)
 
         client = OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=300)
@@ -150,7 +167,7 @@ def test_the_image_serves_easel_mini_as_a_non_root_user_and_stops_with_exit_0(im
         assert podman("exec", running.name, "id", "-un").stdout.strip() == "easel"
 
         exit_code, seconds = stop(running)
-        FIGURES["exit code of stop"] = f"{exit_code} (after {seconds:.1f} s)"
+        figure("exit code of stop", f"{exit_code} (after {seconds:.1f} s)")
         assert exit_code == "0"  # 137 would be podman's SIGKILL after STOP_TIMEOUT; 143 an ungraceful SIGTERM
 
 
@@ -173,7 +190,8 @@ def test_easel_home_outlives_the_container_and_easel_mini_needs_no_network(image
         assert "easel-mini" in [model["id"] for model in keyed.json()["data"]]
 
 
-def test_the_cpu_image_is_within_its_size_target(image: str):
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", image).stdout.strip())
-    FIGURES["image size"] = f"{size / 1e9:.2f} GB ({size} bytes)"
+def test_the_cpu_image_is_within_its_size_target(built: Built, figure):
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", built.tag).stdout.strip())
+    figure("build seconds (base image made)", f"{built.seconds:.0f}")
+    figure("image size", f"{size / 1e9:.2f} GB ({size} bytes)")
     assert size <= IMAGE_SIZE_TARGET
