@@ -18,6 +18,7 @@ from .device import choose_device, choose_dtype, from_pretrained_options
 from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
 from .presets import presets_for
+from .savings import check_savings
 from .speed import SpeedOptions
 
 _HOW_TO_GET = {
@@ -71,7 +72,7 @@ def load_backend(
     from .optimize import optimize_backend, resolve
 
     options = optimize or SpeedOptions()
-    resolve(options.enabled, torch_device)  # refuse a bad combination before spending time on loading
+    check_savings(options, torch_device, family, resolve(options.enabled, torch_device))  # refuse before loading
     backend: ImageBackend
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend
