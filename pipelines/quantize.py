@@ -1,4 +1,4 @@
-"""Weight-only quantization of a loaded backend's large layers, once, at load (docs/performance.md, "Smaller").
+"""Weight-only quantization of large layers, once, at load (docs/performance.md, "Weight quantization").
 
 ``int8`` stores each large weight as 8-bit integers with one scale per output
 channel; ``fp8`` stores it as float8 (e4m3) with one scale per output channel.
@@ -55,17 +55,17 @@ class QuantizeReport:
 def check_supported(mode: str, device: torch.device) -> None:
     """Refuse, in one line, a mode this device cannot run (ValueError), before anything loads."""
     if mode not in QUANTIZE_MODES:
-        raise ValueError(f"--quantize {mode!r} is unknown: use one of {', '.join(QUANTIZE_MODES)}")
+        raise ValueError(f"unknown quantization {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
     if mode != "fp8":
         return
     if device.type != "cuda":
         raise ValueError(
-            f"--quantize fp8 needs an NVIDIA GPU with float8 support (compute capability 8.9+), not {device}"
+            f"fp8 quantization needs an NVIDIA GPU with float8 support (compute capability 8.9+), not {device}"
         )
     capability = torch.cuda.get_device_capability(device)
     if capability < FP8_MIN_CAPABILITY:
         shown = ".".join(map(str, capability))
-        raise ValueError(f"--quantize fp8 needs compute capability 8.9+ (Ada, Hopper); {device} has {shown}")
+        raise ValueError(f"fp8 quantization needs compute capability 8.9+ (Ada, Hopper); {device} has {shown}")
 
 
 def quantize_models(models: list[torch.nn.Module], mode: str) -> QuantizeReport:

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 
 from .base import ImageBackend
-from .speed import SpeedOptions
+from .speed import STEP_CACHE_FAMILIES, SpeedOptions
 
 log = logging.getLogger("easel.savings")
-
-STEP_CACHE_FAMILIES = ("kandinsky22",)  # a decoder UNet with the down/up blocks step caching skips
 
 
 def check_savings(options: SpeedOptions, device: torch.device, family: str, enabled: frozenset[str]) -> None:
@@ -27,11 +25,11 @@ def check_savings(options: SpeedOptions, device: torch.device, family: str, enab
 
     check_supported(options.quantize, device)
     if options.step_cache < 0:
-        raise ValueError(f"--step-cache must be 0 (off) or a whole number of steps >= 1, got {options.step_cache}")
+        raise ValueError(f"a step cache is 0 (off) or a whole number of steps >= 1, got {options.step_cache}")
     if options.step_cache and family not in STEP_CACHE_FAMILIES:
-        raise ValueError(f"--step-cache works on the {', '.join(STEP_CACHE_FAMILIES)} family's decoder, not {family}")
+        raise ValueError(f"step caching works on the {', '.join(STEP_CACHE_FAMILIES)} family's decoder, not {family}")
     if options.step_cache and "compile" in enabled:
-        raise ValueError("--step-cache cannot be combined with compile: the cache's branching defeats the graph")
+        raise ValueError("step caching cannot be combined with compile: the cache's branching defeats the graph")
 
 
 def apply_savings(backend: ImageBackend, options: SpeedOptions, models: list[torch.nn.Module]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ OPTIMIZATIONS = ("sdpa", "channels_last", "fused_qkv", "compile", "max_autotune"
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 QUANTIZE_MODES = ("none", "int8", "fp8")
+STEP_CACHE_FAMILIES = ("kandinsky22",)  # a decoder UNet with the down/up blocks step caching skips
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Step caching for the decoder UNet, in the DeepCache style (docs/performance.md, "Faster by caching steps").
+"""Step caching for the decoder UNet, in the DeepCache style (docs/performance.md, "Step caching").
 
 Between neighbouring denoising steps the UNet's deep features (everything
 below its outermost down and up blocks) change little, while its shallow

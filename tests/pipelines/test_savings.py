@@ -145,13 +145,13 @@ def test_int8_on_karlo_and_variations(model_dirs):
 
 
 def test_refusals_are_one_line_and_name_the_setting(model_dirs):
-    with pytest.raises(ValueError, match=r"^--quantize fp8 needs an NVIDIA GPU with float8 support .*not cpu$"):
+    with pytest.raises(ValueError, match=r"^fp8 quantization needs an NVIDIA GPU with float8 support .*not cpu$"):
         check_supported("fp8", torch.device("cpu"))
-    with pytest.raises(ValueError, match="--quantize fp8 needs"):
+    with pytest.raises(ValueError, match="fp8 quantization needs"):
         _load(model_dirs, SpeedOptions(quantize="fp8"))
-    with pytest.raises(ValueError, match="--step-cache works on the kandinsky22 family's decoder, not karlo"):
+    with pytest.raises(ValueError, match="step caching works on the kandinsky22 family's decoder, not karlo"):
         _load(model_dirs, SpeedOptions(step_cache=2), "karlo")
-    with pytest.raises(ValueError, match="--step-cache cannot be combined with compile"):
+    with pytest.raises(ValueError, match="step caching cannot be combined with compile"):
         _load(model_dirs, SpeedOptions(enabled=frozenset({"sdpa", "compile"}), step_cache=2))
 
 
