@@ -56,7 +56,7 @@ def _check_device_and_dtype(settings: Settings) -> None:
 def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
     """Every model fits in what the device has free, beside the ones before it; refused before anything loads."""
     from pipelines.device import choose_device, choose_dtype, dtype_name
-    from pipelines.memory import ModelTooLarge, check_fits
+    from pipelines.memory import ModelTooLarge, check_fits, resident_bytes
     from weights.footprint import model_footprint
 
     device = choose_device(settings.device)
@@ -68,7 +68,9 @@ def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
         except ModelTooLarge as error:
             where = settings.origin("dtype") if settings.dtype is not None else spec.source or "--model"
             raise ConfigError(f"{where}: {error}") from None
-        before += model_footprint(spec.path).memory_bytes(dtype_name(dtype))
+        # What stays once loaded: with --quantize, the quantized size (loading itself needs the full one).
+        quantize = settings.savings_for(spec)[0]
+        before += resident_bytes(model_footprint(spec.path), dtype_name(dtype), spec.family, quantize)
 
 
 def _check_savings(settings: Settings, spec: ModelSpec) -> None:

@@ -14,10 +14,12 @@ import torch
 from pipelines import quantize
 from pipelines.base import ImageJob, StagePreset
 from pipelines.loader import load_backend
-from pipelines.optimize import pipeline_models
-from pipelines.quantize import QuantizedConv2d, check_supported
+from pipelines.memory import resident_bytes
+from pipelines.optimize import backend_pipelines, pipeline_models
+from pipelines.quantize import QuantizedConv2d, check_supported, weight_bytes
 from pipelines.speed import SpeedOptions, parse_quantize, parse_step_cache
 from pipelines.tiny import build_tiny_kandinsky, build_tiny_karlo
+from weights.footprint import model_footprint
 
 # Six decoder steps, the guidance dropped part-way (the batch halves: the cache must recompute there).
 PRESET = StagePreset(
@@ -163,3 +165,14 @@ def test_parsers():
     for bad in ("-1", "two", 1.5, True, -2):
         with pytest.raises(ValueError, match="expected 0 \\(off\\) or a whole number of steps"):
             parse_step_cache(bad)
+
+
+@pytest.mark.parametrize("family", ["kandinsky22", "karlo"])
+def test_the_memory_check_counts_the_quantized_size(model_dirs, family):
+    """What stays loaded, estimated from the weight files' headers, is what the quantized models hold."""
+    footprint = model_footprint(model_dirs[family])
+    for mode in ("none", "int8"):
+        backend = _load(model_dirs, SpeedOptions(quantize=mode), family)
+        held = sum(weight_bytes(model) for model in pipeline_models(backend_pipelines(backend)))
+        assert resident_bytes(footprint, "float32", family, mode) == pytest.approx(held, rel=0.02)
+    assert resident_bytes(footprint, "float32", family, "int8") < 0.8 * resident_bytes(footprint, "float32", family)
