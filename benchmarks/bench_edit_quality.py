@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from pipelines.base import ImageJob, StagePreset
+from pipelines.base import ImageJob, StagePreset, Task
 from pipelines.lab.scenes import COLORS, Scene, caption, heldout_prompts, render
 from pipelines.lab.scorer import score_image
 from pipelines.loader import load_backend
@@ -122,7 +122,7 @@ def _job(
 ) -> ImageJob:
     original, _, instruction = case
     return ImageJob(
-        task="edit", n=1, width=side, height=side, seeds=[seed], preset=preset, prompt=instruction,
+        task=Task.EDIT, n=1, width=side, height=side, seeds=[seed], preset=preset, prompt=instruction,
         image=render(original, side), strength=strength, input_image_weight=mix,
     )  # fmt: skip
 

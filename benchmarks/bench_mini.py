@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, Task
 from pipelines.loader import load_backend
 from pipelines.presets import presets_for
 
@@ -77,7 +77,7 @@ def main() -> None:
 
 
 def _job(preset, n: int, seeds: list[int], width: int, height: int, prompt: str) -> ImageJob:
-    return ImageJob(task="generate", n=n, width=width, height=height, seeds=seeds, preset=preset, prompt=prompt)
+    return ImageJob(task=Task.GENERATE, n=n, width=width, height=height, seeds=seeds, preset=preset, prompt=prompt)
 
 
 def _interval(preset) -> str:

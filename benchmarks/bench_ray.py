@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -161,8 +162,9 @@ def main() -> None:
 
     import ray
 
-    from server.config import ModelSpec, RayServeSettings, Settings
     from server.scaleout.launch import running_on_ray, use_easel_proxy_middleware
+    from server.settings.config import Settings
+    from server.settings.ray_serve import RayServeSettings
     from weights.registry import load_registry
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads per replica {args.threads}")
@@ -174,7 +176,7 @@ def main() -> None:
     # The default model twice: "one" on 1 replica, "two" on 2, side by side, so their windows can alternate.
     registry = load_registry()
     entry = registry.models[registry.default]
-    models = tuple(ModelSpec(name, entry.backend, entry.path, entry.presets) for name in ("one", "two"))
+    models = tuple(replace(entry, name=name) for name in ("one", "two"))
     with tempfile.TemporaryDirectory(prefix="easel-bench-images-") as image_dir:
         scaling = RayServeSettings(replica_cpus=args.threads)
         settings = Settings(models=models, port=free_port(), image_dir=Path(image_dir), **scaling.as_options())

@@ -50,7 +50,8 @@ def describe(name: str, seconds: list[float]) -> str:
 def tiny_server(queue_size: int) -> Iterator[str]:
     """An in-process server on freshly built tiny models; yields its base URL."""
     from pipelines.tiny import build_tiny_kandinsky
-    from server.config import ModelSpec, Settings
+    from server.settings.config import Settings
+    from server.settings.model_specs import ModelSpec
 
     with tempfile.TemporaryDirectory(prefix="easel-bench-") as tmp:
         path = build_tiny_kandinsky(Path(tmp) / "tiny")
@@ -64,7 +65,7 @@ def in_process_server(settings, loader=None) -> Iterator[str]:
     """A uvicorn server for ``settings`` on a free loopback port, once its models are ready; yields its base URL."""
     import uvicorn
 
-    from server.app import create_app
+    from server.app.application import create_app
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -50,7 +50,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.base import ImageJob  # noqa: E402
+from pipelines.base import ImageJob, Task  # noqa: E402
 from pipelines.loader import load_backend  # noqa: E402
 
 ROWS = (1, 2, 4, 8, 16, 32)
@@ -145,7 +145,7 @@ def measure(model: Path, repeats: int) -> Costs:
     backend: Any = load_backend("easel-mini", "kandinsky22", model, presets="easel-mini", device="cpu")
     width, height = backend.info.native_size_for(256, 256)
     preset = backend.info.presets["medium"]
-    job = ImageJob(task="generate", n=1, width=width, height=height, seeds=[0], preset=preset, prompt="a red circle")
+    job = ImageJob(task=Task.GENERATE, n=1, width=width, height=height, seeds=[0], preset=preset, prompt="a red circle")
     captured = capture(backend, job)
     rows_of = {"text_encoder": 2, "prior": 2, "decoder": 2, "image_decode": 1}  # per job, guided
     table = {}

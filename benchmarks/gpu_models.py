@@ -26,9 +26,10 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from patches.diffusers import register_unclip
 from pipelines.clip_tokenizer import make_clip_tokenizer
 from pipelines.tiny import CLIPImageProcessor, build_tiny_kandinsky, build_tiny_karlo
-from pipelines.unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel, register_unclip_for_loading
+from pipelines.unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel
 
 # Published sizes (/work/shared/reference/prior-decoder-notes.md, from the model cards): 3 significant figures.
 PUBLISHED_PARAMETERS = {
@@ -253,6 +254,6 @@ def build_pipeline(family: str, tiny: bool, device: torch.device, dtype: torch.d
     if family == "kandinsky22":
         pipe = KandinskyV22CombinedPipeline.from_pretrained(tiny_dir(family), local_files_only=True)
     else:
-        register_unclip_for_loading()
+        register_unclip()
         pipe = UnCLIPPipeline.from_pretrained(tiny_dir(family), local_files_only=True)
     return pipe.to(device, dtype)

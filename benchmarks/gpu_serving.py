@@ -24,12 +24,13 @@ from diffusers import KandinskyV22CombinedPipeline
 from benchmarks import gpu_measure as measure
 from benchmarks.bench_server import in_process_server
 from benchmarks.gpu_models import build_pipeline
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, Task
 from pipelines.device import dtype_name
 from pipelines.loader import load_backend
 from pipelines.presets import presets_for
 from pipelines.speed import SpeedOptions
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 
 FAMILY = "kandinsky22"
 GUIDANCE_INTERVAL_MIN_TIMESTEP = 600  # easel-mini's presets' value
@@ -84,7 +85,7 @@ def serving_rows(bench: Any, variant: str, enabled: frozenset[str] | None, gener
 
 
 def _job(size: int, preset: Any) -> ImageJob:
-    return ImageJob(task="generate", n=1, width=size, height=size, seeds=[0], preset=preset, prompt=PROMPT)
+    return ImageJob(task=Task.GENERATE, n=1, width=size, height=size, seeds=[0], preset=preset, prompt=PROMPT)
 
 
 def _median(bench: Any, call: Any) -> float:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.options import OneLineParser
+from pipelines.tasks import Task
+from server.settings.options import OneLineParser
 
 RANDOM_SEED_RANGE = 2**31
 SLUG_WORDS = 6
@@ -37,7 +38,7 @@ class CommandError(Exception):
 class Request:
     """What to send: the task, the API fields, and the input files (edits and variations)."""
 
-    task: str  # "generate" | "edit" | "variation"
+    task: Task
     fields: dict[str, Any]
     image: bytes | None = None
     mask: bytes | None = None
@@ -96,7 +97,7 @@ _DESCRIPTIONS = {
     "write the results to files.",
     "vary": "Make variations of an image (no prompt: they start from the image's own embedding).",
 }
-_TASKS = {"generate": "generate", "edit": "edit", "vary": "variation"}
+_TASKS = {"generate": Task.GENERATE, "edit": Task.EDIT, "vary": Task.VARIATION}
 _FIELDS = (
     "n", "size", "quality", "output_format", "negative_prompt", "prior_steps", "prior_guidance_scale", "style",
     "decoder_steps", "decoder_guidance_scale", "decoder_guidance_min_timestep",
@@ -158,10 +159,10 @@ def _read(path: Path, param: str) -> bytes:
 
 def _save(files: list[bytes], request: Request, args: argparse.Namespace) -> list[tuple[Path, int]]:
     args.out.mkdir(parents=True, exist_ok=True)
-    if request.task == "generate":
+    if request.task == Task.GENERATE:
         stem = "-".join(re.findall(r"[a-z0-9]+", str(request.fields["prompt"]).lower())[:SLUG_WORDS]) or "image"
     else:
-        stem = f"{args.image.stem}-{'edit' if request.task == 'edit' else 'variation'}"
+        stem = f"{args.image.stem}-{request.task}"
     saved = []
     for index, data in enumerate(files):
         seed = request.seed + index

@@ -13,16 +13,18 @@ import sys
 
 from tqdm import tqdm
 
-from server.config import ModelSpec, Settings, parse_model_spec, read_settings
+from server.app.preflight import check_before_listening
 from server.engine.base import cpu_cores
-from server.errors import APIError
-from server.options import ConfigError
-from server.preflight import check_before_listening
+from server.http.errors import APIError
 from server.protocol.edits import EditRequest, UploadedBody, VariationRequest
 from server.protocol.images import GenerationRequest
 from server.serving.decoding import UploadLimits, decode_variation_input
 from server.serving.images import edit_compositor, finish_files
 from server.serving.masks import decode_edit_images
+from server.settings.config import Settings
+from server.settings.loading import read_settings
+from server.settings.model_specs import ModelSpec, parse_model_spec
+from server.settings.options import ConfigError
 from weights.registry import KNOWN_PULLS
 
 from .images import CommandError, Request

@@ -12,9 +12,10 @@ import argparse
 import json
 import sys
 
-from server.config import ModelSpec, read_settings
-from server.options import ConfigError
 from server.serving.model_facts import model_facts
+from server.settings.loading import read_settings
+from server.settings.model_specs import ModelSpec
+from server.settings.options import ConfigError
 
 KANDINSKY_NATIVE_SIDE = 512  # pipelines.kandinsky's default without easel.json
 

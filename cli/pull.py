@@ -132,7 +132,7 @@ def pull(recipe: Recipe, name: str, args: argparse.Namespace) -> Path:
         shutil.rmtree(target)
     os.replace(staging, target)
     org = recipe.parts[0].repo.split("/")[0]
-    entry = {"backend": recipe.family, "path": f"models/{name}", "presets": recipe.presets, "owned_by": org}
+    entry = {"family": recipe.family, "path": f"models/{name}", "presets": recipe.presets, "owned_by": org}
     register_user_model(home, name, {**entry, "license": license_id, "source": f"pulled from {repos}"})
     if not args.keep_downloads:
         for plan in plans:

@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from pipelines.tasks import Task
+
 from .images import CommandError, Request
 
-ENDPOINTS = {"generate": "images/generations", "edit": "images/edits", "variation": "images/variations"}
+ENDPOINTS = {Task.GENERATE: "images/generations", Task.EDIT: "images/edits", Task.VARIATION: "images/variations"}
 TIMEOUT = httpx.Timeout(30.0, read=600.0)  # a slow model on a CPU may take minutes between events
 
 
@@ -32,7 +34,7 @@ def run_remote(request: Request, server: str, api_key: str | None, partial_image
     url = f"{api_base(server)}/{ENDPOINTS[request.task]}"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     fields = dict(request.fields, response_format="b64_json")
-    streamed = request.task != "variation"
+    streamed = request.task != Task.VARIATION
     if streamed:
         fields.update(stream=True, partial_images=partial_images)
     try:
@@ -49,7 +51,7 @@ def run_remote(request: Request, server: str, api_key: str | None, partial_image
 
 
 def _send(client: httpx.Client, url: str, request: Request, fields: dict[str, Any]):
-    if request.task == "generate":
+    if request.task == Task.GENERATE:
         return client.stream("POST", url, json=fields)
     form = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in fields.items()}
     files = {"image": ("image", request.image or b"")}

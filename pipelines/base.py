@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from PIL import Image
 
+from .tasks import Task
+
 if TYPE_CHECKING:
     import torch
-
-Task = Literal["generate", "variation", "edit"]
 
 
 class Cancelled(Exception):
@@ -74,7 +74,7 @@ class ModelInfo:
     min_side: int  # bounds for free WxH requests, in output pixels
     max_side: int
     fixed_native_size: tuple[int, int] | None  # Karlo: always 256x256
-    tasks: frozenset[str]  # subset of {"generate", "variation", "edit"}
+    tasks: frozenset[Task]
     presets: dict[str, StagePreset]  # quality name -> preset
     parameter_counts: dict[str, int]  # component -> number of parameters
     device: str
@@ -200,13 +200,13 @@ def check_job(job: ImageJob, info: ModelInfo) -> None:
         raise ValueError(f"{info.name!r} does not support negative_prompt")
     if job.preset.decoder_guidance_min_timestep is not None and not info.supports_guidance_interval:
         raise ValueError(f"{info.name!r} cannot stop decoder guidance part-way")
-    if job.task in ("variation", "edit") and job.image is None:
+    if job.task in (Task.VARIATION, Task.EDIT) and job.image is None:
         raise ValueError(f"task {job.task!r} needs an image")
     if job.image_weights is not None and len(job.image_weights) != 1 + len(job.references):
         raise ValueError(f"need one weight per input image: {1 + len(job.references)} images, {job.image_weights}")
     if not 0 < job.strength <= 1:
         raise ValueError(f"strength must be in (0, 1], not {job.strength}")
-    if job.frames > 1 and (job.task != "generate" or not info.supports_animation):
+    if job.frames > 1 and (job.task != Task.GENERATE or not info.supports_animation):
         raise ValueError(f"{info.name!r} cannot animate a {job.task!r} job")
 
 

@@ -16,6 +16,8 @@ import torch
 from diffusers import KandinskyV22InpaintPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
 from PIL import Image
 
+from patches.diffusers import check_tested, prepare_inpaint_masks_with, stop_guidance
+
 from . import kandinsky_mask
 from .base import (
     BatchResult,
@@ -39,6 +41,7 @@ from .img2img import ImageStart, image_start, starting_at
 from .inpaint import LatentBlend, composite_unmasked, latent_blend, resized_original
 from .model_config import EaselConfig
 from .presets import complexities_for, presets_for
+from .tasks import Task
 from .walks import animate, mix_in_images
 
 REAL_KANDINSKY_NATIVE_SIDE = 512
@@ -54,8 +57,9 @@ class KandinskyBackend:
         self.prior_pipe: KandinskyV22PriorPipeline = combined.prior_pipe
         self.decoder_pipe: KandinskyV22Pipeline | KandinskyV22InpaintPipeline = combined.decoder_pipe
         self.inpaint_weights = self.decoder_pipe.unet.config.in_channels == INPAINT_UNET_CHANNELS
+        check_tested()  # the diffusers internals patched here and in _GuidanceInterval
         if self.inpaint_weights:
-            kandinsky_mask.install()
+            prepare_inpaint_masks_with(kandinsky_mask.shrink_kept_region)
         self.movq_scale_factor = self.decoder_pipe.movq_scale_factor
         self._zero_image_embed = self._encode_zero_image()
         # Without a negative prompt the prior pipeline re-encodes an all-zero image on
@@ -77,7 +81,7 @@ class KandinskyBackend:
             min_side=config.min_side,
             max_side=config.max_side,
             fixed_native_size=None,
-            tasks=frozenset({"generate", "variation", "edit"}),
+            tasks=frozenset(Task),
             presets=presets_for(presets),
             parameter_counts=parameter_counts(_components(combined)),
             device=str(device),
@@ -96,9 +100,9 @@ class KandinskyBackend:
     def batch_key(self, job: ImageJob) -> Hashable | None:
         if job.frames > 1:
             return None  # an animation is many decoder calls of its own
-        if job.task == "edit" and job.mask is None:  # whole-image edits share a schedule cut by strength
+        if job.task == Task.EDIT and job.mask is None:  # whole-image edits share a schedule cut by strength
             return (job.task, job.width, job.height, job.preset, job.strength)
-        if job.task == "edit" and self.inpaint_weights:
+        if job.task == Task.EDIT and self.inpaint_weights:
             return None  # diffusers' inpaint decoder applies the first row's image and mask to every row
         return (job.task, job.width, job.height, job.preset)
 
@@ -130,7 +134,7 @@ class KandinskyBackend:
 
     def _run_live(self, jobs: list[ImageJob]) -> dict[int, JobOutcome]:
         """The jobs' images, or Cancelled for those that left; the jobs share one task, size and preset."""
-        if jobs[0].task == "variation":
+        if jobs[0].task == Task.VARIATION:
             embeds = {id(job): self._variation_embeds(job) for job in jobs}
             left: dict[int, JobOutcome] = {}
         else:
@@ -141,7 +145,7 @@ class KandinskyBackend:
         image_embeds = torch.cat([embeds[id(job)][0] for job in rows.jobs])
         negative = torch.cat([embeds[id(job)][1] for job in rows.jobs])
         generators = [generator for job in rows.jobs for generator in seeded_generators(self.device, job.seeds)]
-        if rows.jobs[0].task == "edit":
+        if rows.jobs[0].task == Task.EDIT:
             left.update(self._edit(rows, image_embeds, negative, generators))
         else:
             left.update(self._decode(rows, image_embeds, negative, generators))
@@ -357,7 +361,7 @@ class _GuidanceInterval:
             return {}
         if int(next_timestep) >= self.min_timestep:
             return {}
-        pipe._guidance_scale = 1.0  # read by the pipeline's loop (and its do_classifier_free_guidance) each step
+        stop_guidance(pipe)
         # Unconditional rows come first (negative embeddings; the mask inputs are two equal copies).
         return {name: tensors[name].chunk(2)[1] for name in self.doubled}
 

@@ -5,7 +5,7 @@ mask by one latent pixel (``prepare_mask`` in
 ``pipeline_kandinsky2_2_inpainting``) with a Python loop over every pixel.
 That costs about 0.2 s for a 768-pixel edit on a CPU, and on a GPU every iteration
 also waits for the device. :func:`shrink_kept_region` computes exactly the same
-mask with a few tensor shifts; :func:`install` puts it in diffusers' place.
+mask with a few tensor shifts; :func:`patches.diffusers.prepare_inpaint_masks_with` puts it in diffusers' place.
 """
 
 from __future__ import annotations
@@ -35,8 +35,3 @@ def shrink_kept_region(masks: torch.Tensor) -> torch.Tensor:
         # The pixel (i, j) is cleared if (i - row, j - column) is not kept.
         cleared |= not_kept[..., 1 - row : 1 - row + height, 1 - column : 1 - column + width]
     return masks.masked_fill(cleared, 0)
-
-
-def install() -> None:
-    """Make diffusers' Kandinsky 2.2 inpaint decoder use :func:`shrink_kept_region` (idempotent)."""
-    _diffusers_inpaint.prepare_mask = shrink_kept_region

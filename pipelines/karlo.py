@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from patches.diffusers import register_unclip
+
 from .base import (
     BatchResult,
     BatchRows,
@@ -50,7 +52,8 @@ from .base import (
 from .device import dtype_name, from_pretrained_options
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
-from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline, register_unclip_for_loading
+from .tasks import Task
+from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline
 from .walks import combine_embeds, mix_in_image
 
 VARIATION_COMPONENTS = ("image_encoder", "feature_extractor")
@@ -64,7 +67,7 @@ class KarloBackend:
         if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
             # The super-resolution stage's antialiased bicubic upscale has no CPU half kernel.
             raise ValueError(f"Karlo cannot run in {dtype_name(dtype)} on the CPU: use float32")
-        register_unclip_for_loading()
+        register_unclip()
         config = read_easel_config(model_dir)
         self.device = device
         self.dtype = dtype
@@ -87,7 +90,7 @@ class KarloBackend:
             fixed_native_size=(side_w, side_h),
             # Variation and edit stay listed without the image encoder, so a request for
             # them gets MissingComponent's explanation rather than "unsupported task".
-            tasks=frozenset({"generate", "variation", "edit"}),
+            tasks=frozenset(Task),
             edit_modes=("whole_image",),
             edit_strength=False,
             presets=presets_for(presets),
@@ -172,7 +175,7 @@ class KarloBackend:
             "decoder_guidance_scale": job.preset.decoder_guidance,
         }
         with self._observed(job), self._mixed_in(job):
-            if job.task in ("generate", "edit"):
+            if job.task in (Task.GENERATE, Task.EDIT):
                 output = self.pipe(
                     prompt=job.prompt,
                     num_images_per_prompt=job.n,
@@ -198,7 +201,7 @@ class KarloBackend:
         and the guidance see and nothing else. Each row's prior sample still comes from its own seed.
         """
         stack = ExitStack()
-        if job.task != "edit" or job.input_image_weight <= 0:
+        if job.task != Task.EDIT or job.input_image_weight <= 0:
             return stack
         assert job.image is not None  # _check_job
         combined = combine_embeds(
@@ -265,12 +268,12 @@ class KarloBackend:
 
     def _check_job(self, job: ImageJob) -> None:
         check_job(job, self.info)
-        if job.task == "edit" and job.mask is not None:
+        if job.task == Task.EDIT and job.mask is not None:
             raise ValueError(f"{self.info.name!r} repaints the whole image only: an edit with a mask is not supported")
-        if job.task == "edit" and job.strength != 1:
+        if job.task == Task.EDIT and job.strength != 1:
             raise ValueError(f"{self.info.name!r} edits decode from noise: strength must be 1, not {job.strength}")
-        if job.task in ("variation", "edit") and self.variation_pipe is None:
-            what = "make variations" if job.task == "variation" else "edit images"
+        if job.task in (Task.VARIATION, Task.EDIT) and self.variation_pipe is None:
+            what = "make variations" if job.task == Task.VARIATION else "edit images"
             raise MissingComponent(
                 f"model {self.info.name!r} cannot {what}: its directory lacks "
                 f"{', '.join(self.missing_for_variation)}. Save CLIPVisionModelWithProjection and "

@@ -1,6 +1,6 @@
 """Load a model directory into an :class:`pipelines.base.ImageBackend`, offline, once.
 
-Nothing here touches the network (the package puts the hub in offline mode
+Nothing here touches the network (a load puts the hub in offline mode first,
 and every load passes ``local_files_only``). A missing model is a
 ``FileNotFoundError`` that says how to get it.
 """
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from patches.huggingface_hub import go_offline
 
 from .base import ImageBackend
 from .device import choose_device, choose_dtype, from_pretrained_options
@@ -54,6 +56,7 @@ def load_backend(
     ``optimize`` says which speed settings :mod:`pipelines.optimize` applies
     (default: the device's defaults).
     """
+    go_offline()
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}: expected one of {', '.join(FAMILIES)}")
     presets = presets or family

@@ -31,9 +31,12 @@ from diffusers.models.attention_processor import (
 )
 from transformers import PreTrainedModel
 
+from patches.torch import cache_compiled_graphs
+
 from .base import ImageBackend, ImageJob
 from .savings import apply_savings
 from .speed import OPTIMIZATIONS, SpeedOptions
+from .tasks import Task
 
 log = logging.getLogger("easel.optimize")
 
@@ -279,11 +282,7 @@ def use_compile_cache(directory: Path | None) -> Path:
     """Point Inductor's on-disk caches (FX graphs, Triton kernels) at a directory that survives restarts."""
     path = directory or default_compile_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
-    import torch._inductor.config as inductor_config
-
-    # Inductor reads the variable on every cache lookup; its default lives in /tmp, lost on reboot.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-    inductor_config.fx_graph_cache = True
+    cache_compiled_graphs(path)
     return path
 
 
@@ -301,7 +300,7 @@ def warm_up(backend: ImageBackend, batches: tuple[int, ...]) -> list[int]:
     for n in batches:
         started = time.monotonic()
         seeds = list(range(n))
-        backend.run(ImageJob("generate", n, width, height, seeds, short, prompt="a warm-up"))
+        backend.run(ImageJob(Task.GENERATE, n, width, height, seeds, short, prompt="a warm-up"))
         log.info(
             "%s: compiled for %d image(s) at %dx%d in %.1f s", info.name, n, width, height, time.monotonic() - started
         )

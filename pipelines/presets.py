@@ -12,13 +12,18 @@ saturated, higher-contrast images; ``natural`` eases off for softer ones.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from .base import PriorPreset, StagePreset
 
-QUALITIES = ("standard", "hd", "low", "medium", "high", "xhigh", "max", "auto")
-COMPLEXITIES = ("low", "medium", "high")
-STYLES = ("vivid", "natural")
+Quality = Literal["standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"]
+Complexity = Literal["low", "medium", "high"]
+Style = Literal["vivid", "natural"]
+QUALITIES: tuple[Quality, ...] = get_args(Quality)
+COMPLEXITIES: tuple[Complexity, ...] = get_args(Complexity)
+STYLES: tuple[Style, ...] = get_args(Style)
 
-STYLE_DECODER_GUIDANCE_FACTOR = {"vivid": 1.0, "natural": 0.75}
+STYLE_DECODER_GUIDANCE_FACTOR: dict[Style, float] = {"vivid": 1.0, "natural": 0.75}
 
 
 def _mini(prior_steps: int, decoder_steps: int) -> StagePreset:

@@ -35,6 +35,8 @@ try:  # transformers 5: the PIL-backed processor, which needs no torchvision
 except ImportError:  # transformers 4
     from transformers import CLIPImageProcessor
 
+from patches.diffusers import register_unclip
+
 from .clip_tokenizer import make_clip_tokenizer
 from .model_config import EASEL_CONFIG_NAME
 from .unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel
@@ -231,6 +233,7 @@ def build_tiny_karlo(path: Path | str, *, with_image_encoder: bool = True) -> Pa
     With ``with_image_encoder`` the directory also holds ``image_encoder/`` and
     ``feature_extractor/``, the two components UnCLIPImageVariationPipeline adds.
     """
+    register_unclip()  # before the pipeline is built: its index then names the published layout's "unclip" module
     path = Path(path)
     torch.manual_seed(SEED)
     tokenizer = make_clip_tokenizer()

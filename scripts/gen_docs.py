@@ -54,14 +54,15 @@ def field_tables_source() -> list[tuple[str, str, Sequence[Any], str]]:
 
 def options_source() -> tuple[type, dict[str, Any], argparse.ArgumentParser]:
     """The settings class, its declared options by field name, and the ``easel serve`` parser."""
-    from server.config import OPTIONS, Settings, build_parser
+    from server.settings.config import OPTIONS, Settings
+    from server.settings.loading import build_parser
 
     return Settings, OPTIONS, build_parser()
 
 
 def metrics_source() -> Iterable[Any]:
     """The metric families of a fresh registry, the scrape-time gauges included (for one stand-in model)."""
-    from server.metrics import Metrics
+    from server.observe.metrics import Metrics
 
     metrics = Metrics()
     metrics.watch(_OneModelCatalog(), _IdleEngine())
@@ -73,10 +74,11 @@ def metrics_source() -> Iterable[Any]:
 
 def errors_source() -> tuple[list[tuple[type[BaseException], Callable[[Any], Any]]], list[Callable[..., Any]]]:
     """The exception-to-answer table, and the helpers that build the other errors."""
-    from server import errors
+    from server.http import errors
+    from server.serving.job_errors import ERROR_TABLE
 
     helpers = [errors.invalid, errors.missing_parameter, errors.shutting_down, errors.internal_error]
-    return errors.ERROR_TABLE, helpers
+    return ERROR_TABLE, helpers
 
 
 class _OneModelCatalog:
@@ -208,7 +210,7 @@ def options_page() -> str:
         "how the file is found and how models, aliases and keys add up: "
         "[Running and configuring](../running.md#configuration). `easel serve --help` prints the same list."
     )
-    return page("Server options", "server/config.py", intro, body)
+    return page("Server options", "server/settings/config.py", intro, body)
 
 
 # -- metrics -------------------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def metrics_page() -> str:
         "[Serving many users](../serving.md#metrics)."
     )
     body = table(("metric", "type", "labels", "what"), metric_rows())
-    return page("Metrics", "server/metrics.py", intro, body)
+    return page("Metrics", "server/observe/metrics.py", intro, body)
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -303,7 +305,7 @@ def errors_page() -> str:
         "",
         *table(("helper", "status", "type", "code", "message"), helper_rows()),
     ]
-    return page("Errors", "server/errors.py", intro, body)
+    return page("Errors", "server/serving/job_errors.py", intro, body)
 
 
 # -- the command ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``python -m server`` / ``easel serve``: check the settings, then run the API server until it stops.
 
 A configuration mistake is one line on stderr and exit status 2, before
-anything listens (:mod:`server.config`, :mod:`server.preflight`). A model
+anything listens (:mod:`server.settings.config`, :mod:`server.app.preflight`). A model
 that fails to load stops the server with exit status 1 unless
 ``--keep-going`` is set, in which case it answers 503 for that model only.
 """
@@ -12,11 +12,12 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 
-from .config import Settings, load_settings
-from .logs import configure_logging
-from .options import ConfigError, fail
-from .preflight import check_before_listening
-from .runner import EaselServer, build_server
+from .app.preflight import check_before_listening
+from .app.runner import EaselServer, build_server
+from .observe.logs import configure_logging
+from .settings.config import Settings
+from .settings.loading import load_settings
+from .settings.options import ConfigError, fail
 
 log = logging.getLogger("easel")
 

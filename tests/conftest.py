@@ -25,11 +25,12 @@ from openai import AsyncOpenAI, OpenAI
 from starlette.applications import Starlette
 
 from pipelines.base import BatchResult, ImageJob
-from server.app import create_app
-from server.config import ModelSpec, Settings
+from server.app.application import create_app
+from server.app.runner import uvicorn_options
 from server.engine.local import Loader
-from server.middleware import uvicorn_options
-from server.state import ServerState
+from server.routes.state import ServerState
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 from weights.registry import load_registry
 
 # The tests' own model calls (tiny models run outside a server) use one thread: over tensors this small,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .spec import ModelSpec
+
 WEIGHTS_DIR = Path(__file__).resolve().parent
 REGISTRY_PATH = WEIGHTS_DIR / "registry.json"
 USER_REGISTRY_NAME = "registry.json"
@@ -26,19 +28,9 @@ KNOWN_PULLS = ("kandinsky-2-2", "kandinsky-2-2-inpaint", "karlo")
 
 
 @dataclass(frozen=True)
-class RegisteredModel:
-    name: str
-    backend: str  # model family: "kandinsky22" | "karlo"
-    path: Path  # absolute
-    presets: str  # key into pipelines.presets (a family name)
-    owned_by: str
-    source: str = ""  # where the weights came from (e.g. the hub repositories and commits they were pulled from)
-
-
-@dataclass(frozen=True)
 class Registry:
     default: str
-    models: dict[str, RegisteredModel]
+    models: dict[str, ModelSpec]
     aliases: dict[str, str]  # alias -> model name
 
 
@@ -51,14 +43,16 @@ def easel_home(env: Mapping[str, str] | None = None) -> Path:
     return data_home / "easel"
 
 
-def _model(name: str, entry: object, base: Path) -> RegisteredModel:
-    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str) or not isinstance(entry.get("path"), str):
-        raise ValueError(f"registry model {name!r} needs string 'backend' and 'path'")
-    return RegisteredModel(
+def _model(name: str, entry: object, base: Path) -> ModelSpec:
+    # Files written before the key was called "family" say "backend": both are read, "family" is written.
+    family = entry.get("family", entry.get("backend")) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(family, str) or not isinstance(entry.get("path"), str):
+        raise ValueError(f"registry model {name!r} needs string 'family' and 'path'")
+    return ModelSpec(
         name=name,
-        backend=entry["backend"],
+        family=family,
         path=(base / entry["path"]).resolve(),
-        presets=str(entry.get("presets", entry["backend"])),
+        presets=str(entry.get("presets", family)),
         owned_by=str(entry.get("owned_by", "easel")),
         source=str(entry.get("source", "")),
     )
@@ -89,7 +83,7 @@ def load_registry(path: Path | str = REGISTRY_PATH) -> Registry:
     return Registry(default=default, models=models, aliases=aliases)
 
 
-def load_user_models(home: Path) -> dict[str, RegisteredModel]:
+def load_user_models(home: Path) -> dict[str, ModelSpec]:
     """The models ``easel pull`` registered in ``home`` (none if it has no registry yet)."""
     path = home / USER_REGISTRY_NAME
     if not path.is_file():

@@ -40,6 +40,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ..base import ImageBackend, ImageJob
+from ..tasks import Task
 from .scenes import Scene, heldout_prompts, render, sample_scene
 from .scorer import ImageScore, score_image, summarize
 
@@ -144,7 +145,7 @@ def evaluate(
     for index, (prompt, _) in enumerate(prompts):
         job_seeds = [seed * 1_000_000 + index * images_per_prompt + i for i in range(images_per_prompt)]
         job = ImageJob(
-            task="generate", n=images_per_prompt, width=width, height=height, seeds=job_seeds, preset=preset,
+            task=Task.GENERATE, n=images_per_prompt, width=width, height=height, seeds=job_seeds, preset=preset,
             prompt=prompt,
         )  # fmt: skip
         jobs.append(job)
@@ -161,9 +162,9 @@ def evaluate(
         "random_baseline": summarize(random_baseline_scores(scenes, seed), scenes),
         "ground_truth": summarize([score_image(render(scene, SCENE_SIDE), scene) for scene in scenes], scenes),
     }
-    if variations and "variation" in backend.info.tasks:
+    if variations and Task.VARIATION in backend.info.tasks:
         varied = [
-            backend.run(replace(job, task="variation", prompt="", image=render(scene, SCENE_SIDE)))
+            backend.run(replace(job, task=Task.VARIATION, prompt="", image=render(scene, SCENE_SIDE)))
             for job, scene in zip(jobs, scenes)
         ]
         summaries["variations"] = summarize(

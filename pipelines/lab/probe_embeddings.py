@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionModelWithProjection
 
+from patches.huggingface_hub import go_offline
+
 from .scenes import Scene, heldout_prompts, object_is_heldout, sample_scene
 from .training.data import (
     ATTRIBUTE_CLASSES,
@@ -47,6 +49,7 @@ PROBE_BATCH = 512
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    go_offline()  # the lab's models are local folders: never ask the hub
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     vision = CLIPVisionModelWithProjection.from_pretrained(args.model / "prior_image_encoder").float().eval()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
 from pipelines.base import ImageJob, ModelInfo
 from pipelines.speed import SpeedOptions
+from weights.spec import ModelSpec
 
 
 class QueueFull(Exception):
@@ -39,15 +39,16 @@ class WorkerLost(Exception):
 
 @dataclass(frozen=True)
 class ModelToLoad:
-    """One model for the engine to load: a name clients use, a backend family, a weights directory."""
+    """One model for the engine to load: its spec, and where and how this server loads it."""
 
-    name: str
-    family: str
-    path: Path
-    presets: str | None  # a quality table in pipelines.presets; None: the family's
+    spec: ModelSpec
     device: str | None  # None: the loader's choice
     dtype: str | None
     optimize: SpeedOptions = SpeedOptions()  # speed settings applied at load (pipelines.optimize)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class JobResult:
 
 @dataclass(frozen=True)
 class EngineMetrics:
-    """Where an engine records its figures: prometheus-client metrics, made per app by :mod:`server.metrics`."""
+    """Where an engine records its figures: prometheus-client metrics, made per app by :mod:`server.observe.metrics`."""
 
     queue_wait: Any  # Histogram by model: seconds from submit to the start of the job's pipeline call
     batch_images: Any  # Histogram by model: images per pipeline call

@@ -74,11 +74,12 @@ class LocalEngine:
 
     def load(self, model: ModelToLoad) -> ModelInfo:
         def load_one() -> ImageBackend:
+            spec = model.spec
             return self.loader(
-                model.name,
-                model.family,
-                model.path,
-                presets=model.presets,
+                spec.name,
+                spec.family,
+                spec.path,
+                presets=spec.presets,
                 device=model.device,
                 dtype=model.dtype,
                 optimize=model.optimize,

@@ -12,9 +12,9 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.base import ImageJob, ModelInfo
+from pipelines.base import ImageJob, ModelInfo, Task
 
-from ..errors import invalid, missing_parameter
+from ..http.errors import invalid, missing_parameter
 from . import tables as t
 from .fields import FieldReader, RequestedSize, read_prompt
 from .images import ApiStyle, ImageOptions, build_job, check_for_model, check_stream_options, read_image_options
@@ -49,7 +49,7 @@ class UploadedBody:
 class InputMix:
     """How an edit's inputs steer it: the mix weights, and where a whole-image edit's decoder starts."""
 
-    fidelity: str  # input_fidelity, low or high
+    fidelity: t.InputFidelity
     image_weight: float | None = None  # input_image_weight as sent (None: input_fidelity's)
     strength: float | None = None  # strength as sent (None: input_fidelity's)
     image_weights: tuple[float, ...] | None = None  # per input image, as sent
@@ -125,7 +125,7 @@ class EditRequest:
             raise invalid("strength", message, code="unsupported_value")
         strength, weight = self.mix.for_edit(whole_image=mask is None, from_input=info.edit_strength)
         job = build_job(
-            "edit", self.options, info, prompt=self.prompt, image=images[0], mask=mask, input_image_weight=weight
+            Task.EDIT, self.options, info, prompt=self.prompt, image=images[0], mask=mask, input_image_weight=weight
         )
         return replace(job, references=images[1:], strength=strength, image_weights=self.mix.image_weights)
 
@@ -194,7 +194,7 @@ class VariationRequest:
 
     def to_job(self, info: ModelInfo, api_style: ApiStyle, image: Image.Image) -> ImageJob:
         check_for_model(self.options, None, api_style, info)
-        return build_job("variation", self.options, info, image=image)
+        return build_job(Task.VARIATION, self.options, info, image=image)
 
 
 def sized_for_input(options: ImageOptions, image: Image.Image, info: ModelInfo) -> ImageOptions:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import APIError
+from ..http.errors import APIError
 from .images import ImageOptions, gpt_image_quality, usage
 
 StreamKind = Literal["image_generation", "image_edit"]

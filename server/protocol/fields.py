@@ -16,12 +16,17 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from starlette.requests import Request
 
-from ..errors import APIError, invalid, missing_parameter, shown
-from .tables import PROMPT, STANDARD_SIZES, Field
+from ..http.errors import APIError, invalid, missing_parameter, shown
+from . import field_errors as refuse
+from .field_errors import quote_list
+from .rows import Field
+from .tables import PROMPT, STANDARD_SIZES
+
+T = TypeVar("T")
 
 AUTO_SIZE = (1024, 1024)
 MAX_FREE_SIDE = 8192  # parse limit; the model's own max_side is checked later
@@ -112,26 +117,6 @@ def _is_unicode_text(value: Any) -> bool:
     return True
 
 
-def quote_list(values: tuple[str, ...]) -> str:
-    quoted = [f"'{v}'" for v in values]
-    return ", ".join(quoted[:-1]) + f", and {quoted[-1]}" if len(quoted) > 1 else quoted[0]
-
-
-# bool before int: True is an int to Python, but a boolean to a client.
-_TYPE_NAMES: tuple[tuple[type, str], ...] = (
-    (bool, "a boolean"),
-    (int, "an integer"),
-    (float, "a decimal"),
-    (str, "a string"),
-    (list, "an array"),
-    (dict, "an object"),
-)
-
-
-def _type_name(value: Any) -> str:
-    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), "a value of another type")
-
-
 class FieldReader:
     """Typed access to request fields with OpenAI-style 400s; :meth:`read` reads a field by its table row.
 
@@ -162,53 +147,42 @@ class FieldReader:
             return None
         return value
 
-    def read(self, field: Field) -> Any:
+    def read(self, field: Field[T]) -> T:
         """The field's value as its row declares it; absent or null: the row's default.
 
         A field with aliases is read under the one name the client sent, so its errors name that one.
         """
         field = self._as_sent(field)
+        value = self._read_kind(field)
+        # The one unchecked step: the row's kind function (protocol.rows) made T the type this kind reads as.
+        return cast(T, field.default if value is None else value)
+
+    def _read_kind(self, field: Field[Any]) -> object:
         name, kind = field.name, field.kind
         if kind == "integer":
-            value: Any = self.integer(name, int(_bound(field.low)), int(_bound(field.high)))
-        elif kind == "number":
-            value = self.number(name, _bound(field.low), _bound(field.high))
-        elif kind == "boolean":
-            value = self.boolean(name)
-        elif kind == "enum":
-            value = self.enum(field)
-        elif kind == "object":
-            value = self.object(field)
-        elif kind == "numbers":
-            value = self.numbers(field.name, _bound(field.low), _bound(field.high))
-        else:
-            value = self.string(name, required=field.required, max_length=field.max_length, plain_text=field.plain_text)
-        return field.default if value is None else value
+            return self.integer(name, int(_bound(field.low)), int(_bound(field.high)))
+        if kind == "number":
+            return self.number(name, _bound(field.low), _bound(field.high))
+        if kind == "boolean":
+            return self.boolean(name)
+        if kind == "enum":
+            return self.enum(field)
+        if kind == "object":
+            return self.object(field)
+        if kind == "numbers":
+            return self.numbers(field.name, _bound(field.low), _bound(field.high))
+        if kind == "file":
+            raise TypeError(f"'{name}' is a file: uploads are read from the body's parts, not as a field")
+        return self.string(name, required=field.required, max_length=field.max_length, plain_text=field.plain_text)
 
-    def _as_sent(self, field: Field) -> Field:
+    def _as_sent(self, field: Field[T]) -> Field[T]:
         """The row under the name the client used for it; two names for one setting are a 400."""
         if not field.aliases:
             return field
         sent = [name for name in (field.name, *field.aliases) if self.given(name)]
         if len(sent) > 1:
-            param = self.prefix + sent[1]
-            message = (
-                f"'{self.prefix + sent[0]}' and '{param}' both set {self.prefix + field.name} "
-                "(one is an alias of the other); send only one of them."
-            )
-            raise invalid(param, message, code="duplicate_parameter")
+            raise refuse.two_names_for_one(self.prefix + sent[1], self.prefix + sent[0], self.prefix + field.name)
         return replace(field, name=sent[0]) if sent and sent[0] != field.name else field
-
-    def _wrong_type(self, name: str, expected: str, value: Any) -> APIError:
-        param = self.prefix + name
-        message = f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead."
-        return invalid(param, message, code="invalid_type")
-
-    def _out_of_range(self, name: str, value: Any, low: float, high: float) -> APIError:
-        param = self.prefix + name
-        return invalid(
-            param, f"Invalid '{param}': {value} is out of range; expected {low} to {high}.", code="invalid_value"
-        )
 
     def string(
         self, name: str, *, required: bool = False, max_length: int | None = None, plain_text: bool = False
@@ -220,14 +194,9 @@ class FieldReader:
                 raise missing_parameter(self.prefix + name)
             return None
         if not isinstance(value, str):
-            raise self._wrong_type(name, "a string", value)
+            raise refuse.wrong_type(self.prefix + name, "a string", value)
         if max_length is not None and len(value) > max_length:
-            raise invalid(
-                self.prefix + name,
-                f"Invalid '{self.prefix + name}': string too long. Expected a string with maximum length "
-                f"{max_length}, but got a string with length {len(value)} instead.",
-                code="string_above_max_length",
-            )
+            raise refuse.too_long(self.prefix + name, max_length, len(value))
         if plain_text:
             refuse_control_characters(self.prefix + name, value)
         return value
@@ -235,26 +204,24 @@ class FieldReader:
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self.string(name)
         if value is not None and value not in choices:
-            message = f"Invalid value: '{shown(value)}'. Supported values are: {quote_list(choices)}."
-            raise invalid(self.prefix + name, message, code="invalid_value")
+            raise refuse.not_a_choice(self.prefix + name, value, choices)
         return value
 
-    def enum(self, field: Field) -> str | None:
+    def enum(self, field: Field[Any]) -> str | None:
         """One of the row's choices; a value OpenAI has but Easel refuses is a 400 with the row's reason."""
         reasons = dict(field.refused)
         value = self.choice(field.name, field.choices + tuple(reasons))
         if value in reasons:
-            message = f"{field.name} '{value}' is not supported: {reasons[value]}"
-            raise invalid(self.prefix + field.name, message, code="unsupported_value")
+            raise refuse.refused_choice(self.prefix + field.name, field.name, value, reasons[value])
         return value
 
-    def object(self, field: Field) -> dict[str, Any] | None:
+    def object(self, field: Field[Any]) -> dict[str, Any] | None:
         """An object field, every property read by its own row (unknown properties refused)."""
         value = self.raw(field.name)
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise self._wrong_type(field.name, "an object", value)
+            raise refuse.wrong_type(self.prefix + field.name, "an object", value)
         inner = FieldReader(value, form=self.form, prefix=f"{self.prefix}{field.name}.")
         inner.reject_unknown(frozenset(part.name for part in field.properties))
         return {part.name: inner.read(part) for part in field.properties}
@@ -267,12 +234,11 @@ class FieldReader:
             try:
                 value = int(value)
             except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
-                message = f"Invalid '{name}': the number has too many digits; expected {low} to {high}."
-                raise invalid(self.prefix + name, message, code="invalid_value") from None
+                raise refuse.too_many_digits(self.prefix + name, name, low, high) from None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._wrong_type(name, "an integer", value)
+            raise refuse.wrong_type(self.prefix + name, "an integer", value)
         if not low <= value <= high:
-            raise self._out_of_range(name, value, low, high)
+            raise refuse.out_of_range(self.prefix + name, value, low, high)
         return value
 
     def number(self, name: str, low: float, high: float) -> float | None:
@@ -283,9 +249,9 @@ class FieldReader:
         if self.form and isinstance(value, str) and _FORM_NUMBER.fullmatch(value.strip()):
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._wrong_type(name, "a number", value)
+            raise refuse.wrong_type(self.prefix + name, "a number", value)
         if not math.isfinite(value) or not low <= value <= high:
-            raise self._out_of_range(name, value, low, high)
+            raise refuse.out_of_range(self.prefix + name, value, low, high)
         return float(value)
 
     def numbers(self, name: str, low: float, high: float) -> list[float] | None:
@@ -296,12 +262,12 @@ class FieldReader:
         if self.form and isinstance(value, str):
             value = [part.strip() for part in value.strip().removeprefix("[").removesuffix("]").split(",")]
         if not isinstance(value, list):
-            raise self._wrong_type(name, "an array of numbers", value)
+            raise refuse.wrong_type(self.prefix + name, "an array of numbers", value)
         items = FieldReader({str(i): item for i, item in enumerate(value)}, form=self.form, prefix=f"{name}.")
         numbers = [items.number(str(i), low, high) for i in range(len(value))]
         for i, number in enumerate(numbers):
             if number is None:
-                raise items._wrong_type(str(i), "a number", value[i])
+                raise refuse.wrong_type(f"{name}.{i}", "a number", value[i])
         return [number for number in numbers if number is not None]
 
     def boolean(self, name: str) -> bool | None:
@@ -311,7 +277,7 @@ class FieldReader:
         if self.form and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):
-            raise self._wrong_type(name, "a boolean", value)
+            raise refuse.wrong_type(self.prefix + name, "a boolean", value)
         return value
 
 
@@ -360,7 +326,7 @@ def _nest_brackets(values: Mapping[str, Any]) -> dict[str, Any]:
         match = _BRACKETED.fullmatch(key)
         if match is None:
             if isinstance(nested.get(key), dict):
-                raise invalid(key, f"'{key}' was given both as a value and as an object.", code="invalid_value")
+                raise refuse.value_and_object(key)
             nested[key] = value
             continue
         path = [match.group(1), *re.findall(r"\[([^\[\]]+)\]", match.group(2))]
@@ -368,7 +334,7 @@ def _nest_brackets(values: Mapping[str, Any]) -> dict[str, Any]:
         for part in path[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise invalid(path[0], f"'{path[0]}' was given both as a value and as an object.", code="invalid_value")
+                raise refuse.value_and_object(path[0])
         target[path[-1]] = value
     return nested
 
@@ -377,7 +343,7 @@ def read_prompt(reader: FieldReader) -> str:
     prompt = reader.read(PROMPT)
     if not prompt.strip():
         raise invalid("prompt", "Invalid 'prompt': must not be empty.", code="invalid_value")
-    return str(prompt)
+    return prompt
 
 
 # C0 controls but tab, line feed and carriage return; DEL; C1 controls. They mean nothing to an image
@@ -388,8 +354,4 @@ _CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 def refuse_control_characters(name: str, text: str) -> None:
     found = _CONTROL_CHARACTER.search(text)
     if found is not None:
-        message = (
-            f"Invalid '{name}': it holds the control character U+{ord(found.group()):04X} at position "
-            f"{found.start()}; only tab, line feed and carriage return are accepted."
-        )
-        raise invalid(name, message, code="invalid_value")
+        raise refuse.control_character(name, found.group(), found.start())

@@ -25,9 +25,9 @@ from typing import Any, Literal
 from PIL import Image
 
 from pipelines.base import ImageJob, ModelInfo, Task
-from pipelines.presets import STYLE_DECODER_GUIDANCE_FACTOR
+from pipelines.presets import STYLE_DECODER_GUIDANCE_FACTOR, Complexity, Quality, Style
 
-from ..errors import invalid
+from ..http.errors import invalid
 from . import tables as t
 from .fields import FieldReader, RequestedSize, parse_size, read_prompt, require_object
 
@@ -62,15 +62,15 @@ class ImageOptions:
     model: str | None
     n: int
     size: RequestedSize
-    quality: str
-    complexity: str | None  # None: the quality preset's prior settings
-    response_format: str | None  # None: the model name's default (url, or b64_json for GPT image names)
-    output_format: str
+    quality: Quality
+    complexity: Complexity | None  # None: the quality preset's prior settings
+    response_format: t.ResponseFormat | None  # None: the model name's default (url, or b64_json for GPT image names)
+    output_format: t.OutputFormat
     output_compression: int  # 0-100; 100 for png, gif and svg
     frames: int  # gif: frames per image; 1 otherwise
     frame_duration_ms: int  # gif: each frame's delay, a multiple of 10
     trace_detail: str | None  # svg: the tracing effort; None otherwise
-    background: str
+    background: t.Background
     user: str | None  # user, or the safety identifier when no user was sent (logs)
     safety_identifier: str | None  # OpenAI's rule: a non-empty safety_identifier, else a non-empty user
     stream: bool
@@ -159,8 +159,8 @@ def _trace_detail(svg: dict[str, Any] | None) -> str:
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
-    style: str
-    moderation: str
+    style: Style
+    moderation: t.Moderation
     options: ImageOptions
 
     @classmethod
@@ -178,7 +178,7 @@ class GenerationRequest:
     def to_job(self, info: ModelInfo, api_style: ApiStyle) -> ImageJob:
         check_for_model(self.options, self.prompt, api_style, info)
         check_stream_options(self.options)
-        return build_job("generate", self.options, info, prompt=self.prompt, style=self.style)
+        return build_job(Task.GENERATE, self.options, info, prompt=self.prompt, style=self.style)
 
 
 def max_n_for(api_style: ApiStyle) -> int:
@@ -261,7 +261,7 @@ def build_job(
     info: ModelInfo,
     *,
     prompt: str = "",
-    style: str | None = None,
+    style: Style | None = None,
     image: Image.Image | None = None,
     mask: Image.Image | None = None,
     input_image_weight: float = 0.0,

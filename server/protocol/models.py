@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from pipelines.base import ModelInfo
+from pipelines.base import ModelInfo, Task
 
 
 def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
     square = info.native_size_for(1, 1)
     endpoints = ["generations"] + [
-        name for task, name in (("edit", "edits"), ("variation", "variations")) if task in info.tasks
+        name for task, name in ((Task.EDIT, "edits"), (Task.VARIATION, "variations")) if task in info.tasks
     ]
     return {
         "family": info.family,
@@ -32,7 +32,7 @@ def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
         "complexity_presets": {name: asdict(preset) for name, preset in info.complexities.items()},
         "supports_animation": info.supports_animation,
         # Edits: an area marked by a mask, markup or transparency (inpainting), or the whole image (image to image).
-        "edit_modes": list(info.edit_modes) if "edit" in info.tasks else [],
+        "edit_modes": list(info.edit_modes) if Task.EDIT in info.tasks else [],
         "parameter_counts": dict(info.parameter_counts),
         "device": info.device,
         "dtype": info.dtype,

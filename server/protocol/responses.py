@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-from ..errors import APIError, invalid, missing_parameter
+from ..http.errors import APIError, invalid, missing_parameter
 from . import tables as t
 from .fields import FieldReader, require_object
-from .tables import Field
+from .rows import Field, boolean, enum, integer, number, string
 
 IMAGE_TOOL = "image_generation"
 LANGUAGE_MODEL_ONLY = "Easel serves the image_generation tool only: it has no language model to {what}."
@@ -42,24 +42,27 @@ TOOL_IMAGE_FIELDS = (
 TOOL_OPTIONS = frozenset({"type", "model", "action", "input_image_mask", *TOOL_IMAGE_FIELDS}) | frozenset(
     alias for row in t.EDIT if row.name in TOOL_IMAGE_FIELDS for alias in row.aliases
 )
-ACTION = Field("action", "enum", "generate, edit, or auto.", choices=("generate", "edit", "auto"), default="auto")
+Action = Literal["generate", "edit", "auto"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
+ACTION = enum("action", "generate, edit, or auto.", choices=ACTIONS, default="auto")
 # The language model's settings: checked, echoed, not used (no language model runs).
-ECHOED = (
-    Field("temperature", "number", "", low=0.0, high=2.0),
-    Field("top_p", "number", "", low=0.0, high=1.0),
-    Field("max_output_tokens", "integer", "", low=1, high=2**31 - 1),
-    Field("max_tool_calls", "integer", "", low=1, high=2**31 - 1),
-    Field("top_logprobs", "integer", "", low=0, high=20),
-    Field("parallel_tool_calls", "boolean", ""),
-    Field("truncation", "enum", "", choices=("auto", "disabled")),
-    Field("service_tier", "enum", "", choices=("auto", "default", "flex", "scale", "priority")),
-    Field("prompt_cache_key", "string", "", max_length=t.MAX_USER_LENGTH),
-    Field("prompt_cache_retention", "enum", "", choices=("in_memory", "24h")),
-    Field("instructions", "string", ""),
+ECHOED: tuple[Field[Any], ...] = (
+    number("temperature", "", low=0.0, high=2.0),
+    number("top_p", "", low=0.0, high=1.0),
+    integer("max_output_tokens", "", low=1, high=2**31 - 1),
+    integer("max_tool_calls", "", low=1, high=2**31 - 1),
+    integer("top_logprobs", "", low=0, high=20),
+    boolean("parallel_tool_calls", ""),
+    enum("truncation", "", choices=("auto", "disabled")),
+    enum("service_tier", "", choices=("auto", "default", "flex", "scale", "priority")),
+    string("prompt_cache_key", "", max_length=t.MAX_USER_LENGTH),
+    enum("prompt_cache_retention", "", choices=("in_memory", "24h")),
+    string("instructions", ""),
 )
 ECHOED_OBJECTS = ("metadata", "reasoning", "text", "stream_options")
 ECHOED_LISTS = ("include",)
-OWN = (t.USER, t.SAFETY_IDENTIFIER, t.STREAM, Field("store", "boolean", "", default=True))
+STORE = boolean("store", "", default=True)
+OWN = (t.USER, t.SAFETY_IDENTIFIER, t.STREAM, STORE)
 RESPONSE_FIELDS = frozenset(
     {"model", "input", "tools", "tool_choice", "previous_response_id", "background"}
     | {row.name for row in (*ECHOED, *OWN)}
@@ -83,7 +86,7 @@ class ResponsesRequest:
     images: list[ImageRef]  # input images, in order (with previous_response_id: after that response's image)
     earlier_result: str | None  # base64 of the last image_generation_call item in the input, if any
     mask: ImageRef | None
-    action: str
+    action: Action
     tool_index: int
     image_fields: dict[str, Any]  # the tool's options as an Images API body (prompt and stream included)
     image_model: str | None  # the tool's model, or the top-level model when it names an Easel model
@@ -120,8 +123,9 @@ def parse_responses_request(body: Any, is_easel_model: Callable[[str], bool]) ->
     index, tool = _image_tool(tools)
     _check_tool_choice(reader.raw("tool_choice"))
     messages = _read_input(reader.raw("input"))
-    own = {row.name: reader.read(row) for row in OWN}
-    image_fields = _tool_fields(tool, index, messages.prompt, own)
+    user, safety_identifier = reader.read(t.USER), reader.read(t.SAFETY_IDENTIFIER)
+    stream, store = reader.read(t.STREAM), reader.read(STORE)
+    image_fields = _tool_fields(tool, messages.prompt, stream, user, safety_identifier)
     image_model = _image_model(tool.get("model"), model, index, is_easel_model)
     previous = reader.string("previous_response_id", max_length=256)
     return ResponsesRequest(
@@ -135,11 +139,11 @@ def parse_responses_request(body: Any, is_easel_model: Callable[[str], bool]) ->
         image_fields=image_fields,
         image_model=image_model,
         previous_response_id=previous,
-        store=own["store"],
-        stream=own["stream"],
+        store=store,
+        stream=stream,
         tools=tools,
         tool_choice=reader.raw("tool_choice") if reader.given("tool_choice") else "auto",
-        echoed=_echoed(reader) | {"user": own["user"], "safety_identifier": own["safety_identifier"]},
+        echoed=_echoed(reader) | {"user": user, "safety_identifier": safety_identifier},
     )
 
 
@@ -193,11 +197,13 @@ def _check_tool_choice(choice: Any) -> None:
     raise invalid("tool_choice", LANGUAGE_MODEL_ONLY.format(what=what), code="unsupported_tool")
 
 
-def _tool_fields(tool: dict[str, Any], index: int, prompt: str, own: dict[str, Any]) -> dict[str, Any]:
+def _tool_fields(
+    tool: dict[str, Any], prompt: str, stream: bool, user: str | None, safety_identifier: str | None
+) -> dict[str, Any]:
     """The tool's options as an Images API body: one image, returned as base64."""
     read_here = ("type", "model", "action", "input_image_mask")
     fields = {name: value for name, value in tool.items() if name not in read_here}
-    fields.update(prompt=prompt, stream=own["stream"], user=own["user"], safety_identifier=own["safety_identifier"])
+    fields.update(prompt=prompt, stream=stream, user=user, safety_identifier=safety_identifier)
     return fields
 
 

@@ -1,1 +1,4 @@
-"""HTTP routes, one module per resource; ``server.app`` gathers them. The handlers live in ``server.serving``."""
+"""HTTP routes, one module per resource, and the state they share; ``server.app.application`` gathers them.
+
+The handlers live in ``server.serving``.
+"""

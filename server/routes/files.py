@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import APIError
+from ..http.errors import APIError
 from ..serving.files import MEDIA_TYPES, ImageStore
 
 

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ..errors import SERVER_ERROR, APIError, error_response
-from ..state import ServerState
+from ..http.errors import SERVER_ERROR, APIError, error_response
+from .state import ServerState
 
 
 async def health(request: Request) -> JSONResponse:

@@ -1,9 +1,9 @@
-"""``GET /metrics``: Prometheus text format (:mod:`server.metrics`); needs the API key when keys are configured."""
+"""``GET /metrics``: Prometheus text format (:mod:`server.observe.metrics`); needs the API key when keys are set."""
 
 from __future__ import annotations
 
 from starlette.routing import Route
 
-from ..metrics import serve_metrics
+from ..observe.metrics import serve_metrics
 
 routes = [Route("/metrics", serve_metrics, methods=["GET"])]

@@ -3,7 +3,8 @@
 :mod:`.deployments` builds the Serve application (an ingress running the HTTP
 app, a deployment per model), :mod:`.engine` is the ingress's engine,
 :mod:`.wire` what crosses Ray, :mod:`.figures` the replicas' metrics on their way to the ingress,
-:mod:`.launch` the command, :mod:`.scaling` its options, :mod:`.proxy` the HTTP proxy's middleware.
+:mod:`.launch` the command (its options: :mod:`server.settings.ray_serve`), :mod:`.proxy` the HTTP proxy's
+middleware.
 Needs the ``ray`` extra: ``pip install 'easel[ray]'``.
 """
 

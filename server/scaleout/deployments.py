@@ -26,13 +26,14 @@ from starlette.types import ASGIApp
 
 from pipelines.base import ImageJob
 
-from ..app import create_app, local_engine_factory
-from ..config import Settings, load_settings
+from ..app.application import create_app, local_engine_factory
 from ..engine.base import EngineMetrics, ModelToLoad
-from ..errors import ERROR_TABLE
+from ..serving.job_errors import ERROR_TABLE
+from ..settings.config import Settings
+from ..settings.loading import load_settings
+from ..settings.ray_serve import RayServeSettings
 from .engine import RayEngine, off_the_loop_if_pixels
 from .figures import FigureLog
-from .scaling import RayServeSettings
 from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
 
 log = logging.getLogger("easel.scaleout")
@@ -162,7 +163,7 @@ def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | N
         for key, value in (overrides or {}).get(spec.name, {}).items():
             options[key] = {**options[key], **value} if isinstance(value, Mapping) and key in options else value
         deployment = serve.deployment(ModelReplica).options(name=model_deployment_name(spec.name), **options)
-        to_load = ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, settings.dtype)
+        to_load = ModelToLoad(spec, settings.device, settings.dtype)
         models[spec.name] = deployment.bind(to_load, settings)
     ingress = serve.deployment(EaselIngress).options(
         name=INGRESS_NAME,

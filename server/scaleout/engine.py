@@ -175,7 +175,7 @@ class RayJobHandle:
                     self.model.count_waiting(self.job, 1)
         except asyncio.CancelledError:
             self._settle(error=Cancelled())
-        except Exception as error:  # the request that owns the job reports it (server.errors)
+        except Exception as error:  # the request that owns the job reports it (server.serving.job_errors)
             self._settle(error=error)
 
     async def _run_once(self, wire: Message) -> None:

@@ -22,8 +22,8 @@ import httpx
 import ray
 from ray import serve
 
-from ..config import Settings
 from ..serving.models import LoadFailed
+from ..settings.config import Settings
 from .deployments import build_app
 
 log = logging.getLogger("easel.scaleout")

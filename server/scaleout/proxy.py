@@ -15,7 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..middleware import REQUEST_ID_HEADER, SANE_REQUEST_ID, new_request_id
+from ..http.middleware import REQUEST_ID_HEADER, SANE_REQUEST_ID, new_request_id
 
 _HEADER_BYTES = REQUEST_ID_HEADER.encode()
 

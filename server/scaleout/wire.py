@@ -5,7 +5,7 @@ only its data travels (images as raw pixels, which cost no encoding). A
 replica answers a job with a stream of messages: ``accepted`` (it holds the
 job now), ``preview`` (partial images), then ``result`` or ``error``.
 Errors travel as their kind and fields and are rebuilt as the same exception
-types, so ``server.errors``' table answers them as it would in one process.
+types, so ``server.serving.job_errors``' table answers them as it would in one process.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from ..config import DEFAULT_MAX_DECODE_MB, Settings
-from ..errors import invalid
+from ..http.errors import invalid
+from ..settings.config import DEFAULT_MAX_DECODE_MB, Settings
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A typed request (:mod:`server.protocol.images`) comes in; the answer goes out
 in the style of the model name the client used. The job waits in the engine;
 a client that disconnects before its images are ready cancels it. Log lines
-carry ``request.state.request_id``, set by :class:`~server.middleware.RequestIdMiddleware`.
+carry ``request.state.request_id``, set by :class:`~server.http.middleware.RequestIdMiddleware`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from starlette.types import Receive
 from pipelines.base import ImageJob, ModelInfo, Task
 from pipelines.inpaint import composite_unmasked
 
-from ..config import Settings
 from ..engine.base import Engine, JobHandle, JobResult
-from ..errors import CLIENT_CLOSED_REQUEST, job_error, shutting_down
+from ..http.errors import CLIENT_CLOSED_REQUEST, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
 from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
+from ..settings.config import Settings
 from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
+from .job_errors import job_error
 from .masks import decode_edit_images
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
@@ -80,7 +81,7 @@ class ImageServing:
         return await self._respond(request, started, prompt=edit.prompt)
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self._resolve(request, variation.options.model, "variation")
+        model = self._resolve(request, variation.options.model, Task.VARIATION)
         fit = _input_fit(variation.options, variation.size_from_input, model.info)
         source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
         variation = variation.sized_for(source, model.info)
@@ -98,7 +99,7 @@ class ImageServing:
     # -- starting jobs: the endpoints here and /v1/responses (server/serving/responses.py) --------
 
     def start_generation(self, request: Request, generation: GenerationRequest) -> StartedJob:
-        model = self._resolve(request, generation.options.model, "generate")
+        model = self._resolve(request, generation.options.model, Task.GENERATE)
         job = generation.to_job(model.info, model.api_style)
         options = generation.options
         log.info(
@@ -110,7 +111,7 @@ class ImageServing:
         return StartedJob(model, options, self._submit(request, model, job))
 
     async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
-        model = self._resolve(request, edit.options.model, "edit")
+        model = self._resolve(request, edit.options.model, Task.EDIT)
         fit = _input_fit(edit.options, edit.size_from_input, model.info)
         images, repaint = await self._decode(
             decode_edit_images, edit.images, edit.image_param, edit.mask, self.upload_limits, fit, edit.markup

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 from PIL import Image
 
-from ..errors import APIError, invalid
+from ..http.errors import APIError, invalid
 from .decoding import Fit, UploadLimits, alpha_band, decode_upload, flatten_to_rgb, inspect_upload, viewed_size
 
 REFERENCE_SIDE = 512  # reference images are decoded no larger than this a side

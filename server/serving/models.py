@@ -17,12 +17,13 @@ from typing import Any, Literal
 from pipelines.base import ModelInfo, Task
 from pipelines.speed import SpeedOptions, warmup_batches_for
 
-from ..config import ModelSpec, Settings
 from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine, EngineStopped, ModelToLoad
-from ..errors import SERVER_ERROR, APIError, shown
+from ..http.errors import SERVER_ERROR, APIError, shown
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
 from ..protocol.tables import MAX_N
+from ..settings.config import Settings
+from ..settings.model_specs import ModelSpec
 from .model_facts import ModelFacts, model_facts
 
 log = logging.getLogger("easel.models")
@@ -171,9 +172,7 @@ def load_all(
         entry.facts = _read_facts(spec)
         try:
             dtype, speed = settings.dtype_for(spec.family), speed_options(settings, spec)
-            info = engine.load(
-                ModelToLoad(spec.name, spec.family, spec.path, spec.presets, settings.device, dtype, speed)
-            )
+            info = engine.load(ModelToLoad(spec, settings.device, dtype, speed))
         except EngineStopped:  # the server stopped while this model loaded
             return
         except Exception as error:  # the server keeps running and reports it

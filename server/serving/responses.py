@@ -22,7 +22,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import CLIENT_CLOSED_REQUEST, APIError, internal_error, invalid, job_error
+from ..http.errors import CLIENT_CLOSED_REQUEST, APIError, internal_error, invalid
 from ..protocol import tables as t
 from ..protocol.edits import EditRequest, UploadedBody
 from ..protocol.fields import FieldReader, read_json
@@ -30,6 +30,7 @@ from ..protocol.images import GenerationRequest, api_style_for, base64_text, job
 from ..protocol.response_objects import EventCounter, ResponseDraft
 from ..protocol.responses import ResponsesRequest, parse_responses_request, tool_error
 from .images import ImageServing, StartedJob
+from .job_errors import job_error
 from .kept import KeptResponse, KeptResponses
 from .streaming import job_event_response
 from .uploads import data_url_bytes, refuse_too_many_images

@@ -28,7 +28,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..engine.base import Engine, JobHandle, JobResult, Preview
-from ..errors import APIError, internal_error, job_error
+from ..http.errors import APIError, internal_error
 from ..protocol.events import (
     ImageEventFields,
     StreamKind,
@@ -38,6 +38,7 @@ from ..protocol.events import (
     shared_usage,
 )
 from ..protocol.images import base64_text
+from .job_errors import job_error
 
 log = logging.getLogger("easel.streaming")
 

@@ -28,7 +28,7 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from ..errors import APIError, invalid, shown
+from ..http.errors import APIError, invalid, shown
 from ..protocol.edits import UploadedBody
 from ..protocol.fields import media_type, parse_json, require_object
 from .decoding import UploadLimits

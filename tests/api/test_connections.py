@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.config import ModelSpec
+from server.settings.model_specs import ModelSpec
 
 from ..conftest import TINY, LiveServer, running_server, tiny_settings
 from ..raw_http import connect, exchange, read_answer, request_head
@@ -173,3 +173,21 @@ def test_a_client_that_leaves_mid_upload_is_one_info_line_without_a_traceback(gu
     assert ours[0].getMessage().startswith("POST /v1/images/variations 499 ")  # the access line says why
     assert ours[0].getMessage().endswith('request_id=gone-1 error="the client went away while sending its request"')
     assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+def test_each_server_has_its_own_limits_and_refusal_log(tiny_model_dirs: dict[str, Path]):
+    # Two servers in one process (the tests run several) must not share a count of refused connections.
+    from server.app.runner import uvicorn_options
+    from server.http.connections import ConnectionLimits, RefusalLog
+    from server.http.middleware import GuardedH11Protocol
+
+    first = uvicorn_options(tiny_settings(tiny_model_dirs, max_connections=1))["http"]
+    second = uvicorn_options(tiny_settings(tiny_model_dirs, max_connections=2))["http"]
+    assert first.func is second.func is GuardedH11Protocol
+    assert (first.keywords["limits"].max_connections, second.keywords["limits"].max_connections) == (1, 2)
+    assert isinstance(first.keywords["refusals"], RefusalLog)
+    assert first.keywords["refusals"] is not second.keywords["refusals"]
+    shared = [
+        name for name, value in vars(GuardedH11Protocol).items() if isinstance(value, (RefusalLog, ConnectionLimits))
+    ]
+    assert shared == []

@@ -13,7 +13,8 @@ import pytest
 from openai.types.image_model import ImageModel
 from PIL import Image
 
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 
 from ..conftest import EASEL_MINI, FAST, KARLO, TINY, LiveServer, assert_envelope, running_server
 from .test_edits import HEIGHT, HOLE, WIDTH, encode, kept_area, mask_png, picture

@@ -17,7 +17,8 @@ import openai
 import pytest
 
 from pipelines.base import ImageJob
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 
 from ..conftest import FAST, SLOW, LiveServer, OneJobAtATime, assert_envelope, running_server
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.config import ModelSpec
+from server.settings.model_specs import ModelSpec
 
 from ..conftest import FAST, KARLO, TINY, LiveServer, running_server, tiny_settings
 from ..hostile_files import lying_jpeg, lying_png, lying_webp, zeros_png

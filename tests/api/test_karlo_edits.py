@@ -11,7 +11,7 @@ import openai
 import pytest
 from PIL import Image
 
-from server.config import ModelSpec
+from server.settings.model_specs import ModelSpec
 from tests.api.test_edits import MASK_PNG, PICTURE_PNG, decoded, encode
 from tests.conftest import FAST, KARLO, TINY, LiveServer, running_server, tiny_settings
 

@@ -24,7 +24,8 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 from tests.api.test_edits import mask_png, picture
 from tests.conftest import FAST, LiveServer, running_server
 from tests.legacy_layout import to_legacy_layout

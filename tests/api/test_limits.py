@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from server.config import ModelSpec
+from server.settings.model_specs import ModelSpec
 
 from ..conftest import FAST, SLOW, TINY, LiveServer, assert_envelope, running_server, tiny_settings
 

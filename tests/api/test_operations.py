@@ -117,7 +117,7 @@ def test_access_lines_name_request_model_status_and_error(client: openai.OpenAI,
 
 LOGGING_SCRIPT = """
 import logging, warnings, sys
-from server.logs import configure_logging
+from server.observe.logs import configure_logging
 configure_logging("info", sys.argv[1])
 import tqdm
 for _ in tqdm.tqdm(range(3)):

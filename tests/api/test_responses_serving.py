@@ -10,8 +10,9 @@ import httpx
 import openai
 import pytest
 
-from server.config import ModelSpec, Settings
 from server.serving.kept import KeptResponse, KeptResponses
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 from tests.api.test_streaming import FailsAfterFirstPreview
 from tests.conftest import TINY, LiveServer, assert_envelope, running_server
 

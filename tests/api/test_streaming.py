@@ -16,7 +16,8 @@ import openai
 import pytest
 from PIL import Image
 
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 from tests.api.test_edits import HEIGHT, MASK_PNG, PICTURE_PNG, WIDTH, kept_area, picture
 from tests.conftest import FAST, SLOW, TINY, LiveServer, OneJobAtATime, assert_envelope, running_server
 

@@ -12,7 +12,8 @@ import openai
 import pytest
 from PIL import Image
 
-from server.config import ModelSpec, Settings
+from server.settings.config import Settings
+from server.settings.model_specs import ModelSpec
 from tests.api.test_edits import multipart
 from tests.conftest import KARLO, LiveServer, assert_envelope, running_server
 

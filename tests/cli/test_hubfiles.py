@@ -120,5 +120,5 @@ def test_a_taken_variant_gets_the_plain_names_and_its_index_names_them(tmp_path:
 
 
 def test_the_registry_knows_every_model_pull_can_fetch():
-    # server/model_specs.py tells an unpulled known name to `easel pull` it, from weights.registry's list.
+    # server/settings/model_specs.py tells an unpulled known name to `easel pull` it, from weights.registry's list.
     assert sorted(KNOWN_PULLS) == sorted(RECIPES)

@@ -102,7 +102,7 @@ def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeH
         "prior_tokenizer", "prior_scheduler", "prior_image_processor",
     }  # fmt: skip
     entry = json.loads((tmp_path / "home/registry.json").read_text())["models"]["kandinsky-2-2"]
-    assert entry["backend"] == "kandinsky22" and entry["path"] == "models/kandinsky-2-2"
+    assert entry["family"] == "kandinsky22" and entry["path"] == "models/kandinsky-2-2"
     assert entry["license"] == "apache-2.0"
     assert json.loads((model / "easel.json").read_text())["license"] == "apache-2.0"
     assert entry["source"] == f"pulled from {DECODER}@{hub.commit(DECODER)[:7]}, {PRIOR}@{hub.commit(PRIOR)[:7]}"

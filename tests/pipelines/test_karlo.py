@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from patches.diffusers import register_unclip
 from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
 from pipelines.karlo import KarloBackend
 from pipelines.loader import load_backend
 from pipelines.tiny import build_tiny_karlo
-from pipelines.unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel, register_unclip_for_loading
+from pipelines.unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel
 
 FAST = StagePreset(prior_steps=2, prior_guidance=4.0, decoder_steps=4, decoder_guidance=8.0, super_res_steps=2)
 NATIVE = (64, 64)  # the tiny model's super-resolution sample_size
@@ -70,8 +71,8 @@ def test_index_naming_the_class_under_diffusers_loads(tmp_path, model_dir):
 
 
 def test_registration_is_idempotent():
-    register_unclip_for_loading()
-    register_unclip_for_loading()
+    register_unclip()
+    register_unclip()
     assert diffusers.pipelines.unclip.UnCLIPPipeline is UnCLIPPipeline
     assert diffusers.UnCLIPTextProjModel is UnCLIPTextProjModel
 

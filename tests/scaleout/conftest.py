@@ -25,10 +25,12 @@ ray = pytest.importorskip("ray", reason="the scale-out tests need the ray extra:
 
 from ray import serve  # noqa: E402
 
-from server.config import ModelSpec, RayServeSettings, Settings  # noqa: E402
 from server.engine.base import cpu_cores  # noqa: E402
 from server.scaleout.deployments import model_deployment_name  # noqa: E402
 from server.scaleout.launch import APP_NAME, running_on_ray, use_easel_proxy_middleware  # noqa: E402
+from server.settings.config import Settings  # noqa: E402
+from server.settings.model_specs import ModelSpec  # noqa: E402
+from server.settings.ray_serve import RayServeSettings  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from weights.registry import load_registry  # noqa: E402
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from server.config import ModelSpec, RayServeSettings
+from server.settings.model_specs import ModelSpec
+from server.settings.ray_serve import RayServeSettings
 from tests.api.test_metrics import samples, value
 from tests.conftest import FAST, TINY, assert_envelope
 

@@ -17,7 +17,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from server.scaleout.deployments import INGRESS_NAME, model_deployment_name
 from server.scaleout.launch import APP_NAME
-from server.scaleout.scaling import RayServeSettings
+from server.settings.ray_serve import RayServeSettings
 from tests.api.test_edits import MASK_PNG, PICTURE_PNG
 from tests.conftest import FAST, SLOW, TEST_KEY, TINY, LiveServer, assert_envelope
 

@@ -12,14 +12,11 @@ from PIL import Image
 from ray.serve.schema import ServeDeploySchema
 
 from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
-from server.config import load_settings
 from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
-from server.errors import job_error
-from server.metrics import Metrics
+from server.observe.metrics import Metrics
 from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
 from server.scaleout.engine import RayEngine
 from server.scaleout.figures import MAX_WAITING_FIGURES, FigureLog, replay
-from server.scaleout.scaling import RayServeSettings
 from server.scaleout.wire import (
     RemoteError,
     error_from_wire,
@@ -31,6 +28,9 @@ from server.scaleout.wire import (
     result_from_wire,
     result_message,
 )
+from server.serving.job_errors import job_error
+from server.settings.loading import load_settings
+from server.settings.ray_serve import RayServeSettings
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = StagePreset(prior_steps=2, prior_guidance=2.0, decoder_steps=3, decoder_guidance=3.0)

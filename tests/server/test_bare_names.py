@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import serve
-from server.config import read_settings
-from server.options import ConfigError
+from server.settings.loading import read_settings
+from server.settings.options import ConfigError
 from weights.registry import register_user_model
 
 PULLED = "kandinsky-2-2"  # a known pull name, registered here with a tiny model

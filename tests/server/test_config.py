@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import serve
-from server.config import read_settings
-from server.options import ConfigError
+from server.settings.loading import read_settings
+from server.settings.options import ConfigError
 from weights.registry import register_user_model
 
 from ..conftest import TINY
@@ -196,7 +196,7 @@ def test_the_registry_file_is_read_as_before(tiny_model_dirs: dict[str, Path], t
 
 
 def test_the_options_page_lists_every_option_with_its_variable():
-    from server.config import OPTIONS
+    from server.settings.config import OPTIONS
 
     page = (Path(__file__).resolve().parents[2] / "docs/reference/options.md").read_text()
     rows = {line.split("|")[1].strip() for line in page.splitlines() if line.startswith("| `--")}
@@ -204,3 +204,16 @@ def test_the_options_page_lists_every_option_with_its_variable():
     assert missing == []
     for spec in OPTIONS.values():
         assert f"| `{spec.flag}` | `{spec.env}` |" in page
+
+
+def test_the_ray_options_take_their_defaults_from_ray_serve_settings():
+    # Declared once: a default changed on RayServeSettings is the flag's default too.
+    from dataclasses import fields
+
+    from server.settings.config import Settings
+    from server.settings.ray_serve import RayServeSettings
+
+    declared = {field.name: field.default for field in fields(Settings)}
+    assert {field.name: declared[field.name] for field in fields(RayServeSettings)} == {
+        field.name: field.default for field in fields(RayServeSettings)
+    }

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.base import ModelInfo
 from pipelines.presets import QUALITIES, complexities_for, presets_for
-from server.errors import APIError
+from server.http.errors import APIError
 from server.protocol.fields import FieldReader
 from server.protocol.images import GenerationRequest, frame_delay, is_openai_image_name
 from server.protocol.tables import SVG

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.config import ModelSpec, Settings, load_settings
-from server.errors import APIError
+from server.http.errors import APIError
 from server.serving.decoding import UploadLimits, decode_variation_input, decoded_bytes, inspect_upload, open_upload
 from server.serving.masks import decode_edit_inputs
+from server.settings.config import Settings
+from server.settings.loading import load_settings
+from server.settings.model_specs import ModelSpec
 from tests.hostile_files import encode, lying_jpeg, lying_png, lying_webp, zeros_png
 
 LIMITS = UploadLimits()
@@ -137,7 +139,7 @@ def test_mask_size_is_compared_as_sent_not_as_shrunk() -> None:
 
 
 def test_at_most_the_configured_number_of_uploads_decode_at_once(tmp_path) -> None:
-    from server.app import create_app
+    from server.app.application import create_app
 
     model = ModelSpec(name="m", family="kandinsky22", path=tmp_path)
     settings = Settings(models=(model,), image_dir=tmp_path, max_concurrent_decodes=2)

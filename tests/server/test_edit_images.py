@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from server.errors import APIError
+from server.http.errors import APIError
 from server.serving.decoding import UploadLimits
 from server.serving.masks import REFERENCE_SIDE, decode_edit_images
 from tests.hostile_files import encode, zeros_png

@@ -13,6 +13,7 @@ import pytest
 from pipelines.base import Cancelled, ImageJob
 from server.engine.base import SECOND_COPY_MAX_PARAMETERS, EngineStopped, ModelToLoad, QueueFull, cpu_cores
 from server.engine.local import LocalEngine as Engine
+from weights.spec import ModelSpec
 
 from ..conftest import TINY, OneJobAtATime
 
@@ -247,7 +248,7 @@ def test_a_large_model_is_loaded_once_on_a_cpu_unless_workers_says(tiny_model_di
         return backend
 
     engine = Engine(queue_size=4, loader=loader, workers=workers)
-    engine.load(ModelToLoad(TINY, "kandinsky22", tiny_model_dirs["kandinsky"], None, "cpu", None))
+    engine.load(ModelToLoad(ModelSpec(TINY, "kandinsky22", tiny_model_dirs["kandinsky"]), "cpu", None))
 
     async def two_at_once():
         handles = [engine.submit(TINY, make_job(loaded[0], seed=seed)) for seed in (1, 2)]

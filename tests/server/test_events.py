@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI, Stream
 from openai.types import ImageEditStreamEvent, ImageGenStreamEvent
 
-from server.errors import APIError
+from server.http.errors import APIError
 from server.protocol.events import ImageEventFields, completed_event, encode_event, error_event, partial_image_event
 
 FIELDS = ImageEventFields(size="64x64", quality="low", background="opaque", output_format="png")

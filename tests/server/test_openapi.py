@@ -9,7 +9,7 @@ import httpx
 import pytest
 import yaml
 
-from server.errors import APIError
+from server.http.errors import APIError
 from server.protocol.edits import EditRequest, UploadedBody, VariationRequest
 from server.protocol.images import GenerationRequest
 from server.protocol.openapi import openapi_document

@@ -11,10 +11,10 @@ import pytest
 from openai import OpenAI
 
 from pipelines.speed import SpeedOptions
-from server.config import load_settings
-from server.options import ConfigError
-from server.preflight import check_before_listening
+from server.app.preflight import check_before_listening
 from server.serving.models import speed_options
+from server.settings.loading import load_settings
+from server.settings.options import ConfigError
 
 from ..conftest import FAST, KARLO, TINY, running_server, tiny_settings
 

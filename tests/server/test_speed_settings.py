@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from pipelines.speed import OPTIMIZATIONS, SpeedOptions
-from server.config import load_settings
 from server.serving.models import speed_options
+from server.settings.loading import load_settings
 
 from ..conftest import FAST, KARLO, TINY, running_server, tiny_settings
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from server.config import Settings
 from server.serving.files import ImageStore
+from server.settings.config import Settings
 
 from ..conftest import FAST, running_server, tiny_settings
 

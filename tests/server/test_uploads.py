@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipelines.base import ModelInfo
-from server.errors import APIError
+from server.http.errors import APIError
 from server.serving.decoding import UploadLimits, alpha_band, flatten_to_rgb, open_upload, sniff_format
 from server.serving.masks import repaint_mask
 from server.serving.uploads import data_url_bytes, image_ref_bytes
@@ -289,7 +289,7 @@ def test_bad_image_references_are_refused(ref: object, message: str) -> None:
 
 
 def test_limits_come_from_the_command_line() -> None:
-    from server.config import load_settings
+    from server.settings.loading import load_settings
 
     argv = ["--model", "m=kandinsky22:/nowhere", "--max-upload-mb", "2", "--max-upload-megapixels", "1.5"]
     limits = UploadLimits.from_settings(load_settings(argv, env={}))

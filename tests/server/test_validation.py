@@ -14,11 +14,13 @@ import pytest
 
 from pipelines.base import ModelInfo
 from pipelines.presets import presets_for
-from server.app import create_app
-from server.config import ModelSpec, Settings, load_settings, parse_model_spec
-from server.errors import APIError
+from server.app.application import create_app
+from server.http.errors import APIError
 from server.protocol.fields import FieldReader, parse_size
 from server.protocol.images import GenerationRequest, check_for_model
+from server.settings.config import Settings
+from server.settings.loading import load_settings
+from server.settings.model_specs import ModelSpec, parse_model_spec
 
 from ..conftest import assert_envelope
 

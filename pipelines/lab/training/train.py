@@ -29,6 +29,8 @@ import torch
 from diffusers import KandinskyV22CombinedPipeline
 from transformers import CLIPTokenizer
 
+from patches.huggingface_hub import go_offline
+
 from ..scenes import caption, sample_scene
 from . import components
 from .budgets import BUDGETS, Budget, trained_by
@@ -69,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    go_offline()  # the lab's models are local folders: never ask the hub
     args = parse_args(argv)
     try:
         budget = BUDGETS[args.budget].with_overrides(args.overrides)

@@ -1,9 +1,12 @@
-"""The HTTP layer's guards: ASGI middleware (ids, access log and metrics, auth, body limit) and the connection protocol.
+"""What every request passes before it reaches a route: four ASGI middlewares, and under them the connection guard.
 
-Plain ASGI classes rather than ``BaseHTTPMiddleware``, so request bodies stream through untouched and client
-disconnects stay visible to endpoints. :class:`GuardedH11Protocol` is uvicorn's h11 protocol with the limits a server
-facing slow or hostile clients needs (docs/running.md, "Connection limits"): a cap on open connections, deadlines for a
-request's headers and body, and OpenAI error envelopes (``x-request-id``) for what is refused before the app sees it.
+A request gets its id, its access line and metrics, the API key check and the body limit: plain ASGI classes
+rather than ``BaseHTTPMiddleware``, so request bodies stream through untouched and client disconnects stay
+visible to endpoints. :class:`GuardedH11Protocol`, at the end, is uvicorn's h11 protocol with the limits a
+server facing slow or hostile clients needs (docs/running.md, "Connection limits"; its limits and early answers are in
+:mod:`server.http.connections`). They share one module on purpose: every request runs all of them, and the
+architecture test caps the files a request passes (tests/server/test_layout.py). CORS, which only browsers
+need, is :mod:`server.http.cors`.
 """
 
 from __future__ import annotations
@@ -17,17 +20,15 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import h11
-from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import Settings
-from .errors import APIError, error_response, raw_error, shown
-from .metrics import HTTPMetrics
+from .connections import LINGER_SECONDS, ConnectionLimits, RefusalLog, raw_error
+from .errors import APIError, error_response, shown
 from .paths import collapse_slashes
 
 access_log = logging.getLogger("easel.access")
@@ -38,13 +39,23 @@ ERROR_BODY_LIMIT = 16 * 1024  # error envelopes are small; a larger error body i
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+@dataclass(frozen=True)
+class HTTPMetrics:
+    """What :class:`AccessLogMiddleware` counts (made, with the other metrics, by :mod:`server.observe.metrics`)."""
+
+    requests: Any  # Counter by route, status, model
+    request_seconds: Any  # Histogram by route
+    rejected: Any  # Counter by model: 429s
+    server_errors: Any  # Counter by route: 5xx
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(16)
 
 
 class RequestIdMiddleware:
     """Give every request an id (the client's ``x-request-id`` if sane) and echo it on every response; the
-    outermost middleware, it also reads ``//`` in a path as ``/`` (:mod:`server.paths`).
+    outermost middleware, it also reads ``//`` in a path as ``/`` (:mod:`server.http.paths`).
 
     The id is ``request.state.request_id`` for everything behind this middleware.
     """
@@ -249,38 +260,6 @@ class BodySizeLimitMiddleware:
 
 # -- the connection: what uvicorn's h11 protocol does not limit ---------------------------------------------------
 
-LINGER_SECONDS = 3.0  # after an early answer, what the client still sends is read and dropped, so it gets the answer
-REFUSAL_LOG_INTERVAL = 10.0  # refused connections are logged at most this often, with a count
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    max_connections: int = 128
-    header_timeout: float = 10.0  # from a request's first byte to the end of its headers
-    body_timeout: float = 60.0  # from the end of the headers to the end of the body
-
-
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that apply ``settings``' connection limits."""
-    limits = ConnectionLimits(settings.max_connections, settings.header_timeout_seconds, settings.body_timeout_seconds)
-    protocol = type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
-    return {"http": protocol, "timeout_keep_alive": settings.keep_alive_seconds}
-
-
-class _RefusalLog:
-    """Connections refused over the limit, logged once per interval: a flood must not flood the log too."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.logged_at = -REFUSAL_LOG_INTERVAL
-
-    def note(self, limit: int) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning("%d connection(s) refused with 503: %d already open (--max-connections)", self.count, limit)
-            self.count, self.logged_at = 0, now
-
 
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus a connection cap, header and body deadlines, and enveloped early answers.
@@ -295,11 +274,10 @@ class GuardedH11Protocol(H11Protocol):
     answer instead of a connection reset.
     """
 
-    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
-    refusals: ClassVar[_RefusalLog] = _RefusalLog()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: ConnectionLimits, refusals: RefusalLog, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.refusals = refusals  # one server's, shared by its connections
         self._deadline: asyncio.TimerHandle | None = None
         self._reading: str | None = None  # "headers" or "body": the part on a deadline
         self._lingering = False
@@ -308,7 +286,7 @@ class GuardedH11Protocol(H11Protocol):
         over_limit = len(self.connections) >= self.limits.max_connections
         super().connection_made(transport)
         if over_limit:
-            self.refusals.note(self.limits.max_connections)
+            self.refusals.note()
             message = "The server has too many open connections; retry shortly."
             self._answer_early(raw_error(503, message, "server_busy", new_request_id(), {"retry-after": "1"}))
             return
@@ -332,7 +310,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """h11 could not parse the request: answer in the envelope rather than uvicorn's plain text."""
-        limit = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        limit = self.config.h11_max_incomplete_event_size or self.limits.header_bytes
         if len(self.conn.trailing_data[0]) > limit:
             message = f"The request's headers are larger than this server's limit of {limit} bytes."
             self._answer_early(raw_error(431, message, "headers_too_large", new_request_id()))

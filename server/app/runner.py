@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from .app import create_app, drain
-from .config import Settings
-from .middleware import uvicorn_options
-from .serving.models import LoadFailed
-from .state import ServerState
+from patches.h11 import incomplete_event_limit
+from patches.uvicorn import check_h11_protocol
+
+from ..http.connections import ConnectionLimits, RefusalLog
+from ..http.middleware import GuardedH11Protocol
+from ..routes.state import ServerState
+from ..serving.models import LoadFailed
+from ..settings.config import Settings
+from .application import create_app, drain
 
 log = logging.getLogger("easel.runner")
 # Once the jobs are done or cancelled, the answers still in flight get this long to be sent.
@@ -86,9 +92,25 @@ def build_server(settings: Settings, *, on_load_failure: LoadFailed | None = Non
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=None,  # server.logs has set up one format for Easel and uvicorn
+        log_config=None,  # server.observe.logs has set up one format for Easel and uvicorn
         access_log=False,  # the access log is Easel's own, with request ids and models
         timeout_graceful_shutdown=int(SEND_GRACE_SECONDS),
         **uvicorn_options(settings),  # connection limits and deadlines
     )
     return EaselServer(config, app.state.easel)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that apply ``settings``' connection limits.
+
+    Each call is one server's: its connections share its limits and its refusal log, and no other server's.
+    """
+    check_h11_protocol()
+    limits = ConnectionLimits(
+        settings.max_connections,
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        header_bytes=incomplete_event_limit(None),
+    )
+    protocol = functools.partial(GuardedH11Protocol, limits=limits, refusals=RefusalLog(limits.max_connections))
+    return {"http": protocol, "timeout_keep_alive": settings.keep_alive_seconds}

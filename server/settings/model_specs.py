@@ -13,30 +13,16 @@ A model is named in one of two ways wherever models are listed (``--model``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipelines.model_config import FAMILIES
 from pipelines.speed import parse_quantize, parse_step_cache
 from weights.registry import KNOWN_PULLS, USER_REGISTRY_NAME, Registry, easel_home, load_user_models
+from weights.spec import ModelSpec
 
 from .options import ConfigError, Sources, text_list
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model to load: a name clients use, a backend family, and a weights directory."""
-
-    name: str
-    family: str
-    path: Path
-    presets: str | None = None  # a quality table in pipelines.presets; None: the family's
-    owned_by: str = "easel"
-    quantize: str | None = None  # easel.toml's [models.NAME] quantize; None: --quantize
-    step_cache: int | None = None  # easel.toml's [models.NAME] step_cache; None: --step-cache
-    entry: str = field(default="", compare=False)  # the easel.toml table that set quantize or step_cache
-    source: str = field(default="", compare=False)  # where it was configured or came from (messages, `easel models`)
 
 
 def parse_model_spec(text: str, source: str = "--model") -> ModelSpec:
@@ -59,10 +45,7 @@ def registered_models(registry: Registry, registry_path: Path, env: Mapping[str,
     home = easel_home(env)
     found = [(m, m.source or f"registry {registry_path}") for m in registry.models.values()]
     found += [(m, m.source or f"registry {home / USER_REGISTRY_NAME}") for m in load_user_models(home).values()]
-    return {
-        m.name: ModelSpec(m.name, m.backend, m.path, presets=m.presets, owned_by=m.owned_by, source=source)
-        for m, source in found
-    }
+    return {m.name: replace(m, source=source) for m, source in found}
 
 
 def not_registered(name: str, source: str, registered: Mapping[str, ModelSpec]) -> ConfigError:

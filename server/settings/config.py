@@ -4,14 +4,15 @@ Command-line flags beat ``EASEL_*`` environment variables, which beat the
 file (``--config FILE``, ``EASEL_CONFIG``, else ``$EASEL_HOME/easel.toml`` if
 it exists), which beats the declared default. Adding an option is one
 ``option(...)`` field below: its flag, variable and file key follow from its
-name (:mod:`server.options`). The reference is docs/reference/options.md, which
-``scripts/gen_docs.py`` writes from these declarations, and (docs/running.md, "Configuration").
+name (:mod:`server.settings.options`); :mod:`server.settings.loading` reads
+them. The reference is docs/reference/options.md, which ``scripts/gen_docs.py``
+writes from these declarations, and (docs/running.md, "Configuration").
 
 Models are the exception, as a set: the first of ``--model``,
 ``EASEL_MODELS`` and the file's ``[models]`` that lists any decides which
 are served; with none, the shipped registry's models and those ``easel pull``
 registered in ``$EASEL_HOME``. Each source takes bare names of registered
-models as well as ``NAME=FAMILY:PATH`` (:mod:`server.model_specs`); a
+models as well as ``NAME=FAMILY:PATH`` (:mod:`server.settings.model_specs`); a
 ``--default-model`` that names a registered model serves it too. The
 registry's OpenAI aliases always point at the default model; aliases and API
 keys add up across the sources.
@@ -19,34 +20,23 @@ keys add up across the sources.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from pipelines import speed
-from weights.registry import KNOWN_PULLS, REGISTRY_PATH, easel_home, load_registry
 
 from . import options as opt
-from .model_specs import ModelSpec, listed_models, not_registered, parse_model_spec, registered_models
+from .model_specs import ModelSpec
+from .options import MiB, option
+from .ray_serve import RayServeSettings
 
-__all__ = ["ModelSpec", "Settings", "load_settings", "parse_model_spec", "read_settings"]
-from .options import ConfigError, MiB, option
-from .scaleout.scaling import RayServeSettings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+RAY = RayServeSettings()  # the Ray options' defaults, declared once, there
 
 DEFAULT_MAX_BODY_MB = 50.0
 DEFAULT_MAX_UPLOAD_MB = 50.0  # per uploaded image (edits, variations); see server.serving.uploads
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0
 DEFAULT_MAX_DECODE_MB = 48.0  # memory one upload's pixels may take as decoded; see server.serving.decoding
-CONFIG_FILE_NAME = "easel.toml"
-FILE_SECTIONS = ("models", "aliases", "api_keys")  # file keys that are not options
 
 
 @dataclass(frozen=True)
@@ -139,26 +129,46 @@ class Settings:
     use_ray: bool = option(
         False, "--ray", opt.boolean, "serve on Ray Serve: a local instance, or the cluster in RAY_ADDRESS", switch=True
     )
-    replicas: int = option(1, "--replicas", opt.integer(1), "model replicas per model (default 1)")
+    replicas: int = option(RAY.replicas, "--replicas", opt.integer(1), "model replicas per model (default 1)")
     min_replicas: int | None = option(
-        None, "--min-replicas", opt.integer(0), "autoscale each model from this many replicas (with --max-replicas)"
+        RAY.min_replicas,
+        "--min-replicas",
+        opt.integer(0),
+        "autoscale each model from this many replicas (with --max-replicas)",
     )
     max_replicas: int | None = option(
-        None, "--max-replicas", opt.integer(1), "autoscale each model up to this many replicas (with --min-replicas)"
+        RAY.max_replicas,
+        "--max-replicas",
+        opt.integer(1),
+        "autoscale each model up to this many replicas (with --min-replicas)",
     )
     target_ongoing_requests: float = option(
-        2.0, "--target-ongoing-requests", opt.positive_number, "autoscaling target: jobs per model replica (2)"
+        RAY.target_ongoing_requests,
+        "--target-ongoing-requests",
+        opt.positive_number,
+        "autoscaling target: jobs per model replica (2)",
     )
     max_ongoing_requests: int = option(
-        4, "--max-ongoing-requests", opt.integer(1), "jobs one model replica holds; more wait at the ingress (4)"
+        RAY.max_ongoing_requests,
+        "--max-ongoing-requests",
+        opt.integer(1),
+        "jobs one model replica holds; more wait at the ingress (4)",
     )
     replica_cpus: float = option(
-        1.0, "--replica-cpus", opt.non_negative_number, "CPUs per model replica, also its torch threads (default 1)"
+        RAY.replica_cpus,
+        "--replica-cpus",
+        opt.non_negative_number,
+        "CPUs per model replica, also its torch threads (default 1)",
     )
     replica_gpus: float = option(
-        0.0, "--replica-gpus", opt.non_negative_number, "GPUs per model replica (default 0; 0.5: two on a GPU)"
+        RAY.replica_gpus,
+        "--replica-gpus",
+        opt.non_negative_number,
+        "GPUs per model replica (default 0; 0.5: two on a GPU)",
     )
-    ingress_replicas: int = option(1, "--ingress-replicas", opt.integer(1), "replicas of the HTTP front end (1)")
+    ingress_replicas: int = option(
+        RAY.ingress_replicas, "--ingress-replicas", opt.integer(1), "replicas of the HTTP front end (1)"
+    )
     # -- speed (docs/performance.md, "Fast on a GPU"): applied once, when a model loads -----------------
     optimize: frozenset[str] | None = option(
         None, "--optimize", speed.parse_enabled, f"auto, none, or any of {', '.join(speed.OPTIMIZATIONS)} (auto)"
@@ -241,133 +251,3 @@ class Settings:
 
 
 OPTIONS = opt.declared_options(Settings)
-
-
-def parse_alias(text: str, source: str = "--alias") -> tuple[str, str]:
-    """``ALIAS=MODEL``, e.g. ``dall-e-3=easel-tiny``."""
-    alias, eq, target = text.partition("=")
-    if not (eq and alias and target):
-        raise ConfigError(f"{source}: expected ALIAS=MODEL, got {text!r}")
-    return alias, target
-
-
-def build_parser(prog: str = "easel serve") -> opt.OneLineParser:
-    parser = opt.OneLineParser(prog=prog, description="OpenAI-compatible image API on prior+decoder diffusion models.")
-    parser.add_argument(
-        "--config", metavar="FILE", help=f"settings file (env EASEL_CONFIG; default $EASEL_HOME/{CONFIG_FILE_NAME})"
-    )
-    parser.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME",
-        help="model to serve: a pulled model's name, or NAME=FAMILY:PATH (repeatable; env EASEL_MODELS)",
-    )
-    parser.add_argument(
-        "--alias", action="append", metavar="ALIAS=MODEL", help="extra model name (repeatable; env EASEL_ALIASES)"
-    )
-    parser.add_argument(
-        "--api-key",
-        action="append",
-        metavar="KEY",
-        help="accepted bearer key (repeatable; env EASEL_API_KEYS); none: no auth",
-    )
-    parser.add_argument("--registry", metavar="FILE", help="the shipped registry file (env EASEL_REGISTRY)")
-    opt.add_option_flags(parser, OPTIONS)
-    return parser
-
-
-def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the command line, the environment and the file; a mistake exits with one line (status 2)."""
-    try:
-        return read_settings(argv, env)
-    except ConfigError as error:
-        opt.fail(error)
-
-
-def read_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """As :func:`load_settings`, but a mistake raises :class:`ConfigError`."""
-    env = os.environ if env is None else env
-    args = vars(build_parser().parse_args(argv))
-    file, file_label = _read_config_file(args.pop("config"), env)
-    sources = opt.Sources({name: args[name] for name in OPTIONS if name in args}, env, file, file_label)
-    values, origins = opt.read_options(OPTIONS, sources)
-    models, registry_default, registry_aliases, registered = _models(args, sources)
-    default = values.get("default_model") or registry_default or models[0].name
-    if default not in {model.name for model in models} and default in registered:
-        models.append(registered[default])  # --default-model names a registered model: it is served too
-    if default not in {model.name for model in models} and default in KNOWN_PULLS:
-        raise not_registered(default, origins.get("default_model", "default model"), registered)
-    if default not in {model.name for model in models}:
-        served = ", ".join(model.name for model in models)
-        raise ConfigError(
-            f"{origins.get('default_model', 'default model')}: {default!r} is not a served model ({served})"
-        )
-    names = {model.name for model in models}
-    aliases = {alias: default for alias in registry_aliases if alias not in names}
-    aliases.update(_aliases(args, sources))
-    ray_options = [origins[f.name] for f in fields(RayServeSettings) if f.name in origins]
-    if ray_options and not values.get("use_ray"):  # it would be silently ignored
-        raise ConfigError(f"{ray_options[0]}: needs --ray")
-    keys = [*(args["api_key"] or []), *_listed(sources, "EASEL_API_KEYS", "api_keys")]
-    values["default_model"] = default
-    try:
-        return Settings(
-            models=tuple(models), aliases=aliases, api_keys=tuple(dict.fromkeys(keys)), origins=origins, **values
-        )
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def _read_config_file(flag: str | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
-    """The file's keys and its path; no file is fine unless one was named."""
-    named = flag or env.get("EASEL_CONFIG") or None
-    label = "--config" if flag else "EASEL_CONFIG"
-    path = Path(named).expanduser() if named else easel_home(env) / CONFIG_FILE_NAME
-    if not path.is_file():
-        if named:
-            raise ConfigError(f"{label}: no file at {path}")
-        return {}, str(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    unknown = sorted(set(data) - {spec.key for spec in OPTIONS.values()} - set(FILE_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (see easel serve --help)")
-    return data, str(path)
-
-
-def _listed(sources: opt.Sources, variable: str, key: str) -> list[str]:
-    """A list from a comma-separated variable and from the file, in that order."""
-    found = opt.text_list(sources.env.get(variable, ""))
-    if key in sources.file:
-        try:
-            found += opt.text_list(sources.file[key])
-        except ValueError as error:
-            raise ConfigError(f"{sources.file_label}: {key}: {error}") from None
-    return found
-
-
-def _models(args: dict[str, Any], sources: opt.Sources) -> tuple[list[ModelSpec], str | None, list[str], dict]:
-    """The served models, the registry's default (None unless they came from it), its aliases, all registered."""
-    registry_path = Path(args["registry"] or sources.env.get("EASEL_REGISTRY") or REGISTRY_PATH)
-    registry = load_registry(registry_path)
-    registered = registered_models(registry, registry_path, sources.env)
-    listed = listed_models(args["model"], sources, registered)
-    if listed is not None:
-        return listed, None, list(registry.aliases), registered
-    return list(registered.values()), registry.default, list(registry.aliases), registered
-
-
-def _aliases(args: dict[str, Any], sources: opt.Sources) -> dict[str, str]:
-    """Aliases from the file, then EASEL_ALIASES, then --alias (a later one wins for the same name)."""
-    aliases: dict[str, str] = {}
-    table = sources.file.get("aliases", {})
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise ConfigError(f"{sources.file_label}: [aliases] must map names to model names")
-    aliases.update(table)
-    for text in opt.text_list(sources.env.get("EASEL_ALIASES", "")):
-        aliases.__setitem__(*parse_alias(text, "EASEL_ALIASES"))
-    for text in args["alias"] or []:
-        aliases.__setitem__(*parse_alias(text))
-    return aliases

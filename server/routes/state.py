@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Settings
-from .engine.base import Engine
-from .metrics import Metrics
-from .serving.files import ImageStore
-from .serving.images import ImageServing
-from .serving.models import Catalog
+from ..engine.base import Engine
+from ..observe.metrics import Metrics
+from ..serving.files import ImageStore
+from ..serving.images import ImageServing
+from ..serving.models import Catalog
+from ..settings.config import Settings
 
 
 @dataclass

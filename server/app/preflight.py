@@ -1,6 +1,6 @@
 """Checks that need the disk or torch, made once before the server listens, so a mistake never serves 503s.
 
-Each failure is a :class:`~server.options.ConfigError` that names the flag,
+Each failure is a :class:`~server.settings.options.ConfigError` that names the flag,
 variable or file entry that set the value. The memory check reads the
 weights' headers and what the device has free, so that a model too large
 for the machine is refused here, in one line, rather than killed half-way
@@ -11,16 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import ModelSpec, Settings
-from .options import ConfigError
+from patches.h11 import incomplete_event_limit
+from patches.uvicorn import check_h11_protocol
+from patches.versions import UntestedVersion
+
+from ..settings.config import Settings
+from ..settings.model_specs import ModelSpec
+from ..settings.options import ConfigError
 
 HOW_TO_GET = "get one with `easel pull NAME` (see `easel pull --help`) or point the entry at a saved pipeline"
 
 
 def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | None = None) -> None:
     """Every model directory (or those of ``models``) is there, the asked-for device and dtype exist here, and
-    Ray Serve is installed when ``--ray`` asks for it."""
+    Ray Serve is installed when ``--ray`` asks for it; serving, the HTTP libraries are versions the connection
+    guard was tested with."""
     specs = list(settings.models if models is None else models)
+    if models is None:
+        _check_http_libraries()
     for spec in specs:
         _check_model_dir(spec)
     if settings.device is not None or settings.dtype is not None:
@@ -30,6 +38,14 @@ def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | Non
         _check_savings(settings, spec)
     if settings.use_ray and models is None:  # serving; a command that runs one model locally needs no Ray
         _check_ray_is_installed(settings)
+
+
+def _check_http_libraries() -> None:
+    try:
+        check_h11_protocol()
+        incomplete_event_limit(None)
+    except UntestedVersion as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_model_dir(spec: ModelSpec) -> None:
@@ -95,7 +111,7 @@ def _check_savings(settings: Settings, spec: ModelSpec) -> None:
 
 
 def _check_ray_is_installed(settings: Settings) -> None:
-    from .scaleout import why_ray_serve_is_missing
+    from ..scaleout import why_ray_serve_is_missing
 
     missing = why_ray_serve_is_missing()
     if missing is not None:

@@ -19,20 +19,20 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from .config import Settings
-from .cors import cors
-from .engine.base import Engine, EngineMetrics
-from .engine.local import Loader, LocalEngine, load_backend
-from .errors import EXCEPTION_HANDLERS
-from .metrics import Metrics
-from .middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from .routes import files, health, images, models, openapi, operations, playground, responses
-from .serving.files import ImageStore
-from .serving.images import ImageServing
-from .serving.kept import KeptResponses
-from .serving.models import Catalog, LoadFailed, load_all
-from .serving.responses import ResponsesServing
-from .state import ServerState
+from ..engine.base import Engine, EngineMetrics
+from ..engine.local import Loader, LocalEngine, load_backend
+from ..http.cors import cors
+from ..http.error_handlers import EXCEPTION_HANDLERS
+from ..http.middleware import AccessLogMiddleware, BearerAuthMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
+from ..observe.metrics import Metrics
+from ..routes import files, health, images, models, openapi, operations, playground, responses
+from ..routes.state import ServerState
+from ..serving.files import ImageStore
+from ..serving.images import ImageServing
+from ..serving.kept import KeptResponses
+from ..serving.models import Catalog, LoadFailed, load_all
+from ..serving.responses import ResponsesServing
+from ..settings.config import Settings
 
 log = logging.getLogger("easel.app")
 

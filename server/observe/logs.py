@@ -4,7 +4,7 @@
 JSON object a line with the same fields plus any structured ones a record
 carries (the access log's ``request_id``, ``method``, ``path``, ``status``,
 ``duration_ms``, ``model``, ``error``). uvicorn's own loggers go through the same
-handler, and its access log is replaced by :class:`server.middleware.AccessLogMiddleware`.
+handler, and its access log is replaced by :class:`server.http.middleware.AccessLogMiddleware`.
 
 Model libraries print warnings that say nothing to an operator (a missing
 torchvision or accelerate, deprecations) and loading progress bars. Unless

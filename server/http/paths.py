@@ -3,7 +3,7 @@
 Clients that build URLs as ``f"{base}/images/generations"`` from a base URL
 that already ends in ``/`` (Open WebUI, n8n) ask for ``/v1//images/generations``;
 no route of Easel's has an empty segment, so such a path can only mean the one
-with the slashes collapsed. :class:`~server.middleware.RequestIdMiddleware`,
+with the slashes collapsed. :class:`~server.http.middleware.RequestIdMiddleware`,
 the outermost middleware, applies it, so the routes, the API key's public
 paths, the access log and the metrics all see the collapsed path.
 """

@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per app: what the HTTP layer and the engine count, and ``GET /metrics``.
 
-The HTTP figures are recorded by :class:`~server.middleware.AccessLogMiddleware`,
+The HTTP figures are recorded by :class:`~server.http.middleware.AccessLogMiddleware`,
 the engine's by the engine itself (:class:`~server.engine.base.EngineMetrics`);
 queue depth and model state are read when scraped. The names, their labels and
 an example scrape configuration are on docs/reference/metrics.md (generated from
@@ -10,7 +10,6 @@ this registry by ``scripts/gen_docs.py``) and in (docs/serving.md, "Metrics").
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,19 +18,12 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .engine.base import Engine, EngineMetrics
+from ..engine.base import Engine, EngineMetrics
+from ..http.middleware import HTTPMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-
-
-@dataclass(frozen=True)
-class HTTPMetrics:
-    requests: Any  # Counter by route, status, model
-    request_seconds: Any  # Histogram by route
-    rejected: Any  # Counter by model: 429s
-    server_errors: Any  # Counter by route: 5xx
 
 
 class Metrics:

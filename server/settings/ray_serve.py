@@ -1,7 +1,7 @@
 """How ``--ray`` lays the server out on Ray Serve: replicas, autoscaling, resources (no Ray import).
 
-The values are :class:`server.config.Settings` options; this is them taken
-together, with the rules that span several of them.
+The values are :class:`server.settings.config.Settings` options, whose defaults are the ones declared here;
+this is them taken together, with the rules that span several of them.
 """
 
 from __future__ import annotations

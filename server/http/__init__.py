@@ -1,0 +1,1 @@
+"""HTTP below the API: errors and their envelope, the connection guard, the middleware every request passes, CORS."""

@@ -1,0 +1,1 @@
+"""What the server tells its operator: log lines (one format for Easel and uvicorn) and Prometheus metrics."""
