@@ -77,6 +77,7 @@ def install(unet: UNet2DConditionModel, scheduler: Any, interval: int) -> StepCa
     for index, block in enumerate(deep):
         block.forward = functools.partial(cache.run_block, index, block.forward)
     unet.register_forward_pre_hook(_begin_step(cache), with_kwargs=True)
+    unet.register_forward_hook(_clear_after_last_step(cache, scheduler), with_kwargs=True)
     set_timesteps = scheduler.set_timesteps
 
     @functools.wraps(set_timesteps)
@@ -92,5 +93,22 @@ def install(unet: UNet2DConditionModel, scheduler: Any, interval: int) -> StepCa
 def _begin_step(cache: StepCache) -> Any:
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         cache.begin_step(kwargs["sample"] if "sample" in kwargs else args[0])
+
+    return hook
+
+
+def _clear_after_last_step(cache: StepCache, scheduler: Any) -> Any:
+    """Let go of the kept features once the schedule's last step has run, rather than hold them until the next
+    generation (at real size and a large batch they are hundreds of megabytes)."""
+
+    def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict, _output: Any) -> None:
+        timestep, timesteps = kwargs.get("timestep"), getattr(scheduler, "timesteps", None)
+        if (
+            timestep is not None
+            and timesteps is not None
+            and len(timesteps)
+            and float(timestep) == float(timesteps[-1])
+        ):
+            cache.clear()
 
     return hook
