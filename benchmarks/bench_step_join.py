@@ -50,7 +50,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.base import ImageJob, Task  # noqa: E402
+from pipelines.base import ImageJob, Task, Ticket  # noqa: E402
 from pipelines.loader import load_backend  # noqa: E402
 
 ROWS = (1, 2, 4, 8, 16, 32)
@@ -80,7 +80,7 @@ def capture(backend: Any, job: ImageJob) -> Captured:
 
         handles.append(modules[name].register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        backend.run_batch([job])
+        backend.run_batch([Ticket(job)])
     finally:
         for handle in handles:
             handle.remove()

@@ -15,37 +15,16 @@ import os
 import re
 import secrets
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.tasks import Task
 from server.settings.options import OneLineParser
 
+from .image_request import CommandError, Request
+
 RANDOM_SEED_RANGE = 2**31
 SLUG_WORDS = 6
-
-
-class CommandError(Exception):
-    """A mistake or failure to report as one line; ``param`` is the API field it concerns, if any."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@dataclass(frozen=True)
-class Request:
-    """What to send: the task, the API fields, and the input files (edits and variations)."""
-
-    task: Task
-    fields: dict[str, Any]
-    image: bytes | None = None
-    mask: bytes | None = None
-
-    @property
-    def seed(self) -> int:
-        return int(self.fields["seed"])
 
 
 def build_parser(name: str) -> argparse.ArgumentParser:

@@ -18,20 +18,19 @@ from server.engine.base import cpu_cores
 from server.http.errors import APIError
 from server.protocol.edits import EditRequest, UploadedBody, VariationRequest
 from server.protocol.images import GenerationRequest
-from server.serving.decoding import UploadLimits, decode_variation_input
-from server.serving.images import edit_compositor, finish_files
-from server.serving.masks import decode_edit_images
+from server.serving.decoding import UploadLimits
+from server.serving.images import ImageRequest, prepare_job
 from server.settings.config import Settings
 from server.settings.loading import read_settings
 from server.settings.model_specs import ModelSpec, parse_model_spec
 from server.settings.options import ConfigError
 from weights.registry import KNOWN_PULLS
 
-from .images import CommandError, Request
+from .image_request import CommandError, Request
 
 
 class StageBars:
-    """``ImageJob.on_progress``: one bar per stage (prior, decoder, super_res), on stderr."""
+    """``JobControl.on_progress``: one bar per stage (prior, decoder, super_res), on stderr."""
 
     def __init__(self) -> None:
         self.stage: str | None = None
@@ -53,7 +52,7 @@ class StageBars:
 
 def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
     settings, spec = _settings_and_model(args)
-    from pipelines.base import use_cpu_threads
+    from pipelines.base import JobControl, use_cpu_threads
     from pipelines.loader import load_backend  # torch and diffusers: seconds to import
     from pipelines.speed import SpeedOptions
 
@@ -74,10 +73,8 @@ def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
         use_cpu_threads(cpu_cores())
     bars = StageBars()
     try:
-        job, prepare, options = _job(request, backend.info, settings)
-        job.on_progress = bars
-        images = backend.run(job)
-        return finish_files(images, options, prepare)
+        prepared = prepare_job(_parse(request), backend.info, "easel", UploadLimits.from_settings(settings))
+        return prepared.finish(backend.run(prepared.job, JobControl(on_progress=bars)))
     except APIError as error:
         raise CommandError(error.message, error.param) from None
     except ValueError as error:  # a job the model refuses
@@ -125,26 +122,14 @@ def _settings_and_model(args: argparse.Namespace) -> tuple[Settings, ModelSpec]:
     return settings, chosen[0]
 
 
-def _job(request: Request, info, settings: Settings):
-    """The backend job, the step that finishes its images before encoding (edits), and the parsed options."""
+def _parse(request: Request) -> ImageRequest:
+    """The typed request, parsed as the endpoint parses its body (the model is already chosen)."""
     fields = {key: value for key, value in request.fields.items() if key != "model"}
-    limits = UploadLimits.from_settings(settings)
     if request.task == "generate":
-        generation = GenerationRequest.parse(fields)
-        return generation.to_job(info, "easel"), None, generation.options
+        return GenerationRequest.parse(fields)
     assert request.image is not None
     if request.task == "edit":
-        edit = EditRequest.parse(UploadedBody(fields, False, "image", [request.image], request.mask))
-        images, repaint = decode_edit_images(edit.images, edit.image_param, edit.mask, limits, None, edit.markup)
-        edit = edit.sized_for(images[0], info)
-        size = edit.options.size
-        job = edit.to_job(info, "easel", images, repaint)
-        if repaint is None:  # the whole image edited: nothing of the input to keep as it was
-            return job, None, edit.options
-        return job, edit_compositor(images[0], repaint, size.width, size.height), edit.options
+        return EditRequest.parse(UploadedBody(fields, False, "image", [request.image], request.mask))
     # Variations are multipart-only in the API: every value is text, as the form reader expects.
     form = {key: str(value) for key, value in fields.items()}
-    variation = VariationRequest.parse(UploadedBody(form, True, "image", [request.image]))
-    source = decode_variation_input(variation.image, limits)
-    variation = variation.sized_for(source, info)
-    return variation.to_job(info, "easel", source), None, variation.options
+    return VariationRequest.parse(UploadedBody(form, True, "image", [request.image]))

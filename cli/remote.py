@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pipelines.tasks import Task
 
-from .images import CommandError, Request
+from .image_request import CommandError, Request
 
 ENDPOINTS = {Task.GENERATE: "images/generations", Task.EDIT: "images/edits", Task.VARIATION: "images/variations"}
 TIMEOUT = httpx.Timeout(30.0, read=600.0)  # a slow model on a CPU may take minutes between events

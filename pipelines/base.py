@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class Cancelled(Exception):
-    """Raised inside a backend when ``ImageJob.should_cancel`` turns true between steps."""
+    """Raised inside a backend when a job's ``JobControl.should_cancel`` turns true between steps."""
 
 
 class MissingComponent(Exception):
@@ -134,12 +134,31 @@ class ImageJob:
     # > 1: each image is an animation of this many frames, a walk through image-embedding space with the
     # image's initial noise held (pipelines.walks); run returns n * frames images, image i's frames together.
     frames: int = 1
-    # Set by the engine: where previews go, and whether the job's client has gone.
+
+
+@dataclass(frozen=True)
+class JobControl:
+    """How whoever submitted a job follows it and stops it while it runs; a backend only calls these.
+
+    The engine makes one per submitted job; ``easel generate`` one with a progress bar.
+    """
+
     on_preview: Callable[[int, list[Image.Image]], None] | None = None  # (index, images)
-    should_cancel: Callable[[], bool] | None = None
-    # Set by callers that show progress (``easel generate``): (stage, steps done, steps in the stage) after each
-    # denoising step; stages are "prior", "decoder" and, for Karlo, "super_res".
+    should_cancel: Callable[[], bool] | None = None  # true once the job's client has gone
+    # (stage, steps done, steps in the stage) after each denoising step; stages are "prior", "decoder" and,
+    # for Karlo, "super_res".
     on_progress: Callable[[str, int, int], None] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Ticket:
+    """A job in a backend call: the request, as a plain value, and its control.
+
+    Equal only to itself, so a backend keys each job's state in a batch by its ticket.
+    """
+
+    job: ImageJob
+    control: JobControl = JobControl()
 
 
 JobOutcome = Union[list[Image.Image], BaseException]  # noqa: UP007 (a runtime alias: Python 3.10 has no list[...] | type)
@@ -163,16 +182,16 @@ class ImageBackend(Protocol):
         """Jobs with equal keys may share one pipeline call; None: this job always runs alone."""
         ...
 
-    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
+    def run_batch(self, tickets: Sequence[Ticket]) -> BatchResult:
         """Run jobs of one batch key together; each gets ``job.n`` RGB images at its native size, in seed order.
 
         A job's own failure is its outcome, not an exception: Cancelled when it left (its
-        ``should_cancel`` turned true; it stops costing work at the next denoising step),
-        MissingComponent or ValueError when the model cannot do it.
+        control's ``should_cancel`` turned true; it stops costing work at the next denoising
+        step), MissingComponent or ValueError when the model cannot do it.
         """
         ...
 
-    def run(self, job: ImageJob) -> list[Image.Image]:
+    def run(self, job: ImageJob, control: JobControl = JobControl()) -> list[Image.Image]:
         """One job alone: its images, or its outcome raised."""
         ...
 
@@ -224,14 +243,18 @@ def use_cpu_threads(count: int) -> None:
     torch.set_num_threads(count)
 
 
-def raise_if_cancelled(job: ImageJob) -> None:
-    if job.should_cancel is not None and job.should_cancel():
+def wants_to_stop(control: JobControl) -> bool:
+    return control.should_cancel is not None and control.should_cancel()
+
+
+def raise_if_cancelled(control: JobControl) -> None:
+    if wants_to_stop(control):
         raise Cancelled()
 
 
-def report_progress(job: ImageJob, stage: str, done: int, total: int) -> None:
-    if job.on_progress is not None:
-        job.on_progress(stage, done, total)
+def report_progress(control: JobControl, stage: str, done: int, total: int) -> None:
+    if control.on_progress is not None:
+        control.on_progress(stage, done, total)
 
 
 def seeded_generators(device: torch.device, seeds: list[int]) -> list[torch.Generator]:
@@ -246,60 +269,25 @@ def parameter_counts(components: dict[str, Any]) -> dict[str, int]:
     return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}
 
 
-_NOTHING = object()
-
-
-@contextmanager
-def after_each_step(scheduler: Any, observer: Callable[[int, Any], None]) -> Iterator[None]:
-    """Call ``observer(step_index, step_output)`` after every ``scheduler.step`` inside the block.
-
-    Pipelines expose the latents after each step but not the scheduler's
-    estimate of the clean sample, which makes far better previews, and UnCLIP
-    has no step callback at all. Wrapping the scheduler instance's ``step`` for
-    one call gives both without copying any pipeline loop.
-    """
-    original_step = scheduler.step
-    calls = 0
-
-    def step(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        output = original_step(*args, **kwargs)
-        observer(calls, output)
-        calls += 1
-        return output
-
-    # An instance attribute shadows the class's method; hooks may nest, so put back
-    # whatever was there before (an outer hook's wrapper, or nothing).
-    shadowed = scheduler.__dict__.get("step", _NOTHING)
-    scheduler.step = step
-    try:
-        yield
-    finally:
-        if shadowed is _NOTHING:
-            del scheduler.step
-        else:
-            scheduler.step = shadowed
-
-
-def run_alone(backend: ImageBackend, job: ImageJob) -> list[Image.Image]:
+def run_alone(backend: ImageBackend, job: ImageJob, control: JobControl) -> list[Image.Image]:
     """``job`` as a batch of one: its images, or its outcome raised."""
-    outcome = backend.run_batch([job]).outcomes[0]
+    outcome = backend.run_batch([Ticket(job, control)]).outcomes[0]
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
 
 
-def run_isolated(backend: ImageBackend, jobs: list[ImageJob]) -> BatchResult:
+def run_isolated(backend: ImageBackend, tickets: list[Ticket]) -> BatchResult:
     """The batch's outcomes; when a shared call fails as a whole, each job runs alone so one bad job fails alone."""
     try:
-        return backend.run_batch(jobs)
+        return backend.run_batch(tickets)
     except BaseException as error:  # reported to the requests that own the jobs
-        if len(jobs) == 1 or isinstance(error, Cancelled):
-            return BatchResult([error] * len(jobs))
+        if len(tickets) == 1 or isinstance(error, Cancelled):
+            return BatchResult([error] * len(tickets))
         outcomes: list[JobOutcome] = []
-        for job in jobs:
+        for ticket in tickets:
             try:
-                outcomes.extend(backend.run_batch([job]).outcomes)
+                outcomes.extend(backend.run_batch([ticket]).outcomes)
             except BaseException as alone:
                 outcomes.append(alone)
         return BatchResult(outcomes)
@@ -308,24 +296,28 @@ def run_isolated(backend: ImageBackend, jobs: list[ImageJob]) -> BatchResult:
 class BatchRows:
     """Which rows of a batched pipeline call belong to which job, as jobs leave it.
 
-    Rows are in job order, ``job.n`` each. A job whose ``should_cancel`` turns
-    true leaves at the next step: its rows are dropped from every batched
+    Rows are in ticket order, ``job.n`` each. A job whose control's ``should_cancel``
+    turns true leaves at the next step: its rows are dropped from every batched
     tensor, so it stops costing work and the others go on undisturbed.
     """
 
-    def __init__(self, jobs: Sequence[ImageJob]) -> None:
-        self.jobs = list(jobs)  # the jobs still in the batch, in row order
-        self.left: list[ImageJob] = []
+    def __init__(self, tickets: Sequence[Ticket]) -> None:
+        self.tickets = list(tickets)  # the jobs still in the batch, in row order
+        self.left: list[Ticket] = []
+
+    @property
+    def jobs(self) -> list[ImageJob]:
+        return [ticket.job for ticket in self.tickets]
 
     @property
     def size(self) -> int:
-        return sum(job.n for job in self.jobs)
+        return sum(ticket.job.n for ticket in self.tickets)
 
-    def spans(self) -> list[tuple[ImageJob, slice]]:
+    def spans(self) -> list[tuple[Ticket, slice]]:
         spans, start = [], 0
-        for job in self.jobs:
-            spans.append((job, slice(start, start + job.n)))
-            start += job.n
+        for ticket in self.tickets:
+            spans.append((ticket, slice(start, start + ticket.job.n)))
+            start += ticket.job.n
         return spans
 
     def drop_leaving(self) -> torch.Tensor | None:
@@ -333,22 +325,22 @@ class BatchRows:
 
         Raises Cancelled when no job is left, which ends the pipeline call.
         """
-        leaving = [job for job in self.jobs if job.should_cancel is not None and job.should_cancel()]
+        leaving = [ticket for ticket in self.tickets if wants_to_stop(ticket.control)]
         if not leaving:
             return None
-        if len(leaving) == len(self.jobs):
+        if len(leaving) == len(self.tickets):
             raise Cancelled()
         import torch
 
-        keep = torch.tensor([job not in leaving for job in self.jobs for _ in range(job.n)])
-        self.jobs = [job for job in self.jobs if job not in leaving]
+        keep = torch.tensor([ticket not in leaving for ticket in self.tickets for _ in range(ticket.job.n)])
+        self.tickets = [ticket for ticket in self.tickets if ticket not in leaving]
         self.left.extend(leaving)
         return keep
 
-    def outcomes(self, images: Sequence[Image.Image]) -> dict[int, JobOutcome]:
-        """Each job's outcome by ``id``: its slice of the call's images, or Cancelled if it left."""
-        done: dict[int, JobOutcome] = {id(job): list(images[rows]) for job, rows in self.spans()}
-        done.update({id(job): Cancelled() for job in self.left})
+    def outcomes(self, images: Sequence[Image.Image]) -> dict[Ticket, JobOutcome]:
+        """Each job's outcome: its slice of the call's images, or Cancelled if it left."""
+        done: dict[Ticket, JobOutcome] = {ticket: list(images[rows]) for ticket, rows in self.spans()}
+        done.update({ticket: Cancelled() for ticket in self.left})
         return done
 
 

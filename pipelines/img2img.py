@@ -21,7 +21,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .base import BatchRows
+from .base import BatchRows, Ticket
 
 _NOTHING = object()
 
@@ -69,7 +69,7 @@ def encode_image(image: Image.Image, movq: Any, device: torch.device) -> torch.T
 
 def image_start(
     rows: BatchRows,
-    originals: dict[int, Image.Image],
+    originals: dict[Ticket, Image.Image],
     generators: list[torch.Generator],
     movq: Any,
     scheduler: Any,
@@ -85,10 +85,11 @@ def image_start(
         scheduler.set_timesteps(steps, device=device)
         start = scheduler.timesteps[:1]
     parts = []
-    for job, span in rows.spans():
-        latents = encode_image(originals[id(job)], movq, device)
-        latents = latents.expand(job.n, *latents.shape[1:])
+    for ticket, span in rows.spans():
+        n = ticket.job.n
+        latents = encode_image(originals[ticket], movq, device)
+        latents = latents.expand(n, *latents.shape[1:])
         noise = randn_tensor(tuple(latents.shape), generator=generators[span], device=device, dtype=latents.dtype)
-        parts.append(scheduler.add_noise(latents, noise, start.repeat(job.n)))
+        parts.append(scheduler.add_noise(latents, noise, start.repeat(n)))
     # The pipeline multiplies given latents by the scheduler's initial sigma (1 for Kandinsky's).
     return ImageStart(torch.cat(parts) / scheduler.init_noise_sigma, steps_run(steps, first.strength))

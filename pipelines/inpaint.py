@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .base import BatchRows, ImageJob
+from .base import BatchRows, ImageJob, Ticket
 
 if TYPE_CHECKING:  # torch loads with the backends; the server uses only the pixel helpers here
     import torch
@@ -122,15 +122,16 @@ def resized_original(job: ImageJob) -> Image.Image:
 
 
 def latent_blend(
-    rows: BatchRows, originals: dict[int, Image.Image], generators: list[torch.Generator], movq: Any, device: Any
+    rows: BatchRows, originals: dict[Ticket, Image.Image], generators: list[torch.Generator], movq: Any, device: Any
 ) -> LatentBlend:
     """The blend for a batch of edits: each job's original encoded, its keep mask, its rows' initial noise."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
     parts = []  # per job: its original's latents and keep mask (one row each), its rows' initial noise
-    for job, span in rows.spans():
-        pixels = np.asarray(originals[id(job)], dtype=np.float32) / 127.5 - 1.0
+    for ticket, span in rows.spans():
+        job = ticket.job
+        pixels = np.asarray(originals[ticket], dtype=np.float32) / 127.5 - 1.0
         original = movq.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device, movq.dtype)).latents
         assert job.mask is not None  # check_job
         keep = latent_keep_mask(job.mask, (job.width, job.height), original.shape[-2:]).to(device, original.dtype)
@@ -143,3 +144,10 @@ def latent_blend(
     return LatentBlend(
         torch.cat([r[0] for r in repeated]), torch.cat([r[1] for r in repeated]), torch.cat([p[3] for p in parts])
     )
+
+
+def inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, Any]:
+    """The inpaint decoder's image and mask inputs for ``n`` images."""
+    # The inpaint decoder sizes its masked-image batch from these lists, not from
+    # the embeddings: one copy per image, or the batch sizes disagree.
+    return {"image": [image] * n, "mask_image": [mask] * n}

@@ -24,10 +24,11 @@ from .base import (
     BatchRows,
     Cancelled,
     ImageJob,
+    JobControl,
     JobOutcome,
     ModelInfo,
     StageClock,
-    after_each_step,
+    Ticket,
     check_job,
     keep_rows,
     parameter_counts,
@@ -35,12 +36,14 @@ from .base import (
     report_progress,
     run_alone,
     seeded_generators,
+    wants_to_stop,
 )
 from .device import dtype_name, one_cpu_thread
 from .img2img import ImageStart, image_start, starting_at
-from .inpaint import LatentBlend, composite_unmasked, latent_blend, resized_original
+from .inpaint import LatentBlend, composite_unmasked, inpaint_inputs, latent_blend, resized_original
 from .model_config import EaselConfig
 from .presets import complexities_for, presets_for
+from .steps import after_each_step
 from .tasks import Task
 from .walks import animate, mix_in_images
 
@@ -106,44 +109,44 @@ class KandinskyBackend:
             return None  # diffusers' inpaint decoder applies the first row's image and mask to every row
         return (job.task, job.width, job.height, job.preset)
 
-    def run(self, job: ImageJob) -> list[Image.Image]:
-        return run_alone(self, job)
+    def run(self, job: ImageJob, control: JobControl = JobControl()) -> list[Image.Image]:
+        return run_alone(self, job, control)
 
     @torch.inference_mode()
-    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
-        outcomes: dict[int, JobOutcome] = {}
+    def run_batch(self, tickets: Sequence[Ticket]) -> BatchResult:
+        outcomes: dict[Ticket, JobOutcome] = {}
         live = []
-        for job in jobs:
+        for ticket in tickets:
             try:
-                check_job(job, self.info)
-                raise_if_cancelled(job)
+                check_job(ticket.job, self.info)
+                raise_if_cancelled(ticket.control)
             except (ValueError, Cancelled) as error:
-                outcomes[id(job)] = error
+                outcomes[ticket] = error
             else:
-                live.append(job)
+                live.append(ticket)
         clock = StageClock(self.device)
         if live:
             with clock.timing(self._stages):
-                if live[0].frames > 1:  # alone in its batch (batch_key)
-                    outcomes[id(live[0])] = self._animate(live[0])
+                if live[0].job.frames > 1:  # alone in its batch (batch_key)
+                    outcomes[live[0]] = self._animate(live[0])
                 else:
                     outcomes.update(self._run_live(live))
-        return BatchResult([outcomes[id(job)] for job in jobs], clock.seconds)
+        return BatchResult([outcomes[ticket] for ticket in tickets], clock.seconds)
 
     # -- stages -----------------------------------------------------------------------
 
-    def _run_live(self, jobs: list[ImageJob]) -> dict[int, JobOutcome]:
+    def _run_live(self, tickets: list[Ticket]) -> dict[Ticket, JobOutcome]:
         """The jobs' images, or Cancelled for those that left; the jobs share one task, size and preset."""
-        if jobs[0].task == Task.VARIATION:
-            embeds = {id(job): self._variation_embeds(job) for job in jobs}
-            left: dict[int, JobOutcome] = {}
+        if tickets[0].job.task == Task.VARIATION:
+            embeds = {ticket: self._variation_embeds(ticket.job) for ticket in tickets}
+            left: dict[Ticket, JobOutcome] = {}
         else:
-            embeds, left = self._text_to_embeds(jobs)
-        rows = BatchRows([job for job in jobs if id(job) not in left])
-        if not rows.jobs:
+            embeds, left = self._text_to_embeds(tickets)
+        rows = BatchRows([ticket for ticket in tickets if ticket not in left])
+        if not rows.tickets:
             return left
-        image_embeds = torch.cat([embeds[id(job)][0] for job in rows.jobs])
-        negative = torch.cat([embeds[id(job)][1] for job in rows.jobs])
+        image_embeds = torch.cat([embeds[ticket][0] for ticket in rows.tickets])
+        negative = torch.cat([embeds[ticket][1] for ticket in rows.tickets])
         generators = [generator for job in rows.jobs for generator in seeded_generators(self.device, job.seeds)]
         if rows.jobs[0].task == Task.EDIT:
             left.update(self._edit(rows, image_embeds, negative, generators))
@@ -151,39 +154,40 @@ class KandinskyBackend:
             left.update(self._decode(rows, image_embeds, negative, generators))
         return left
 
-    def _animate(self, job: ImageJob) -> JobOutcome:
+    def _animate(self, ticket: Ticket) -> JobOutcome:
         """Frames walking between two prior samples, each decoded from the image's own initial noise."""
-        return animate(job, self._text_to_embeds, self._decode, self.device)
+        return animate(ticket, self._text_to_embeds, self._decode, self.device)
 
-    def _text_to_embeds(self, jobs: list[ImageJob]) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]:
+    def _text_to_embeds(self, tickets: list[Ticket]) -> tuple[dict[Ticket, tuple[torch.Tensor, torch.Tensor]], dict]:
         """Prior: each job's ``n`` image embeddings and ``n`` negative ones; and the jobs that left meanwhile.
 
         Jobs with and without a negative prompt take separate prior calls: the
         negative prompt is also the prior's unconditional input.
         """
-        embeds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        left: dict[int, JobOutcome] = {}
+        embeds: dict[Ticket, tuple[torch.Tensor, torch.Tensor]] = {}
+        left: dict[Ticket, JobOutcome] = {}
         for group in (
-            [j for j in jobs if j.negative_prompt is None],
-            [j for j in jobs if j.negative_prompt is not None],
+            [t for t in tickets if t.job.negative_prompt is None],
+            [t for t in tickets if t.job.negative_prompt is not None],
         ):
             if not group:
                 continue
             try:
                 output = self._prior_call(group)
             except Cancelled:  # every job of the call left
-                left.update({id(job): Cancelled() for job in group})
+                left.update({ticket: Cancelled() for ticket in group})
                 continue
             start = 0
-            for job in group:
-                rows = slice(start, start + job.n)
-                embeds[id(job)] = (output.image_embeds[rows], output.negative_image_embeds[rows])
-                start += job.n
+            for ticket in group:
+                rows = slice(start, start + ticket.job.n)
+                embeds[ticket] = (output.image_embeds[rows], output.negative_image_embeds[rows])
+                start += ticket.job.n
         return embeds, left
 
-    def _prior_call(self, jobs: list[ImageJob]) -> Any:
+    def _prior_call(self, tickets: list[Ticket]) -> Any:
         # The prior's own generators: the decoder's must start unused. Negative prompts are extra
         # batch rows after the prompts'; those rows get their own generators from the same seeds.
+        jobs = [ticket.job for ticket in tickets]
         with_negative = jobs[0].negative_prompt is not None
         generators = [
             g for _ in range(1 + with_negative) for job in jobs for g in seeded_generators(self.device, job.seeds)
@@ -202,7 +206,7 @@ class KandinskyBackend:
             num_inference_steps=jobs[0].preset.prior_steps,
             guidance_scale=jobs[0].preset.prior_guidance,
             generator=generators,
-            callback_on_step_end=_stop_when_all_left(jobs),
+            callback_on_step_end=_stop_when_all_left(tickets),
         )
 
     def _variation_embeds(self, job: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,13 +236,13 @@ class KandinskyBackend:
         negative: torch.Tensor,
         generators: list[torch.Generator],
         start: ImageStart | None = None,
-    ) -> dict[int, JobOutcome]:
+    ) -> dict[Ticket, JobOutcome]:
         """Decoder from image embeddings (from noise, or ``start``); inpaint weights get an all-repaint mask."""
         extra: dict[str, Any] = {}
         if self.inpaint_weights:
             # Everything repainted: the UNet sees no masked image, i.e. plain generation.
             size = (rows.jobs[0].width, rows.jobs[0].height)
-            extra = _inpaint_inputs(Image.new("RGB", size), Image.new("L", size, 255), rows.size)
+            extra = inpaint_inputs(Image.new("RGB", size), Image.new("L", size, 255), rows.size)
         return self._run_decoder(rows, embeds, negative, generators, extra, start=start)
 
     def _run_decoder(
@@ -250,7 +254,7 @@ class KandinskyBackend:
         extra: dict[str, Any],
         blend: LatentBlend | None = None,
         start: ImageStart | None = None,
-    ) -> dict[int, JobOutcome]:
+    ) -> dict[Ticket, JobOutcome]:
         first = rows.jobs[0]
         steps = first.preset.decoder_steps
         run = start.steps if start is not None else steps  # a whole-image edit runs the schedule's end only
@@ -268,8 +272,8 @@ class KandinskyBackend:
                 generators[:] = [g for g, kept in zip(generators, keep.tolist(), strict=True) if kept]
                 for follower in filter(None, (previews, blend)):
                     follower.keep_rows(keep)
-            for job in rows.jobs:
-                report_progress(job, "decoder", step + 1, run)
+            for ticket in rows.tickets:
+                report_progress(ticket.control, "decoder", step + 1, run)
             if previews is not None:
                 previews.emit(step)
             next_timestep = scheduler.timesteps[step + 1] if step + 1 < len(scheduler.timesteps) else None
@@ -310,28 +314,29 @@ class KandinskyBackend:
 
     def _edit(
         self, rows: BatchRows, embeds: torch.Tensor, negative: torch.Tensor, generators: list[torch.Generator]
-    ) -> dict[int, JobOutcome]:
+    ) -> dict[Ticket, JobOutcome]:
         embeds = mix_in_images(rows, embeds, self._image_to_embed)  # input_fidelity
-        originals = {id(job): resized_original(job) for job in rows.jobs}
+        originals = {ticket: resized_original(ticket.job) for ticket in rows.tickets}
         if rows.jobs[0].mask is None:  # whole-image edits: batch_key keeps them apart from masked ones
             scheduler = self.decoder_pipe.scheduler
             start = image_start(rows, originals, generators, self.decoder_pipe.movq, scheduler, self.device)
             with starting_at(scheduler, rows.jobs[0].preset.decoder_steps, rows.jobs[0].strength):
                 return self._decode(rows, embeds, negative, generators, start)
         if self.inpaint_weights:  # one job: batch_key keeps inpaint-weight edits apart
-            (job,) = rows.jobs
+            (ticket,) = rows.tickets
+            job = ticket.job
             assert job.mask is not None  # check_job
             mask = job.mask.convert("L").resize((job.width, job.height), Image.Resampling.BILINEAR)
-            extra = _inpaint_inputs(originals[id(job)], mask, job.n)
+            extra = inpaint_inputs(originals[ticket], mask, job.n)
             outcomes = self._run_decoder(rows, embeds, negative, generators, extra)
         else:
             blend = latent_blend(rows, originals, generators, self.decoder_pipe.movq, self.device)
             outcomes = self._run_decoder(rows, embeds, negative, generators, {}, blend)
-        for job in rows.jobs + rows.left:
-            images = outcomes[id(job)]
+        for ticket in rows.tickets + rows.left:
+            images, repaint = outcomes[ticket], ticket.job.mask
             if isinstance(images, list):
-                assert job.mask is not None  # check_job
-                outcomes[id(job)] = [composite_unmasked(originals[id(job)], image, job.mask) for image in images]
+                assert repaint is not None  # check_job
+                outcomes[ticket] = [composite_unmasked(originals[ticket], image, repaint) for image in images]
         return outcomes
 
 
@@ -366,23 +371,17 @@ class _GuidanceInterval:
         return {name: tensors[name].chunk(2)[1] for name in self.doubled}
 
 
-def _inpaint_inputs(image: Image.Image, mask: Image.Image, n: int) -> dict[str, Any]:
-    # The inpaint decoder sizes its masked-image batch from these lists, not from
-    # the embeddings: one copy per image, or the batch sizes disagree.
-    return {"image": [image] * n, "mask_image": [mask] * n}
-
-
-def _stop_when_all_left(jobs: list[ImageJob]) -> Callable[..., dict]:
+def _stop_when_all_left(tickets: list[Ticket]) -> Callable[..., dict]:
     """A prior step callback: each job's progress, and the end of the call once every job in it asked to stop.
 
     Rows are not dropped one job at a time: the prior is a small share of the work (leavers go before the decoder).
     """
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        if all(job.should_cancel is not None and job.should_cancel() for job in jobs):
+        if all(wants_to_stop(ticket.control) for ticket in tickets):
             raise Cancelled()
-        for job in jobs:
-            report_progress(job, "prior", step + 1, job.preset.prior_steps)
+        for ticket in tickets:
+            report_progress(ticket.control, "prior", step + 1, ticket.job.preset.prior_steps)
         return {}
 
     return on_step_end

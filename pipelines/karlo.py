@@ -37,11 +37,12 @@ from .base import (
     BatchRows,
     Cancelled,
     ImageJob,
+    JobControl,
     JobOutcome,
     MissingComponent,
     ModelInfo,
     StageClock,
-    after_each_step,
+    Ticket,
     check_job,
     parameter_counts,
     raise_if_cancelled,
@@ -52,6 +53,7 @@ from .base import (
 from .device import dtype_name, from_pretrained_options
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
+from .steps import after_each_step
 from .tasks import Task
 from .unclip_compat import UnCLIPImageVariationPipeline, UnCLIPPipeline
 from .walks import combine_embeds, mix_in_image
@@ -150,31 +152,32 @@ class KarloBackend:
     def batch_key(self, job: ImageJob) -> Hashable | None:
         return None  # UnCLIP has no step callback: one job's rows could not leave a shared call
 
-    def run(self, job: ImageJob) -> list[Image.Image]:
-        return run_alone(self, job)
+    def run(self, job: ImageJob, control: JobControl = JobControl()) -> list[Image.Image]:
+        return run_alone(self, job, control)
 
-    def run_batch(self, jobs: Sequence[ImageJob]) -> BatchResult:
+    def run_batch(self, tickets: Sequence[Ticket]) -> BatchResult:
         clock = StageClock(self.device)
         outcomes: list[JobOutcome] = []
         with clock.timing(self._stages):
-            for job in jobs:  # one at a time (batch_key): the engine sends batches of one
+            for ticket in tickets:  # one at a time (batch_key): the engine sends batches of one
                 try:
-                    outcomes.append(self._run_one(job))
+                    outcomes.append(self._run_one(ticket))
                 except (Cancelled, MissingComponent, ValueError) as error:
                     outcomes.append(error)
         return BatchResult(outcomes, clock.seconds)
 
     @torch.inference_mode()
-    def _run_one(self, job: ImageJob) -> list[Image.Image]:
+    def _run_one(self, ticket: Ticket) -> list[Image.Image]:
+        job = ticket.job
         self._check_job(job)
-        raise_if_cancelled(job)
+        raise_if_cancelled(ticket.control)
         generators = seeded_generators(self.device, job.seeds)
         steps = {
             "decoder_num_inference_steps": job.preset.decoder_steps,
             "super_res_num_inference_steps": job.preset.super_res_steps or DEFAULT_SUPER_RES_STEPS,
             "decoder_guidance_scale": job.preset.decoder_guidance,
         }
-        with self._observed(job), self._mixed_in(job):
+        with self._observed(ticket), self._mixed_in(job):
             if job.task in (Task.GENERATE, Task.EDIT):
                 output = self.pipe(
                     prompt=job.prompt,
@@ -225,13 +228,13 @@ class KarloBackend:
 
     # -- step observation ---------------------------------------------------------------
 
-    def _observed(self, job: ImageJob) -> ExitStack:
+    def _observed(self, ticket: Ticket) -> ExitStack:
         """Cancellation and progress after every scheduler step of every stage; previews from decoder steps."""
         stack = ExitStack()
-        pipe = self.pipe
+        pipe, job = self.pipe, ticket.job
         decoder_scheduler = pipe.decoder_scheduler
-        if job.on_preview is not None and job.preview_count > 0:
-            stack.enter_context(after_each_step(decoder_scheduler, self._preview_observer(job)))
+        if ticket.control.on_preview is not None and job.preview_count > 0:
+            stack.enter_context(after_each_step(decoder_scheduler, self._preview_observer(ticket)))
         stages = {
             "prior": (pipe.prior_scheduler, job.preset.prior_steps),
             "decoder": (decoder_scheduler, job.preset.decoder_steps),
@@ -241,10 +244,10 @@ class KarloBackend:
         for stage, (scheduler, total) in stages.items():
             if id(scheduler) not in observed:  # a scheduler shared by two stages is observed once
                 observed.add(id(scheduler))
-                stack.enter_context(after_each_step(scheduler, _step_observer(job, stage, total)))
+                stack.enter_context(after_each_step(scheduler, _step_observer(ticket.control, stage, total)))
         return stack
 
-    def _preview_observer(self, job: ImageJob) -> Callable[[int, Any], None]:
+    def _preview_observer(self, ticket: Ticket) -> Callable[[int, Any], None]:
         from .previews import Previews
 
         size = self.info.fixed_native_size
@@ -256,7 +259,7 @@ class KarloBackend:
                 pixels.float().clamp(-1, 1), size=(size[1], size[0]), mode="bicubic", align_corners=False
             )
 
-        previews = Previews(BatchRows([job]), job.preset.decoder_steps, decode)
+        previews = Previews(BatchRows([ticket]), ticket.job.preset.decoder_steps, decode)
 
         def observe(step: int, output: Any) -> None:
             previews.record(step, output)
@@ -282,10 +285,10 @@ class KarloBackend:
             )
 
 
-def _step_observer(job: ImageJob, stage: str, total: int):
+def _step_observer(control: JobControl, stage: str, total: int):
     def after_step(step: int, output: Any) -> None:
-        raise_if_cancelled(job)
-        report_progress(job, stage, step + 1, total)
+        raise_if_cancelled(control)
+        report_progress(control, stage, step + 1, total)
 
     return after_step
 

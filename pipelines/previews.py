@@ -13,14 +13,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .base import BatchRows, ImageJob
+from .base import BatchRows, Ticket
 
 # A backend's decoding of a job's clean-sample estimate (its rows of the batch) into pixels in [-1, 1].
 Decode = Callable[[torch.Tensor, slice], torch.Tensor]
 
 
-def wanted(jobs: list[ImageJob]) -> bool:
-    return any(job.preview_count > 0 and job.on_preview is not None for job in jobs)
+def wanted(tickets: list[Ticket]) -> bool:
+    return any(ticket.job.preview_count > 0 and ticket.control.on_preview is not None for ticket in tickets)
 
 
 def preview_steps(total_steps: int, count: int) -> list[int]:
@@ -52,12 +52,12 @@ class Previews:
     def __init__(self, rows: BatchRows, steps: int, decode: Decode) -> None:
         self.rows = rows
         self.decode = decode
-        self.steps = {id(job): preview_steps(steps, job.preview_count) for job in rows.jobs}
+        self.steps = {ticket: preview_steps(steps, ticket.job.preview_count) for ticket in rows.tickets}
         self.latest: torch.Tensor | None = None
 
     def record(self, step: int, output: Any) -> None:
-        """A scheduler step's observer (``base.after_each_step``)."""
-        if any(step in self.steps[id(job)] for job in self.rows.jobs):
+        """A scheduler step's observer (``steps.after_each_step``)."""
+        if any(step in self.steps[ticket] for ticket in self.rows.tickets):
             self.latest = predicted_clean(output)
 
     def keep_rows(self, keep: torch.Tensor) -> None:
@@ -67,8 +67,8 @@ class Previews:
     def emit(self, step: int) -> None:
         if self.latest is None:
             return
-        for job, rows in self.rows.spans():
-            chosen = self.steps[id(job)]
-            if step in chosen and job.on_preview is not None:
-                job.on_preview(chosen.index(step), to_pil(self.decode(self.latest[rows], rows)))
+        for ticket, rows in self.rows.spans():
+            chosen, on_preview = self.steps[ticket], ticket.control.on_preview
+            if step in chosen and on_preview is not None:
+                on_preview(chosen.index(step), to_pil(self.decode(self.latest[rows], rows)))
         self.latest = None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .base import BatchRows, Cancelled, ImageJob, JobOutcome, seeded_generators
+from .base import BatchRows, Cancelled, ImageJob, JobOutcome, Ticket, seeded_generators
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +72,8 @@ def mix_in_images(
     import torch
 
     mixed = []
-    for job, span in rows.spans():
+    for ticket, span in rows.spans():
+        job = ticket.job
         if job.input_image_weight > 0 and job.image is not None:
             inputs = [embed_image(image) for image in (job.image, *job.references)]
             combined = combine_embeds(inputs, job.image_weights)
@@ -101,28 +102,33 @@ def combine_embeds(embeds: list[torch.Tensor], weights: tuple[float, ...] | None
     return direction / direction.norm(dim=-1, keepdim=True).clamp_min(_PARALLEL) * length
 
 
-TextToEmbeds = Callable[[list[ImageJob]], "tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]"]
-DecodeRows = Callable[[BatchRows, "torch.Tensor", "torch.Tensor", list["torch.Generator"]], dict[int, JobOutcome]]
+TextToEmbeds = Callable[[list[Ticket]], "tuple[dict[Ticket, tuple[torch.Tensor, torch.Tensor]], dict]"]
+DecodeRows = Callable[[BatchRows, "torch.Tensor", "torch.Tensor", list["torch.Generator"]], dict[Ticket, JobOutcome]]
 
 
-def animate(job: ImageJob, text_to_embeds: TextToEmbeds, decode_rows: DecodeRows, device: Any) -> JobOutcome:
-    """A backend's animation job: its prior samples and frame decodes, with Cancelled as the outcome if it left."""
+def animate(ticket: Ticket, text_to_embeds: TextToEmbeds, decode_rows: DecodeRows, device: Any) -> JobOutcome:
+    """A backend's animation job: its prior samples and frame decodes, with Cancelled as the outcome if it left.
+
+    Each prior and decoder call is a job of its own, under the animation's control.
+    """
 
     def sample(ends: ImageJob) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, left = text_to_embeds([ends])
+        sampled = Ticket(ends, ticket.control)
+        embeds, left = text_to_embeds([sampled])
         if left:
             raise Cancelled()
-        return embeds[id(ends)]
+        return embeds[sampled]
 
     def decode(frame_job: ImageJob, embeds: torch.Tensor, negative: torch.Tensor) -> list[Image.Image]:
         generators = seeded_generators(device, frame_job.seeds)
-        outcome = decode_rows(BatchRows([frame_job]), embeds, negative, generators)[id(frame_job)]
+        frame = Ticket(frame_job, ticket.control)
+        outcome = decode_rows(BatchRows([frame]), embeds, negative, generators)[frame]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     try:
-        return walk_frames(job, sample, decode)
+        return walk_frames(ticket.job, sample, decode)
     except Cancelled as left:
         return left
 

@@ -24,7 +24,7 @@ import uvicorn
 from openai import AsyncOpenAI, OpenAI
 from starlette.applications import Starlette
 
-from pipelines.base import BatchResult, ImageJob
+from pipelines.base import BatchResult, ImageJob, Ticket
 from server.app.application import create_app
 from server.app.runner import uvicorn_options
 from server.engine.local import Loader
@@ -130,16 +130,17 @@ def easel_mini() -> Iterator[LiveServer]:
 
 
 class OneJobAtATime:
-    """For test backends that wrap a real one with a plain ``run(job)``: never batched, each job run by ``run``."""
+    """For test backends that wrap a real one with a plain ``run(job, control)``: never batched, each job run by
+    ``run``."""
 
     def batch_key(self, job: ImageJob) -> None:
         return None
 
-    def run_batch(self, jobs: list[ImageJob]) -> BatchResult:
+    def run_batch(self, tickets: list[Ticket]) -> BatchResult:
         outcomes: list = []
-        for job in jobs:
+        for ticket in tickets:
             try:
-                outcomes.append(self.run(job))  # type: ignore[attr-defined]
+                outcomes.append(self.run(ticket.job, ticket.control))  # type: ignore[attr-defined]
             except Exception as error:
                 outcomes.append(error)
         return BatchResult(outcomes)

@@ -2,7 +2,7 @@
 
 The one record for a model before it loads, whichever way it was named: a registry entry
 (:mod:`weights.registry`), ``NAME=FAMILY:PATH`` or a bare registered name in the server's settings
-(:mod:`server.model_specs`). It sits here, below the server and the model code, because ``easel pull``
+(:mod:`server.settings.model_specs`). It sits here, below the server and the model code, because ``easel pull``
 reads and writes registries while the hub is online, where neither may be imported.
 """
 

@@ -11,7 +11,9 @@ others are busy, so a lone request always runs on the first slot. Measured
 defaults: (docs/performance.md, "Serving many users").
 
 A :class:`LocalJobHandle` is the event-loop side of a job; worker threads reach
-it only through ``loop.call_soon_threadsafe``.
+it only through ``loop.call_soon_threadsafe``. Its base, :class:`JobHandleBase`,
+and a model's :class:`QueueFigures` (moving average, Retry-After turns, stats)
+are shared with the Ray engine's handles and models (:mod:`server.scaleout.engine`).
 """
 
 from __future__ import annotations
@@ -27,66 +29,53 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.base import BatchResult, Cancelled, ImageBackend, ImageJob, run_isolated, use_cpu_threads
+from pipelines.base import (
+    BatchResult,
+    Cancelled,
+    ImageBackend,
+    ImageJob,
+    JobControl,
+    Ticket,
+    run_isolated,
+    use_cpu_threads,
+)
 
 from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, Preview, QueueFull
 
-AVERAGE_WEIGHT = 0.3  # weight of the newest batch in the moving average of seconds per image
-FIRST_IMAGE_SECONDS_GUESS = 2.0  # Retry-After basis before any batch has been timed
+AVERAGE_WEIGHT = 0.3  # weight of the newest figure in the moving average of seconds per image
+FIRST_IMAGE_SECONDS_GUESS = 2.0  # Retry-After basis before any image has been timed
 
 
-class LocalJobHandle:
-    """A submitted job, seen from the event loop; worker threads call only its ``*_from_worker`` methods."""
+class JobHandleBase:
+    """What every engine's job handle shares: the result the request awaits and the previews it streams.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, model: str, job: ImageJob, batch_key: Hashable | None):
-        self.model = model
+    Call every method on the event loop; subclasses decide how a job's news reaches it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, job: ImageJob) -> None:
         self.job = job
-        self.batch_key = batch_key
-        self.submitted = time.monotonic()
-        self._loop = loop
-        self._cancel = threading.Event()
         self._result: asyncio.Future[JobResult] = loop.create_future()
         # A job whose client left settles with an error nobody awaits; mark it seen.
         self._result.add_done_callback(_mark_retrieved)
         self._previews: asyncio.Queue[Preview | None] = asyncio.Queue()
-        job.should_cancel = self._cancel.is_set
-        job.on_preview = self.preview_from_worker
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
 
     @property
     def done(self) -> bool:
         return self._result.done()
 
-    def request_cancel(self) -> None:
-        """Ask the backend to drop this job at its next denoising step (any thread)."""
-        self._cancel.set()
-
     async def result(self) -> JobResult:
-        # Shield: a caller that stops waiting must not cancel the future the worker will settle.
+        # Shield: a caller that stops waiting must not cancel the future the engine will settle.
         return await asyncio.shield(self._result)
 
     async def previews(self) -> AsyncIterator[Preview]:
         while (preview := await self._previews.get()) is not None:
             yield preview
 
-    # -- called from worker threads -------------------------------------------------------------
+    def _add_preview(self, preview: Preview) -> None:
+        self._previews.put_nowait(preview)
 
-    def preview_from_worker(self, index: int, images: list[Image.Image]) -> None:
-        self._post(self._previews.put_nowait, Preview(index, images))
-
-    def finish_from_worker(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
-        self._post(self._settle, result, error)
-
-    def _post(self, callback: Callable[..., object], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    # -- on the loop ------------------------------------------------------------------------------
-
-    def _settle(self, result: JobResult | None, error: BaseException | None) -> None:
+    def _settle(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
+        """End the previews and settle the result (the first settlement counts; later ones only end previews)."""
         self._previews.put_nowait(None)
         if self._result.done():
             return
@@ -105,61 +94,109 @@ def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
         future.exception()
 
 
-def next_turn(turns_until: float, now: float, backlog: float, turn: float) -> tuple[float, float]:
-    """The next turn for a rejected job, after ``backlog`` seconds of queued work and the turns handed out
-    until ``turns_until``: (the new end of the turns, seconds until a random point within this one)."""
-    start = max(turns_until, now + backlog)
-    return start + turn, max(0.05, start - now + random.uniform(0.0, turn))
+class QueueFigures:
+    """A model's figures as every engine keeps them: jobs by outcome, seconds per image, turns for rejected jobs."""
 
-
-class ModelLane:
-    """One model: its replicas (one per slot), its queue and its figures. Guarded by its worker's condition."""
-
-    def __init__(self, name: str, replicas: list[ImageBackend], capacity: int, worker: DeviceWorker) -> None:
-        self.name = name
-        self.replicas = replicas
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.worker = worker
-        self.waiting: deque[LocalJobHandle] = deque()
-        self.running: list[LocalJobHandle] = []
-        self.turns_until = 0.0  # when the turns handed to rejected jobs run out (monotonic; see retry_after)
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
-        self.seconds_per_image: float | None = None
-        self.last_batch_jobs = 1
+        self.seconds_per_image: float | None = None  # a moving average
+        self.turns_until = 0.0  # when the turns handed to rejected jobs run out (monotonic; see turn_for)
 
     def record(self, seconds: float, images: int) -> None:
+        """A pipeline call (or a job) that made ``images`` in ``seconds``."""
         per_image = seconds / max(images, 1)
         if self.seconds_per_image is None:
             self.seconds_per_image = per_image
         else:
             self.seconds_per_image += AVERAGE_WEIGHT * (per_image - self.seconds_per_image)
 
-    def retry_after(self, now: float, images: int) -> float:
-        """When a rejected job should come back: rejected jobs get turns at the rate the model serves images.
+    def turn_for(self, now: float, backlog_images: int, images: int, *, slots: int) -> float:
+        """Seconds until a rejected job of ``images`` should come back: rejected jobs get turns at the rate
+        the model serves images.
 
-        The first turn starts once the jobs waiting now are served; each rejection takes
-        the next turn (its images at the measured seconds per image, per slot) and comes
-        back at a random point within it, so rejected clients return spread out rather
-        than all at once into a queue that is full again.
+        The first turn starts once the ``backlog_images`` waiting now are served; each
+        rejection takes the next turn (its images at the measured seconds per image,
+        per slot) and comes back at a random point within it, so rejected clients
+        return spread out rather than all at once into a queue that is full again.
         """
         per_image = self.seconds_per_image or FIRST_IMAGE_SECONDS_GUESS
-        slots = max(1, len(self.replicas))
-        backlog = sum(handle.job.n for handle in self.waiting) * per_image / slots
-        self.turns_until, wait = next_turn(self.turns_until, now, backlog, images * per_image / slots)
-        return wait
+        slots = max(1, slots)
+        start = max(self.turns_until, now + backlog_images * per_image / slots)
+        turn = images * per_image / slots
+        self.turns_until = start + turn
+        return max(0.05, start - now + random.uniform(0.0, turn))
 
-    def stats(self) -> dict[str, Any]:
+    def figures(self, *, queued: int, running: int) -> dict[str, Any]:
+        """The figures ``Engine.stats`` answers with."""
         return {
-            "queued": len(self.waiting),
-            "running": len(self.running),
+            "queued": queued,
+            "running": running,
             "queue_size": self.capacity,
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
             "average_seconds": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
         }
+
+
+class LocalJobHandle(JobHandleBase):
+    """A submitted job, seen from the event loop; worker threads call only its ``*_from_worker`` methods.
+
+    It owns the job's ticket: the backend reaches the handle only through the ticket's control.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, model: str, job: ImageJob, batch_key: Hashable | None):
+        super().__init__(loop, job)
+        self.model = model
+        self.batch_key = batch_key
+        self.submitted = time.monotonic()
+        self._loop = loop
+        self._cancel = threading.Event()
+        self.ticket = Ticket(job, JobControl(on_preview=self.preview_from_worker, should_cancel=self._cancel.is_set))
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        """Ask the backend to drop this job at its next denoising step (any thread)."""
+        self._cancel.set()
+
+    # -- called from worker threads -------------------------------------------------------------
+
+    def preview_from_worker(self, index: int, images: list[Image.Image]) -> None:
+        self._post(self._add_preview, Preview(index, images))
+
+    def finish_from_worker(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
+        self._post(self._settle, result, error)
+
+    def _post(self, callback: Callable[..., object], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
+
+class ModelLane(QueueFigures):
+    """One model: its replicas (one per slot), its queue and its figures. Guarded by its worker's condition."""
+
+    def __init__(self, name: str, replicas: list[ImageBackend], capacity: int, worker: DeviceWorker) -> None:
+        super().__init__(capacity)
+        self.name = name
+        self.replicas = replicas
+        self.worker = worker
+        self.waiting: deque[LocalJobHandle] = deque()
+        self.running: list[LocalJobHandle] = []
+        self.last_batch_jobs = 1
+
+    def retry_after(self, now: float, images: int) -> float:
+        """When a rejected job should come back (QueueFigures.turn_for); each slot serves in parallel."""
+        backlog_images = sum(handle.job.n for handle in self.waiting)
+        return self.turn_for(now, backlog_images, images, slots=len(self.replicas))
+
+    def stats(self) -> dict[str, Any]:
+        return self.figures(queued=len(self.waiting), running=len(self.running))
 
 
 class DeviceWorker:
@@ -323,7 +360,7 @@ class DeviceWorker:
         jobs = [handle.job for handle in batch]
         # Counted here, on the backend's own thread: a tokenizer is not safe to share across threads.
         tokens = [backend.count_tokens(job.prompt) if job.prompt else 0 for job in jobs]
-        result = run_isolated(backend, jobs)
+        result = run_isolated(backend, [handle.ticket for handle in batch])
         seconds = time.monotonic() - started
         self._record(lane, batch, result, seconds, started)
         for handle, outcome, prompt_tokens in zip(batch, result.outcomes, tokens, strict=True):

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -39,12 +39,11 @@ from ..engine.base import (
     JobHandle,
     JobResult,
     ModelToLoad,
-    Preview,
     QueueFull,
     WorkerLost,
 )
 from ..engine.local import wait_until
-from ..engine.worker import AVERAGE_WEIGHT, FIRST_IMAGE_SECONDS_GUESS, next_turn
+from ..engine.worker import JobHandleBase, QueueFigures
 from .figures import Figure, replay
 from .wire import Message, RemoteError, error_from_wire, job_to_wire, preview_from_wire, result_from_wire
 
@@ -60,36 +59,30 @@ class ReplicaStopped(Exception):
 REPLICA_LOST = (RayActorError, ReplicaUnavailableError, ReplicaStopped)
 
 
-class RemoteModel:
+class RemoteModel(QueueFigures):
     """One model as this ingress sees it: its deployment handle and its jobs' figures (event loop only)."""
 
     def __init__(self, name: str, handle: DeploymentHandle, capacity: int, metrics: EngineMetrics | None) -> None:
+        super().__init__(capacity)
         self.name = name
         self.handle = handle
         self.stream = handle.options(stream=True)
-        self.capacity = capacity
         self.metrics = metrics
         self.waiting = 0  # submitted here, not yet held by a replica
         self.waiting_images = 0
         self.running = 0  # held by a replica
-        self.completed = 0
-        self.failed = 0
-        self.cancelled = 0
         self.resent = 0  # jobs sent again after their replica died
         self.by_replica: Counter[str] = Counter()  # jobs completed, per replica id
-        self.seconds_per_image: float | None = None  # a job's run time over its images (batched: an upper bound)
-        self.turns_until = 0.0  # as ModelLane's: when the turns handed to rejected jobs run out
+        # Its seconds_per_image is a job's run time over its images (batched: an upper bound).
 
     def count_waiting(self, job: ImageJob, change: int) -> None:
         self.waiting += change
         self.waiting_images += change * job.n
 
-    def record(self, replica: str, result: JobResult) -> None:
+    def record_result(self, replica: str, result: JobResult) -> None:
         self.completed += 1
         self.by_replica[replica] += 1
-        per_image = result.run_seconds / max(1, len(result.images))
-        previous = self.seconds_per_image
-        self.seconds_per_image = per_image if previous is None else previous + AVERAGE_WEIGHT * (per_image - previous)
+        self.record(result.run_seconds, len(result.images))
         if self.metrics is not None:
             self.metrics.images.labels(self.name).inc(len(result.images))
 
@@ -100,52 +93,28 @@ class RemoteModel:
 
     def retry_after(self, images: int) -> float:
         """As ModelLane.retry_after; the jobs the replicas hold now stand for its slots (each runs in parallel)."""
-        per_image = self.seconds_per_image or FIRST_IMAGE_SECONDS_GUESS
-        slots = max(1, self.running)
-        backlog = self.waiting_images * per_image / slots
-        self.turns_until, wait = next_turn(self.turns_until, time.monotonic(), backlog, images * per_image / slots)
-        return wait
+        return self.turn_for(time.monotonic(), self.waiting_images, images, slots=self.running)
 
     def stats(self) -> dict[str, Any]:
         return {
-            "queued": self.waiting,
-            "running": self.running,
-            "queue_size": self.capacity,
-            "completed": self.completed,
-            "failed": self.failed,
-            "cancelled": self.cancelled,
-            "average_seconds": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
+            **self.figures(queued=self.waiting, running=self.running),
             "resent": self.resent,
             "completed_by_replica": dict(sorted(self.by_replica.items())),
         }
 
 
-class RayJobHandle:
+class RayJobHandle(JobHandleBase):
     """A job on a model deployment, seen from the ingress's event loop."""
 
     def __init__(self, model: RemoteModel, job: ImageJob) -> None:
-        self.job = job
+        super().__init__(asyncio.get_running_loop(), job)
         self.model = model
         self.replica: str | None = None  # the replica holding the job, once accepted
-        self._result: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        self._result.add_done_callback(_mark_retrieved)
-        self._previews: asyncio.Queue[Preview | None] = asyncio.Queue()
         self._previews_forwarded = 0
         self._call: DeploymentResponseGenerator | None = None
         self._stopping = False
         model.count_waiting(job, 1)
         self._task = asyncio.create_task(self._drive())
-
-    @property
-    def done(self) -> bool:
-        return self._result.done()
-
-    async def result(self) -> JobResult:
-        return await asyncio.shield(self._result)
-
-    async def previews(self) -> AsyncIterator[Preview]:
-        while (preview := await self._previews.get()) is not None:
-            yield preview
 
     def when_done(self, callback: Callable[[RayJobHandle], object]) -> None:
         self._result.add_done_callback(lambda _: callback(self))
@@ -190,7 +159,7 @@ class RayJobHandle:
                 self.replica = message["replica"]
             elif kind == "preview" and message["index"] >= self._previews_forwarded:
                 self._previews_forwarded = message["index"] + 1
-                self._previews.put_nowait(preview_from_wire(message))
+                self._add_preview(preview_from_wire(message))
             elif kind in ("result", "error"):
                 self.model.replay(message.get("figures", ()))
                 self._finish(message)
@@ -215,34 +184,23 @@ class RayJobHandle:
             self.replica = None
 
     def _settle(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
-        if self._result.done():
-            return
-        replica = self.replica
-        self._release()
-        if result is not None:
-            self.model.record(replica or "unknown", result)
-            self._result.set_result(result)
-        else:
-            assert error is not None
-            if isinstance(error, Cancelled):
+        if not self.done:  # count the job once, by its first settlement
+            replica = self.replica
+            self._release()
+            if result is not None:
+                self.model.record_result(replica or "unknown", result)
+            elif isinstance(error, Cancelled):
                 self.model.cancelled += 1
                 if self.model.metrics is not None:
                     self.model.metrics.cancelled.labels(self.model.name).inc()
             else:
                 self.model.failed += 1
-            self._result.set_exception(error)
-        self._previews.put_nowait(None)
+        super()._settle(result, error)
 
 
 async def off_the_loop_if_pixels(has_pixels: bool, convert: Callable[[Any], Any], value: Any) -> Any:
     """``convert(value)``, in a thread when an input image (up to the upload limit's megapixels) is copied."""
     return await asyncio.to_thread(convert, value) if has_pixels else convert(value)
-
-
-def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
-    # A job whose client left settles with an error nobody awaits; mark it seen.
-    if not future.cancelled():
-        future.exception()
 
 
 class RayEngine:

@@ -1,7 +1,8 @@
 """What crosses Ray between the ingress and a model replica: plain data only.
 
-An :class:`ImageJob` carries PIL images and the callbacks its engine sets;
-only its data travels (images as raw pixels, which cost no encoding). A
+An :class:`ImageJob` is plain data with PIL images; it travels with its
+images as raw pixels, which cost no encoding (each side's engine makes the
+job's control, :class:`pipelines.base.JobControl`, for itself). A
 replica answers a job with a stream of messages: ``accepted`` (it holds the
 job now), ``preview`` (partial images), then ``result`` or ``error``.
 Errors travel as their kind and fields and are rebuilt as the same exception
@@ -21,7 +22,6 @@ from ..engine.base import EngineStopped, JobResult, Preview, QueueFull
 
 Message = dict[str, Any]
 WireImage = tuple[str, int, int, bytes]  # mode, width, height, raw pixels
-_CALLBACKS = ("on_preview", "should_cancel", "on_progress")  # set on each side, never sent
 _IMAGES = ("image", "mask")
 _IMAGE_LISTS = ("references",)
 
@@ -40,7 +40,7 @@ def image_from_wire(data: WireImage) -> Image.Image:
 
 
 def job_to_wire(job: ImageJob) -> Message:
-    sent_apart = _CALLBACKS + _IMAGES + _IMAGE_LISTS
+    sent_apart = _IMAGES + _IMAGE_LISTS
     data = {f.name: getattr(job, f.name) for f in fields(job) if f.name not in sent_apart}
     data["preset"] = asdict(job.preset)
     for name in _IMAGES:

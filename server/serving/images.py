@@ -28,7 +28,7 @@ from ..http.errors import CLIENT_CLOSED_REQUEST, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
-from ..protocol.images import FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
+from ..protocol.images import ApiStyle, FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
 from ..settings.config import Settings
 from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import Encoding, ImageStore, encode, finish_images, fit_to_size, resize_exactly
@@ -82,11 +82,8 @@ class ImageServing:
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
         model = self._resolve(request, variation.options.model, Task.VARIATION)
-        fit = _input_fit(variation.options, variation.size_from_input, model.info)
-        source = await self._decode(decode_variation_input, variation.image, self.upload_limits, fit)
-        variation = variation.sized_for(source, model.info)
-        job = variation.to_job(model.info, model.api_style, source)
-        options = variation.options
+        prepared = await self._decode(prepare_job, variation, model.info, model.api_style, self.upload_limits)
+        job, options, source = prepared.job, prepared.options, prepared.source
         log.info(
             "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
             "safety_identifier=%r [request_id=%s]",
@@ -94,45 +91,34 @@ class ImageServing:
             job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
         handle = self._submit(request, model, job)
-        return await self._respond(request, StartedJob(model, options, handle))
+        return await self._respond(request, StartedJob(model, prepared, handle))
 
     # -- starting jobs: the endpoints here and /v1/responses (server/serving/responses.py) --------
 
     def start_generation(self, request: Request, generation: GenerationRequest) -> StartedJob:
         model = self._resolve(request, generation.options.model, Task.GENERATE)
-        job = generation.to_job(model.info, model.api_style)
-        options = generation.options
+        prepared = prepare_job(generation, model.info, model.api_style, self.upload_limits)
+        job, options = prepared.job, prepared.options
         log.info(
             "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s format=%s seeds=%d.. "
             "user=%r safety_identifier=%r [request_id=%s]",
             model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
             options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
-        return StartedJob(model, options, self._submit(request, model, job))
+        return StartedJob(model, prepared, self._submit(request, model, job))
 
     async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
         model = self._resolve(request, edit.options.model, Task.EDIT)
-        fit = _input_fit(edit.options, edit.size_from_input, model.info)
-        images, repaint = await self._decode(
-            decode_edit_images, edit.images, edit.image_param, edit.mask, self.upload_limits, fit, edit.markup
-        )
-        original = images[0]
-        edit = edit.sized_for(original, model.info)
-        job = edit.to_job(model.info, model.api_style, images, repaint)
-        options = edit.options
+        prepared = await self._decode(prepare_job, edit, model.info, model.api_style, self.upload_limits)
+        job, options, original = prepared.job, prepared.options, prepared.source
         log.info(
             "edit model=%s (%s) n=%d input=%dx%d images=%d %s size=%s native=%dx%d seeds=%d.. stream=%s user=%r "
             "safety_identifier=%r [request_id=%s]",
-            model.requested, model.name, job.n, original.width, original.height, len(images),
-            "masked" if repaint is not None else f"whole strength={job.strength}", options.size.label, job.width,
+            model.requested, model.name, job.n, original.width, original.height, 1 + len(job.references),
+            "masked" if job.mask is not None else f"whole strength={job.strength}", options.size.label, job.width,
             job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
-        handle = self._submit(request, model, job)
-        composite = None  # a whole-image edit keeps no pixel of the input as it was
-        if repaint is not None:
-            composite = edit_compositor(original, repaint, options.size.width, options.size.height)
-        # Previews are stretched to the requested size, as the composited result is (never cropped).
-        return StartedJob(model, options, handle, fit_preview=resize_exactly, prepare=composite)
+        return StartedJob(model, prepared, self._submit(request, model, job))
 
     # -- the steps every endpoint shares ------------------------------------------------------------
 
@@ -150,7 +136,8 @@ class ImageServing:
         return model
 
     async def _decode(self, decode: Callable[..., Decoded], *args: object) -> Decoded:
-        """Decode uploads in a thread, at most ``--max-concurrent-decodes`` at once: each may take megabytes."""
+        """Decode uploads (and what follows) in a thread, at most ``--max-concurrent-decodes`` at once: each may
+        take megabytes."""
         async with self.decode_slots:
             return await asyncio.to_thread(decode, *args)
 
@@ -227,15 +214,23 @@ class ImageServing:
         return f"{base}/v1/files/images"
 
 
-@dataclass(frozen=True)
-class StartedJob:
-    """A submitted job and how its native images become the files a client gets."""
+ImageRequest = GenerationRequest | EditRequest | VariationRequest
 
-    model: ReadyModel
-    options: ImageOptions
-    handle: JobHandle
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A request made into a backend job, and how the job's native images become the files a client gets."""
+
+    job: ImageJob
+    options: ImageOptions  # sized for the input where the request asked for its size
     fit_preview: FitToSize = fit_to_size
     prepare: Prepare | None = None
+
+    @property
+    def source(self) -> Image.Image:
+        """The input image (edits: the one edited)."""
+        assert self.job.image is not None  # only asked of edits and variations
+        return self.job.image
 
     def encode_preview(self, image: Image.Image) -> bytes:
         """A partial image as a file of the requested size and format (CPU work: run it in a thread)."""
@@ -247,6 +242,48 @@ class StartedJob:
     def finish(self, images: list[Image.Image]) -> list[bytes]:
         """The final files (CPU work: run it in a thread)."""
         return finish_files(images, self.options, self.prepare)
+
+
+def prepare_job(request: ImageRequest, info: ModelInfo, api_style: ApiStyle, limits: UploadLimits) -> PreparedJob:
+    """The job for a typed request: its uploads decoded (no larger than the answer needs), its size fixed,
+    its fields checked against the model. No HTTP request needed: ``easel generate`` runs the same steps.
+
+    Edits and variations decode uploads: CPU work, run it in a thread.
+    """
+    if isinstance(request, GenerationRequest):
+        return PreparedJob(request.to_job(info, api_style), request.options)
+    fit = _input_fit(request.options, request.size_from_input, info)
+    if isinstance(request, VariationRequest):
+        source = decode_variation_input(request.image, limits, fit)
+        variation = request.sized_for(source, info)
+        return PreparedJob(variation.to_job(info, api_style, source), variation.options)
+    images, repaint = decode_edit_images(request.images, request.image_param, request.mask, limits, fit, request.markup)
+    edit = request.sized_for(images[0], info)
+    job = edit.to_job(info, api_style, images, repaint)
+    size = edit.options.size
+    # A whole-image edit keeps no pixel of the input as it was; a masked one keeps those outside the mask.
+    composite = None if repaint is None else edit_compositor(images[0], repaint, size.width, size.height)
+    # Previews are stretched to the requested size, as the composited result is (never cropped).
+    return PreparedJob(job, edit.options, fit_preview=resize_exactly, prepare=composite)
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """A submitted job and how its native images become the files a client gets."""
+
+    model: ReadyModel
+    prepared: PreparedJob
+    handle: JobHandle
+
+    @property
+    def options(self) -> ImageOptions:
+        return self.prepared.options
+
+    def encode_preview(self, image: Image.Image) -> bytes:
+        return self.prepared.encode_preview(image)
+
+    def finish(self, images: list[Image.Image]) -> list[bytes]:
+        return self.prepared.finish(images)
 
 
 def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) -> Fit:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from pipelines.base import ImageJob
+from pipelines.base import ImageJob, JobControl
 from server.settings.config import Settings
 from server.settings.model_specs import ModelSpec
 
@@ -32,7 +32,7 @@ class RaisingBackend(OneJobAtATime):
         self.inner = inner
         self.info = inner.info
 
-    def run(self, job: ImageJob):
+    def run(self, job: ImageJob, control: JobControl):
         raise RuntimeError(f"exploded in {SECRET}")
 
     def count_tokens(self, prompt: str) -> int:

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -196,15 +197,14 @@ class FailsAfterFirstPreview(OneJobAtATime):
     def count_tokens(self, prompt: str) -> int:
         return self.inner.count_tokens(prompt)
 
-    def run(self, job):
-        emit = job.on_preview
+    def run(self, job, control):
+        emit = control.on_preview
 
         def emit_then_fail(index: int, images: list) -> None:
             emit(index, images)
             raise RuntimeError("device fault")
 
-        job.on_preview = emit_then_fail
-        return self.inner.run(job)
+        return self.inner.run(job, replace(control, on_preview=emit_then_fail))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import BatchRows, Cancelled, ImageJob, StagePreset
+from pipelines.base import BatchRows, Cancelled, ImageJob, JobControl, StagePreset, Ticket
 from pipelines.kandinsky import KandinskyBackend
 from pipelines.loader import load_backend
 from pipelines.tiny import build_tiny_kandinsky
@@ -80,7 +80,7 @@ def makers() -> dict[str, list]:
 def test_every_job_of_a_batch_gets_its_own_images(backend, task):
     jobs = makers()[task]
     alone = [backend.run(make()) for make in jobs]
-    result = backend.run_batch([make() for make in jobs])
+    result = backend.run_batch([Ticket(make()) for make in jobs])
     for images, own in zip(result.outcomes, alone):
         assert isinstance(images, list) and len(images) == len(own)
         assert max_difference(images, own) <= BATCH_TOLERANCE
@@ -91,7 +91,7 @@ def test_every_job_of_a_batch_gets_its_own_images(backend, task):
 
 def test_a_job_alone_in_a_batch_is_byte_identical_to_a_run(backend):
     for make in makers()["generate"]:
-        assert max_difference(backend.run_batch([make()]).outcomes[0], backend.run(make())) == 0  # type: ignore[arg-type]
+        assert max_difference(backend.run_batch([Ticket(make())]).outcomes[0], backend.run(make())) == 0  # type: ignore[arg-type]
 
 
 def test_a_cancelled_job_leaves_at_the_next_decoder_step_and_the_others_go_on(backend):
@@ -100,8 +100,8 @@ def test_a_cancelled_job_leaves_at_the_next_decoder_step_and_the_others_go_on(ba
         lambda module, args, kwargs: sizes.append(kwargs["sample"].shape[0]), with_kwargs=True
     )
     checks = itertools.count()  # checked once before the call, then after every decoder step
-    leaving = job("a cat", (3, 4, 5), should_cancel=lambda: next(checks) >= 2)  # leaves after the second step
-    staying = [job("a red circle", (1, 2)), job("a blue square", (9,))]
+    leaving = Ticket(job("a cat", (3, 4, 5)), JobControl(should_cancel=lambda: next(checks) >= 2))  # after step 2
+    staying = [Ticket(job("a red circle", (1, 2))), Ticket(job("a blue square", (9,)))]
     try:
         result = backend.run_batch([staying[0], leaving, staying[1]])
     finally:
@@ -115,7 +115,8 @@ def test_a_cancelled_job_leaves_at_the_next_decoder_step_and_the_others_go_on(ba
 
 
 def test_when_every_job_leaves_the_call_ends(backend):
-    result = backend.run_batch([job(should_cancel=lambda: True), job("a cat", (2,), should_cancel=lambda: True)])
+    leaving = JobControl(should_cancel=lambda: True)
+    result = backend.run_batch([Ticket(job(), leaving), Ticket(job("a cat", (2,)), leaving)])
     assert all(isinstance(outcome, Cancelled) for outcome in result.outcomes)
 
 
@@ -123,7 +124,7 @@ def test_a_job_the_model_cannot_run_fails_alone(backend):
     bad = job()
     bad.width += 1  # not a multiple of the model's size multiple
     good = job("a cat", (2,))
-    result = backend.run_batch([bad, good])
+    result = backend.run_batch([Ticket(bad), Ticket(good)])
     assert isinstance(result.outcomes[0], ValueError) and "multiple" in str(result.outcomes[0])
     assert max_difference(result.outcomes[1], backend.run(job("a cat", (2,)))) == 0  # type: ignore[arg-type]
 
@@ -134,12 +135,12 @@ def test_each_job_gets_its_own_previews(backend):
     def collector(name: str):
         return lambda index, images: seen[name].append((index, len(images)))
 
-    jobs = [
-        job("a red circle", (1, 2), preview_count=1, on_preview=collector("one")),
-        job("a cat", (3,), preview_count=2, on_preview=collector("two")),
-        job("a star", (4,), preview_count=0, on_preview=collector("none")),
+    tickets = [
+        Ticket(job("a red circle", (1, 2), preview_count=1), JobControl(on_preview=collector("one"))),
+        Ticket(job("a cat", (3,), preview_count=2), JobControl(on_preview=collector("two"))),
+        Ticket(job("a star", (4,), preview_count=0), JobControl(on_preview=collector("none"))),
     ]
-    backend.run_batch(jobs)
+    backend.run_batch(tickets)
     assert seen == {"one": [(0, 2)], "two": [(0, 1), (1, 1)], "none": []}
 
 
@@ -155,14 +156,14 @@ def test_batch_keys_keep_incompatible_jobs_apart(backend, tmp_path):
 
 def test_batch_rows_drop_the_jobs_that_leave():
     flags = {"b": False}
-    a, b = job("a", (1, 2)), job("b", (3,), should_cancel=lambda: flags["b"])
+    a, b = Ticket(job("a", (1, 2))), Ticket(job("b", (3,)), JobControl(should_cancel=lambda: flags["b"]))
     rows = BatchRows([a, b])
     assert rows.drop_leaving() is None and rows.size == 3
     flags["b"] = True
     assert rows.drop_leaving().tolist() == [True, True, False]  # type: ignore[union-attr]
-    assert rows.jobs == [a] and rows.left == [b] and rows.size == 2
+    assert rows.tickets == [a] and rows.left == [b] and rows.size == 2
     outcomes = rows.outcomes([Image.new("RGB", (1, 1)), Image.new("RGB", (1, 1))])
-    assert len(outcomes[id(a)]) == 2 and isinstance(outcomes[id(b)], Cancelled)  # type: ignore[arg-type]
+    assert len(outcomes[a]) == 2 and isinstance(outcomes[b], Cancelled)  # type: ignore[arg-type]
 
 
 def test_what_loading_computes_does_not_depend_on_the_loading_threads_count(tmp_path_factory):

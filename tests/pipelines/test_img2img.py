@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.base import Cancelled, ImageJob, StagePreset
+from pipelines.base import Cancelled, ImageJob, JobControl, StagePreset, Ticket
 from pipelines.img2img import starting_at, steps_run
 from pipelines.kandinsky import KandinskyBackend
 from pipelines.loader import load_backend
@@ -55,7 +55,7 @@ def test_strength_runs_the_end_of_the_schedule_only(backend) -> None:
         lambda module, args, kwargs: timesteps.append(int(kwargs["timestep"])), with_kwargs=True
     )
     try:
-        backend.run(edit(strength=0.5, on_progress=lambda *step: progress.append(step)))
+        backend.run(edit(strength=0.5), JobControl(on_progress=lambda *step: progress.append(step)))
     finally:
         hook.remove()
     backend.decoder_pipe.scheduler.set_timesteps(4)
@@ -82,10 +82,10 @@ def test_references_join_the_mix_by_their_weights(backend) -> None:
 
 def test_previews_and_cancellation_work_on_the_shorter_schedule(backend) -> None:
     previews: list[int] = []
-    backend.run(edit(preview_count=1, on_preview=lambda index, images: previews.append(len(images))))
+    backend.run(edit(preview_count=1), JobControl(on_preview=lambda index, images: previews.append(len(images))))
     assert previews == [1]
     with pytest.raises(Cancelled):
-        backend.run(edit(should_cancel=lambda: True))
+        backend.run(edit(), JobControl(should_cancel=lambda: True))
 
 
 def test_whole_image_edits_batch_apart_from_masked_ones_and_by_strength(backend) -> None:
@@ -98,7 +98,7 @@ def test_whole_image_edits_batch_apart_from_masked_ones_and_by_strength(backend)
 
 def test_a_batch_of_whole_image_edits_matches_each_alone(backend) -> None:
     jobs = [edit((7,)), edit((8, 9), image=picture((250, 230, 40)), prompt="a green star")]
-    batched = backend.run_batch(jobs).outcomes
+    batched = backend.run_batch([Ticket(job) for job in jobs]).outcomes
     for job, outcome in zip(jobs, batched, strict=True):
         assert isinstance(outcome, list)
         assert max_difference(outcome, backend.run(edit(tuple(job.seeds), image=job.image, prompt=job.prompt))) <= (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.base import Cancelled, ImageJob, StagePreset
+from pipelines.base import Cancelled, ImageJob, JobControl, StagePreset
 from pipelines.inpaint import composite_unmasked
 from pipelines.kandinsky import KandinskyBackend
 from pipelines.loader import load_backend
@@ -159,13 +159,8 @@ def test_zero_image_embedding_is_computed_once(backend, monkeypatch):
 def test_previews(backend):
     seen: list[tuple[int, list[tuple[int, int]]]] = []
     images = backend.run(
-        job(
-            n=2,
-            size=(80, 52),
-            prompt=PROMPT,
-            preview_count=2,
-            on_preview=lambda i, ims: seen.append((i, [x.size for x in ims])),
-        )
+        job(n=2, size=(80, 52), prompt=PROMPT, preview_count=2),
+        JobControl(on_preview=lambda i, ims: seen.append((i, [x.size for x in ims]))),
     )
     assert seen == [(0, [(80, 52)] * 2), (1, [(80, 52)] * 2)]
     assert len(images) == 2
@@ -173,7 +168,7 @@ def test_previews(backend):
 
 def test_more_previews_than_steps_allow_gives_one_per_step_but_the_last(backend):
     seen = []
-    backend.run(job(prompt=PROMPT, preview_count=10, on_preview=lambda i, ims: seen.append(i)))
+    backend.run(job(prompt=PROMPT, preview_count=10), JobControl(on_preview=lambda i, ims: seen.append(i)))
     assert seen == [0, 1, 2]  # 4 decoder steps
 
 
@@ -181,7 +176,7 @@ def test_cancellation_during_the_prior_and_the_decoder(backend):
     for checks_before_cancel in (1, FAST.prior_steps + 2):
         answers = iter([False] * checks_before_cancel + [True] * 100)
         with pytest.raises(Cancelled):
-            backend.run(job(prompt=PROMPT, should_cancel=lambda answers=answers: next(answers)))
+            backend.run(job(prompt=PROMPT), JobControl(should_cancel=lambda answers=answers: next(answers)))
 
 
 def noise_image(size, seed=0) -> Image.Image:
@@ -225,7 +220,7 @@ def test_edit_keeps_unmasked_pixels(backend, inpaint_backend, which):
 def test_edit_previews_and_generation_with_inpaint_weights(inpaint_backend):
     seen = []
     images = inpaint_backend.run(
-        job(n=2, prompt=PROMPT, preview_count=1, on_preview=lambda i, ims: seen.append(len(ims)))
+        job(n=2, prompt=PROMPT, preview_count=1), JobControl(on_preview=lambda i, ims: seen.append(len(ims)))
     )
     assert [i.size for i in images] == [(64, 64)] * 2
     assert seen == [2]

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from patches.diffusers import register_unclip
-from pipelines.base import Cancelled, ImageJob, MissingComponent, StagePreset
+from pipelines.base import Cancelled, ImageJob, JobControl, MissingComponent, StagePreset
 from pipelines.karlo import KarloBackend
 from pipelines.loader import load_backend
 from pipelines.tiny import build_tiny_karlo
@@ -116,7 +116,8 @@ def test_generate_batched_reproducible_per_image_seeds(backend, monkeypatch):
 def test_previews_are_upscaled_decoder_estimates(backend):
     seen = []
     backend.run(
-        job(n=2, prompt="a cat", preview_count=3, on_preview=lambda i, ims: seen.append((i, [x.size for x in ims])))
+        job(n=2, prompt="a cat", preview_count=3),
+        JobControl(on_preview=lambda i, ims: seen.append((i, [x.size for x in ims]))),
     )
     assert seen == [(i, [NATIVE, NATIVE]) for i in range(3)]
 
@@ -126,7 +127,7 @@ def test_cancellation_in_every_stage(backend):
     for allowed in steps_before.values():
         answers = iter([False] * (allowed + 1) + [True] * 100)  # +1: the check before the first step
         with pytest.raises(Cancelled):
-            backend.run(job(prompt="a cat", should_cancel=lambda answers=answers: next(answers)))
+            backend.run(job(prompt="a cat"), JobControl(should_cancel=lambda answers=answers: next(answers)))
     # Every scheduler's step is back to the class method afterwards.
     for scheduler in (backend.pipe.prior_scheduler, backend.pipe.decoder_scheduler, backend.pipe.super_res_scheduler):
         assert "step" not in scheduler.__dict__
@@ -182,7 +183,7 @@ def test_a_cancelled_edit_leaves_no_mix_behind(backend):
     answers = iter([False] * (FAST.prior_steps + 2) + [True] * 100)  # cancelled in the decoder, after the mix
     edit = job(task="edit", prompt="a cat", image=_picture(0), input_image_weight=0.6)
     with pytest.raises(Cancelled):
-        backend.run(replace(edit, should_cancel=lambda: next(answers)))
+        backend.run(edit, JobControl(should_cancel=lambda: next(answers)))
     assert not backend.pipe.text_proj._forward_pre_hooks
     assert "step" not in backend.pipe.decoder_scheduler.__dict__
 

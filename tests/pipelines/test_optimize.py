@@ -13,7 +13,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnAddedKVProcessor, AttnProcessor
 
 from pipelines import optimize
-from pipelines.base import ImageJob, StagePreset
+from pipelines.base import ImageJob, StagePreset, Ticket
 from pipelines.loader import load_backend
 from pipelines.optimize import FusedAddedKVAttention, is_compiled, pipeline_models, resolve
 from pipelines.speed import OPTIMIZATIONS, SpeedOptions, parse_enabled
@@ -123,7 +123,7 @@ def test_compiled_kandinsky_after_its_warm_up_compiles_nothing_for_the_batches_t
     graphs_after_warm_up = counters["stats"]["unique_graphs"]
     for sizes in [(3,), (4, 4), (1, 2, 5)]:
         jobs = [ImageJob("generate", n, 64, 64, list(range(n)), KANDINSKY_FAST, prompt="a cat") for n in sizes]
-        result = backend.run_batch(jobs)
+        result = backend.run_batch([Ticket(job) for job in jobs])
         assert [len(images) for images in result.outcomes] == list(sizes)
         assert result.stage_seconds["decoder"] > 0 and result.stage_seconds["image_decode"] > 0
     assert counters["stats"]["unique_graphs"] == graphs_after_warm_up

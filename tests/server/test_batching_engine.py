@@ -31,7 +31,8 @@ class RecordingBackend:
     def count_tokens(self, prompt: str) -> int:
         return self.inner.count_tokens(prompt)
 
-    def run_batch(self, jobs) -> BatchResult:
+    def run_batch(self, tickets) -> BatchResult:
+        jobs = [ticket.job for ticket in tickets]
         tracker, threads = self.tracker, torch.get_num_threads()
         with tracker["lock"]:
             tracker["active"] += 1
@@ -43,7 +44,7 @@ class RecordingBackend:
         try:
             if any(job.prompt == "poison" for job in jobs):
                 raise RuntimeError("a batch holding the poison job fails as a whole")
-            return self.inner.run_batch(jobs)
+            return self.inner.run_batch(tickets)
         finally:
             with tracker["lock"]:
                 tracker["active"] -= 1

@@ -40,12 +40,12 @@ class CountingBackend(OneJobAtATime):
         self.info = inner.info
         self.tracker = tracker
 
-    def run(self, job):
+    def run(self, job, control):
         with self.tracker["lock"]:
             self.tracker["active"] += 1
             self.tracker["peak"] = max(self.tracker["peak"], self.tracker["active"])
         try:
-            return self.inner.run(job)
+            return self.inner.run(job, control)
         finally:
             with self.tracker["lock"]:
                 self.tracker["active"] -= 1
@@ -62,8 +62,8 @@ class ThreadRecordingBackend(OneJobAtATime):
         self.info = inner.info
         self.token_thread: str | None = None
 
-    def run(self, job):
-        return self.inner.run(job)
+    def run(self, job, control):
+        return self.inner.run(job, control)
 
     def count_tokens(self, prompt):
         self.token_thread = threading.current_thread().name
@@ -120,6 +120,27 @@ def test_previews_arrive_on_the_loop_before_the_result(engine, tiny_backend):
     assert [preview.index for preview in previews] == [0, 1]
     assert all(len(preview.images) == 2 for preview in previews)
     assert len(images) == 2
+
+
+def test_the_engine_leaves_a_job_as_it_was_submitted(engine, tiny_backend):
+    """Previews and cancellation reach the job through its control, never through fields set on the job."""
+    previewed = make_job(tiny_backend, decoder_steps=4, preview_count=2)
+    cancelled = make_job(tiny_backend, decoder_steps=200, seed=1)
+    before = [replace(previewed), replace(cancelled)]
+
+    async def scenario():
+        handle = engine.submit("tiny", previewed)
+        assert len([preview async for preview in handle.previews()]) == 2
+        await handle.result()
+        handle = engine.submit("tiny", cancelled)
+        await wait_until(lambda: engine.stats("tiny")["running"] == 1)
+        engine.cancel(handle)
+        with pytest.raises(Cancelled):
+            await handle.result()
+
+    asyncio.run(scenario())
+    assert [previewed, cancelled] == before
+    assert vars(previewed).keys() == vars(before[0]).keys()  # nothing added to the instance either
 
 
 def test_full_queue_raises_and_cancel_drops_waiting_and_stops_running(engine, tiny_backend):
@@ -191,7 +212,7 @@ class StopIterationBackend(OneJobAtATime):
     def __init__(self, inner) -> None:
         self.info = inner.info
 
-    def run(self, job):
+    def run(self, job, control):
         raise StopIteration("empty")
 
     def count_tokens(self, prompt):

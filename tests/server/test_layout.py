@@ -30,10 +30,8 @@ SERVER_LAYERS = (
     ("server.app", "server.scaleout", "server.__main__"),  # the application, run here or on Ray Serve
 )
 
-# Import circles that exist and are meant to go; none may be added. `easel generate` (cli/images.py) hands a job
-# to cli/local.py or cli/remote.py, which use its request helpers: remove this entry once job preparation moves
-# into server/serving/ and the circle is gone.
-KNOWN_CIRCLES = [{"cli.images", "cli.local", "cli.remote"}]
+# Import circles that exist and are meant to go; none may be added, and there are none today.
+KNOWN_CIRCLES: list[set[str]] = []
 
 # Private modules of a library (a dotted part starting with "_") imported outside patches/, each with its reason.
 PRIVATE_IMPORTS_ALLOWED: dict[str, str] = {}
