@@ -60,7 +60,8 @@ def run_local(request: Request, args: argparse.Namespace) -> list[bytes]:
     print(f"loading {spec.name} ({spec.family}) from {spec.path}", file=sys.stderr)
     try:
         # The server's speed settings, without the warm-up: this process runs one job, which compiles as it goes.
-        speed = SpeedOptions(settings.optimize, settings.compile_cache_dir, warmup_batches=())
+        quantize, step_cache, _, _ = settings.savings_for(spec)
+        speed = SpeedOptions(settings.optimize, settings.compile_cache_dir, (), quantize, step_cache)
         dtype = settings.dtype_for(spec.family)
         backend = load_backend(
             spec.name, spec.family, spec.path, presets=spec.presets, device=settings.device, dtype=dtype, optimize=speed

@@ -5,3 +5,7 @@ Easel's model code never goes online: loading a model puts the Hugging Face hub 
 commands), so every load reads local files only. ``easel pull`` is the one command that downloads, and it never
 loads a model.
 """
+
+from patches.torchao import drop_import_notices
+
+drop_import_notices()  # before any submodule imports diffusers, which imports torchao

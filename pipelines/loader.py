@@ -20,6 +20,7 @@ from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
 from .preflight import check_model_files, read_json_file
 from .presets import presets_for
+from .savings import check_savings
 from .speed import SpeedOptions
 
 _HOW_TO_GET = {
@@ -76,7 +77,7 @@ def load_backend(
     from .optimize import optimize_backend, resolve
 
     options = optimize or SpeedOptions()
-    resolve(options.enabled, torch_device)  # refuse a bad combination before spending time on loading
+    check_savings(options, torch_device, family, resolve(options.enabled, torch_device))  # refuse before loading
     backend: ImageBackend
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend

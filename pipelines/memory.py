@@ -19,11 +19,19 @@ from pathlib import Path
 
 import torch
 
-from weights.footprint import ModelFootprint, model_footprint
+from weights.footprint import DTYPE_BYTES, FLOATING, ModelFootprint, TensorInfo, model_footprint
 
 from .device import dtype_name
 
 GIB = 1024**3
+# The component folders whose models pipelines.quantize quantizes (the MoVQ and Karlo's text projection are left
+# whole), and among them the UNets, whose convolutions are quantized too.
+QUANTIZED_FOLDERS = {
+    "kandinsky22": ("prior_prior", "prior_text_encoder", "prior_image_encoder", "unet"),
+    "karlo": ("prior", "text_encoder", "image_encoder", "decoder", "super_res_first", "super_res_last"),
+}
+UNET_FOLDERS = {"kandinsky22": ("unet",), "karlo": ("decoder", "super_res_first", "super_res_last")}
+EMBEDDING_TABLES = ("token_embedding.weight", "position_embedding.weight")
 WORKING_MARGIN_FRACTION = 0.10
 WORKING_MARGIN_FLOOR = 1 * GIB
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
@@ -43,6 +51,39 @@ def memory_need(footprint: ModelFootprint, dtype: str) -> int:
     """Bytes the model needs in ``dtype``: its weights plus the working margin."""
     weights = footprint.memory_bytes(dtype)
     return weights + working_margin(weights)
+
+
+def resident_bytes(footprint: ModelFootprint, dtype: str, family: str, quantize: str = "none") -> int:
+    """Bytes the model's weights hold once loaded and, with ``quantize``, quantized (:mod:`pipelines.quantize`).
+
+    Loading itself still needs the full-precision size (each model is loaded, then quantized); this is what
+    stays, which is what the models loaded after it must fit beside. An estimate from the stored tensors'
+    names and shapes: the large matrices of the quantized components, and the UNets' large convolution
+    kernels, at one byte per weight plus one scale per output channel.
+    """
+    full = footprint.memory_bytes(dtype)
+    if quantize == "none":
+        return full
+    size = DTYPE_BYTES[dtype]
+    saved = 0
+    for component in footprint.components:
+        if component.folder not in QUANTIZED_FOLDERS[family]:
+            continue
+        kernels_too = component.folder in UNET_FOLDERS[family]
+        for tensor in component.tensors:
+            if _is_quantized(tensor, kernels_too):
+                saved += tensor.numel * (size - 1) - tensor.shape[0] * size
+    return full - saved
+
+
+def _is_quantized(tensor: TensorInfo, kernels_too: bool) -> bool:
+    from .quantize import MIN_WEIGHT_ELEMENTS
+
+    if tensor.dtype not in FLOATING or not tensor.name.endswith(".weight") or tensor.numel < MIN_WEIGHT_ELEMENTS:
+        return False
+    if tensor.name.endswith(EMBEDDING_TABLES):  # looked up, not multiplied: not a linear layer
+        return False
+    return len(tensor.shape) == 2 or (kernels_too and len(tensor.shape) == 4)
 
 
 def working_margin(weight_bytes: int) -> int:

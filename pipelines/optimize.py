@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 from patches.torch import cache_compiled_graphs
 
 from .base import ImageBackend, ImageJob
+from .savings import apply_savings
 from .speed import OPTIMIZATIONS, SpeedOptions
 from .tasks import Task
 
@@ -73,9 +74,12 @@ def optimize_backend(backend: ImageBackend, options: SpeedOptions) -> ImageBacke
     enabled = resolve(options.enabled, torch.device(backend.info.device))
     if "compile" in enabled:
         use_compile_cache(options.compile_cache_dir)
-    optimize_pipelines(backend_pipelines(backend), enabled)
+    pipelines = backend_pipelines(backend)
+    optimize_pipelines(pipelines, enabled)  # compiling is lazy: quantizing after it still takes effect
+    savings = apply_savings(backend, options, pipeline_models(pipelines))
     warmed = warm_up(backend, options.warmup_batches) if "compile" in enabled else []
-    backend.info = replace(backend.info, optimizations={"enabled": sorted(enabled), "warmed_up_batches": warmed})
+    optimizations = {"enabled": sorted(enabled), "warmed_up_batches": warmed, **savings}
+    backend.info = replace(backend.info, optimizations=optimizations)
     return backend
 
 

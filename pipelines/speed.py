@@ -16,6 +16,8 @@ from .model_config import FAMILIES
 OPTIMIZATIONS = ("sdpa", "channels_last", "fused_qkv", "compile", "max_autotune", "cuda_graphs")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+QUANTIZE_MODES = ("none", "int8", "fp8")
+STEP_CACHE_FAMILIES = ("kandinsky22",)  # a decoder UNet with the down/up blocks step caching skips
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class SpeedOptions:
     enabled: frozenset[str] | None = None  # names from OPTIMIZATIONS; None: the device's defaults
     compile_cache_dir: Path | None = None  # torch.compile's persistent cache; None: ~/.cache/easel/torch-compile
     warmup_batches: tuple[int, ...] = (1, 2)  # with compile: images per job compiled at load (warmup_batches_for)
+    quantize: str = "none"  # weight storage of the large layers: one of QUANTIZE_MODES (pipelines.quantize)
+    step_cache: int = 0  # decoder UNet: recompute the deep blocks every N steps (pipelines.step_cache); 0: off
 
 
 def warmup_batches_for(largest: int) -> tuple[int, ...]:
@@ -75,6 +79,24 @@ def parse_warmup_batches(value: Any) -> tuple[int, ...]:
     if not items or len(whole) != len(items) or min(int(item) for item in whole) < 1:
         raise ValueError(f"expected positive batch sizes like 1,2, got {value!r}")
     return tuple(int(item) for item in whole)
+
+
+def parse_quantize(value: Any) -> str:
+    """``none``, ``int8`` or ``fp8``."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantization {value!r}: use one of {', '.join(QUANTIZE_MODES)}")
+    return str(word)
+
+
+def parse_step_cache(value: Any) -> int:
+    """0 (off) or the interval N >= 1 at which the decoder's deep blocks are recomputed (1: every step)."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    if type(text) is not int or text < 0:
+        raise ValueError(f"expected 0 (off) or a whole number of steps N >= 1, got {value!r}")
+    return text
 
 
 def parse_family_dtypes(value: Any) -> tuple[tuple[str, str], ...]:

@@ -60,6 +60,8 @@ _SHARD = re.compile(r"-\d+-of-\d+\.")
 class TensorInfo:
     dtype: str  # torch's name: "float32", "int64", ...
     numel: int
+    name: str = ""  # its key in the state dict ("down_blocks.0.resnets.0.conv1.weight")
+    shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,10 @@ def safetensors_tensors(path: Path) -> list[TensorInfo]:
             raise ValueError(f"{path}: not a safetensors file (header of {length} bytes)")
         header = json.loads(file.read(length))
     header.pop("__metadata__", None)
-    return [TensorInfo(_SAFETENSORS_DTYPES[entry["dtype"]], _numel(entry["shape"])) for entry in header.values()]
+    return [
+        TensorInfo(_SAFETENSORS_DTYPES[entry["dtype"]], _numel(entry["shape"]), name, tuple(entry["shape"]))
+        for name, entry in header.items()
+    ]
 
 
 def bin_tensors(path: Path) -> list[TensorInfo]:
@@ -183,8 +188,8 @@ def bin_tensors(path: Path) -> list[TensorInfo]:
     except RuntimeError:  # torch's pre-1.6 format cannot be memory-mapped: read the pickle whole
         state = torch.load(path, weights_only=True, map_location="meta")
     return [
-        TensorInfo(str(tensor.dtype).removeprefix("torch."), tensor.numel())
-        for tensor in state.values()
+        TensorInfo(str(tensor.dtype).removeprefix("torch."), tensor.numel(), name, tuple(tensor.shape))
+        for name, tensor in state.items()
         if isinstance(tensor, torch.Tensor)
     ]
 

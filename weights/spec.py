@@ -21,6 +21,9 @@ class ModelSpec:
     path: Path  # absolute
     presets: str | None = None  # a quality table in pipelines.presets; None: the family's
     owned_by: str = "easel"
+    quantize: str | None = None  # easel.toml's [models.NAME] quantize; None: --quantize
+    step_cache: int | None = None  # easel.toml's [models.NAME] step_cache; None: --step-cache
+    entry: str = field(default="", compare=False)  # the easel.toml table that set quantize or step_cache
     # Where it was configured or its weights came from (the hub repositories and commits it was pulled from), for
     # messages and `easel models`; not part of what the model is.
     source: str = field(default="", compare=False)

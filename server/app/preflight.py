@@ -36,6 +36,8 @@ def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | Non
     if settings.device is not None or settings.dtype is not None:
         _check_device_and_dtype(settings)
     _check_memory(settings, specs)
+    for spec in specs:
+        _check_savings(settings, spec)
     if settings.use_ray and models is None:  # serving; a command that runs one model locally needs no Ray
         _check_ray_is_installed(settings)
 
@@ -91,7 +93,7 @@ def _check_device_and_dtype(settings: Settings) -> None:
 def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
     """Every model fits in what the device has free, beside the ones before it; refused before anything loads."""
     from pipelines.device import choose_device, choose_dtype, dtype_name
-    from pipelines.memory import ModelTooLarge, check_fits
+    from pipelines.memory import ModelTooLarge, check_fits, resident_bytes
     from weights.footprint import model_footprint
 
     device = choose_device(settings.device)
@@ -103,7 +105,30 @@ def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
         except ModelTooLarge as error:
             where = settings.origin("dtype") if settings.dtype is not None else spec.source or "--model"
             raise ConfigError(f"{where}: {error}") from None
-        before += model_footprint(spec.path).memory_bytes(dtype_name(dtype))
+        # What stays once loaded: with --quantize, the quantized size (loading itself needs the full one).
+        quantize = settings.savings_for(spec)[0]
+        before += resident_bytes(model_footprint(spec.path), dtype_name(dtype), spec.family, quantize)
+
+
+def _check_savings(settings: Settings, spec: ModelSpec) -> None:
+    """--quantize and --step-cache (or the model's easel.toml entry) are ones this device and model can take."""
+    from pipelines.device import choose_device
+    from pipelines.optimize import resolve
+    from pipelines.quantize import check_supported
+    from pipelines.savings import check_savings
+    from pipelines.speed import SpeedOptions
+
+    quantize, step_cache, quantize_origin, cache_origin = settings.savings_for(spec)
+    device = choose_device(settings.device)
+    try:
+        check_supported(quantize, device)
+    except ValueError as error:
+        raise ConfigError(f"{quantize_origin}: model {spec.name!r}: {error}") from None
+    try:
+        enabled = resolve(settings.optimize, device)
+        check_savings(SpeedOptions(settings.optimize, step_cache=step_cache), device, spec.family, enabled)
+    except ValueError as error:
+        raise ConfigError(f"{cache_origin}: model {spec.name!r}: {error}") from None
 
 
 def _check_ray_is_installed(settings: Settings) -> None:

@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from pipelines.base import ImageJob
+from pipelines.speed import SpeedOptions
 
 from ..app.application import create_app, local_engine_factory
 from ..engine.base import EngineMetrics, ModelToLoad
@@ -163,7 +164,11 @@ def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | N
         for key, value in (overrides or {}).get(spec.name, {}).items():
             options[key] = {**options[key], **value} if isinstance(value, Mapping) and key in options else value
         deployment = serve.deployment(ModelReplica).options(name=model_deployment_name(spec.name), **options)
-        to_load = ModelToLoad(spec, settings.device, settings.dtype)
+        # --quantize and --step-cache change what a replica holds and computes, so replicas load with them too.
+        quantize, step_cache, _, _ = settings.savings_for(spec)
+        to_load = ModelToLoad(
+            spec, settings.device, settings.dtype, SpeedOptions(quantize=quantize, step_cache=step_cache)
+        )
         models[spec.name] = deployment.bind(to_load, settings)
     ingress = serve.deployment(EaselIngress).options(
         name=INGRESS_NAME,

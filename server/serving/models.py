@@ -182,7 +182,7 @@ def load_all(
         spec = entry.spec
         entry.facts = _read_facts(spec)
         try:
-            dtype, speed = settings.dtype_for(spec.family), speed_options(settings)
+            dtype, speed = settings.dtype_for(spec.family), speed_options(settings, spec)
             info = engine.load(ModelToLoad(spec, settings.device, dtype, speed))
         except EngineStopped:  # the server stopped while this model loaded
             return
@@ -215,10 +215,13 @@ def _read_facts(spec: ModelSpec) -> ModelFacts | None:
         return None
 
 
-def speed_options(settings: Settings) -> SpeedOptions:
+def speed_options(settings: Settings, spec: ModelSpec | None = None) -> SpeedOptions:
     """The speed settings models load with. Compiling warms up, by default, 1 and 2 images (the batch dimension
     turns symbolic) and the most one pipeline call may hold, which torch compiles apart
     (docs/performance.md, "Fast on a GPU")."""
     largest = max(settings.max_batch_images or max(DEFAULT_MAX_BATCH_IMAGES.values()), MAX_N)
     batches = settings.compile_warmup_batches or warmup_batches_for(largest)
-    return SpeedOptions(settings.optimize, settings.compile_cache_dir, batches)
+    quantize, step_cache = settings.quantize, settings.step_cache
+    if spec is not None:  # the model's easel.toml entry may set its own
+        quantize, step_cache, _, _ = settings.savings_for(spec)
+    return SpeedOptions(settings.optimize, settings.compile_cache_dir, batches, quantize, step_cache)

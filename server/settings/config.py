@@ -189,6 +189,13 @@ class Settings:
         speed.parse_warmup_batches,
         "with compile: images per job compiled at load, e.g. 1,2,16 (default 1, 2 and the largest batch)",
     )
+    # -- smaller and faster, at a measured cost in quality (docs/performance.md, "Smaller and faster") -----
+    quantize: str = option(
+        "none", "--quantize", speed.parse_quantize, "weights of large layers: none, int8, or fp8 on a GPU (none)"
+    )
+    step_cache: int = option(
+        0, "--step-cache", speed.parse_step_cache, "recompute the decoder UNet's deep blocks every N steps; 0: off (0)"
+    )
     # Where each option's value came from ("--port", "EASEL_PORT", "easel.toml: port"), for later messages.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -225,6 +232,18 @@ class Settings:
     def dtype_for(self, family: str) -> str | None:
         """The dtype a model of ``family`` loads in: its --family-dtype, else --dtype (None: the loader's choice)."""
         return dict(self.family_dtypes).get(family, self.dtype)
+
+    def savings_for(self, spec: ModelSpec) -> tuple[str, int, str, str]:
+        """The model's quantize and step-cache settings (its easel.toml entry over the options), with their origins."""
+        quantize, quantize_origin = self.quantize, self.origin("quantize")
+        if spec.quantize is not None:
+            quantize, quantize_origin = spec.quantize, f"{spec.entry}.quantize"
+        # --step-cache applies to the families that have a UNet decoder; /v1/models says which models it is on.
+        step_cache = self.step_cache if spec.family in speed.STEP_CACHE_FAMILIES else 0
+        cache_origin = self.origin("step_cache")
+        if spec.step_cache is not None:
+            step_cache, cache_origin = spec.step_cache, f"{spec.entry}.step_cache"
+        return quantize, step_cache, quantize_origin, cache_origin
 
     def origin(self, name: str) -> str:
         """The label of where option ``name`` was set (its flag when it was not set anywhere)."""

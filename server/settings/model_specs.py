@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.model_config import FAMILIES
+from pipelines.speed import parse_quantize, parse_step_cache
 from weights.registry import KNOWN_PULLS, USER_REGISTRY_NAME, Registry, easel_home, load_user_models
 from weights.spec import ModelSpec
 
@@ -93,12 +94,26 @@ def _file_models(entries: Any, label: str, registered: Mapping[str, ModelSpec]) 
         if isinstance(table, dict) and not {"family", "path"} & set(table):  # a registered model by its name
             spec = named_model(name, where, registered)
             presets = table.get("presets")
-            specs.append(spec if presets is None else replace(spec, presets=str(presets)))
+            spec = spec if presets is None else replace(spec, presets=str(presets))
+            specs.append(_with_savings(spec, table, where))
             continue
         if not (
             isinstance(table, dict) and isinstance(table.get("family"), str) and isinstance(table.get("path"), str)
         ):
             raise ConfigError(f'{where}: needs family = "..." and path = "..."')
         presets = table.get("presets")
-        specs.append(model_spec(name, table["family"], str(base / Path(table["path"]).expanduser()), where, presets))
+        spec = model_spec(name, table["family"], str(base / Path(table["path"]).expanduser()), where, presets)
+        specs.append(_with_savings(spec, table, where))
     return specs
+
+
+def _with_savings(spec: ModelSpec, table: dict[str, Any], where: str) -> ModelSpec:
+    """The entry's own ``quantize`` and ``step_cache``, which beat --quantize and --step-cache for this model."""
+    values: dict[str, Any] = {}
+    for key, parse in (("quantize", parse_quantize), ("step_cache", parse_step_cache)):
+        if key in table:
+            try:
+                values[key] = parse(table[key])
+            except ValueError as error:
+                raise ConfigError(f"{where}.{key}: {error}") from None
+    return replace(spec, **values, entry=where) if values else spec
