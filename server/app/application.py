@@ -26,6 +26,7 @@ from ..http.auth import BearerAuthMiddleware
 from ..http.body_limit import BodySizeLimitMiddleware
 from ..http.cors import cors
 from ..http.error_handlers import EXCEPTION_HANDLERS
+from ..http.hosts import AllowedHostsMiddleware, answered_hosts
 from ..http.request_id import RequestIdMiddleware
 from ..observe.metrics import Metrics
 from ..routes import files, health, images, models, openapi, operations, playground, responses
@@ -109,6 +110,10 @@ def create_app(
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(AccessLogMiddleware, metrics=metrics.http),
+            Middleware(
+                AllowedHostsMiddleware,
+                names=answered_hosts(settings.allowed_hosts, settings.host, settings.public_base_url),
+            ),
             *cors(settings.cors_allow_origins),  # outside auth: preflights carry no key, 401s need CORS headers
             Middleware(
                 BearerAuthMiddleware,

@@ -9,6 +9,7 @@ through loading.
 
 from __future__ import annotations
 
+import resource
 import tempfile
 from collections.abc import Iterable
 
@@ -31,6 +32,7 @@ def check_before_listening(settings: Settings, models: Iterable[ModelSpec] | Non
     if models is None:
         _check_http_libraries()
         _check_image_dir(settings)
+        _raise_descriptor_limit(settings)
     for spec in specs:
         _check_model_dir(spec)
     if settings.device is not None or settings.dtype is not None:
@@ -67,6 +69,28 @@ def _check_image_dir(settings: Settings) -> None:
             f"{settings.origin('image_dir')}: {directory} cannot hold the images answered as URLs ({reason.lower()}); "
             "choose a writable directory"
         ) from None
+
+
+# Beside the connections: the listening socket, model and image files, logs, thread pipes, torch's own.
+DESCRIPTORS_BESIDE_CONNECTIONS = 64
+
+
+def _raise_descriptor_limit(settings: Settings) -> None:
+    """Let the process open a descriptor per connection: raise the soft limit up to the hard one, or refuse.
+
+    Past the limit, every ``accept()`` fails: the log floods and even ``/health`` stops answering.
+    """
+    needed = settings.max_connections + DESCRIPTORS_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigError(
+            f"{settings.origin('max_connections')}: {settings.max_connections} connections need about {needed} "
+            f"open files, but this process may open at most {hard} (ulimit -n); lower it to "
+            f"{max(1, hard - DESCRIPTORS_BESIDE_CONNECTIONS)} or raise the limit"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def _check_model_dir(spec: ModelSpec) -> None:

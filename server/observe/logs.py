@@ -20,6 +20,7 @@ import logging
 import logging.config
 import os
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -53,6 +54,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class OncePerInterval(logging.Filter):
+    """Let through one record per ``seconds`` of those whose message starts with ``prefix``; the rest are counted.
+
+    When the process runs out of file descriptors, asyncio logs every failed ``accept()`` with a traceback:
+    tens of thousands of lines a second. One a second says the same.
+    """
+
+    def __init__(self, prefix: str, seconds: float = 1.0) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.seconds = seconds
+        self.last = -seconds
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            self.dropped += 1
+            return False
+        self.last = now
+        if self.dropped:
+            record.msg = f"{record.msg} ({self.dropped} more like it in the last seconds were not logged)"
+            self.dropped = 0
+        record.exc_info = None  # the traceback is the same every time
+        return True
+
+
 def logging_config(level: str, log_format: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the whole process: one stderr handler that every logger uses."""
     formatter: dict[str, Any] = {"()": JsonFormatter} if log_format == "json" else {"format": TEXT_FORMAT}
@@ -76,3 +106,4 @@ def configure_logging(level: str, log_format: str) -> None:
             warnings.filterwarnings("ignore", category=category, module=NOISY_WARNING_MODULES)
     logging.captureWarnings(True)  # what warnings remain are log lines in the same format
     logging.config.dictConfig(logging_config(level, log_format))
+    logging.getLogger("asyncio").addFilter(OncePerInterval("socket.accept() out of system resource"))

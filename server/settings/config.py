@@ -51,6 +51,12 @@ class Settings:
     public_base_url: str | None = option(
         None, "--public-base-url", opt.base_url, "base of image URLs (default: the request's scheme and host)"
     )
+    allowed_hosts: tuple[str, ...] = option(
+        (),
+        "--allowed-hosts",
+        opt.text_tuple,
+        "Host names answered, or * (default: the loopback names when bound to loopback, else any); others: 421",
+    )
     url_ttl_seconds: float = option(3600.0, "--url-ttl-seconds", opt.positive_number, "lifetime of image URLs (3600)")
     queue_size: int = option(16, "--queue-size", opt.integer(1), "jobs waiting per model before 429 (default 16)")
     device: str | None = option(None, "--device", opt.text, "torch device (default: cuda, else mps, else cpu)")

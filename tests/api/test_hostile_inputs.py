@@ -184,6 +184,8 @@ ROWS = [
         )
         for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "")
     ),
+    Row("foreign Host (DNS rebinding)", get("/v1/models", {"host": "evil.example"}), 421, code="misdirected_request"),
+    Row("foreign Host with the server's port", get("/health", {"host": "rebind.example:8000"}), 421),
     Row("JSON edit with an http URL", json_edit(SSRF), 400, "images"),
     Row("JSON edit with a file_id", json_edit({"images": [{"file_id": "file-1"}]}), 400, "images"),
     Row("edit with 17 images", upload("edits", [image_part(PICTURE_PNG, "image[]")] * 17), 400, "image"),
