@@ -46,8 +46,10 @@ TEST_KEY = "sk-easel-test"
 EASEL_MINI = Path(__file__).resolve().parents[1] / "weights" / "easel-mini"  # the shipped model
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     lanes.mark_lanes(items)
+    lanes.group_shared_fixtures(items)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import dis
 import inspect
 import subprocess
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import pytest
@@ -69,9 +69,13 @@ def reaches(func: Callable, names_sought: frozenset[str], seen: set[types.CodeTy
     return any(reaches(helper, names_sought, seen) for name in names for helper in _own_callables(scope.get(name)))
 
 
-def _fixture_functions(item: pytest.Item) -> Iterable[Callable]:
+def _fixture_definitions(item: pytest.Item) -> Iterable[Sequence[Any]]:
     info = getattr(item, "_fixtureinfo", None)
-    for definitions in info.name2fixturedefs.values() if info else ():
+    return info.name2fixturedefs.values() if info else ()
+
+
+def _fixture_functions(item: pytest.Item) -> Iterable[Callable]:
+    for definitions in _fixture_definitions(item):
         yield from (definition.func for definition in definitions)
 
 
@@ -84,6 +88,21 @@ def mark_lanes(items: list[pytest.Item]) -> None:
             functions = [getattr(item, "function", None), *_fixture_functions(item)]
             if any(_reaches(func, names, cache) for func in functions if func is not None):
                 item.add_marker(marker)
+
+
+def group_shared_fixtures(items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``, keep the tests that share an expensive fixture on one xdist worker.
+
+    Tests of a module whose module-scoped fixture starts a server or builds a model run together, so the
+    fixture is built once, not once per worker; the Ray tests share one Ray instance per session.
+    """
+    cache: dict[types.CodeType, bool] = {}
+    for item in items:
+        definitions = [d for defs in _fixture_definitions(item) for d in defs]
+        if any(d.argname == "serve_port" for d in definitions):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif any(d.scope == "module" and _reaches(d.func, STARTERS | MODEL_MAKERS, cache) for d in definitions):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def _reaches(func: Callable, names: frozenset[str], cache: dict[types.CodeType, bool]) -> bool:
