@@ -2,6 +2,12 @@
 # Installs Easel with its test and ray extras (first run only), checks lint, format, types and the docs site,
 # and runs the whole test suite.
 # Arguments go to pytest: scripts/test.sh -k generations
+#
+# The suite runs on every core with pytest-xdist: EASEL_TEST_WORKERS workers (default: two per core, since most
+# tests wait on servers rather than compute), tests of a heavy shared server kept on one worker (--dist loadgroup,
+# groups set in tests/lanes.py). `-n 0` or `-p no:xdist` runs it in this one process, for debugging.
+# scripts/test.sh --fast runs the fast lane: the tests that start no server or process and build no model
+# (-m "not server and not model"; tests/lanes.py marks them by reading their code).
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo_root/scripts/bootstrap.sh" "test,ray"
@@ -14,4 +20,16 @@ cd "$repo_root"
 docs_site="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 "$py" -m mkdocs build --strict --site-dir "$docs_site"
 rm -rf "$docs_site"
-exec "$py" -m pytest "$@"
+
+lane=()
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    lane=(-m "not server and not model")
+fi
+parallel=(-n "${EASEL_TEST_WORKERS:-$(($("$py" -c 'import os; print(len(os.sched_getaffinity(0)))') * 2))}" --dist loadgroup)
+for arg in "$@"; do
+    if [ "$arg" = "no:xdist" ] || [ "$arg" = "-pno:xdist" ]; then
+        parallel=()
+    fi
+done
+exec "$py" -m pytest "${parallel[@]}" "${lane[@]}" "$@"

@@ -33,6 +33,8 @@ from server.settings.config import Settings
 from server.settings.model_specs import ModelSpec
 from weights.registry import load_registry
 
+from . import lanes
+
 # The tests' own model calls (tiny models run outside a server) use one thread: over tensors this small,
 # threads only contend. Set here, once, for the whole run; a server's engine sets its own count per call.
 torch.set_num_threads(1)
@@ -43,6 +45,18 @@ TINY = "easel-tiny"
 KARLO = "karlo-tiny"
 TEST_KEY = "sk-easel-test"
 EASEL_MINI = Path(__file__).resolve().parents[1] / "weights" / "easel-mini"  # the shipped model
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    lanes.mark_lanes(items)
+    lanes.group_shared_fixtures(items)
+
+
+@pytest.fixture(autouse=True)
+def _fast_lane_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not request.node.get_closest_marker(lanes.MARKER):
+        lanes.guard_unmarked(request.node, monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ when Node.js itself is absent.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -24,24 +25,34 @@ NODE_TESTS = Path(__file__).resolve().parents[1] / "node"
 SOURCES = ("package.json", "package-lock.json", "edit.mjs")
 
 
-def node_project() -> Path:
-    """A directory with the Node tests and their installed dependencies."""
+def node_project(run_dir: Path) -> Path:
+    """``run_dir`` with the Node tests, their dependencies linked in from a cache installed once per lock file.
+
+    The cache is shared by every test run on the machine (xdist workers, other checkouts): one at a time
+    installs, and each run's own scripts stay in its own folder.
+    """
     lock = (NODE_TESTS / "package-lock.json").read_bytes()
     cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    project = cache_root / "easel-tests" / f"node-{hashlib.sha256(lock).hexdigest()[:16]}"
-    project.mkdir(parents=True, exist_ok=True)
+    installed = cache_root / "easel-tests" / f"node-{hashlib.sha256(lock).hexdigest()[:16]}"
+    installed.mkdir(parents=True, exist_ok=True)
+    with (installed.parent / f"{installed.name}.lock").open("w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if not (installed / "node_modules" / "openai").is_dir():
+            for name in ("package.json", "package-lock.json"):
+                shutil.copyfile(NODE_TESTS / name, installed / name)
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund"], cwd=installed, check=True, capture_output=True, timeout=600
+            )
+    run_dir.mkdir()
     for name in SOURCES:
-        shutil.copyfile(NODE_TESTS / name, project / name)
-    if not (project / "node_modules" / "openai").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=project, check=True, capture_output=True, timeout=600
-        )
-    return project
+        shutil.copyfile(NODE_TESTS / name, run_dir / name)
+    (run_dir / "node_modules").symlink_to(installed / "node_modules", target_is_directory=True)
+    return run_dir
 
 
 @pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="Node.js is not installed")
 def test_node_sdk_edits(api_server: LiveServer, tmp_path: Path) -> None:
-    project = node_project()
+    project = node_project(tmp_path / "node")
     photo, other = tmp_path / "photo.png", tmp_path / "other.png"
     photo.write_bytes(PICTURE_PNG)
     other.write_bytes(encode(Image.new("RGB", (40, 30), (250, 230, 40))))

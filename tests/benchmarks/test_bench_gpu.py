@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import bench_gpu
 from pipelines import optimize
 
 SKIPPED = ["math_attention", "channels_last", "fused_qkv", "compile", "compile_all", "cuda_graphs_all", "float16"]
 
 
+@pytest.mark.server  # the benchmark's own in-process server, which tests/lanes.py cannot see
+@pytest.mark.model
 def test_tiny_cpu_run_measures_every_section(tmp_path, monkeypatch):
     monkeypatch.setattr(optimize, "COMPILE_BACKEND", optimize.COMPILE_BACKEND)  # the run sets it; put it back
     monkeypatch.setattr(bench_gpu, "THROUGHPUT_BATCH", 2)

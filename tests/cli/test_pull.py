@@ -59,12 +59,12 @@ def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeH
     first = subprocess.Popen(
         [sys.executable, "-m", "cli", "pull", "kandinsky-2-2"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
     )
-    assert hub.stalled.wait(120), "the pull never reached the UNet"
+    wait_for(hub.stalled.is_set, first)  # the pull reached the UNet; a busy machine may take minutes to get there
     # The hub holds the connection open until it is stopped; Ctrl-C once the client has written what it got.
     part = tmp_path / "home/downloads" / DECODER.replace("/", "--") / "unet"
     wait_for(lambda: sum(p.stat().st_size for p in part.glob("*.part")) == size // 2, first)
     first.send_signal(signal.SIGINT)  # Ctrl-C
-    _, stderr = first.communicate(timeout=60)
+    _, stderr = first.communicate(timeout=300)  # only ends a hung test
     assert first.returncode == 130, stderr
     assert "interrupted; run the same command again" in stderr
     parts = list((tmp_path / "home/downloads").rglob("*.part"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 
+@pytest.mark.model  # fits a probe on 3,000 embeddings: tens of seconds on a busy CPU
 def test_embedding_probe_reads_what_an_embedding_encodes_and_nothing_from_noise():
     from pipelines.lab.probe_embeddings import fit_probe, probe_accuracy
     from pipelines.lab.training.data import ATTRIBUTE_CLASSES
