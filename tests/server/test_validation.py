@@ -264,6 +264,7 @@ def app(tmp_path: Path):
         aliases={"gpt-image-1": "m"},
         image_dir=tmp_path / "images",
         max_body_bytes=64 * 1024,
+        allowed_hosts=("easel.test",),  # the name the in-process client below sends
     )
     return create_app(settings)
 
