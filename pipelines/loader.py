@@ -18,7 +18,7 @@ from .base import ImageBackend
 from .device import choose_device, choose_dtype, from_pretrained_options
 from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
-from .preflight import check_model_files, read_json_file
+from .preflight import check_model_files
 from .presets import presets_for
 from .savings import check_savings
 from .speed import SpeedOptions
@@ -69,7 +69,7 @@ def load_backend(
         raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"no directory {path}"))
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(_missing_model_message(name, family, presets, path, f"{path} has no model_index.json"))
-    check_model_files(path)  # name a broken or missing file before the libraries guess at it
+    index = check_model_files(path)  # name a broken or missing file before the libraries guess at it
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(torch_device, dtype, family)
     check_fits(name, family, path, torch_device, torch_dtype)  # refuse before a byte is loaded
@@ -82,7 +82,7 @@ def load_backend(
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend
 
-        combined = _load_kandinsky(path, torch_device, torch_dtype)
+        combined = _load_kandinsky(path, index, torch_device, torch_dtype)
         check_finite_weights(path, combined.components)
         backend = KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
     else:
@@ -93,7 +93,7 @@ def load_backend(
     return optimize_backend(backend, options)
 
 
-def _load_kandinsky(model_dir: Path, device: torch.device, dtype: torch.dtype) -> Any:
+def _load_kandinsky(model_dir: Path, index: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
     """The directory's combined pipeline (or its inpaint variant: a decoder UNet with 9 input channels), on ``device``.
 
     The directory is what ``save_pretrained`` of either combined pipeline writes: the
@@ -101,8 +101,7 @@ def _load_kandinsky(model_dir: Path, device: torch.device, dtype: torch.dtype) -
     """
     from diffusers import KandinskyV22CombinedPipeline, KandinskyV22InpaintCombinedPipeline
 
-    index = read_json_file(model_dir / "model_index.json")
-    inpaint = isinstance(index, dict) and index.get("_class_name") == KandinskyV22InpaintCombinedPipeline.__name__
+    inpaint = index.get("_class_name") == KandinskyV22InpaintCombinedPipeline.__name__
     pipeline_class = KandinskyV22InpaintCombinedPipeline if inpaint else KandinskyV22CombinedPipeline
     combined = pipeline_class.from_pretrained(model_dir, **from_pretrained_options(dtype))
     for pipe in (combined.prior_pipe, combined.decoder_pipe):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from weights.footprint import weight_files
 
@@ -24,16 +25,17 @@ class BrokenModelFile(ValueError):
     """A file of a model directory that cannot be used as it is; the message names it."""
 
 
-def check_model_files(model_dir: Path) -> dict[str, list[str]]:
+def check_model_files(model_dir: Path) -> dict[str, Any]:
     """Every JSON file parses and every model component has weights; the parsed ``model_index.json``.
 
     Raises :class:`BrokenModelFile` (naming the file) or ``FileNotFoundError``
     (naming the weights looked for).
     """
+    index_path = model_dir / "model_index.json"
     for path in sorted(model_dir.rglob("*.json")):
-        if path.is_file():
+        if path.is_file() and path != index_path:
             read_json_file(path)
-    index = read_json_file(model_dir / "model_index.json")
+    index = read_json_file(index_path)
     if not isinstance(index, dict):
         raise BrokenModelFile(f"{model_dir / 'model_index.json'}: expected a JSON object")
     for folder, entry in sorted(index.items()):
