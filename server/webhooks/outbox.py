@@ -136,8 +136,10 @@ class Webhooks:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         event, url = self._pending.pop(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("webhook %s %s: delivery failed", event.type, event.id, exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # a bug, not the receiver's doing: counted as given up, with the traceback
+            log.error("webhook %s %s: delivery failed", event.type, event.id, exc_info=error)
+            give_up(event, url, "error", f"{type(error).__name__} in Easel", self.metrics)
 
     async def _drain(self, seconds: float) -> None:
         if self._pending:

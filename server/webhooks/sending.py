@@ -31,7 +31,7 @@ RETRIED_STATUSES = frozenset({408, 429})  # and every 5xx
 class WebhookMetrics:
     delivered: Counter  # labels: event_type
     failed_attempts: Counter  # labels: event_type
-    given_up: Counter  # labels: event_type, reason (refused, exhausted, shutdown, overflow)
+    given_up: Counter  # labels: event_type, reason (refused, exhausted, shutdown, overflow, error)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> WebhookMetrics:
@@ -49,7 +49,7 @@ class WebhookMetrics:
             given_up=Counter(
                 "easel_webhook_given_up",
                 "Webhook events given up at one URL (refused: a 4xx or a redirect; exhausted: out of attempts or time; "
-                "shutdown: still pending when the server stopped; overflow: too many pending)",
+                "shutdown: still pending when the server stopped; overflow: too many pending; error: a fault in Easel)",
                 ["event_type", "reason"],
                 registry=registry,
             ),

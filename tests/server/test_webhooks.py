@@ -10,6 +10,7 @@ import random
 import threading
 import time
 
+import httpx
 import pytest
 from openai import InvalidWebhookSignatureError, OpenAI
 from openai.types.webhooks import (
@@ -45,10 +46,10 @@ COUNTERS = {
 }
 
 
-def made(urls: list[str], policy: RetryPolicy = QUICK) -> Webhooks:
+def made(urls: list[str], policy: RetryPolicy = QUICK, transport: httpx.AsyncBaseTransport | None = None) -> Webhooks:
     """Webhooks counting into a registry of their own, as /metrics reads them."""
     registry = CollectorRegistry()
-    webhooks = Webhooks(urls, SECRET, policy=policy, metrics=WebhookMetrics.create(registry))
+    webhooks = Webhooks(urls, SECRET, policy=policy, metrics=WebhookMetrics.create(registry), transport=transport)
     REGISTRIES[webhooks] = registry
     return webhooks
 
@@ -214,3 +215,23 @@ def test_an_unknown_event_type_is_refused_in_the_caller():
         Webhooks([], None).emit("batch.done", {"id": "batch_1"})
     with pytest.raises(ValueError, match="need a secret"):
         Webhooks(["http://127.0.0.1:9/hooks"], None)
+
+
+class FaultyTransport(httpx.AsyncBaseTransport):
+    """A fault inside Easel's sending (not a network error): it must be counted and logged, not lost silently."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug in the sender")
+
+
+def test_a_fault_in_the_sender_is_counted_and_logged_with_its_traceback(caplog):
+    webhooks = made(["http://127.0.0.1:9/hooks"], transport=FaultyTransport())
+    webhooks.start()
+    try:
+        webhooks.emit("batch.completed", {"id": "batch_1"})
+        wait_until(lambda: count(webhooks, "given_up", "batch.completed", reason="error") == 1)
+    finally:
+        webhooks.stop(drain_seconds=0)
+    (failed,) = [r for r in caplog.records if r.getMessage().endswith("delivery failed")]
+    assert failed.exc_info is not None and "a bug in the sender" in str(failed.exc_info[1])
+    assert count(webhooks, "failed_attempts", "batch.completed") == 0 and webhooks.pending() == 0
