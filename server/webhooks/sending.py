@@ -83,19 +83,29 @@ class Attempt:
 def shown(url: str) -> str:
     """A URL as logged: no credentials, query or fragment (a receiver's token often rides there)."""
     parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 async def attempt(client: httpx.AsyncClient, event: Event, url: str, key: bytes, timeout: float) -> Attempt:
+    """One POST, bounded as a whole by ``timeout`` (httpx's own time-outs are per read, which a trickle outlasts)."""
     headers = signed_headers(event, key, int(time.time()))
     try:
-        answer = await client.post(url, content=event.body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as error:  # connection refused or reset, DNS, time-outs
+        # httpx's time-outs a little later, as a backstop: the overall bound is the one that ends an attempt.
+        return await asyncio.wait_for(_post(client, url, event.body, headers, timeout + 1.0), timeout)
+    except asyncio.TimeoutError:
+        return Attempt(delivered=False, retry=True, what=f"no answer in {timeout:.1f} s")
+    except httpx.HTTPError as error:  # refused or reset connections, DNS
         return Attempt(delivered=False, retry=True, what=type(error).__name__)
-    status = answer.status_code
-    retry = status >= 500 or status in RETRIED_STATUSES
-    return Attempt(200 <= status < 300, retry, f"HTTP {status}", _retry_after(answer) if retry else None)
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Attempt:
+    # Streamed, and the answer's body never read: only its status and headers count, whatever its size.
+    async with client.stream("POST", url, content=body, headers=headers, timeout=timeout) as answer:
+        status = answer.status_code
+        retry = status >= 500 or status in RETRIED_STATUSES
+        return Attempt(200 <= status < 300, retry, f"HTTP {status}", _retry_after(answer) if retry else None)
 
 
 def _retry_after(answer: httpx.Response) -> float | None:

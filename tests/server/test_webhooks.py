@@ -235,3 +235,17 @@ def test_a_fault_in_the_sender_is_counted_and_logged_with_its_traceback(caplog):
     (failed,) = [r for r in caplog.records if r.getMessage().endswith("delivery failed")]
     assert failed.exc_info is not None and "a bug in the sender" in str(failed.exc_info[1])
     assert count(webhooks, "failed_attempts", "batch.completed") == 0 and webhooks.pending() == 0
+
+
+def test_an_attempt_without_an_answer_ends_at_its_time_out_and_is_retried(started, caplog):
+    caplog.set_level(logging.WARNING, logger="easel.webhooks")
+    policy = RetryPolicy(attempts=2, first_backoff=0.05, max_backoff=0.1, attempt_timeout=0.3)
+    with silent() as receiver:
+        webhooks = started([receiver.url], policy)
+        webhooks.emit("batch.expired", {"id": "batch_1"})
+        wait_until(lambda: count(webhooks, "given_up", "batch.expired", reason="exhausted") == 1)
+        assert len(receiver.connections) == 2  # a fresh connection for the second attempt
+    assert count(webhooks, "failed_attempts", "batch.expired") == 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("no answer in 0.3 s on attempt 1; again in" in line for line in lines), lines
+    assert any("given up: no answer in 0.3 s on attempt 2, the last" in line for line in lines), lines
