@@ -19,12 +19,13 @@ import httpx
 
 from ..settings.config import Settings
 from .events import Event, new_event, signing_key
-from .sending import RetryPolicy, WebhookMetrics, deliver, give_up
+from .sending import RetryPolicy, Target, WebhookMetrics, deliver, give_up
 
 log = logging.getLogger("easel.webhooks")
 
 MAX_PENDING = 1000  # deliveries (an event at one URL) under way at once; more are dropped, logged and counted
 DRAIN_SECONDS = 5.0  # at shutdown, how long pending deliveries may still finish
+ATTEMPTS_PER_URL = 8  # connections open to one receiver at once (httpx's pool is slow to cancel long queues)
 
 
 class Webhooks:
@@ -50,6 +51,7 @@ class Webhooks:
         self._early: list[Event] = []  # emitted before start(); sent once it runs
         self._stopped = False
         self._client: httpx.AsyncClient | None = None
+        self._targets: list[Target] = []
         self._pending: dict[asyncio.Task[None], tuple[Event, str]] = {}  # touched only on the delivery thread
 
     @classmethod
@@ -110,8 +112,12 @@ class Webhooks:
         try:
             asyncio.set_event_loop(loop)
             self._client = httpx.AsyncClient(
-                transport=self._transport, follow_redirects=False, headers={"user-agent": "easel-webhooks"}
+                transport=self._transport,
+                follow_redirects=False,
+                headers={"user-agent": "easel-webhooks"},
+                limits=httpx.Limits(max_connections=ATTEMPTS_PER_URL * len(self.urls)),
             )
+            self._targets = [Target(url, asyncio.Semaphore(ATTEMPTS_PER_URL)) for url in self.urls]
             with self._lock:
                 self._loop = loop
                 early, self._early = self._early, []
@@ -126,12 +132,12 @@ class Webhooks:
 
     def _launch(self, event: Event) -> None:
         assert self._loop is not None and self._client is not None
-        for url in self.urls:
+        for target in self._targets:
             if len(self._pending) >= MAX_PENDING:
-                give_up(event, url, "overflow", f"{MAX_PENDING} deliveries already pending", self.metrics)
+                give_up(event, target.url, "overflow", f"{MAX_PENDING} deliveries already pending", self.metrics)
                 continue
-            task = self._loop.create_task(deliver(self._client, event, url, self._key, self.policy, self.metrics))
-            self._pending[task] = (event, url)
+            task = self._loop.create_task(deliver(self._client, event, target, self._key, self.policy, self.metrics))
+            self._pending[task] = (event, target.url)
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:

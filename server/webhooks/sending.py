@@ -113,14 +113,22 @@ def _retry_after(answer: httpx.Response) -> float | None:
     return float(value) if value.isdigit() else None
 
 
+@dataclass(frozen=True)
+class Target:
+    url: str
+    gate: asyncio.Semaphore  # attempts at this URL at once; the others wait here, cheap to cancel at shutdown
+
+
 async def deliver(
-    client: httpx.AsyncClient, event: Event, url: str, key: bytes, policy: RetryPolicy, metrics: WebhookMetrics
+    client: httpx.AsyncClient, event: Event, target: Target, key: bytes, policy: RetryPolicy, metrics: WebhookMetrics
 ) -> None:
     """Try until delivered, refused, or out of attempts or time; every outcome is one log line and a count."""
+    url = target.url
     deadline = time.monotonic() + policy.give_up_after
     for number in range(1, policy.attempts + 1):
-        timeout = min(policy.attempt_timeout, max(0.001, deadline - time.monotonic()))
-        result = await attempt(client, event, url, key, timeout)
+        async with target.gate:
+            timeout = min(policy.attempt_timeout, max(0.001, deadline - time.monotonic()))
+            result = await attempt(client, event, url, key, timeout)
         if result.delivered:
             metrics.delivered.labels(event_type=event.type).inc()
             log.info("webhook %s %s delivered to %s (attempt %d)", event.type, event.id, shown(url), number)

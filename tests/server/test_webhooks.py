@@ -22,6 +22,7 @@ from openai.types.webhooks import (
 from prometheus_client import CollectorRegistry
 
 from server.webhooks import EVENT_TYPES, WebhookMetrics, Webhooks
+from server.webhooks.outbox import ATTEMPTS_PER_URL, MAX_PENDING
 from server.webhooks.sending import RetryPolicy
 
 from ..webhook_receivers import recording, silent
@@ -249,3 +250,19 @@ def test_an_attempt_without_an_answer_ends_at_its_time_out_and_is_retried(starte
     lines = [r.getMessage() for r in caplog.records]
     assert any("no answer in 0.3 s on attempt 1; again in" in line for line in lines), lines
     assert any("given up: no answer in 0.3 s on attempt 2, the last" in line for line in lines), lines
+
+
+def test_pending_deliveries_are_bounded_and_a_receiver_gets_a_few_connections_at_most(caplog):
+    caplog.set_level(logging.CRITICAL, logger="easel.webhooks")  # a thousand give-up lines say nothing here
+    with silent() as receiver:
+        webhooks = made([receiver.url], RetryPolicy(attempt_timeout=60.0))
+        webhooks.start()
+        for number in range(MAX_PENDING + 5):
+            webhooks.emit("batch.completed", {"id": f"batch_{number}"})
+        wait_until(lambda: count(webhooks, "given_up", "batch.completed", reason="overflow") == 5)
+        receiver.wait_for(ATTEMPTS_PER_URL)
+        assert webhooks.pending() == MAX_PENDING
+        webhooks.stop(drain_seconds=0.2)
+        assert len(receiver.connections) == ATTEMPTS_PER_URL  # the others waited their turn, not the receiver
+    assert count(webhooks, "given_up", "batch.completed", reason="shutdown") == MAX_PENDING
+    assert webhooks.pending() == 0
