@@ -66,7 +66,8 @@ def metrics_source() -> Iterable[Any]:
 
     metrics = Metrics()
     metrics.watch(_OneModelCatalog(), _IdleEngine())
-    wrappers = [getattr(group, f.name) for group in (metrics.http, metrics.engine) for f in fields(group)]
+    groups = (metrics.http, metrics.engine, metrics.webhooks)
+    wrappers = [getattr(group, f.name) for group in groups for f in fields(group)]
     # prometheus_client keeps a labelled metric's label names only on the metric object (no public accessor).
     labels = {wrapper._name: tuple(wrapper._labelnames) for wrapper in wrappers}
     return [(family, labels.get(family.name)) for family in metrics.registry.collect()]
@@ -193,6 +194,7 @@ def option_rows(settings: type, options: dict[str, Any]) -> Iterable[tuple[str, 
     defaults = {f.name: f.default for f in fields(settings)}
     for name, spec in options.items():
         key = f"`{spec.key} = true`" if spec.switch else f"`{spec.key}`"
+        key = f"`{spec.key} = [...]`" if spec.repeat else key
         yield f"`{spec.flag}`", f"`{spec.env}`", key, default_text(defaults[name], spec.parse), spec.help
 
 

@@ -37,6 +37,7 @@ from ..serving.kept import KeptResponses
 from ..serving.models import Catalog, LoadFailed, load_all
 from ..serving.responses import ResponsesServing
 from ..settings.config import Settings
+from ..webhooks import Webhooks
 
 log = logging.getLogger("easel.app")
 
@@ -73,7 +74,8 @@ def create_app(
     metrics.watch(catalog, engine)
     store = ImageStore(image_dir, settings.url_ttl_seconds)
     serving = ImageServing(settings, catalog, engine, store)
-    state = ServerState(settings, catalog, engine, store, serving, metrics)
+    webhooks = Webhooks.from_settings(settings, metrics.webhooks)
+    state = ServerState(settings, catalog, engine, store, serving, metrics, webhooks)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -85,6 +87,7 @@ def create_app(
             daemon=True,
         )
         loading.start()
+        webhooks.start()
         sweeper = asyncio.create_task(_sweep_forever(store))
         try:
             yield
@@ -93,6 +96,7 @@ def create_app(
             sweeper.cancel()
             await asyncio.wait({sweeper})  # let it finish cancelling; raises nothing
             await asyncio.to_thread(engine.shutdown, 5.0)
+            await asyncio.to_thread(webhooks.stop)  # after the engine: events of its last jobs still go out
             if own_image_dir:
                 shutil.rmtree(image_dir, ignore_errors=True)
 

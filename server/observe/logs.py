@@ -87,13 +87,16 @@ def logging_config(level: str, log_format: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the whole process: one stderr handler that every logger uses."""
     formatter: dict[str, Any] = {"()": JsonFormatter} if log_format == "json" else {"format": TEXT_FORMAT}
     uvicorn = {"handlers": [], "propagate": True}  # through the root handler, in the same format
+    loggers = {name: dict(uvicorn) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}
+    if level != "debug":  # httpx logs each request's full URL, tokens in it too; webhooks log their own lines
+        loggers["httpx"] = {"level": "WARNING"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"easel": formatter},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "easel", "stream": sys.stderr}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
-        "loggers": {name: dict(uvicorn) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+        "loggers": loggers,
     }
 
 

@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per app: what the HTTP layer and the engine count, and ``GET /metrics``.
 
 The HTTP figures are recorded by :class:`~server.http.access_log.AccessLogMiddleware`,
-the engine's by the engine itself (:class:`~server.engine.base.EngineMetrics`);
+the engine's by the engine itself (:class:`~server.engine.base.EngineMetrics`), webhook deliveries by
+:class:`~server.webhooks.Webhooks`;
 queue depth and model state are read when scraped. The names, their labels and
 an example scrape configuration are on docs/reference/metrics.md (generated from
 this registry by ``scripts/gen_docs.py``) and in (docs/serving.md, "Metrics").
@@ -20,6 +21,7 @@ from starlette.responses import Response
 
 from ..engine.base import Engine, EngineMetrics
 from ..http.access_log import HTTPMetrics
+from ..webhooks import WebhookMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0)
@@ -72,6 +74,8 @@ class Metrics:
                 registry=r,
             ),
         )
+
+        self.webhooks = WebhookMetrics.create(r)
 
     def watch(self, catalog: Any, engine: Engine) -> None:
         """Read queue depth and model state from the catalog and the engine at every scrape."""

@@ -10,6 +10,7 @@ from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.models import Catalog
 from ..settings.config import Settings
+from ..webhooks import Webhooks
 
 
 @dataclass
@@ -20,3 +21,4 @@ class ServerState:
     store: ImageStore
     images: ImageServing
     metrics: Metrics
+    webhooks: Webhooks  # emit(event_type, data) from any thread: signed events to the configured URLs

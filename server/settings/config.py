@@ -109,6 +109,24 @@ class Settings:
     shutdown_timeout: float = option(
         30.0, "--shutdown-timeout", opt.non_negative_number, "seconds to finish jobs after SIGTERM/SIGINT (30)"
     )
+    # -- webhooks (docs/webhooks.md): signed events when a batch ends -----------------------------------
+    webhook_urls: tuple[str, ...] = option(
+        (),
+        "--webhook-url",
+        opt.http_urls,
+        "http(s) URL that receives the signed batch events (repeatable; needs --webhook-secret)",
+        metavar="URL",
+        repeat=True,
+    )
+    webhook_secret: str | None = option(
+        None, "--webhook-secret", opt.webhook_secret, "whsec_ secret that signs the events (whsec_ then base64)"
+    )
+    webhook_timeout_seconds: float = option(
+        600.0, "--webhook-timeout-seconds", opt.positive_number, "give up on one event at one URL after (600)"
+    )
+    webhook_attempts: int = option(
+        10, "--webhook-attempts", opt.integer(1, 100), "tries per event and URL, with back-off between (10)"
+    )
     # -- limits (docs/limits.md, "Resource limits") ---------------------------------------------------
     max_decode_bytes: int = option(
         int(DEFAULT_MAX_DECODE_MB * MiB),
@@ -222,6 +240,8 @@ class Settings:
             raise ValueError("url_ttl_seconds, queue_size and max_body_bytes must be positive")
         if self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
             raise ValueError("max_upload_bytes and max_upload_pixels must be positive")
+        if bool(self.webhook_urls) != bool(self.webhook_secret):
+            raise ValueError("webhook URLs and a webhook secret go together: events are always signed")
         self.ray  # noqa: B018 - checks the Ray options together (min and max replicas)
 
     @property

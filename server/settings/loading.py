@@ -87,6 +87,7 @@ def read_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     ray_options = [origins[f.name] for f in fields(RayServeSettings) if f.name in origins]
     if ray_options and not values.get("use_ray"):  # it would be silently ignored
         raise ConfigError(f"{ray_options[0]}: needs --ray")
+    _check_webhooks(values, origins)
     keys = [*(args["api_key"] or []), *_listed(sources, "EASEL_API_KEYS", "api_keys")]
     values["default_model"] = default
     try:
@@ -95,6 +96,18 @@ def read_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+WEBHOOK_TUNING = ("webhook_secret", "webhook_timeout_seconds", "webhook_attempts")
+
+
+def _check_webhooks(values: Mapping[str, Any], origins: Mapping[str, str]) -> None:
+    """Events are always signed, and a webhook setting without a URL would be silently ignored."""
+    if values.get("webhook_urls") and not values.get("webhook_secret"):
+        raise ConfigError(f"{origins['webhook_urls']}: needs --webhook-secret (events are always signed)")
+    tuning = [origins[name] for name in WEBHOOK_TUNING if name in origins]
+    if tuning and not values.get("webhook_urls"):
+        raise ConfigError(f"{tuning[0]}: needs --webhook-url")
 
 
 def _listed(sources: opt.Sources, variable: str, key: str) -> list[str]:

@@ -10,16 +10,21 @@ message names the flag, variable or file key it came from.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
 OPTION_KEY = "easel.option"
 ERROR_EXIT_CODE = 2  # as argparse: the command was used wrongly
+WEBHOOK_SECRET_PREFIX = "whsec_"  # the Standard Webhooks form, as the openai SDK's webhooks.unwrap() reads it
+MIN_WEBHOOK_KEY_BYTES = 16
 
 Parse = Callable[[Any], Any]
 
@@ -35,6 +40,7 @@ class Option:
     help: str
     metavar: str | None = None
     switch: bool = False  # a flag that takes no value (--keep-going)
+    repeat: bool = False  # a flag given once per value (--webhook-url A --webhook-url B); parse gets the list
 
     @property
     def key(self) -> str:
@@ -45,9 +51,18 @@ class Option:
         return "EASEL_" + self.key.upper()
 
 
-def option(default: Any, flag: str, parse: Parse, help: str, *, metavar: str | None = None, switch: bool = False):
+def option(
+    default: Any,
+    flag: str,
+    parse: Parse,
+    help: str,
+    *,
+    metavar: str | None = None,
+    switch: bool = False,
+    repeat: bool = False,
+):
     """A settings field that is also a flag, a variable and a file key (see the module docstring)."""
-    return field(default=default, metadata={OPTION_KEY: Option(flag, parse, help, metavar, switch)})
+    return field(default=default, metadata={OPTION_KEY: Option(flag, parse, help, metavar, switch, repeat)})
 
 
 def declared_options(cls: type) -> dict[str, Option]:
@@ -73,6 +88,10 @@ def add_option_flags(parser: argparse.ArgumentParser, options: Mapping[str, Opti
     for name, spec in options.items():
         if spec.switch:
             parser.add_argument(spec.flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=spec.help)
+        elif spec.repeat:
+            parser.add_argument(
+                spec.flag, dest=name, action="append", metavar=spec.metavar, default=argparse.SUPPRESS, help=spec.help
+            )
         else:
             parser.add_argument(spec.flag, dest=name, metavar=spec.metavar, default=argparse.SUPPRESS, help=spec.help)
 
@@ -208,6 +227,34 @@ def base_url(value: Any) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"{value!r} is not an http(s) URL")
     return url
+
+
+def http_urls(value: Any) -> tuple[str, ...]:
+    """One or more absolute http(s) URLs: a list (repeated flag, TOML) or comma-separated text (a variable)."""
+    urls = text_tuple(value)
+    if not urls:
+        raise ValueError("expected at least one URL")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http(s) URL")
+    return urls
+
+
+def webhook_secret(value: Any) -> str:
+    """A Standard Webhooks secret: ``whsec_`` then base64 of at least 16 bytes. Messages never repeat it."""
+    secret = text(value)
+    encoded = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        key = b""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX) or len(key) < MIN_WEBHOOK_KEY_BYTES:
+        raise ValueError(
+            f"not a webhook secret: expected {WEBHOOK_SECRET_PREFIX} followed by the base64 of at least "
+            f"{MIN_WEBHOOK_KEY_BYTES} bytes"
+        )
+    return secret
 
 
 def text_tuple(value: Any) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ SERVER_LAYERS = (
     ("server.http",),  # HTTP below the API: errors and their envelope, the connection guard, middleware, CORS
     ("server.protocol",),  # requests and responses as types
     ("server.engine",),  # jobs on workers
+    ("server.webhooks",),  # signed events to the configured URLs, delivered off the serving threads
     ("server.observe",),  # logs and metrics
     ("server.serving",),  # what an endpoint does
     ("server.routes",),  # URLs, and the state the routes share
