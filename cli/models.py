@@ -3,7 +3,7 @@
 The licence, parameter count and stored dtypes come from the directory
 (:mod:`server.serving.model_facts`: ``easel.json`` and the weight files'
 headers, safetensors and ``.bin`` alike, no weights read); the native size
-from the directory's ``easel.json`` or the family's default.
+from the directory's ``easel.json`` or what the model's own configs declare.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from server.serving.model_facts import model_facts
 from server.settings.loading import read_settings
 from server.settings.model_specs import ModelSpec
 from server.settings.options import ConfigError
-
-KANDINSKY_NATIVE_SIDE = 512  # pipelines.kandinsky's default without easel.json
 
 
 def run(name: str, argv: list[str]) -> int:
@@ -60,13 +58,13 @@ def describe(spec: ModelSpec) -> dict:
 
 
 def _native_size(spec: ModelSpec) -> str:
-    from pipelines.model_config import read_easel_config  # torch-free
+    from pipelines.model_config import read_kandinsky_native_size  # torch-free
 
     if spec.family == "karlo":  # the super-resolution UNet decides, as in pipelines.karlo
         side = json.loads((spec.path / "super_res_first" / "config.json").read_text())["sample_size"]
         width, height = (side, side) if isinstance(side, int) else (side[1], side[0])
     else:
-        width, height = read_easel_config(spec.path).native_size or (KANDINSKY_NATIVE_SIDE, KANDINSKY_NATIVE_SIDE)
+        width, height = read_kandinsky_native_size(spec.path)
     return f"{width}x{height}"
 
 

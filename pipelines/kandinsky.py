@@ -41,13 +41,12 @@ from .device import dtype_name, one_cpu_thread
 from .errors import Cancelled
 from .img2img import ImageStart, image_start, starting_at
 from .inpaint import LatentBlend, composite_unmasked, inpaint_inputs, latent_blend, resized_original
-from .model_config import EaselConfig
+from .model_config import EaselConfig, kandinsky_native_size
 from .presets import complexities_for, presets_for
 from .scheduler_hooks import after_each_step
 from .tasks import Task
 from .walks import animate, mix_in_images
 
-REAL_KANDINSKY_NATIVE_SIDE = 512
 INPAINT_UNET_CHANNELS = 9
 
 
@@ -75,7 +74,9 @@ class KandinskyBackend:
             "decoder": self.decoder_pipe.unet,
             "image_decode": self.decoder_pipe.movq.decoder,
         }
-        native_w, native_h = config.native_size or (REAL_KANDINSKY_NATIVE_SIDE, REAL_KANDINSKY_NATIVE_SIDE)
+        native_w, native_h = kandinsky_native_size(
+            config, self.decoder_pipe.unet.config.sample_size, len(self.decoder_pipe.movq.config.block_out_channels)
+        )
         self.info = ModelInfo(
             name=name,
             family="kandinsky22",

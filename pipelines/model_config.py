@@ -5,9 +5,11 @@ It sits next to ``model_index.json``. Every key is optional:
 ``native_size``
     The resolution the model was trained at: an int (a square side, e.g. ``64``)
     or ``[width, height]``. Its area becomes ``ModelInfo.native_area``; other
-    aspect ratios keep that area. Without it a Kandinsky backend assumes 512x512
-    (the real Kandinsky 2.2); a Karlo backend always reads its output size from
-    the super-resolution UNet's config and ignores this key.
+    aspect ratios keep that area. Without it a Kandinsky backend reads the size
+    its own configs declare: the decoder UNet's ``sample_size`` (in latent
+    pixels) times the MoVQ's scale factor, 64 x 8 = 512 for the real Kandinsky
+    2.2; 512x512 when the UNet declares none. A Karlo backend always reads its
+    output size from the super-resolution UNet's config and ignores this key.
 ``min_side`` / ``max_side``
     Bounds, in output pixels, for free ``WxH`` requests (defaults 64 and 2048).
 ``created``
@@ -32,6 +34,7 @@ FAMILIES = ("kandinsky22", "karlo")  # the backend families pipelines.loader kno
 EASEL_CONFIG_NAME = "easel.json"
 DEFAULT_MIN_SIDE = 64
 DEFAULT_MAX_SIDE = 2048
+KANDINSKY_DEFAULT_SIDE = 512  # the real Kandinsky 2.2's, for a decoder UNet that declares no sample_size
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,34 @@ def read_easel_config(model_dir: Path) -> EaselConfig:
         created=int(data.get("created", created_default)),
         license=str(data["license"]) if data.get("license") else None,
     )
+
+
+def kandinsky_native_size(config: EaselConfig, unet_sample_size: object, movq_blocks: int) -> tuple[int, int]:
+    """A Kandinsky model's native (width, height): ``easel.json``'s, else what its decoder UNet's config declares.
+
+    ``unet_sample_size`` is the UNet config's ``sample_size`` (latent pixels: an int, or [height, width], or None);
+    ``movq_blocks`` the MoVQ's number of blocks, which sets its scale factor 2 ** (blocks - 1) as in diffusers.
+    """
+    if config.native_size is not None:
+        return config.native_size
+    scale = 2 ** (movq_blocks - 1)
+    sides = [unet_sample_size] * 2 if _positive_int(unet_sample_size) else unet_sample_size
+    if isinstance(sides, (list, tuple)) and len(sides) == 2 and all(_positive_int(side) for side in sides):
+        height, width = sides
+        return width * scale, height * scale
+    return KANDINSKY_DEFAULT_SIDE, KANDINSKY_DEFAULT_SIDE
+
+
+def read_kandinsky_native_size(model_dir: Path) -> tuple[int, int]:
+    """:func:`kandinsky_native_size` from the folder's files alone (for ``easel models``: nothing loaded)."""
+    config = read_easel_config(model_dir)
+    try:
+        unet = json.loads((model_dir / "unet" / "config.json").read_text())
+        movq = json.loads((model_dir / "movq" / "config.json").read_text())
+        return kandinsky_native_size(config, unet.get("sample_size"), len(movq["block_out_channels"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a damaged folder: the loader names it
+        return kandinsky_native_size(config, None, 1)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

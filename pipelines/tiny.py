@@ -44,6 +44,7 @@ from .unclip_compat import UnCLIPPipeline, UnCLIPTextProjModel
 SEED = 0
 EMBED_DIM = 32  # CLIP text/image embedding width, shared by prior, decoder and text projection
 CLIP_IMAGE_SIZE = 32
+TINY_MOVQ_SCALE = 2  # 2 ** (MoVQ blocks - 1): latents at half the image side
 
 
 def _text_encoder(vocab_size: int, eos_token_id: int, bos_token_id: int) -> CLIPTextModelWithProjection:
@@ -109,8 +110,9 @@ def _prior_scheduler() -> UnCLIPScheduler:
     )
 
 
-def _kandinsky_unet(in_channels: int) -> UNet2DConditionModel:
+def _kandinsky_unet(in_channels: int, native_size: int) -> UNet2DConditionModel:
     return UNet2DConditionModel(
+        sample_size=native_size // TINY_MOVQ_SCALE,  # in latent pixels, as the real decoder's config declares it
         in_channels=in_channels,
         out_channels=8,  # 4 latent channels + 4 learned-variance channels, as the real decoder
         addition_embed_type="image",
@@ -130,7 +132,7 @@ def _kandinsky_unet(in_channels: int) -> UNet2DConditionModel:
 
 
 def _movq() -> VQModel:
-    # Two blocks: latents at 1/2 resolution, so sizes must be multiples of 2**2 = 4.
+    # Two blocks (TINY_MOVQ_SCALE): latents at 1/2 resolution, so sizes must be multiples of 2**2 = 4.
     # SpatialNorm (MoVQ's decoder norm) always uses 32 groups, hence 32 channels at least.
     return VQModel(
         block_out_channels=(32, 32),
@@ -165,14 +167,16 @@ def build_tiny_kandinsky(path: Path | str, *, inpaint: bool = False, native_size
     """Write a tiny KandinskyV22CombinedPipeline (or the inpaint variant, 9-channel UNet) to ``path``.
 
     ``native_size`` goes into the directory's ``easel.json``: the side of the
-    square the model is meant to generate at.
+    square the model is meant to generate at. The UNet's config declares it too
+    (as ``sample_size``, in latent pixels), as a real decoder's does, so a copy
+    without ``easel.json`` (the hub's 2023 layout) keeps it.
     """
     path = Path(path)
     torch.manual_seed(SEED)
     tokenizer = make_clip_tokenizer()
     pipeline_class = KandinskyV22InpaintCombinedPipeline if inpaint else KandinskyV22CombinedPipeline
     pipe = pipeline_class(
-        unet=_kandinsky_unet(in_channels=9 if inpaint else 4),
+        unet=_kandinsky_unet(in_channels=9 if inpaint else 4, native_size=native_size),
         scheduler=_decoder_scheduler(),
         movq=_movq(),
         prior_prior=_prior(),

@@ -112,6 +112,14 @@ def test_a_float16_image_encoder_is_loaded_in_the_serving_dtype_and_generates(
     assert ready["models"]["k-2023"]["dtype"] == "float32"
 
 
+def test_without_easel_json_the_native_size_is_what_the_unet_declares(legacy_server: LiveServer) -> None:
+    # The tiny decoder UNet's config says 32 latent pixels, times the tiny MoVQ's factor 2, as the real
+    # decoder's says 64 x 8 = 512: the 2023 copy runs at its own 64x64, as its today's layout does by easel.json.
+    for model in ("k-2023", "k-today"):
+        caps = httpx.get(f"{legacy_server.api_url}/models/{model}").json()["capabilities"]
+        assert caps["native_size"] == "64x64"
+
+
 @pytest.mark.parametrize("model", ["k-2023", "karlo-2023"])
 def test_variations_work_from_the_2023_layout(sdk: OpenAI, model: str) -> None:
     buffer = io.BytesIO()

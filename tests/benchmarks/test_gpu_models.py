@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.gpu_models import PUBLISHED_PARAMETERS, kandinsky22_movq, real_kandinsky_models, real_karlo_models
+from pipelines.model_config import kandinsky_native_size, read_easel_config
 
 
 def _counts(models: dict[str, torch.nn.Module]) -> dict[str, float]:
@@ -44,13 +45,16 @@ def test_kandinsky_decoder_work_at_768_matches_the_reference_estimate():
     assert per_image / 1e12 == pytest.approx(212, rel=0.05)
 
 
-def test_the_real_pipelines_assemble_in_the_dtype_asked_for():
+def test_the_real_pipelines_assemble_in_the_dtype_asked_for(tmp_path):
     from benchmarks.gpu_models import build_real_kandinsky, build_real_karlo
 
     meta = torch.device("meta")
     kandinsky = build_real_kandinsky(meta, torch.bfloat16)
     assert kandinsky.unet.dtype == torch.bfloat16 and kandinsky.prior_text_encoder.dtype == torch.bfloat16
     assert kandinsky.decoder_pipe.movq_scale_factor == 8  # 768 px -> 96 latents
+    # Without an easel.json (as published), the native size its configs declare is the 512x512 it always had.
+    unet_sample, movq_blocks = kandinsky.unet.config.sample_size, len(kandinsky.movq.config.block_out_channels)
+    assert kandinsky_native_size(read_easel_config(tmp_path), unet_sample, movq_blocks) == (512, 512)
     karlo = build_real_karlo(meta, torch.float16)
     assert karlo.super_res_last.dtype == torch.float16 and karlo.super_res_first.config.sample_size == 256
     assert karlo.decoder.config.sample_size == 64

@@ -110,11 +110,9 @@ def test_each_layout_pulls_lists_and_serves_generations_variations_and_edits(lay
         assert (models / "kandinsky-2-2/unet/diffusion_pytorch_model.bin").is_file()
         assert {p.name for p in (models / "kandinsky-2-2/prior_tokenizer").iterdir()} >= {"vocab.json", "merges.txt"}
         assert not list(models.rglob("*.safetensors"))
-        # The 2023 repositories carry no easel.json, so the pulled Kandinsky renders at the real model's 512x512;
-        # this tiny stand-in was made at 64x64, and at 512x512 its attention alone takes minutes on a busy CPU.
-        # Declare it as a user would (pipelines/model_config.py), keeping what the pull wrote.
-        about = models / "kandinsky-2-2/easel.json"
-        about.write_text(json.dumps({**json.loads(about.read_text()), "native_size": 64}))
+        # The 2023 repositories carry no easel.json: the pulled Kandinsky's native size is what its decoder UNet's
+        # config declares (the real one's 512x512; this tiny stand-in's 64x64).
+        assert "native_size" not in json.loads((models / "kandinsky-2-2/easel.json").read_text())
     else:
         assert not list(models.rglob("*.bin"))
     listed = easel("models", "--json", env=env)
@@ -125,6 +123,7 @@ def test_each_layout_pulls_lists_and_serves_generations_variations_and_edits(lay
     stored = ["float16", "float32"] if layout_hub.layout == "2023" else ["float32"]
     assert rows["kandinsky-2-2"]["stored_dtypes"] == stored
     assert rows["kandinsky-2-2"]["parameters"] > 0 and rows["karlo"]["parameters"] > 0  # .bin files too
+    assert rows["kandinsky-2-2"]["native_size"] == rows["karlo"]["native_size"] == "64x64"
 
     with serving("--model", "kandinsky-2-2", "--model", "karlo", env=env) as url:  # bare names of pulled models
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
