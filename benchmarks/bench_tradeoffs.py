@@ -12,6 +12,10 @@ axis, the largest loss against ``none`` in points, seconds per image (the
 evaluator's own timing of the generations), the weights' size as stored
 and the process's peak RSS. Variations are left out unless ``--variations``
 (they double the time). Writes ``table.md`` and ``results.json`` to ``--out``.
+
+Settings may run in several invocations at once, each with its own ``--out``
+(on a machine with cores to spare); ``--merge DIR ...`` then writes one table
+of all their rows, in ``SETTINGS`` order, to ``--out``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     if args.one:
         return _run_one(args)
+    if args.merge:
+        return merge(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -81,8 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     parser.add_argument("--variations", action="store_true", help="also score variations of ground-truth renders")
     parser.add_argument("--out", default="runs/tradeoffs")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", help="one table from these runs' results.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
     return parser
+
+
+def merge(args: argparse.Namespace) -> dict:
+    """The rows of several runs' ``results.json`` as one table (``none`` first: the losses are against it)."""
+    found: dict[str, dict] = {}
+    for directory in args.merge:
+        found.update(json.loads((Path(directory) / "results.json").read_text()))
+    order = [*SETTINGS, *sorted(set(found) - set(SETTINGS))]
+    results = {setting: found[setting] for setting in order if setting in found}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(results, args)
+    (out / "table.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table, end="")
+    return results
 
 
 def _shared_args(args: argparse.Namespace) -> list[str]:

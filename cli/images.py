@@ -57,6 +57,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument("--decoder-steps", type=int)
     parser.add_argument("--decoder-guidance-scale", type=float)
     parser.add_argument("--decoder-guidance-min-timestep", type=int)
+    parser.add_argument("--decoder-step-cache", type=int, help="recompute the decoder's deep blocks every N steps")
     parser.add_argument("--out", type=Path, default=Path("."), help="directory for the files (default: here)")
     remote = parser.add_argument_group("on a running server")
     remote.add_argument("--server", metavar="URL", help="send the request to this Easel (e.g. http://127.0.0.1:8000)")
@@ -79,7 +80,7 @@ _DESCRIPTIONS = {
 _TASKS = {"generate": Task.GENERATE, "edit": Task.EDIT, "vary": Task.VARIATION}
 _FIELDS = (
     "n", "size", "quality", "output_format", "negative_prompt", "prior_steps", "prior_guidance_scale", "style",
-    "decoder_steps", "decoder_guidance_scale", "decoder_guidance_min_timestep",
+    "decoder_steps", "decoder_guidance_scale", "decoder_guidance_min_timestep", "decoder_step_cache",
 )  # fmt: skip
 
 

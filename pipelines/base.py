@@ -37,6 +37,7 @@ class StagePreset:
     super_res_steps: int | None = None  # Karlo only
     # Kandinsky only: guide the decoder at timesteps >= this, run it unguided below (None: every step).
     decoder_guidance_min_timestep: int | None = None
+    decoder_step_cache: int | None = None  # Kandinsky only: pipelines.step_cache's interval; None: the model's own
 
     def adjusted(self, *, decoder_guidance_factor: float = 1.0, **overrides: int | float | None) -> StagePreset:
         """This preset with decoder guidance scaled (``style``), then the given non-None fields replaced."""
@@ -71,6 +72,7 @@ class ModelInfo:
     dtype: str
     supports_negative_prompt: bool = True
     supports_guidance_interval: bool = True  # honours StagePreset.decoder_guidance_min_timestep
+    supports_step_cache: bool = False  # honours StagePreset.decoder_step_cache (not when compiled)
     created: int = 0  # unix time the weights were written
     complexities: dict[str, PriorPreset] = field(default_factory=dict)  # complexity name -> prior preset
     supports_animation: bool = False  # runs jobs with frames > 1 (an embedding walk per image)
@@ -209,6 +211,8 @@ def check_job(job: ImageJob, info: ModelInfo) -> None:
         raise ValueError(f"{info.name!r} does not support negative_prompt")
     if job.preset.decoder_guidance_min_timestep is not None and not info.supports_guidance_interval:
         raise ValueError(f"{info.name!r} cannot stop decoder guidance part-way")
+    if job.preset.decoder_step_cache is not None and not info.supports_step_cache:
+        raise ValueError(f"{info.name!r} has no decoder step cache")
     if job.task in (Task.VARIATION, Task.EDIT) and job.image is None:
         raise ValueError(f"task {job.task!r} needs an image")
     if job.image_weights is not None and len(job.image_weights) != 1 + len(job.references):
@@ -252,11 +256,6 @@ def seeded_generators(device: torch.device, seeds: list[int]) -> list[torch.Gene
     import torch
 
     return [torch.Generator(device).manual_seed(seed) for seed in seeds]
-
-
-def parameter_counts(components: dict[str, Any]) -> dict[str, int]:
-    """Parameters per named ``torch.nn.Module``."""
-    return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}
 
 
 def run_alone(backend: ImageBackend, job: ImageJob, control: JobControl) -> list[Image.Image]:

@@ -30,7 +30,6 @@ from .base import (
     Ticket,
     check_job,
     keep_rows,
-    parameter_counts,
     raise_if_cancelled,
     report_progress,
     run_alone,
@@ -41,9 +40,11 @@ from .device import dtype_name, one_cpu_thread
 from .errors import Cancelled
 from .img2img import ImageStart, image_start, starting_at
 from .inpaint import LatentBlend, composite_unmasked, inpaint_inputs, latent_blend, resized_original
+from .memory import parameter_counts
 from .model_config import EaselConfig, kandinsky_native_size
 from .presets import complexities_for, presets_for
 from .scheduler_hooks import after_each_step
+from .step_cache import step_caching
 from .tasks import Task
 from .walks import animate, mix_in_images
 
@@ -284,7 +285,8 @@ class KandinskyBackend:
                 updates["latents"] = blend.apply(current["latents"], next_timestep, scheduler)
             return updates
 
-        with after_each_step(scheduler, previews.record) if previews is not None else contextlib.nullcontext():
+        recording = after_each_step(scheduler, previews.record) if previews is not None else contextlib.nullcontext()
+        with recording, self._step_caching(first.preset.decoder_step_cache):
             output = self.decoder_pipe(
                 image_embeds=embeds,
                 negative_image_embeds=negative,
@@ -300,6 +302,12 @@ class KandinskyBackend:
                 **extra,
             )
         return rows.outcomes(output.images)
+
+    def _step_caching(self, interval: int | None) -> contextlib.AbstractContextManager:
+        """The decoder call's step cache; the stock UNet, untouched, when neither the model nor the job has one."""
+        if interval is None and getattr(self.decoder_pipe.unet, "step_cache", None) is None:
+            return contextlib.nullcontext()
+        return step_caching(self.decoder_pipe.unet, self.decoder_pipe.scheduler, interval)
 
     def _previews(self, rows: BatchRows, steps: int, blend: LatentBlend | None) -> Any:
         """Partial images for the jobs that asked for them (streams only: a plain request never loads previews)."""
@@ -389,10 +397,5 @@ def _stop_when_all_left(tickets: list[Ticket]) -> Callable[..., dict]:
 
 
 def _components(combined: Any) -> dict[str, Any]:
-    return {
-        "text_encoder": combined.prior_text_encoder,
-        "image_encoder": combined.prior_image_encoder,
-        "prior": combined.prior_prior,
-        "unet": combined.unet,
-        "movq": combined.movq,
-    }
+    names = {"text_encoder": "prior_text_encoder", "image_encoder": "prior_image_encoder", "prior": "prior_prior"}
+    return {name: getattr(combined, attribute) for name, attribute in {**names, "unet": "unet", "movq": "movq"}.items()}

@@ -42,7 +42,6 @@ from .base import (
     StageWatch,
     Ticket,
     check_job,
-    parameter_counts,
     raise_if_cancelled,
     report_progress,
     run_alone,
@@ -50,6 +49,7 @@ from .base import (
 )
 from .device import dtype_name, from_pretrained_options
 from .errors import Cancelled, MissingComponent, NonFiniteOutput
+from .memory import parameter_counts
 from .model_config import read_easel_config
 from .presets import complexities_for, presets_for
 from .scheduler_hooks import after_each_step

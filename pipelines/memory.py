@@ -16,6 +16,7 @@ import resource
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -214,3 +215,8 @@ def refusal(
 
 def _gb(count: int) -> str:
     return f"{count / 1e9:.1f} GB"
+
+
+def parameter_counts(components: dict[str, Any]) -> dict[str, int]:
+    """Parameters per named ``torch.nn.Module``."""
+    return {name: sum(p.numel() for p in module.parameters()) for name, module in components.items()}

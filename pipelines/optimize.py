@@ -35,7 +35,7 @@ from patches.torch import cache_compiled_graphs
 
 from .base import ImageBackend, ImageJob
 from .savings import apply_savings
-from .speed import OPTIMIZATIONS, SpeedOptions
+from .speed import OPTIMIZATIONS, STEP_CACHE_FAMILIES, SpeedOptions
 from .tasks import Task
 
 log = logging.getLogger("easel.optimize")
@@ -79,7 +79,9 @@ def optimize_backend(backend: ImageBackend, options: SpeedOptions) -> ImageBacke
     savings = apply_savings(backend, options, pipeline_models(pipelines))
     warmed = warm_up(backend, options.warmup_batches) if "compile" in enabled else []
     optimizations = {"enabled": sorted(enabled), "warmed_up_batches": warmed, **savings}
-    backend.info = replace(backend.info, optimizations=optimizations)
+    # A request's decoder_step_cache installs the cache on first use (pipelines.step_cache): never into compiled code.
+    step_cache = backend.info.family in STEP_CACHE_FAMILIES and "compile" not in enabled
+    backend.info = replace(backend.info, optimizations=optimizations, supports_step_cache=step_cache)
     return backend
 
 

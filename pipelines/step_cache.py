@@ -13,11 +13,18 @@ features' (a guidance interval halves the batch part-way, a cancelled job
 drops rows) and at the start of every run (the scheduler's ``set_timesteps``
 clears what was kept). Without a cache installed nothing here runs: outputs
 are byte-identical to the stock UNet's.
+
+The interval is the model's (``--step-cache``) unless a request names its own
+(``decoder_step_cache``): :func:`step_caching` sets it for one decoder call,
+installing the cache on first use, and lets go of the kept features when the
+call ends, finished, failed or cancelled. At an interval of 1 nothing is kept.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -28,15 +35,22 @@ class StepCache:
     """The kept deep features of one UNet and when to reuse them."""
 
     def __init__(self, interval: int) -> None:
-        if interval < 1:
-            raise ValueError(f"a step-cache interval is a whole number of steps >= 1, got {interval}")
-        self.interval = interval
+        """``interval``: the model's own, for runs that name none; 0 (off) when installed for a request's."""
+        if interval < 0:
+            raise ValueError(f"a step-cache interval is 0 (off) or a whole number of steps >= 1, got {interval}")
+        self.default_interval = interval
+        self.interval = interval  # this run's
         self.reusing = False
         self.full_steps = 0  # counters for tests and logs: whole passes and shortened ones since loading
         self.cached_steps = 0
         self._kept: dict[int, Any] = {}  # deep block index -> its output at the last full step
         self._shape: tuple[int, ...] | None = None  # the input shape the kept features belong to
         self._since_full = 0
+
+    @property
+    def holding(self) -> int:
+        """How many deep blocks' features are kept now (0 between runs)."""
+        return len(self._kept)
 
     def clear(self) -> None:
         self._kept.clear()
@@ -62,12 +76,32 @@ class StepCache:
         if self.reusing:
             return self._kept[index]
         output = forward(*args, **kwargs)
-        self._kept[index] = output
+        if self.interval > 1:  # at 1 (or off) no step reuses them: keeping them would only hold memory
+            self._kept[index] = output
         return output
 
 
+@contextmanager
+def step_caching(unet: UNet2DConditionModel, scheduler: Any, interval: int | None) -> Iterator[StepCache]:
+    """One decoder call at ``interval`` (None: the model's own), its kept features let go of however it ends.
+
+    A cancelled job ends the call between two steps, after the last full step kept its features; without the
+    ``finally`` they would stay held (hundreds of megabytes at real size) until the model's next run.
+    """
+    cache = getattr(unet, "step_cache", None)
+    if cache is None:
+        cache = install(unet, scheduler, 0)
+    cache.interval = cache.default_interval if interval is None else interval
+    try:
+        yield cache
+    finally:
+        cache.clear()
+        cache.interval = cache.default_interval
+
+
 def install(unet: UNet2DConditionModel, scheduler: Any, interval: int) -> StepCache:
-    """Cache ``unet``'s deep blocks every ``interval`` steps; ``scheduler`` starting a run clears the cache."""
+    """Cache ``unet``'s deep blocks every ``interval`` steps (0: only runs that ask, :func:`step_caching`);
+    ``scheduler`` starting a run clears the cache."""
     if getattr(unet, "step_cache", None) is not None:
         raise ValueError("this UNet already has a step cache")
     if len(unet.down_blocks) < 2 or len(unet.up_blocks) != len(unet.down_blocks):

@@ -82,6 +82,7 @@ class ImageOptions:
     decoder_steps: int | None
     decoder_guidance_scale: float | None
     decoder_guidance_min_timestep: int | None
+    decoder_step_cache: int | None  # None: the model's own (--step-cache)
 
 
 def read_image_options(reader: FieldReader) -> ImageOptions:
@@ -143,6 +144,7 @@ def read_image_options(reader: FieldReader) -> ImageOptions:
         decoder_steps=reader.read(t.DECODER_STEPS),
         decoder_guidance_scale=reader.read(t.DECODER_GUIDANCE),
         decoder_guidance_min_timestep=reader.read(t.GUIDANCE_MIN_TIMESTEP),
+        decoder_step_cache=reader.read(t.DECODER_STEP_CACHE),
     )
 
 
@@ -231,6 +233,13 @@ def _check_features(options: ImageOptions, info: ModelInfo) -> None:
             f"Model '{info.name}' guides every decoder step; it does not support decoder_guidance_min_timestep.",
             code="unsupported_value",
         )
+    if options.decoder_step_cache is not None and not info.supports_step_cache:
+        raise invalid(
+            "decoder_step_cache",
+            f"Model '{info.name}' ({info.family}) has no decoder step cache: decoder_step_cache works on Kandinsky "
+            "2.2-family models that are not compiled (see /v1/models, capabilities.supports_step_cache).",
+            code="unsupported_value",
+        )
     if options.quality not in info.presets:
         message = f"Model '{info.name}' has no '{options.quality}' quality preset."
         raise invalid("quality", message, code="unsupported_value")
@@ -277,6 +286,7 @@ def build_job(
         decoder_steps=options.decoder_steps,
         decoder_guidance=options.decoder_guidance_scale,
         decoder_guidance_min_timestep=options.decoder_guidance_min_timestep,
+        decoder_step_cache=options.decoder_step_cache,
     )
     first_seed = options.seed if options.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
     width, height = info.native_size_for(options.size.width, options.size.height)

@@ -28,6 +28,7 @@ def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
         "endpoints": endpoints,
         "supports_negative_prompt": info.supports_negative_prompt,
         "supports_guidance_interval": info.supports_guidance_interval,
+        "supports_step_cache": info.supports_step_cache,
         "quality_presets": {name: asdict(preset) for name, preset in info.presets.items()},
         "complexity_presets": {name: asdict(preset) for name, preset in info.complexities.items()},
         "supports_animation": info.supports_animation,

@@ -37,7 +37,7 @@ TOOL_IMAGE_FIELDS = (
     "size", "quality", "output_format", "output_compression", "background", "partial_images", "input_fidelity",
     "moderation", "complexity", "frame_count", "frame_duration_ms", "svg",
     "seed", "negative_prompt", "prior_steps", "prior_guidance_scale", "decoder_steps", "decoder_guidance_scale",
-    "decoder_guidance_min_timestep",
+    "decoder_guidance_min_timestep", "decoder_step_cache",
 )  # fmt: skip
 TOOL_OPTIONS = frozenset({"type", "model", "action", "input_image_mask", *TOOL_IMAGE_FIELDS}) | frozenset(
     alias for row in t.EDIT if row.name in TOOL_IMAGE_FIELDS for alias in row.aliases

@@ -208,6 +208,14 @@ GUIDANCE_MIN_TIMESTEP = integer(
     high=MAX_TIMESTEP,
     extension=True,
 )
+DECODER_STEP_CACHE = integer(
+    "decoder_step_cache",
+    "Recompute the decoder UNet's deep blocks every N steps and reuse them between (1: every step, no caching). "
+    "Default: the model's --step-cache. Kandinsky 2.2 family only, not when compiled.",
+    low=1,
+    high=MAX_STEPS,
+    extension=True,
+)
 STRENGTH = number(
     "strength",
     "Whole-image edits (no mask): the share of the decoder's schedule run from the input noised to it; "
@@ -236,14 +244,17 @@ _SHARED = (MODEL, N, SIZE, QUALITY, RESPONSE_FORMAT, OUTPUT_FORMAT, OUTPUT_COMPR
 _OUTPUT_EXTRAS = (BACKGROUND, FRAME_COUNT, FRAME_DURATION_MS, SVG, COMPLEXITY, MODERATION, SAFETY_IDENTIFIER, STREAM)
 _EXTENSIONS = (SEED, NEGATIVE_PROMPT, PRIOR_STEPS, PRIOR_GUIDANCE, DECODER_STEPS, DECODER_GUIDANCE)
 
-GENERATION = (PROMPT, *_SHARED, *_OUTPUT_EXTRAS, STYLE, PARTIAL_IMAGES, *_EXTENSIONS, GUIDANCE_MIN_TIMESTEP)
+GENERATION = (
+    PROMPT, *_SHARED, *_OUTPUT_EXTRAS, STYLE, PARTIAL_IMAGES, *_EXTENSIONS, GUIDANCE_MIN_TIMESTEP, DECODER_STEP_CACHE,
+)  # fmt: skip
 # Multipart edits; JSON edits send images/mask as {"image_url": ...} references instead (protocol.openapi).
 EDIT = (
     EDIT_IMAGE, PROMPT, MASK, MARKUP, INPUT_FIDELITY, *_SHARED, *_OUTPUT_EXTRAS, PARTIAL_IMAGES, *_EXTENSIONS,
-    GUIDANCE_MIN_TIMESTEP, STRENGTH, INPUT_IMAGE_WEIGHT, IMAGE_WEIGHTS,
+    GUIDANCE_MIN_TIMESTEP, DECODER_STEP_CACHE, STRENGTH, INPUT_IMAGE_WEIGHT, IMAGE_WEIGHTS,
 )  # fmt: skip
 VARIATION = (
     IMAGE, *_SHARED, SAFETY_IDENTIFIER, SEED, DECODER_STEPS, DECODER_GUIDANCE, GUIDANCE_MIN_TIMESTEP,
+    DECODER_STEP_CACHE,
 )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -40,3 +41,16 @@ def test_the_largest_loss_decides_whether_a_setting_may_join_a_preset():
     assert rows[3].startswith("| cache2 |") and "| 0.5 | yes | 0.800 |" in rows[3]
     assert rows[4].startswith("| cache4 |") and "| 5.0 | no | 0.500 |" in rows[4]
     assert bench_tradeoffs.MAX_LOSS_FOR_PRESET == 1.0
+
+
+def test_runs_made_apart_merge_into_one_table_priced_against_none(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory, rows in ((first, {"cache3": _result(0.7, color=0.88)}), (second, {"none": _result(1.0)})):
+        directory.mkdir()
+        (directory / "results.json").write_text(json.dumps(rows))
+    out = tmp_path / "merged"
+    results = bench_tradeoffs.main(["--merge", str(first), str(second), "--out", str(out)])
+    assert list(results) == ["none", "cache3"]  # SETTINGS order, whatever order the runs came in
+    rows = (out / "table.md").read_text().splitlines()
+    assert rows[2].startswith("| none |") and rows[3].startswith("| cache3 |") and "| 2.0 | no | 0.700 |" in rows[3]
+    assert json.loads((out / "results.json").read_text()) == results

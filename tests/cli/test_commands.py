@@ -166,6 +166,21 @@ def test_errors_are_one_line_naming_the_flag(api_server: LiveServer, tiny_home, 
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_the_step_cache_flag_reaches_the_field_checks(api_server: LiveServer, tmp_path: Path, capsys):
+    remote = ["--server", api_server.url, "--out", str(tmp_path), "--decoder-step-cache"]
+    assert dispatch(["generate", "a green square", "--model", KARLO, *remote, "2"]) == 1
+    assert capsys.readouterr().err.startswith(f"easel generate: error: 400: Model '{KARLO}' (karlo) has no decoder")
+    assert dispatch(["vary", str(_picture(tmp_path)), *remote, "0"]) == 1
+    assert capsys.readouterr().err.endswith("expected 1 to 200. (--decoder-step-cache)\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["in.png"]
+
+
+def _picture(folder: Path) -> Path:
+    path = folder / "in.png"
+    Image.new("RGB", (64, 64), "red").save(path)
+    return path
+
+
 @pytest.mark.parametrize(
     "argv, line",
     [

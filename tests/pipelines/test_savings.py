@@ -7,12 +7,15 @@ that recomputes every step giving exactly the uncached images.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from pipelines import quantize
-from pipelines.base import ImageJob, StagePreset
+from pipelines.base import ImageJob, JobControl, StagePreset
+from pipelines.errors import Cancelled
 from pipelines.loader import load_backend
 from pipelines.memory import resident_bytes
 from pipelines.optimize import backend_pipelines, pipeline_models
@@ -177,3 +180,60 @@ def test_the_memory_check_counts_the_quantized_size(model_dirs, family):
         held = sum(weight_bytes(model) for model in pipeline_models(backend_pipelines(backend)))
         assert resident_bytes(footprint, "float32", family, mode) == pytest.approx(held, rel=0.02)
     assert resident_bytes(footprint, "float32", family, "int8") < 0.8 * resident_bytes(footprint, "float32", family)
+
+
+def _with_cache(interval: int | None) -> StagePreset:
+    return replace(PRESET, decoder_step_cache=interval)
+
+
+def _job_pixels(backend, preset: StagePreset) -> np.ndarray:
+    job = ImageJob(task="generate", n=2, width=64, height=64, seeds=[11, 12], preset=preset, prompt="a red circle")
+    return np.stack([np.asarray(image, dtype=np.int16) for image in backend.run(job)])
+
+
+def test_a_job_names_its_own_interval_and_leaves_the_models_alone(model_dirs, plain):
+    backend = _load(model_dirs, SpeedOptions())
+    assert backend.info.supports_step_cache and not _load(model_dirs, SpeedOptions(), "karlo").info.supports_step_cache
+    assert np.array_equal(_job_pixels(backend, _with_cache(1)), plain)  # 1: every step, the uncached bytes
+    cached = _job_pixels(backend, _with_cache(3))
+    assert np.array_equal(cached, _pixels(_load(model_dirs, SpeedOptions(step_cache=3))))  # as --step-cache 3
+    assert backend.decoder_pipe.unet.step_cache.cached_steps >= 2  # installed by the job, on first use
+    assert np.array_equal(_pixels(backend), plain)  # jobs naming none still get the model's own: off
+    assert "step_cache" not in backend.info.optimizations
+
+
+def test_a_job_turns_the_models_cache_off_or_to_another_interval(model_dirs, plain):
+    backend = _load(model_dirs, SpeedOptions(step_cache=3))
+    assert np.array_equal(_job_pixels(backend, _with_cache(1)), plain)
+    two = _job_pixels(backend, _with_cache(2))
+    assert np.array_equal(two, _pixels(_load(model_dirs, SpeedOptions(step_cache=2))))
+    assert np.array_equal(_pixels(backend), _pixels(_load(model_dirs, SpeedOptions(step_cache=3))))
+    assert backend.decoder_pipe.unet.step_cache.interval == 3  # back to the model's own after each call
+
+
+def test_a_cancelled_run_lets_go_of_the_kept_features(model_dirs):
+    backend = _load(model_dirs, SpeedOptions(step_cache=3))
+    cache = backend.decoder_pipe.unet.step_cache
+    held = []
+
+    def on_progress(stage: str, done: int, _total: int) -> None:
+        if stage == "decoder":
+            held.append(cache.holding)
+
+    control = JobControl(should_cancel=lambda: len(held) >= 2, on_progress=on_progress)
+    job = ImageJob(task="generate", n=1, width=64, height=64, seeds=[3], preset=PRESET, prompt="a red circle")
+    with pytest.raises(Cancelled):
+        backend.run(job, control)
+    assert held[0] > 0  # it held features mid-run
+    assert cache.holding == 0  # and let go of them when the job left, not at the model's next run
+    backend.run(job)
+    assert cache.holding == 0  # and after a finished run
+
+
+def test_jobs_with_different_intervals_never_share_a_call(model_dirs):
+    backend = _load(model_dirs, SpeedOptions())
+    jobs = [
+        ImageJob(task="generate", n=1, width=64, height=64, seeds=[1], preset=_with_cache(interval), prompt="x")
+        for interval in (None, 1, 3)
+    ]
+    assert len({backend.batch_key(job) for job in jobs}) == 3

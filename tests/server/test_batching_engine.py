@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -193,3 +194,23 @@ def test_on_one_core_a_slot_waiting_for_companions_keeps_its_core(tiny_backend, 
     calls = [call for replica in replicas for call in replica.calls]
     assert ["pair 0", "pair 1"] in calls and ["two steps"] in calls and ["three steps"] in calls
     assert tracker["peak"] == 1 and tracker["most_threads"] == 1
+
+
+def test_jobs_asking_for_different_step_caches_wait_for_calls_of_their_own(recorded, tiny_backend):
+    engine, backend = recorded
+
+    def cached(name: str, interval: int | None):
+        job = prompted(tiny_backend, name)
+        job.preset = replace(job.preset, decoder_step_cache=interval)
+        return job
+
+    async def scenario():
+        busy = engine.submit("tiny", prompted(tiny_backend, "busy", decoder_steps=40))
+        await wait_until(lambda: engine.stats("tiny")["running"] == 1)
+        jobs = [cached("one", 1), cached("three", 3), cached("default", None), cached("one again", 1)]
+        handles = [engine.submit("tiny", job) for job in jobs]
+        await busy.result()
+        return [await handle.result() for handle in handles]
+
+    assert [len(result.images) for result in asyncio.run(scenario())] == [1, 1, 1, 1]
+    assert backend.calls == [["busy"], ["one", "one again"], ["three"], ["default"]]
