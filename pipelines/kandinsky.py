@@ -1,9 +1,8 @@
 """Kandinsky 2.2 backend: CLIP prior + MoVQ latent decoder (the combined pipeline, or its inpaint variant).
 
-A batch is one prior call per kind of negative prompt and one decoder call for all jobs. Each image's own
-``torch.Generator``, seeded from its seed, makes its initial and scheduler noise: image i depends on ``seeds[i]`` alone
-(up to rounding between batch sizes). Edits: diffusers' inpaint decoder with inpaint weights, else blended latents;
-whole-image edits (no mask) start the decoder from the input's noised latents (pipelines.img2img).
+A batch is one prior call per kind of negative prompt and one decoder call for all jobs. Each image's own seeded
+``torch.Generator`` makes its noise: image i depends on ``seeds[i]`` alone (up to rounding between batch sizes). Edits:
+diffusers' inpaint decoder with inpaint weights, else blended latents; whole-image edits start from noised input latents.
 """
 
 from __future__ import annotations
