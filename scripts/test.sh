@@ -4,9 +4,8 @@
 # Arguments go to pytest: scripts/test.sh -k generations
 #
 # The suite runs on every core with pytest-xdist: EASEL_TEST_WORKERS workers (default: two per core, since most
-# tests wait on servers rather than compute; one per core for --fast, whose tests only compute, and where each
-# extra worker's collection, seconds of imports, is pure cost), tests of a heavy shared server kept on one
-# worker (--dist loadgroup, groups set in tests/lanes.py). `-n 0` or `-p no:xdist` runs it in this one process.
+# tests wait on servers rather than compute), tests of a heavy shared server kept on one worker (--dist loadgroup,
+# groups set in tests/lanes.py). `-n 0` or `-p no:xdist` runs it in this one process, for debugging.
 # scripts/test.sh --fast runs the fast lane: the tests that start no server or process and build no model
 # (-m "not server and not model"; tests/lanes.py marks them by reading their code).
 # scripts/test.sh --container runs only the container test (-m container: builds the Dockerfile's image and runs it
@@ -17,9 +16,8 @@ source "$repo_root/scripts/bootstrap.sh" "test,ray"
 cd "$repo_root"
 
 lane=(-m "not container")  # a later -m among the arguments replaces it
-workers_per_core=2
 case "${1:-}" in
-    --fast) shift; lane=(-m "not server and not model"); workers_per_core=1 ;;
+    --fast) shift; lane=(-m "not server and not model") ;;
     --container) shift; lane=(-m container) ;;
 esac
 if [ "${lane[1]}" != "container" ]; then
@@ -33,8 +31,7 @@ if [ "${lane[1]}" != "container" ]; then
     rm -rf "$docs_site"
 fi
 
-cores="$("$py" -c 'import os; print(len(os.sched_getaffinity(0)))')"
-parallel=(-n "${EASEL_TEST_WORKERS:-$((cores * workers_per_core))}" --dist loadgroup)
+parallel=(-n "${EASEL_TEST_WORKERS:-$(($("$py" -c 'import os; print(len(os.sched_getaffinity(0)))') * 2))}" --dist loadgroup)
 for arg in "$@"; do
     if [ "$arg" = "no:xdist" ] || [ "$arg" = "-pno:xdist" ]; then
         parallel=()

@@ -12,6 +12,7 @@ server or a process fails and says so, so the lane cannot silently grow slow.
 from __future__ import annotations
 
 import dis
+import functools
 import inspect
 import subprocess
 import types
@@ -39,13 +40,14 @@ MODEL_MARKER = "model"
 FAST_LANE = f"not {MARKER} and not {MODEL_MARKER}"
 
 
-def _global_names(code: types.CodeType) -> set[str]:
+@functools.cache  # each test's walk meets the same helpers and fixtures again
+def _global_names(code: types.CodeType) -> frozenset[str]:
     """The module-level names ``code`` reads, including those of the functions and lambdas inside it.
 
     Names a function imports for itself count too (``from pipelines.loader import load_backend`` inside a
     fixture reads no global, yet loads a model), and so does a module it imports (``import ray``).
     """
-    names = set()
+    names: set[str] = set()
     for ins in dis.get_instructions(code):
         if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "IMPORT_FROM"):
             names.add(ins.argval)
@@ -54,7 +56,7 @@ def _global_names(code: types.CodeType) -> set[str]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _global_names(const)
-    return names
+    return frozenset(names)
 
 
 def _own_callables(value: Any) -> Iterator[Callable]:
