@@ -66,7 +66,8 @@ def metrics_source() -> Iterable[Any]:
 
     metrics = Metrics()
     metrics.watch(_OneModelCatalog(), _IdleEngine())
-    wrappers = [getattr(group, f.name) for group in (metrics.http, metrics.engine) for f in fields(group)]
+    groups = (metrics.http, metrics.engine, metrics.models)
+    wrappers = [getattr(group, f.name) for group in groups for f in fields(group)]
     # prometheus_client keeps a labelled metric's label names only on the metric object (no public accessor).
     labels = {wrapper._name: tuple(wrapper._labelnames) for wrapper in wrappers}
     return [(family, labels.get(family.name)) for family in metrics.registry.collect()]
@@ -90,6 +91,8 @@ def errors_source() -> tuple[list[tuple[type[BaseException], Callable[[Any], Any
 class _OneModelCatalog:
     class _Entry:
         status = "ready"
+        tier = "device"
+        device_bytes = host_bytes = 0
 
     entries = {"MODEL": _Entry()}
 

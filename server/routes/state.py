@@ -9,6 +9,7 @@ from ..observe.metrics import Metrics
 from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.models import Catalog
+from ..serving.residency import ModelManager
 from ..settings.config import Settings
 
 
@@ -20,3 +21,4 @@ class ServerState:
     store: ImageStore
     images: ImageServing
     metrics: Metrics
+    residency: ModelManager
