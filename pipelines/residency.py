@@ -10,7 +10,6 @@ RAM (the warm tier), and giving freed memory back to the system.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +101,8 @@ def release_memory() -> None:
 
 
 def _glibc() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
+    try:  # by its soname: ctypes.util.find_library would start ldconfig in a subprocess
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl)
         return None
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None  # musl and macOS have no malloc_trim
+    return libc if hasattr(libc, "malloc_trim") else None

@@ -228,3 +228,47 @@ def test_an_idle_model_unloads_and_its_memory_returns(tiny_model_dirs):
         assert metric(live, "easel_model_evictions_total", model="mini", reason="idle") == 1
         assert model(live, "tiny")["status"] == "ready"  # pinned: never unloaded for idleness
         generate(client, "mini")  # and it comes back on demand
+
+
+def test_the_engine_parks_a_model_in_cpu_ram_and_brings_it_back_without_reading_the_disk(tiny_model_dirs):
+    """The warm tier's moves, on a CPU (``.to("cpu")`` there moves nothing): the parked copies come back, and make
+    the same bytes; an unload never takes a model with a job running."""
+    import asyncio
+    from dataclasses import replace
+
+    from server.engine.base import ModelToLoad
+    from server.engine.local import LocalEngine
+    from tests.server.test_engine import make_job
+
+    reads: list[str] = []
+
+    def loader(name, family, path, **kwargs):
+        from pipelines.loader import load_backend
+
+        reads.append(name)
+        return load_backend(name, family, path, **kwargs)
+
+    engine = LocalEngine(queue_size=4, loader=loader, workers=1)
+    spec = ModelSpec(name="tiny", family="kandinsky22", path=tiny_model_dirs["kandinsky"])
+
+    async def one_image(job) -> bytes:
+        return (await engine.submit("tiny", job).result()).images[0].tobytes()
+
+    async def busy_unload(job) -> bool:
+        handle = engine.submit("tiny", job)
+        refused = not await asyncio.to_thread(engine.unload, "tiny")  # a job waits or runs: it stays
+        await handle.result()
+        return refused
+
+    try:
+        info = engine.load(ModelToLoad(spec, None, None))
+        job = make_job(engine._lanes["tiny"].replicas[0], seed=3)
+        before = asyncio.run(one_image(job))
+        assert asyncio.run(busy_unload(replace(job, preset=job.preset.adjusted(decoder_steps=40))))  # a second or more
+        assert engine.unload("tiny", park=True) and engine.parked("tiny") and engine.stats("tiny") is None
+        assert engine.load(ModelToLoad(spec, None, None)) is info  # the same backend, back from CPU RAM
+        assert reads == ["tiny"] and not engine.parked("tiny")
+        assert asyncio.run(one_image(job)) == before
+        assert engine.unload("tiny") and engine.stats("tiny") is None
+    finally:
+        engine.shutdown()
