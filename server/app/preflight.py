@@ -149,6 +149,11 @@ def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
             raise ConfigError(f"{where}: {error}") from None
         if at_start:  # what stays once loaded: with --quantize, the quantized size (loading needs the full one)
             spent += cost.device_bytes
+            if budget is not None and spent > budget:  # only --preload can name more than fits
+                raise ConfigError(
+                    f"{settings.origin('preload')}: the preloaded models need {_size(spent)} together, more than "
+                    f"--memory-budget {_size(budget)} ({settings.memory_budget}); preload fewer or raise the budget"
+                )
             before += resident_bytes(model_footprint(spec.path), dtype_name(dtype), spec.family, quantize)
 
 

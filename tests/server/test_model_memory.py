@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -234,7 +235,6 @@ def test_the_engine_parks_a_model_in_cpu_ram_and_brings_it_back_without_reading_
     """The warm tier's moves, on a CPU (``.to("cpu")`` there moves nothing): the parked copies come back, and make
     the same bytes; an unload never takes a model with a job running."""
     import asyncio
-    from dataclasses import replace
 
     from server.engine.base import ModelToLoad
     from server.engine.local import LocalEngine
@@ -272,3 +272,26 @@ def test_the_engine_parks_a_model_in_cpu_ram_and_brings_it_back_without_reading_
         assert engine.unload("tiny") and engine.stats("tiny") is None
     finally:
         engine.shutdown()
+
+
+def test_a_model_that_can_never_fit_and_preloads_past_the_budget_are_refused_before_listening():
+    from server.app.preflight import check_before_listening
+    from server.settings.options import ConfigError
+
+    from ..conftest import EASEL_MINI
+
+    mini = ModelSpec(name="easel-mini", family="kandinsky22", path=EASEL_MINI)
+    other = ModelSpec(name="other", family="kandinsky22", path=EASEL_MINI)
+    tiny_budget = Settings(models=(mini,), memory_budget=MemoryAmount(fixed_bytes=25 * 1024 * 1024))
+    with pytest.raises(ConfigError) as caught:
+        check_before_listening(tiny_budget, tiny_budget.models)
+    assert str(caught.value).startswith("--memory-budget: model 'easel-mini' can never fit: it needs ")
+    assert str(caught.value).endswith("more than the budget of 26.2 MB (0.0244141 GiB); raise --memory-budget")
+    assert "\n" not in str(caught.value)
+
+    cost = model_cost(EASEL_MINI, "kandinsky22", torch.device("cpu"), None, "none", copies=2).device_bytes
+    for_one = MemoryAmount(fixed_bytes=int(cost * 1.5))
+    both = Settings(models=(mini, other), preload=("easel-mini", "other"), memory_budget=for_one)
+    with pytest.raises(ConfigError, match=r"^--preload: the preloaded models need .* together, more than"):
+        check_before_listening(both, both.models)
+    check_before_listening(replace(both, preload=("easel-mini",)), both.models)  # the other loads on demand
