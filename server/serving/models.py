@@ -102,6 +102,10 @@ class Catalog:
         self.entries = {spec.name: ModelEntry(spec) for spec in settings.models}
         for name in settings.pin:
             self.entries[name].pinned = True
+        # Loading from the start: the named preloads, else any model might be (which fit is decided on the
+        # loading thread, which then marks the others unloaded).
+        for name in settings.preload or self.entries:
+            self.entries[name].status = "loading"
         self.aliases = dict(settings.aliases)
         self.default_name = settings.default_model_name
         self.lock = threading.Lock()

@@ -68,7 +68,11 @@ class ModelManager:
             self._price(entry)
         named = self.settings.preload
         order = list(named) if named else self._fitting(self.settings.default_model_name)
-        self.catalog.preloaded = tuple(order)
+        with self.catalog.lock:
+            self.catalog.preloaded = tuple(order)
+            for entry in self.catalog.entries.values():
+                if entry.name not in order:
+                    entry.status = "unloaded"
         for name in order:
             if self._stop.is_set():
                 return
