@@ -50,7 +50,7 @@ class ModelManager:
         self.catalog = catalog
         self.engine = engine
         self.metrics = metrics
-        self.budget_bytes: int | None = None  # None until start() reads the device; no limit on Ray
+        self.budget_bytes: int | None = None  # None until preload() reads the device; no limit on Ray
         self.host_budget_bytes = 0  # the warm tier's room: only on a GPU
         self._device = "cpu"
         self._load_lock = threading.Lock()  # one load or unload at a time: the budget is checked and spent in turn
@@ -62,7 +62,10 @@ class ModelManager:
     def preload(self, on_failure: LoadFailed | None = None) -> None:
         """Load the preloaded models in turn; without --preload, the default model, then every other that fits
         the budget without evicting (so a server whose models all fit loads them all, as before)."""
-        self._read_budgets()
+        try:
+            self._read_budgets()
+        except Exception as error:  # a device this machine lacks: each load then says so, with no budget to keep
+            log.error("model memory: cannot read the device's memory: %s: %s", type(error).__name__, error)
         for entry in self.catalog.entries.values():
             entry.facts = _read_facts(entry)
             self._price(entry)
@@ -263,10 +266,6 @@ class ModelManager:
         while True:
             await asyncio.sleep(min(1.0, idle_seconds / 4))
             await asyncio.to_thread(self.unload_idle, idle_seconds)
-
-    def figures(self) -> dict[str, Any]:
-        """The budget and what is spent, for /health/ready's callers and the docs' figures."""
-        return {"budget_bytes": self.budget_bytes, "resident_bytes": self._resident()}
 
 
 def _read_facts(entry: ModelEntry) -> Any:

@@ -270,12 +270,6 @@ class Settings:
     def default_model_name(self) -> str:
         return self.default_model or self.models[0].name
 
-    @property
-    def preloaded(self) -> tuple[str, ...]:
-        """The models that load at start: those named by --preload, else the default model (others that fit the
-        budget follow it; see server.serving.residency)."""
-        return self.preload or (self.default_model_name,)
-
     def dtype_for(self, family: str) -> str | None:
         """The dtype a model of ``family`` loads in: its --family-dtype, else --dtype (None: the loader's choice)."""
         return dict(self.family_dtypes).get(family, self.dtype)
