@@ -2,7 +2,7 @@
 
 A batch is one prior call per kind of negative prompt and one decoder call for all jobs. Each image's own seeded
 ``torch.Generator`` makes its noise: image i depends on ``seeds[i]`` alone (up to rounding between batch sizes). Edits:
-diffusers' inpaint decoder with inpaint weights, else blended latents; whole-image edits start from noised input latents.
+diffusers' inpaint decoder with inpaint weights, else blended latents; whole-image edits start from noised latents.
 """
 
 from __future__ import annotations

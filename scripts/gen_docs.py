@@ -66,7 +66,7 @@ def metrics_source() -> Iterable[Any]:
 
     metrics = Metrics()
     metrics.watch(_OneModelCatalog(), _IdleEngine())
-    groups = (metrics.http, metrics.engine, metrics.webhooks)
+    groups = (metrics.http, metrics.engine, metrics.webhooks, metrics.models)
     wrappers = [getattr(group, f.name) for group in groups for f in fields(group)]
     # prometheus_client keeps a labelled metric's label names only on the metric object (no public accessor).
     labels = {wrapper._name: tuple(wrapper._labelnames) for wrapper in wrappers}
@@ -91,6 +91,8 @@ def errors_source() -> tuple[list[tuple[type[BaseException], Callable[[Any], Any
 class _OneModelCatalog:
     class _Entry:
         status = "ready"
+        tier = "device"
+        device_bytes = host_bytes = 0
 
     entries = {"MODEL": _Entry()}
 

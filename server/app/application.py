@@ -34,7 +34,8 @@ from ..routes.state import ServerState
 from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.kept import KeptResponses
-from ..serving.models import Catalog, LoadFailed, load_all
+from ..serving.models import Catalog, LoadFailed
+from ..serving.residency import ModelManager
 from ..serving.responses import ResponsesServing
 from ..settings.config import Settings
 from ..webhooks import Webhooks
@@ -73,28 +74,28 @@ def create_app(
     engine = (make_engine or local_engine_factory(settings, loader))(metrics.engine)
     metrics.watch(catalog, engine)
     store = ImageStore(image_dir, settings.url_ttl_seconds)
-    serving = ImageServing(settings, catalog, engine, store)
+    residency = ModelManager(settings, catalog, engine, metrics.models)
+    serving = ImageServing(settings, catalog, engine, store, residency)
     webhooks = Webhooks.from_settings(settings, metrics.webhooks)
-    state = ServerState(settings, catalog, engine, store, serving, metrics, webhooks)
+    state = ServerState(settings, catalog, engine, store, serving, metrics, residency, webhooks)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        stop_loading = threading.Event()
         loading = threading.Thread(
-            target=load_all,
-            args=(catalog, engine, settings, stop_loading, on_load_failure),
-            name="easel-model-loader",
-            daemon=True,
+            target=residency.preload, args=(on_load_failure,), name="easel-model-loader", daemon=True
         )
         loading.start()
         webhooks.start()
-        sweeper = asyncio.create_task(_sweep_forever(store))
+        tasks = {asyncio.create_task(_sweep_forever(store))}
+        if settings.idle_unload_seconds > 0:
+            tasks.add(asyncio.create_task(residency.unload_idle_forever()))
         try:
             yield
         finally:
-            stop_loading.set()
-            sweeper.cancel()
-            await asyncio.wait({sweeper})  # let it finish cancelling; raises nothing
+            residency.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)  # let them finish cancelling; raises nothing
             await asyncio.to_thread(engine.shutdown, 5.0)
             await asyncio.to_thread(webhooks.stop)  # after the engine: events of its last jobs still go out
             if own_image_dir:

@@ -17,6 +17,7 @@ from patches.h11 import incomplete_event_limit
 from patches.uvicorn import check_h11_protocol
 from patches.versions import UntestedVersion
 
+from ..engine.base import copies_for
 from ..settings.config import Settings
 from ..settings.model_specs import ModelSpec
 from ..settings.options import ConfigError
@@ -115,23 +116,49 @@ def _check_device_and_dtype(settings: Settings) -> None:
 
 
 def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
-    """Every model fits in what the device has free, beside the ones before it; refused before anything loads."""
+    """Every model fits --memory-budget on its own, and the ones that load at start fit in what the device has
+    free, beside each other; refused before anything loads (docs/models-memory.md)."""
     from pipelines.device import choose_device, choose_dtype, dtype_name
     from pipelines.memory import ModelTooLarge, check_fits, resident_bytes
+    from pipelines.residency import model_cost, parameter_count, total_memory
     from weights.footprint import model_footprint
 
     device = choose_device(settings.device)
-    before = 0
+    budget = None if settings.use_ray else settings.memory_budget.of(total_memory(device))
+    preloaded = set(settings.preload or [spec.name for spec in specs])  # by default, as many as fit
+    before = spent = 0
     for spec in specs:
         dtype = choose_dtype(device, settings.dtype, spec.family)
-        try:
-            check_fits(spec.name, spec.family, spec.path, device, dtype, others=before)
-        except ModelTooLarge as error:
-            where = settings.origin("dtype") if settings.dtype is not None else spec.source or "--model"
-            raise ConfigError(f"{where}: {error}") from None
-        # What stays once loaded: with --quantize, the quantized size (loading itself needs the full one).
         quantize = settings.savings_for(spec)[0]
-        before += resident_bytes(model_footprint(spec.path), dtype_name(dtype), spec.family, quantize)
+        where = settings.origin("dtype") if settings.dtype is not None else spec.source or "--model"
+        copies = copies_for(str(device), settings.workers, parameter_count(spec.path))
+        cost = model_cost(spec.path, spec.family, device, settings.dtype_for(spec.family), quantize, copies)
+        if budget is not None and cost.device_bytes > budget:
+            raise ConfigError(
+                f"{settings.origin('memory_budget')}: model {spec.name!r} can never fit: it needs "
+                f"{_size(cost.device_bytes)} ({_size(cost.weights_bytes)} of weights x {cost.copies} worker "
+                f"copies + {_size(cost.margin_bytes)} working margin), more than the budget of {_size(budget)} "
+                f"({settings.memory_budget}); raise --memory-budget"
+            )
+        at_start = spec.name in preloaded and (
+            settings.preload or budget is None or spent + cost.device_bytes <= budget
+        )
+        try:
+            check_fits(spec.name, spec.family, spec.path, device, dtype, others=before if at_start else 0)
+        except ModelTooLarge as error:
+            raise ConfigError(f"{where}: {error}") from None
+        if at_start:  # what stays once loaded: with --quantize, the quantized size (loading needs the full one)
+            spent += cost.device_bytes
+            if budget is not None and spent > budget:  # only --preload can name more than fits
+                raise ConfigError(
+                    f"{settings.origin('preload')}: the preloaded models need {_size(spent)} together, more than "
+                    f"--memory-budget {_size(budget)} ({settings.memory_budget}); preload fewer or raise the budget"
+                )
+            before += resident_bytes(model_footprint(spec.path), dtype_name(dtype), spec.family, quantize)
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
 
 
 def _check_savings(settings: Settings, spec: ModelSpec) -> None:

@@ -106,6 +106,14 @@ class BatchPolicy:
         )
 
 
+def copies_for(device: str, workers: int | None, parameters: int) -> int:
+    """Copies of a model the in-process engine loads: one per worker slot, one for a large model unless --workers
+    says (each slot runs its own copy: a pipeline is not safe to share across threads)."""
+    if workers is None and parameters > SECOND_COPY_MAX_PARAMETERS:
+        return 1
+    return BatchPolicy.for_device(device, workers=workers, max_batch_images=None, batch_wait_ms=None).workers
+
+
 class JobHandle(Protocol):
     """A submitted job, seen from the event loop."""
 
@@ -126,6 +134,11 @@ class JobHandle(Protocol):
 class Engine(Protocol):
     def load(self, model: ModelToLoad) -> ModelInfo:
         """Load a model and make it available (blocking: call from a thread); EngineStopped after shutdown."""
+        ...
+
+    def unload(self, model: str, *, park: bool = False) -> bool:
+        """Free an idle model's memory (``park``: move it to CPU RAM, where ``load`` finds it again); False while
+        it has a job waiting or running, which an unload never cancels (blocking: call from a thread)."""
         ...
 
     def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> JobHandle:

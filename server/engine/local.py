@@ -12,12 +12,12 @@ from pipelines.base import ImageBackend, ImageJob, ModelInfo
 from pipelines.errors import Cancelled
 
 from .base import (
-    SECOND_COPY_MAX_PARAMETERS,
     BatchPolicy,
     EngineMetrics,
     EngineStopped,
     JobHandle,
     ModelToLoad,
+    copies_for,
     cpu_cores,
 )
 from .worker import DeviceWorker, LocalJobHandle, ModelLane
@@ -30,6 +30,18 @@ def load_backend(*args: Any, **kwargs: Any) -> ImageBackend:
     from pipelines.loader import load_backend
 
     return load_backend(*args, **kwargs)
+
+
+def move_backend(backend: ImageBackend, device: str) -> None:
+    from pipelines.residency import move_backend
+
+    move_backend(backend, device)
+
+
+def release_memory() -> None:
+    from pipelines.residency import release_memory
+
+    release_memory()
 
 
 def _device_key(device: str) -> str:
@@ -69,11 +81,20 @@ class LocalEngine:
         self.cores = cores
         self.metrics = metrics
         self._lanes: dict[str, ModelLane] = {}
+        self._parked: dict[str, tuple[list[ImageBackend], str]] = {}  # warm tier: replicas in CPU RAM, their device
         self._workers: dict[str, DeviceWorker] = {}
         self._lock = threading.Lock()
         self._stopped = False
 
     def load(self, model: ModelToLoad) -> ModelInfo:
+        parked = self._parked.pop(model.name, None)
+        if parked is not None:  # warm in CPU RAM: move back, no disk read
+            replicas, device = parked
+            for backend in replicas:
+                move_backend(backend, device)
+            self.add_model(model.name, replicas)
+            return replicas[0].info
+
         def load_one() -> ImageBackend:
             spec = model.spec
             return self.loader(
@@ -93,9 +114,7 @@ class LocalEngine:
 
     def _copies(self, info: ModelInfo) -> int:
         """Copies of a model to load: one per worker slot, but one for a large model unless --workers says."""
-        if self.workers is None and sum(info.parameter_counts.values()) > SECOND_COPY_MAX_PARAMETERS:
-            return 1
-        return self._policy(info.device).workers
+        return copies_for(info.device, self.workers, sum(info.parameter_counts.values()))
 
     def _policy(self, device: str) -> BatchPolicy:
         return BatchPolicy.for_device(
@@ -117,6 +136,33 @@ class LocalEngine:
             lane = ModelLane(name, replicas, self.queue_size, worker)
             worker.attach(lane)
             self._lanes[name] = lane
+
+    def unload(self, model: str, *, park: bool = False) -> bool:
+        """Stop serving an idle model and free its memory, or with ``park`` move it to CPU RAM (the warm tier).
+
+        False, with nothing changed, while one of its jobs waits or runs: an unload never cancels a job.
+        """
+        with self._lock:
+            lane = self._lanes.get(model)
+            if lane is None:  # not serving: a parked model is dropped from CPU RAM unless asked to stay
+                if not park and self._parked.pop(model, None) is not None:
+                    release_memory()
+                return True
+            if not lane.worker.detach(lane):
+                return False
+            del self._lanes[model]
+        replicas, lane.replicas = lane.replicas, []
+        if park:
+            self._parked[model] = (replicas, replicas[0].info.device)
+            for backend in replicas:
+                move_backend(backend, "cpu")
+        del replicas, lane
+        release_memory()
+        return True
+
+    def parked(self, model: str) -> bool:
+        """Whether the model waits in CPU RAM (the warm tier)."""
+        return model in self._parked
 
     def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> LocalJobHandle:
         lane = self._lanes[model]

@@ -237,6 +237,14 @@ class DeviceWorker:
             lane.cancelled += 1
             return True
 
+    def detach(self, lane: ModelLane) -> bool:
+        """Remove a model's lane if it has no job waiting or running (False otherwise): an unloaded model's."""
+        with self._condition:
+            if lane.waiting or lane.running:
+                return False
+            self._lanes.remove(lane)
+            return True
+
     def stats(self, lane: ModelLane) -> dict[str, Any]:
         with self._condition:
             return lane.stats()

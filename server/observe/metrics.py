@@ -11,6 +11,7 @@ this registry by ``scripts/gen_docs.py``) and in (docs/serving.md, "Metrics").
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -26,6 +27,17 @@ from ..webhooks import WebhookMetrics
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+@dataclass(frozen=True)
+class ModelMemoryMetrics:
+    """What the model-memory manager counts (:mod:`server.serving.residency`)."""
+
+    loads: Any  # Counter by model and source (disk, host)
+    load_failures: Any  # Counter by model
+    load_seconds: Any  # Histogram by model and source
+    evictions: Any  # Counter by model and reason (room, idle, request)
+    waited: Any  # Counter by model: requests that waited for the model to load
 
 
 class Metrics:
@@ -76,6 +88,28 @@ class Metrics:
         )
 
         self.webhooks = WebhookMetrics.create(r)
+        self.models = ModelMemoryMetrics(
+            loads=Counter(
+                "easel_model_loads", "Models loaded, by source (disk, host)", ["model", "source"], registry=r
+            ),
+            load_failures=Counter("easel_model_load_failures", "Model loads that failed", ["model"], registry=r),
+            load_seconds=Histogram(
+                "easel_model_load_seconds",
+                "Seconds a model took to load, by source (disk, or host: back from CPU RAM)",
+                ["model", "source"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            evictions=Counter(
+                "easel_model_evictions",
+                "Models taken off the device, by reason (room: for another model's load; idle; request: the API)",
+                ["model", "reason"],
+                registry=r,
+            ),
+            waited=Counter(
+                "easel_requests_waited_for_load", "Requests that waited for their model to load", ["model"], registry=r
+            ),
+        )
 
     def watch(self, catalog: Any, engine: Engine) -> None:
         """Read queue depth and model state from the catalog and the engine at every scrape."""
@@ -94,16 +128,25 @@ class _StateCollector(Collector):
         queued = GaugeMetricFamily("easel_queue_depth", "Jobs waiting per model", labels=["model"])
         running = GaugeMetricFamily("easel_jobs_running", "Jobs in a pipeline call per model", labels=["model"])
         state = GaugeMetricFamily(
-            "easel_model_state", "1 for the model's load state (loading, ready, failed)", labels=["model", "state"]
+            "easel_model_state",
+            "1 for the model's load state (unloaded, loading, ready, failed)",
+            labels=["model", "state"],
+        )
+        resident = GaugeMetricFamily(
+            "easel_model_resident_bytes",
+            "Bytes a model holds, by tier (device; host: CPU RAM, the warm tier)",
+            labels=["model", "tier"],
         )
         for name, entry in self.catalog.entries.items():
-            for status in ("loading", "ready", "failed"):
+            for status in ("unloaded", "loading", "ready", "failed"):
                 state.add_metric([name, status], 1.0 if entry.status == status else 0.0)
+            for tier, held in (("device", entry.device_bytes), ("host", entry.host_bytes)):
+                resident.add_metric([name, tier], float(held) if entry.tier == tier else 0.0)
             stats = self.engine.stats(name)
             if stats is not None:
                 queued.add_metric([name], stats["queued"])
                 running.add_metric([name], stats["running"])
-        yield from (queued, running, state)
+        yield from (queued, running, state, resident)
 
 
 async def serve_metrics(request: Request) -> Response:

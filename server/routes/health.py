@@ -1,9 +1,9 @@
 """Liveness and readiness. Neither needs an API key.
 
 ``GET /health``: 200 ``{"status": "ok"}`` whenever the process answers.
-``GET /health/ready``: 200 when every model is loaded and the server is not
-shutting down, else 503 (error
-envelope); both carry ``models``: each model's status (``loading``,
+``GET /health/ready``: 200 when the preloaded models have loaded (``--preload``;
+docs/models-memory.md) and the server is not shutting down, else 503 (error
+envelope); both carry ``models``: each model's status (``unloaded``, ``loading``,
 ``ready`` with its queue figures, or ``failed`` with the loader's message,
 its file paths shown only to a caller that sends the API key).
 """
@@ -31,7 +31,8 @@ async def ready(request: Request) -> JSONResponse:
     if state.images.draining:
         message, status = "Not ready: the server is shutting down.", "shutting_down"
     else:
-        waiting = [f"{name} ({item['status']})" for name, item in models.items() if item["status"] != "ready"]
+        preloaded = state.catalog.preloaded or tuple(models)  # the start-up loads: the ones readiness waits for
+        waiting = [f"{name} ({models[name]['status']})" for name in preloaded if models[name]["status"] != "ready"]
         message, status = "Not ready: " + ", ".join(waiting), "not_ready"
     return error_response(
         APIError(503, message, type=SERVER_ERROR, code=status, extra={"status": status, "models": models})

@@ -9,6 +9,7 @@ from ..observe.metrics import Metrics
 from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.models import Catalog
+from ..serving.residency import ModelManager
 from ..settings.config import Settings
 from ..webhooks import Webhooks
 
@@ -21,4 +22,5 @@ class ServerState:
     store: ImageStore
     images: ImageServing
     metrics: Metrics
+    residency: ModelManager
     webhooks: Webhooks  # emit(event_type, data) from any thread: signed events to the configured URLs

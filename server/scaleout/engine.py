@@ -231,6 +231,10 @@ class RayEngine:
                 raise EngineStopped("the server is shutting down")
         return info
 
+    def unload(self, model: str, *, park: bool = False) -> bool:
+        """Never here: each model is a Serve deployment whose replicas Serve itself starts and stops."""
+        return False
+
     def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> RayJobHandle:
         """As LocalEngine's: ``--queue-size`` jobs may wait per model on this ingress, retried ones also an
         equal reserve; a job waits here until a replica holds it (Serve's ``max_ongoing_requests``)."""

@@ -9,9 +9,10 @@ carry ``request.state.request_id``, set by :class:`~server.http.request_id.Reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -43,7 +44,8 @@ from .files import (
 )
 from .job_errors import job_error
 from .masks import decode_edit_images
-from .models import Catalog, ReadyModel
+from .models import Catalog, NotResident, ReadyModel
+from .residency import ModelManager
 from .streaming import ImageStream, stream_job
 from .uploads import read_edit_body, read_variation_body
 
@@ -56,9 +58,12 @@ Decoded = TypeVar("Decoded")
 
 
 class ImageServing:
-    def __init__(self, settings: Settings, catalog: Catalog, engine: Engine, store: ImageStore) -> None:
+    def __init__(
+        self, settings: Settings, catalog: Catalog, engine: Engine, store: ImageStore, residency: ModelManager
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
+        self.residency = residency
         self.engine = engine
         self.store = store
         self.upload_limits = UploadLimits.from_settings(settings)
@@ -78,7 +83,7 @@ class ImageServing:
         return await self.vary(request, VariationRequest.parse(body))
 
     async def generate(self, request: Request, generation: GenerationRequest) -> Response:
-        started = self.start_generation(request, generation)
+        started = await self.start_generation(request, generation)
         if started.options.stream:
             return self._stream(request, "image_generation", started)
         return await self._respond(request, started, prompt=generation.prompt)
@@ -90,59 +95,73 @@ class ImageServing:
         return await self._respond(request, started, prompt=edit.prompt)
 
     async def vary(self, request: Request, variation: VariationRequest) -> Response:
-        model = self._resolve(request, variation.options.model, Task.VARIATION)
-        prepared = await self._decode(prepare_job, variation, model.info, model.api_style, self.upload_limits)
-        job, options, source = prepared.job, prepared.options, prepared.source
-        log.info(
-            "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
-            "safety_identifier=%r [request_id=%s]",
-            model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
-            job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
-        )  # fmt: skip
-        handle = self._submit(request, model, job)
+        async with self._holding(request, variation.options.model, Task.VARIATION) as model:
+            prepared = await self._decode(prepare_job, variation, model.info, model.api_style, self.upload_limits)
+            job, options, source = prepared.job, prepared.options, prepared.source
+            log.info(
+                "variation model=%s (%s) n=%d input=%dx%d size=%s native=%dx%d seeds=%d.. user=%r "
+                "safety_identifier=%r [request_id=%s]",
+                model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
+                job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
+            )  # fmt: skip
+            handle = self._submit(request, model, job)
         return await self._respond(request, StartedJob(model, prepared, handle))
 
     # -- starting jobs: the endpoints here and /v1/responses (server/serving/responses.py) --------
 
-    def start_generation(self, request: Request, generation: GenerationRequest) -> StartedJob:
-        model = self._resolve(request, generation.options.model, Task.GENERATE)
-        prepared = prepare_job(generation, model.info, model.api_style, self.upload_limits)
-        job, options = prepared.job, prepared.options
-        log.info(
-            "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s format=%s seeds=%d.. "
-            "user=%r safety_identifier=%r [request_id=%s]",
-            model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
-            options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
-        )  # fmt: skip
-        return StartedJob(model, prepared, self._submit(request, model, job))
+    async def start_generation(self, request: Request, generation: GenerationRequest) -> StartedJob:
+        async with self._holding(request, generation.options.model, Task.GENERATE) as model:
+            prepared = prepare_job(generation, model.info, model.api_style, self.upload_limits)
+            job, options = prepared.job, prepared.options
+            log.info(
+                "generate model=%s (%s) n=%d size=%s native=%dx%d quality=%s format=%s seeds=%d.. "
+                "user=%r safety_identifier=%r [request_id=%s]",
+                model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
+                options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
+            )  # fmt: skip
+            return StartedJob(model, prepared, self._submit(request, model, job))
 
     async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
-        model = self._resolve(request, edit.options.model, Task.EDIT)
-        prepared = await self._decode(prepare_job, edit, model.info, model.api_style, self.upload_limits)
-        job, options, original = prepared.job, prepared.options, prepared.source
-        log.info(
-            "edit model=%s (%s) n=%d input=%dx%d images=%d %s size=%s native=%dx%d seeds=%d.. stream=%s user=%r "
-            "safety_identifier=%r [request_id=%s]",
-            model.requested, model.name, job.n, original.width, original.height, 1 + len(job.references),
-            "masked" if job.mask is not None else f"whole strength={job.strength}", options.size.label, job.width,
-            job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
-        )  # fmt: skip
-        return StartedJob(model, prepared, self._submit(request, model, job))
+        async with self._holding(request, edit.options.model, Task.EDIT) as model:
+            prepared = await self._decode(prepare_job, edit, model.info, model.api_style, self.upload_limits)
+            job, options, original = prepared.job, prepared.options, prepared.source
+            log.info(
+                "edit model=%s (%s) n=%d input=%dx%d images=%d %s size=%s native=%dx%d seeds=%d.. stream=%s "
+                "user=%r safety_identifier=%r [request_id=%s]",
+                model.requested, model.name, job.n, original.width, original.height, 1 + len(job.references),
+                "masked" if job.mask is not None else f"whole strength={job.strength}", options.size.label,
+                job.width, job.height, job.seeds[0], options.stream, options.user, options.safety_identifier,
+                request.state.request_id,
+            )  # fmt: skip
+            return StartedJob(model, prepared, self._submit(request, model, job))
 
     # -- the steps every endpoint shares ------------------------------------------------------------
 
-    def _resolve(self, request: Request, requested: str | None, task: Task) -> ReadyModel:
-        """The loaded model for the request; its name goes on the access log line, found or not.
+    @contextlib.asynccontextmanager
+    async def _holding(self, request: Request, requested: str | None, task: Task) -> AsyncIterator[ReadyModel]:
+        """The loaded model for the request (loaded first if it is not), held so that it is not evicted until
+        the job is queued; its name goes on the access log line, found or not.
 
         The metrics label requests with the configured model they resolved to instead: a
         label per name a client makes up would grow without bound.
         """
         request.state.model = requested or self.catalog.default_name
-        if self.draining:
-            raise shutting_down()
-        model = self.catalog.ready(requested, task)
+        while True:
+            if self.draining:
+                raise shutting_down()
+            try:
+                model = self.catalog.ready(requested, task)
+                break
+            except NotResident as absent:  # loads, or waits for the load under way; then asks again
+                try:
+                    await self.residency.bring(absent.entry)
+                except Exception as error:
+                    raise job_error(error, request.state.request_id) from None
         request.state.served_model = model.name
-        return model
+        try:
+            yield model
+        finally:
+            self.catalog.release(model.name)
 
     async def _decode(self, decode: Callable[..., Decoded], *args: object) -> Decoded:
         """Decode uploads (and what follows) in a thread, at most ``--max-concurrent-decodes`` at once: each may

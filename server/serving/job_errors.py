@@ -11,6 +11,7 @@ from pipelines.errors import Cancelled, MissingComponent, NonFiniteOutput
 
 from ..engine.base import EngineStopped, QueueFull, WorkerLost
 from ..http.errors import SERVER_ERROR, APIError, internal_error, shutting_down
+from .residency import LoadTimedOut
 
 log = logging.getLogger("easel.errors")
 
@@ -36,6 +37,10 @@ def _queue_full(error: QueueFull) -> APIError:
     )
 
 
+def _load_timed_out(error: LoadTimedOut) -> APIError:
+    return APIError(503, str(error), type=SERVER_ERROR, code="model_loading", headers={"retry-after": "5"})
+
+
 def _worker_lost() -> APIError:
     return APIError(
         503,
@@ -53,6 +58,7 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], APIError]]] = [
     (QueueFull, _queue_full),
     (EngineStopped, lambda error: shutting_down()),
     (WorkerLost, lambda error: _worker_lost()),
+    (LoadTimedOut, _load_timed_out),
     # Only the engine's shutdown cancels a job whose client is still waiting for it.
     (Cancelled, lambda error: shutting_down("The job was stopped: the server is shutting down.")),
     (MissingComponent, lambda error: APIError(400, str(error), param="model", code="missing_component")),

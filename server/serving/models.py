@@ -1,8 +1,9 @@
 """The models this server offers: their load state, their aliases, and name resolution.
 
-Models load one by one in a background thread after the server starts
-listening, so each entry is ``loading``, ``ready`` or ``failed`` (with the
-loader's message); the image endpoints answer 503 until theirs is ready.
+Each entry is ``unloaded``, ``loading``, ``ready`` or ``failed`` (with the
+loader's message). What loads when, and what is evicted to make room, is
+:mod:`server.serving.residency`'s business; here a request that finds its
+model ready holds it (so that it cannot be evicted) until its job is queued.
 """
 
 from __future__ import annotations
@@ -18,30 +19,43 @@ from typing import Any, Literal
 from pipelines.base import ModelInfo, Task
 from pipelines.speed import SpeedOptions, warmup_batches_for
 
-from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine, EngineStopped, ModelToLoad
+from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine
 from ..http.errors import SERVER_ERROR, APIError, shown
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
 from ..protocol.tables import MAX_N
 from ..settings.config import Settings
 from ..settings.model_specs import ModelSpec
-from .model_facts import ModelFacts, model_facts
+from .model_facts import ModelFacts
 
 log = logging.getLogger("easel.models")
 
 LOADING_RETRY_AFTER_SECONDS = 5
 
 
+Status = Literal["unloaded", "loading", "ready", "failed"]
+Tier = Literal["device", "host"]
+
+
 class ModelEntry:
-    """One configured model and where its loading stands."""
+    """One configured model and where its loading stands. Changed under the catalog's lock."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.status: Literal["loading", "ready", "failed"] = "loading"
-        self.info: ModelInfo | None = None
+        self.status: Status = "unloaded"
+        self.info: ModelInfo | None = None  # kept after an unload: it still says what the model can do
         self.error: str | None = None
         self.load_seconds: float | None = None
-        self.facts: ModelFacts | None = None  # read from the directory before loading (load_all)
+        self.facts: ModelFacts | None = None  # read from the directory before loading (server.serving.residency)
+        self.tier: Tier | None = None  # where its weights are: the device, CPU RAM (the warm tier), or nowhere
+        self.device_bytes = 0  # its cost while on the device (weights per copy, copies, working margin)
+        self.host_bytes = 0  # its weights while parked in CPU RAM
+        self.holds = 0  # requests that found it ready and have not queued their job yet: it may not be evicted
+        self.last_used = 0.0  # monotonic time of the last request: the least recently used is evicted first
+        self.waits_on_load = False  # requests wait for this load (on demand), rather than 503 (a start-up load)
+        self.failures = 0  # loads failed in a row: the back-off before the next try doubles with each
+        self.pinned = False  # never evicted nor unloaded when idle (--pin)
+        self.retry_at = 0.0  # monotonic time from which a request may try a failed model's load again
 
     @property
     def name(self) -> str:
@@ -75,11 +89,27 @@ def model_not_found(name: str) -> APIError:
     )
 
 
+class NotResident(Exception):
+    """The requested model is not on the device now; :mod:`server.serving.residency` brings it."""
+
+    def __init__(self, entry: ModelEntry) -> None:
+        super().__init__(entry.name)
+        self.entry = entry
+
+
 class Catalog:
     def __init__(self, settings: Settings) -> None:
         self.entries = {spec.name: ModelEntry(spec) for spec in settings.models}
+        for name in settings.pin:
+            self.entries[name].pinned = True
+        # Loading from the start: the named preloads, else any model might be (which fit is decided on the
+        # loading thread, which then marks the others unloaded).
+        for name in settings.preload or self.entries:
+            self.entries[name].status = "loading"
         self.aliases = dict(settings.aliases)
         self.default_name = settings.default_model_name
+        self.lock = threading.Lock()
+        self.preloaded: tuple[str, ...] | None = None  # decided once the models' costs are known
 
     def names(self) -> list[str]:
         """Every name a client may use: models first, then aliases."""
@@ -101,27 +131,27 @@ class Catalog:
         return entry
 
     def ready(self, requested: str | None, task: Task) -> ReadyModel:
-        """The loaded model for a request (404 unknown; 503 loading or failed; 400 if it lacks the task)."""
+        """The loaded model for a request, held until :meth:`release` (404 unknown; 503 loading at start;
+        400 if it lacks the task); :class:`NotResident` when it must be loaded first."""
         entry = self.entry(requested)
-        if entry.status == "loading":
-            raise APIError(
-                503,
-                f"Model '{entry.name}' is still loading; retry shortly.",
-                type=SERVER_ERROR,
-                code="model_loading",
-                headers={"retry-after": str(LOADING_RETRY_AFTER_SECONDS)},
-            )
-        if entry.info is None:
-            raise APIError(
-                503,
-                f"Model '{entry.name}' failed to load: {entry.error}",
-                type=SERVER_ERROR,
-                code="model_unavailable",
-                headers={"x-should-retry": "false"},  # it will not load by itself; tells the openai SDK not to retry
-            )
-        check_task(entry.info, task)
+        with self.lock:
+            if entry.status != "ready":
+                if entry.status == "loading" and not entry.waits_on_load:
+                    raise still_loading(entry)
+                raise NotResident(entry)
+            assert entry.info is not None
+            check_task(entry.info, task)
+            entry.holds += 1
+            entry.last_used = time.monotonic()
         name = requested if requested is not None else self.default_name
         return ReadyModel(requested=name, name=entry.name, api_style=api_style_for(name), info=entry.info)
+
+    def release(self, name: str) -> None:
+        """The request that held the model has queued its job (or given up): it may be evicted once idle."""
+        entry = self.entries[name]
+        with self.lock:
+            entry.holds -= 1
+            entry.last_used = time.monotonic()
 
     def model_object(self, model_id: str) -> dict[str, Any]:
         """The OpenAI model object for a name clients may use; 404 if unknown."""
@@ -134,12 +164,18 @@ class Catalog:
             status=entry.status,
             error=entry.error,
             info=entry.info,
+            memory=residence(entry),
             max_n=max_n_for(api_style_for(model_id)),
             facts=None if entry.facts is None else entry.facts.as_json(),
         )
 
     def all_ready(self) -> bool:
-        return all(entry.status == "ready" for entry in self.entries.values())
+        """The preloaded models have loaded (one unloaded since, when idle, loads again on demand)."""
+        if self.preloaded is None:
+            return False
+        return all(self.entries[name].status in ("ready", "unloaded") for name in self.preloaded) and all(
+            self.entries[name].info is not None for name in self.preloaded
+        )
 
     def readiness(self, engine: Engine, *, with_paths: bool = True) -> dict[str, Any]:
         """Each model's status: ``loading``, ``ready`` with queue figures, or ``failed`` with the loader's reason
@@ -156,6 +192,37 @@ class Catalog:
         return report
 
 
+def residence(entry: ModelEntry) -> dict[str, Any]:
+    """Where the model's weights are and what it costs (the ``memory`` field of /v1/models)."""
+    return {
+        "tier": entry.tier,
+        "device_bytes": entry.device_bytes or None,  # None: its weights could not be read
+        "host_bytes": entry.host_bytes or None,
+        "pinned": entry.pinned,
+        "load_seconds": None if entry.load_seconds is None else round(entry.load_seconds, 3),
+    }
+
+
+def still_loading(entry: ModelEntry) -> APIError:
+    return APIError(
+        503,
+        f"Model '{entry.name}' is still loading; retry shortly.",
+        type=SERVER_ERROR,
+        code="model_loading",
+        headers={"retry-after": str(LOADING_RETRY_AFTER_SECONDS)},
+    )
+
+
+def failed_to_load(entry: ModelEntry) -> APIError:
+    return APIError(
+        503,
+        f"Model '{entry.name}' failed to load: {entry.error}",
+        type=SERVER_ERROR,
+        code="model_unavailable",
+        headers={"x-should-retry": "false"},  # retried after a back-off, by a later request; not by the SDK
+    )
+
+
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/>])/[^\s'\"()\[\],;]*[^\s'\"()\[\],;.]")  # a sentence's full stop is not in it
 
 
@@ -166,53 +233,6 @@ def without_paths(message: str, spec: ModelSpec) -> str:
 
 
 LoadFailed = Callable[[str, str], None]  # (model name, message)
-
-
-def load_all(
-    catalog: Catalog, engine: Engine, settings: Settings, stop: threading.Event, on_failure: LoadFailed | None = None
-) -> None:
-    """Load every model in turn (run in a background thread); failures are recorded, never raised.
-
-    ``on_failure`` hears of each failure (``easel serve`` stops unless ``--keep-going``).
-    """
-    for entry in catalog.entries.values():
-        if stop.is_set():
-            return
-        started = time.monotonic()
-        spec = entry.spec
-        entry.facts = _read_facts(spec)
-        try:
-            dtype, speed = settings.dtype_for(spec.family), speed_options(settings, spec)
-            info = engine.load(ModelToLoad(spec, settings.device, dtype, speed))
-        except EngineStopped:  # the server stopped while this model loaded
-            return
-        except Exception as error:  # the server keeps running and reports it
-            # A missing directory or a bad setting has a message written for people; anything else is
-            # unexpected, so its type is kept in the message and its traceback goes to the log.
-            expected = isinstance(error, (FileNotFoundError, ValueError))
-            entry.error = str(error) if expected else f"{type(error).__name__}: {error}"
-            entry.status = "failed"
-            log.error(
-                "model %s failed to load: %s", spec.name, entry.error, exc_info=not isinstance(error, FileNotFoundError)
-            )
-            if on_failure is not None:
-                on_failure(spec.name, entry.error)
-            continue
-        if stop.is_set():  # the server stopped while this model loaded
-            return
-        entry.info = info
-        entry.load_seconds = time.monotonic() - started
-        entry.status = "ready"
-        log.info("model %s ready on %s (%s) in %.1f s", spec.name, info.device, info.dtype, entry.load_seconds)
-
-
-def _read_facts(spec: ModelSpec) -> ModelFacts | None:
-    """The directory's licence, parameters, dtypes and size; None (and a log line) when they cannot be read."""
-    try:
-        return model_facts(spec.path)
-    except Exception as error:  # a missing or broken directory: loading reports it properly
-        log.debug("model %s: weights not described: %s: %s", spec.name, type(error).__name__, error)
-        return None
 
 
 def speed_options(settings: Settings, spec: ModelSpec | None = None) -> SpeedOptions:

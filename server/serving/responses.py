@@ -134,7 +134,7 @@ class ResponsesServing:
             return ResponseDraft(parsed, started.options, "edit"), started  # options sized for the input
         FieldReader(fields).read(t.INPUT_FIDELITY)  # checked; it applies to edits only
         generation = GenerationRequest.parse({k: v for k, v in fields.items() if k != "input_fidelity"})
-        started = self.images.start_generation(request, generation)
+        started = await self.images.start_generation(request, generation)
         return ResponseDraft(parsed, started.options, "generate"), started
 
     def _finish(self, draft: ResponseDraft, started: StartedJob, image: bytes, prompt_tokens: int) -> None:

@@ -36,7 +36,9 @@ RAY = RayServeSettings()  # the Ray options' defaults, declared once, there
 DEFAULT_MAX_BODY_MB = 50.0
 DEFAULT_MAX_UPLOAD_MB = 50.0  # per uploaded image (edits, variations); see server.serving.uploads
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0
-DEFAULT_MAX_DECODE_MB = 48.0  # memory one upload's pixels may take as decoded; see server.serving.decoding
+DEFAULT_MAX_DECODE_MB = 48.0
+DEFAULT_MEMORY_BUDGET_FRACTION = 0.8  # headroom for the OS, the server and other processes
+DEFAULT_HOST_BUDGET_FRACTION = 0.5  # memory one upload's pixels may take as decoded; see server.serving.decoding
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,35 @@ class Settings:
     keep_alive_seconds: float = option(
         5.0, "--keep-alive-seconds", opt.positive_number, "an idle kept-alive connection is closed after (5)"
     )
+    # -- many models on one machine (docs/models-memory.md) --------------------------------------------
+    memory_budget: opt.MemoryAmount = option(
+        opt.MemoryAmount(fraction=DEFAULT_MEMORY_BUDGET_FRACTION),
+        "--memory-budget",
+        opt.memory_amount,
+        "memory the loaded models may take on the device: GiB, or a fraction of its memory (default 0.8)",
+        metavar="GIB|FRACTION",
+    )
+    host_memory_budget: opt.MemoryAmount = option(
+        opt.MemoryAmount(fraction=DEFAULT_HOST_BUDGET_FRACTION),
+        "--host-memory-budget",
+        opt.memory_amount,
+        "on a GPU: CPU RAM that models evicted from the GPU may stay warm in (default 0.5 of RAM; 0: none)",
+        metavar="GIB|FRACTION",
+    )
+    preload: tuple[str, ...] = option(
+        (),
+        "--preload",
+        opt.text_tuple,
+        "models loaded at start, the others on first use (default: the default model, then all that fit)",
+        metavar="NAME,...",
+    )
+    pin: tuple[str, ...] = option((), "--pin", opt.text_tuple, "models never evicted or unloaded", metavar="NAME,...")
+    load_timeout_seconds: float = option(
+        300.0, "--load-timeout-seconds", opt.positive_number, "a request waits this long for its model to load (300)"
+    )
+    idle_unload_seconds: float = option(
+        0.0, "--idle-unload-seconds", opt.non_negative_number, "unload a model nobody asked for this long; 0: never (0)"
+    )
     # -- Ray Serve (docs/ray.md); the others need --ray ----------------------------------------------
     use_ray: bool = option(
         False, "--ray", opt.boolean, "serve on Ray Serve: a local instance, or the cluster in RAY_ADDRESS", switch=True
@@ -242,6 +273,10 @@ class Settings:
             raise ValueError("max_upload_bytes and max_upload_pixels must be positive")
         if bool(self.webhook_urls) != bool(self.webhook_secret):
             raise ValueError("webhook URLs and a webhook secret go together: events are always signed")
+        for kind, listed in (("preloaded", self.preload), ("pinned", self.pin)):
+            unknown = [name for name in listed if name not in names]
+            if unknown:
+                raise ValueError(f"{kind} model {unknown[0]!r} is not a configured model (have: {names})")
         self.ray  # noqa: B018 - checks the Ray options together (min and max replicas)
 
     @property

@@ -267,3 +267,38 @@ def text_list(value: Any) -> list[str]:
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise ValueError(f"expected a list of strings, got {value!r}")
     return [item.strip() for item in items if item.strip()]
+
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class MemoryAmount:
+    """An amount of memory: fixed bytes, or a fraction of what a device has (``--memory-budget 0.8``)."""
+
+    fixed_bytes: int | None = None
+    fraction: float | None = None
+
+    def of(self, total: int) -> int:
+        """Bytes, given the device's total memory."""
+        return self.fixed_bytes if self.fixed_bytes is not None else int(total * (self.fraction or 0.0))
+
+    def __str__(self) -> str:
+        if self.fixed_bytes is not None:
+            return f"{self.fixed_bytes / GiB:g} GiB"
+        return f"{(self.fraction or 0.0) * 100:g}%"
+
+
+def memory_amount(value: Any) -> MemoryAmount:
+    """GiB (``12``, ``12GiB``), or a fraction of the device's memory (``0.8``, ``80%``); a number up to 1 is a
+    fraction, ``0`` is none."""
+    raw = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(raw, str) and raw.endswith("%"):
+        share = non_negative_number(raw[:-1]) / 100
+        if share > 1:
+            raise ValueError(f"{value!r} is more than 100%")
+        return MemoryAmount(fraction=share)
+    if isinstance(raw, str) and raw.endswith(("gib", "gb", "g")):
+        return MemoryAmount(fixed_bytes=int(non_negative_number(raw.rstrip("gib").rstrip("b")) * GiB))
+    amount = non_negative_number(raw)
+    return MemoryAmount(fraction=amount) if 0 < amount <= 1 else MemoryAmount(fixed_bytes=int(amount * GiB))
