@@ -128,6 +128,12 @@ class Settings:
     body_timeout_seconds: float = option(
         60.0, "--body-timeout-seconds", opt.positive_number, "seconds for a request's body, else 408 (60)"
     )
+    send_timeout_seconds: float = option(
+        30.0,
+        "--send-timeout-seconds",
+        opt.positive_number,
+        "an answer that reaches its client not at all for this long is aborted, its slot freed (30)",
+    )
     keep_alive_seconds: float = option(
         5.0, "--keep-alive-seconds", opt.positive_number, "an idle kept-alive connection is closed after (5)"
     )
