@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from PIL import Image
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
 from pipelines.base import ImageJob, ModelInfo, Task
-from pipelines.inpaint import composite_unmasked
 
 from ..engine.base import Engine, JobHandle, JobResult
-from ..http.errors import CLIENT_CLOSED_REQUEST, insufficient_storage, shutting_down
+from ..http.errors import CLIENT_CLOSED_REQUEST, insufficient_storage, invalid, shutting_down
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
@@ -42,7 +43,8 @@ from .files import (
     resize_exactly,
 )
 from .job_errors import job_error
-from .masks import decode_edit_images
+from .masks import decode_edit_images, edit_compositor
+from .memory_return import TRIM_AFTER_BYTES, MemoryReturn
 from .models import Catalog, ReadyModel
 from .streaming import ImageStream, stream_job
 from .uploads import read_edit_body, read_variation_body
@@ -64,6 +66,7 @@ class ImageServing:
         self.upload_limits = UploadLimits.from_settings(settings)
         self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
         self.draining = False  # set when the server shuts down: new image requests are refused
+        self.memory = MemoryReturn()
 
     # -- the endpoints (server/routes/images.py): read the body, then serve it ---------------------
 
@@ -99,6 +102,7 @@ class ImageServing:
             model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
             job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
+        self._check_memory(model, options)
         handle = self._submit(request, model, job)
         return await self._respond(request, StartedJob(model, prepared, handle))
 
@@ -114,6 +118,7 @@ class ImageServing:
             model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
             options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
+        self._check_memory(model, options)
         return StartedJob(model, prepared, self._submit(request, model, job))
 
     async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
@@ -127,6 +132,7 @@ class ImageServing:
             "masked" if job.mask is not None else f"whole strength={job.strength}", options.size.label, job.width,
             job.height, job.seeds[0], options.stream, options.user, options.safety_identifier, request.state.request_id,
         )  # fmt: skip
+        self._check_memory(model, options)
         return StartedJob(model, prepared, self._submit(request, model, job))
 
     # -- the steps every endpoint shares ------------------------------------------------------------
@@ -150,6 +156,13 @@ class ImageServing:
         async with self.decode_slots:
             return await asyncio.to_thread(decode, *args)
 
+    def _check_memory(self, model: ReadyModel, options: ImageOptions) -> None:
+        """A 400 before the job is queued if its answer could take more memory than ``--max-request-mb``."""
+        inline = options.stream or (options.response_format or _default_format(model)) == "b64_json"
+        size = options.size
+        shape = (options.n, options.frames, size.width, size.height, options.output_format, inline)
+        check_answer_memory(*shape, limit=self.settings.max_request_bytes)
+
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
         try:
@@ -166,7 +179,7 @@ class ImageServing:
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         gpt_image = model.api_style == "gpt-image"
-        response_format = options.response_format or ("b64_json" if gpt_image else "url")
+        response_format = options.response_format or _default_format(model)
         url_base = self._url_base(request) if response_format == "url" else None
         usage_block = job_usage(handle.job, result.prompt_tokens) if gpt_image else None
 
@@ -189,9 +202,17 @@ class ImageServing:
             return JSONResponse(body)
 
         try:
-            return await asyncio.to_thread(render)
+            response = await asyncio.to_thread(render)
         except StorageUnavailable as error:
             raise insufficient_storage(str(error), STORAGE_RETRY_AFTER_SECONDS) from None
+        self._return_memory_after(response, options, inline=url_base is None)
+        return response
+
+    def _return_memory_after(self, response: Response, options: ImageOptions, inline: bool) -> None:
+        """A large answer's memory goes back to the system once it has been sent (:mod:`.memory_return`)."""
+        pixels = options.size.width * options.size.height
+        if answer_peak_bytes(options.n, options.frames, pixels, options.output_format, inline) >= TRIM_AFTER_BYTES:
+            response.background = BackgroundTask(self.memory.after_answer)
 
     async def wait(self, request: Request, handle: JobHandle) -> JobResult | None:
         """The job's result; None, with the job cancelled, if the client disconnects first."""
@@ -221,7 +242,9 @@ class ImageServing:
         fields = ImageEventFields.of(started.options)
         keepalive = self.settings.sse_keepalive_seconds
         stream = ImageStream(kind, fields, started.encode_preview, started.finish, usage, keepalive)
-        return stream_job(self.engine, handle, stream, request.state.request_id)
+        response = stream_job(self.engine, handle, stream, request.state.request_id)
+        self._return_memory_after(response, started.options, inline=True)
+        return response
 
     def _url_base(self, request: Request) -> str:
         base = self.settings.public_base_url or str(request.base_url).rstrip("/")
@@ -308,16 +331,6 @@ def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) ->
     return lambda _width, _height: (width, height)
 
 
-def edit_compositor(original: Image.Image, repaint: Image.Image, width: int, height: int) -> Prepare:
-    """The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged."""
-
-    def composite(images: list[Image.Image]) -> list[Image.Image]:
-        sized_original = resize_exactly(original, width, height)
-        return [composite_unmasked(sized_original, image, repaint) for image in images]
-
-    return composite
-
-
 def finish_files(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
     """The files a client gets for a job's native images (CPU work: run it in a thread)."""
     if prepare is not None:
@@ -334,6 +347,51 @@ def encoding_of(options: ImageOptions) -> Encoding:
         options.frame_duration_ms,
         options.trace_detail or "medium",
     )
+
+
+# -- Memory per request (--max-request-mb; docs/limits.md). Files are fitted and encoded one at a time (one GIF frame
+# at a time) and held until the answer is sent. The estimate takes incompressible pixels: it bounds an answer.
+FILE_BYTES_PER_PIXEL = {"gif": 1.5}  # per frame: palette indices, which LZW may grow to 12-bit codes; others: RGB, 3
+INLINE_COPIES = 1 + 2 * 4 / 3  # b64_json and streams: the file, its base64 text, and that text in the JSON body
+MiB = 1024 * 1024
+
+
+def answer_peak_bytes(n: int, frames: int, pixels: int, output_format: str, inline: bool) -> int:
+    """The files held until sent, plus one frame at work (6 bytes a pixel: it and its resized copy) and, for a GIF,
+    every frame so far as a palette image and its difference from the last (2 bytes a pixel each)."""
+    per_file = FILE_BYTES_PER_PIXEL.get(output_format, 3.0) * pixels * frames
+    working = 6.0 * pixels + (2.0 * pixels * frames if output_format == "gif" else 0.0)
+    return math.ceil(n * per_file * (INLINE_COPIES if inline else 1.0) + working)
+
+
+def check_answer_memory(n: int, frames: int, width: int, height: int, fmt: str, inline: bool, *, limit: int) -> None:
+    """A 400 naming what to lower, and how far, when the answer could take more than ``limit`` bytes."""
+    peak = answer_peak_bytes(n, frames, width * height, fmt, inline)
+    if peak <= limit:
+        return
+    fits_n = max(
+        (k for k in range(1, n) if answer_peak_bytes(k, frames, width * height, fmt, inline) <= limit), default=0
+    )
+    fits_frames = max(
+        (k for k in range(2, frames) if answer_peak_bytes(1, k, width * height, fmt, inline) <= limit), default=0
+    )
+    if fits_n:
+        param, hint = "n", f"At most n={fits_n} fits at this size and format."
+    elif fits_frames:
+        param, hint = "frame_count", f"At most frame_count={fits_frames} fits with n=1 at this size."
+    else:
+        param, hint = "size", "Ask for a smaller size" + (" or response_format 'url'." if inline else ".")
+    message = (
+        f"This request's answer could take up to {math.ceil(peak / MiB):,} MiB of memory to encode and send ({n} x "
+        f"{frames} frame(s) at {width}x{height}, {fmt}{', base64 in JSON' if inline else ''}); this server allows "
+        f"{math.ceil(limit / MiB):,} MiB per request (--max-request-mb). {hint}"
+    )
+    raise invalid(param, message, code="answer_too_large")
+
+
+def _default_format(model: ReadyModel) -> str:
+    """The response format when a request names none: OpenAI's default for the model name the client used."""
+    return "b64_json" if model.api_style == "gpt-image" else "url"
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -37,6 +37,7 @@ DEFAULT_MAX_BODY_MB = 50.0
 DEFAULT_MAX_UPLOAD_MB = 50.0  # per uploaded image (edits, variations); see server.serving.uploads
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0
 DEFAULT_MAX_DECODE_MB = 48.0  # memory one upload's pixels may take as decoded; see server.serving.decoding
+DEFAULT_MAX_REQUEST_MB = 1024.0  # memory one answer may take to encode and send; see server.serving.files
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,12 @@ class Settings:
         "--max-decode-mb",
         opt.scaled(MiB),
         "memory one uploaded image may take once decoded, in MiB (default 48)",
+    )
+    max_request_bytes: int = option(
+        int(DEFAULT_MAX_REQUEST_MB * MiB),
+        "--max-request-mb",
+        opt.scaled(MiB),
+        "memory one request's answer may take to encode and send, in MiB, estimated before its job runs (1024)",
     )
     max_concurrent_decodes: int = option(
         2, "--max-concurrent-decodes", opt.integer(1), "uploads decoded at once; the others wait (default 2)"
