@@ -2,9 +2,9 @@
 
 :class:`server.http.guard.GuardedH11Protocol` subclasses ``uvicorn.protocols.http.h11_impl.H11Protocol``:
 it overrides ``connection_made``, ``data_received``, ``on_response_complete``, ``connection_lost`` and
-``send_400_response``, and reads ``conn``, ``cycle`` (``scope``, ``response_started``, ``disconnected``,
-``message_event``), ``connections``, ``transport``, ``loop`` and ``config``. None of that is uvicorn's public
-API, so a server checks it with :func:`check_h11_protocol` before it serves with the subclass.
+``send_400_response``, and reads ``conn``, ``cycle`` (``scope``, ``response_started``, ``response_complete``,
+``disconnected``, ``message_event``), ``connections``, ``transport``, ``loop`` and ``config``. None of that is
+uvicorn's public API, so a server checks it with :func:`check_h11_protocol` before it serves with the subclass.
 """
 
 from __future__ import annotations

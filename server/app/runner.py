@@ -111,6 +111,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         settings.header_timeout_seconds,
         settings.body_timeout_seconds,
         header_bytes=incomplete_event_limit(None),
+        send_timeout=settings.send_timeout_seconds,
     )
     protocol = functools.partial(GuardedH11Protocol, limits=limits, refusals=RefusalLog(limits.max_connections))
     return {"http": protocol, "timeout_keep_alive": settings.keep_alive_seconds}

@@ -26,6 +26,7 @@ class ConnectionLimits:
     header_timeout: float  # from a request's first byte to the end of its headers
     body_timeout: float  # from the end of the headers to the end of the body
     header_bytes: int  # a request's headers larger than this are answered 431 (h11's incomplete-event limit)
+    send_timeout: float  # an answer that makes no progress to its client for this long is aborted (SendWatch)
 
 
 class RefusalLog:

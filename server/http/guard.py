@@ -1,7 +1,8 @@
 """The connection guard: what uvicorn's h11 protocol does not limit.
 
 uvicorn's h11 protocol with the limits a server facing slow or hostile clients needs (docs/running.md, "Connection
-limits"): a cap on open connections, deadlines for a request's headers and body, and OpenAI error envelopes for
+limits"): a cap on open connections, deadlines for a request's headers and body and for sending its answer
+(:mod:`server.http.send_deadline`), and OpenAI error envelopes for
 what is refused before the app sees a request. Its limits and early answers are in :mod:`server.http.connections`.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from typing import Any
 
 import h11
@@ -16,6 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .connections import LINGER_SECONDS, ConnectionLimits, RefusalLog, raw_error
 from .request_id import new_request_id
+from .send_deadline import SendWatch
 
 log = logging.getLogger("easel.connections")
 
@@ -40,10 +44,12 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._reading: str | None = None  # "headers" or "body": the part on a deadline
         self._lingering = False
+        self._send_watch: SendWatch | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         over_limit = len(self.connections) >= self.limits.max_connections
         super().connection_made(transport)
+        self._send_watch = SendWatch(self.loop, transport, self.limits.send_timeout, self._send_stalled)
         if over_limit:
             self.refusals.note()
             message = "The server has too many open connections; retry shortly."
@@ -65,6 +71,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
+        if self._send_watch is not None:
+            self._send_watch.stop()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -124,6 +132,21 @@ class GuardedH11Protocol(H11Protocol):
         else:  # headers: the app never saw the request, so no access line will say it
             log.info("request %s not received within %g s; answered 408 [request_id=%s]", part, timeout, request_id)
         self._answer_early(raw_error(408, message, "request_timeout", request_id))
+
+    def _send_stalled(self) -> None:
+        """The client took none of its answer for ``send_timeout``: drop the connection, unsent bytes and all."""
+        timeout = self.limits.send_timeout
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # the app is still answering: its access line says it
+            state = cycle.scope.setdefault("state", {})
+            state["gone"] = f"while receiving its answer: none of it was taken for {timeout:g} seconds"
+        else:
+            request_id = cycle.scope.get("state", {}).get("request_id", "-") if cycle is not None else "-"
+            log.info("answer not taken by the client for %g s; connection aborted [request_id=%s]", timeout, request_id)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset, not a close: the kernel would otherwise keep trying to deliver what it holds
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()  # close() would wait for the unsent bytes to leave, which they never will
 
     def _answer_early(self, answer: bytes) -> None:
         self._stop_deadline()

@@ -12,7 +12,7 @@ Encoding. ``output_compression`` is the encoder quality for JPEG and WebP
 (0-100, default 100). PNG is lossless and always written the same way, so
 identical pixels give identical bytes. GIF: a job's frames for one image
 (``ImageJob.frames``) become one looping animation. SVG: the fitted image is
-traced to coloured vector paths by vtracer, at most :data:`TRACE_MAX_SIDE`
+traced to coloured vector paths by vtracer, at most :data:`.formats.TRACE_MAX_SIDE`
 pixels a side, and the SVG is given the requested size (its ``viewBox`` is
 the traced raster's, so it scales exactly).
 
@@ -44,6 +44,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .formats import encode_gif, trace_svg
+
 log = logging.getLogger("easel.files")
 
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference resized without cropping
@@ -55,18 +57,6 @@ MEDIA_TYPES = {
     "gif": "image/gif",
     "svg": "image/svg+xml",
 }
-TRACE_MAX_SIDE = 512  # finer tracing mostly follows resampling ripples: larger files, no more shape
-# vtracer settings per effort: colour precision (bits per channel), layer difference, speckle filter (pixels).
-TRACE_SETTINGS = {
-    "none": (4, 48, 16),
-    "minimal": (4, 48, 16),
-    "low": (5, 32, 8),
-    "medium": (6, 16, 4),  # vtracer's own defaults
-    "high": (7, 12, 2),
-    "xhigh": (8, 8, 1),
-    "max": (8, 4, 1),
-}
-_SVG_ROOT = re.compile(r"<svg\b[^>]*>")
 _ID = r"[A-Za-z0-9_-]{43}"  # secrets.token_urlsafe(32)
 _EXTENSION = "(" + "|".join(MEDIA_TYPES) + ")"  # a MEDIA_TYPES key
 _FILE_NAME = re.compile(rf"{_ID}\.{_EXTENSION}")
@@ -141,49 +131,22 @@ class Encoding:
 
 
 def finish_images(images: list[Image.Image], width: int, height: int, encoding: Encoding) -> list[bytes]:
-    """Fit and encode every image, or every image's frames (CPU work: run it in a thread, not on the event loop)."""
-    fitted = [fit_to_size(image, width, height) for image in images]
+    """Fit and encode every image, or every image's frames (CPU work: run it in a thread, not on the event loop).
+
+    One image (one GIF frame) at a time is held at the requested size: fitted, a 2048x2048 frame takes 12 MiB,
+    and ten GIFs of 16 frames, fitted all at once, took gigabytes.
+    """
     if encoding.output_format == "gif":
         step = encoding.frames
-        return [encode_gif(fitted[i : i + step], encoding.frame_duration_ms) for i in range(0, len(fitted), step)]
+        return [
+            encode_gif(
+                (fit_to_size(frame, width, height) for frame in images[i : i + step]), encoding.frame_duration_ms
+            )
+            for i in range(0, len(images), step)
+        ]
     if encoding.output_format == "svg":
-        return [trace_svg(image, encoding.trace_detail) for image in fitted]
-    return [encode(image, encoding.output_format, encoding.compression) for image in fitted]
-
-
-def encode_gif(frames: list[Image.Image], frame_duration_ms: int) -> bytes:
-    """A looping animated GIF; each frame gets its own adaptive palette."""
-    buffer = io.BytesIO()
-    first, *rest = (frame.convert("RGB") for frame in frames)
-    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=frame_duration_ms, loop=0)
-    return buffer.getvalue()
-
-
-def trace_svg(image: Image.Image, detail: str) -> bytes:
-    """``image`` traced to an SVG of its own size (vtracer, stacked colour layers of spline paths)."""
-    import vtracer  # a compiled extension, loaded on the first SVG request
-
-    width, height = image.size
-    scale = min(1.0, TRACE_MAX_SIDE / max(width, height))
-    traced_width, traced_height = max(1, round(width * scale)), max(1, round(height * scale))
-    raster = encode(resize_exactly(image, traced_width, traced_height), "png", 100)
-    precision, layer_difference, speckle = TRACE_SETTINGS[detail]
-    svg = vtracer.convert_raw_image_to_svg(
-        raster,
-        img_format="png",
-        colormode="color",
-        hierarchical="stacked",
-        mode="spline",
-        color_precision=precision,
-        layer_difference=layer_difference,
-        filter_speckle=speckle,
-        path_precision=2,
-    )
-    root = (
-        f'<svg version="1.1" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {traced_width} {traced_height}">'
-    )
-    return _SVG_ROOT.sub(root, svg, count=1).encode("utf-8")
+        return [trace_svg(fit_to_size(image, width, height), encoding.trace_detail) for image in images]
+    return [encode(fit_to_size(image, width, height), encoding.output_format, encoding.compression) for image in images]
 
 
 def _own_regular_file(path: Path) -> os.stat_result | None:

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from PIL import Image
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
 from pipelines.base import ImageJob, ModelInfo, Task
-from pipelines.inpaint import composite_unmasked
 
 from ..engine.base import Engine, JobHandle, JobResult
 from ..http.errors import CLIENT_CLOSED_REQUEST, insufficient_storage, shutting_down
@@ -31,6 +31,7 @@ from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
 from ..protocol.images import ApiStyle, FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
 from ..settings.config import Settings
+from .answer_memory import TRIM_AFTER_BYTES, MemoryReturn, answer_peak_bytes, check_answer_memory
 from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import (
     STORAGE_RETRY_AFTER_SECONDS,
@@ -43,7 +44,7 @@ from .files import (
     resize_exactly,
 )
 from .job_errors import job_error
-from .masks import decode_edit_images
+from .masks import decode_edit_images, edit_compositor
 from .models import Catalog, NotResident, ReadyModel
 from .residency import ModelManager
 from .streaming import ImageStream, stream_job
@@ -69,6 +70,7 @@ class ImageServing:
         self.upload_limits = UploadLimits.from_settings(settings)
         self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
         self.draining = False  # set when the server shuts down: new image requests are refused
+        self.memory = MemoryReturn()
 
     # -- the endpoints (server/routes/images.py): read the body, then serve it ---------------------
 
@@ -104,6 +106,7 @@ class ImageServing:
                 model.requested, model.name, job.n, source.width, source.height, options.size.label, job.width,
                 job.height, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
             )  # fmt: skip
+            self._check_memory(model, options)
             handle = self._submit(request, model, job)
         return await self._respond(request, StartedJob(model, prepared, handle))
 
@@ -119,6 +122,7 @@ class ImageServing:
                 model.requested, model.name, job.n, options.size.label, job.width, job.height, options.quality,
                 options.output_format, job.seeds[0], options.user, options.safety_identifier, request.state.request_id,
             )  # fmt: skip
+            self._check_memory(model, options)
             return StartedJob(model, prepared, self._submit(request, model, job))
 
     async def start_edit(self, request: Request, edit: EditRequest) -> StartedJob:
@@ -133,6 +137,7 @@ class ImageServing:
                 job.width, job.height, job.seeds[0], options.stream, options.user, options.safety_identifier,
                 request.state.request_id,
             )  # fmt: skip
+            self._check_memory(model, options)
             return StartedJob(model, prepared, self._submit(request, model, job))
 
     # -- the steps every endpoint shares ------------------------------------------------------------
@@ -169,6 +174,13 @@ class ImageServing:
         async with self.decode_slots:
             return await asyncio.to_thread(decode, *args)
 
+    def _check_memory(self, model: ReadyModel, options: ImageOptions) -> None:
+        """A 400 before the job is queued if its answer could take more memory than ``--max-request-mb``."""
+        inline = options.stream or (options.response_format or _default_format(model)) == "b64_json"
+        size = options.size
+        shape = (options.n, options.frames, size.width, size.height, options.output_format, inline)
+        check_answer_memory(*shape, limit=self.settings.max_request_bytes)
+
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
         try:
@@ -185,7 +197,7 @@ class ImageServing:
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         gpt_image = model.api_style == "gpt-image"
-        response_format = options.response_format or ("b64_json" if gpt_image else "url")
+        response_format = options.response_format or _default_format(model)
         url_base = self._url_base(request) if response_format == "url" else None
         usage_block = job_usage(handle.job, result.prompt_tokens) if gpt_image else None
 
@@ -208,9 +220,17 @@ class ImageServing:
             return JSONResponse(body)
 
         try:
-            return await asyncio.to_thread(render)
+            response = await asyncio.to_thread(render)
         except StorageUnavailable as error:
             raise insufficient_storage(str(error), STORAGE_RETRY_AFTER_SECONDS) from None
+        self._return_memory_after(response, options, inline=url_base is None)
+        return response
+
+    def _return_memory_after(self, response: Response, options: ImageOptions, inline: bool) -> None:
+        """A large answer's memory goes back to the system once it has been sent (:mod:`.answer_memory`)."""
+        pixels = options.size.width * options.size.height
+        if answer_peak_bytes(options.n, options.frames, pixels, options.output_format, inline) >= TRIM_AFTER_BYTES:
+            response.background = BackgroundTask(self.memory.after_answer)
 
     async def wait(self, request: Request, handle: JobHandle) -> JobResult | None:
         """The job's result; None, with the job cancelled, if the client disconnects first."""
@@ -240,7 +260,9 @@ class ImageServing:
         fields = ImageEventFields.of(started.options)
         keepalive = self.settings.sse_keepalive_seconds
         stream = ImageStream(kind, fields, started.encode_preview, started.finish, usage, keepalive)
-        return stream_job(self.engine, handle, stream, request.state.request_id)
+        response = stream_job(self.engine, handle, stream, request.state.request_id)
+        self._return_memory_after(response, started.options, inline=True)
+        return response
 
     def _url_base(self, request: Request) -> str:
         base = self.settings.public_base_url or str(request.base_url).rstrip("/")
@@ -327,16 +349,6 @@ def _input_fit(options: ImageOptions, size_from_input: bool, info: ModelInfo) ->
     return lambda _width, _height: (width, height)
 
 
-def edit_compositor(original: Image.Image, repaint: Image.Image, width: int, height: int) -> Prepare:
-    """The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged."""
-
-    def composite(images: list[Image.Image]) -> list[Image.Image]:
-        sized_original = resize_exactly(original, width, height)
-        return [composite_unmasked(sized_original, image, repaint) for image in images]
-
-    return composite
-
-
 def finish_files(images: list[Image.Image], options: ImageOptions, prepare: Prepare | None) -> list[bytes]:
     """The files a client gets for a job's native images (CPU work: run it in a thread)."""
     if prepare is not None:
@@ -353,6 +365,11 @@ def encoding_of(options: ImageOptions) -> Encoding:
         options.frame_duration_ms,
         options.trace_detail or "medium",
     )
+
+
+def _default_format(model: ReadyModel) -> str:
+    """The response format when a request names none: OpenAI's default for the model name the client used."""
+    return "b64_json" if model.api_style == "gpt-image" else "url"
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -17,13 +17,16 @@ their CLIP image embeddings, so they are decoded no larger than
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from PIL import Image
 
+from pipelines.inpaint import composite_unmasked
+
 from ..http.errors import APIError, invalid
 from .decoding import Fit, UploadLimits, alpha_band, decode_upload, flatten_to_rgb, inspect_upload, viewed_size
+from .files import resize_exactly
 
 REFERENCE_SIDE = 512  # reference images are decoded no larger than this a side
 
@@ -133,3 +136,15 @@ def _check_same_size(param: str, image_size: tuple[int, int], guide_size: tuple[
             f"The {param} is {guide_size[0]}x{guide_size[1]} but the image is {image_size[0]}x{image_size[1]}; "
             "they must have the same dimensions.",
         )
+
+
+def edit_compositor(
+    original: Image.Image, repaint: Image.Image, width: int, height: int
+) -> Callable[[list[Image.Image]], list[Image.Image]]:
+    """The input's own pixels outside the mask, at the requested size: unmasked pixels come back unchanged."""
+
+    def composite(images: list[Image.Image]) -> list[Image.Image]:
+        sized_original = resize_exactly(original, width, height)
+        return [composite_unmasked(sized_original, image, repaint) for image in images]
+
+    return composite

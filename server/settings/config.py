@@ -36,9 +36,10 @@ RAY = RayServeSettings()  # the Ray options' defaults, declared once, there
 DEFAULT_MAX_BODY_MB = 50.0
 DEFAULT_MAX_UPLOAD_MB = 50.0  # per uploaded image (edits, variations); see server.serving.uploads
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0
-DEFAULT_MAX_DECODE_MB = 48.0
+DEFAULT_MAX_DECODE_MB = 48.0  # memory one upload's pixels may take as decoded; see server.serving.decoding
+DEFAULT_MAX_REQUEST_MB = 1024.0  # memory one answer may take to encode and send; see server.serving.files
 DEFAULT_MEMORY_BUDGET_FRACTION = 0.8  # headroom for the OS, the server and other processes
-DEFAULT_HOST_BUDGET_FRACTION = 0.5  # memory one upload's pixels may take as decoded; see server.serving.decoding
+DEFAULT_HOST_BUDGET_FRACTION = 0.5  # of the host's RAM, for models kept warm off the GPU
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,12 @@ class Settings:
         opt.scaled(MiB),
         "memory one uploaded image may take once decoded, in MiB (default 48)",
     )
+    max_request_bytes: int = option(
+        int(DEFAULT_MAX_REQUEST_MB * MiB),
+        "--max-request-mb",
+        opt.scaled(MiB),
+        "memory one request's answer may take to encode and send, in MiB, estimated before its job runs (1024)",
+    )
     max_concurrent_decodes: int = option(
         2, "--max-concurrent-decodes", opt.integer(1), "uploads decoded at once; the others wait (default 2)"
     )
@@ -147,6 +154,12 @@ class Settings:
     )
     body_timeout_seconds: float = option(
         60.0, "--body-timeout-seconds", opt.positive_number, "seconds for a request's body, else 408 (60)"
+    )
+    send_timeout_seconds: float = option(
+        30.0,
+        "--send-timeout-seconds",
+        opt.positive_number,
+        "an answer that reaches its client not at all for this long is aborted, its slot freed (30)",
     )
     keep_alive_seconds: float = option(
         5.0, "--keep-alive-seconds", opt.positive_number, "an idle kept-alive connection is closed after (5)"

@@ -124,6 +124,24 @@ def cut_off_mid_upload(live: LiveServer) -> RawAnswer:
     return RawAnswer(None)
 
 
+def never_reads_a_big_answer(live: LiveServer) -> RawAnswer:
+    """Ask for a 12 MB image with a 4 KiB receive window and read nothing: the send deadline resets it."""
+    name = live.state.store.save(os.urandom(12 * 1024 * 1024), "png")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(live.url.rsplit(":", 1)[1])))
+    with sock:
+        sock.sendall(request_head("GET", f"/v1/files/images/{name}"))
+        deadline = time.monotonic() + 30
+        while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != TCP_CLOSE:  # tcpi_state: reset yet?
+            assert time.monotonic() < deadline, "the server never gave up on the connection"
+            time.sleep(0.1)
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 20):
+                pass
+    return RawAnswer(None)
+
+
 def image_url_headers(live: LiveServer) -> RawAnswer:
     made = httpx.post(live.url + "/v1/images/generations", json={"prompt": "x", "size": "256x256", **FAST}, timeout=60)
     return _answer(httpx.get(made.json()["data"][0]["url"], timeout=30))
@@ -136,6 +154,8 @@ HUGE_AUTH = request_head("GET", "/v1/models", {"authorization": "Bearer " + "a" 
 GENERATION = json.dumps({"prompt": "a red circle", **FAST}).encode()  # valid JSON, sent as another media type
 SSRF = {"images": [{"image_url": "http://169.254.169.254/x.png"}]}
 TIMEOUT = "request_timeout"
+TCP_CLOSE = 7  # Linux's tcpi_state once a connection is reset
+AUDIT_GIFS = {"n": 10, "size": "2048x2048", "output_format": "gif", "frame_count": 16, "response_format": "b64_json"}
 
 ROWS = [
     # 1. The image store owns only its files (fixed in 758b568; sweeps: tests/server/test_storage.py).
@@ -159,6 +179,9 @@ ROWS = [
     Row("headers trickled past the deadline", raw(b"GET /health HTTP/1.1\r\n", trickle=b"x" * 40), 408, code=TIMEOUT),
     Row("Content-Length 100, 20 bytes sent", raw(SLOW_BODY + b"{" * 20), 408, code=TIMEOUT),
     Row(f"connection number {MAX_CONNECTIONS + 1}", over_the_connection_limit, 503, code="server_busy"),
+    Row("a 12 MB answer its client never reads (reset after the send deadline)", never_reads_a_big_answer, None),
+    # 3b. Memory per request (test_request_memory.py).
+    Row("ten 16-frame 2048x2048 GIFs as b64_json", generation(AUDIT_GIFS), 400, "n", "answer_too_large"),
     # 4. A client that goes away is not an error (no answer; checked: nothing logged at ERROR).
     Row("multipart edit cut off mid-body", cut_off_mid_upload, None),
     # 6. Smaller items.
@@ -239,6 +262,7 @@ def hostile_server(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.Te
         max_connections=MAX_CONNECTIONS,
         header_timeout_seconds=1.0,
         body_timeout_seconds=1.0,
+        send_timeout_seconds=1.0,
     )
     with running_server(settings) as live:
         yield live
