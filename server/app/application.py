@@ -29,8 +29,9 @@ from ..http.error_handlers import EXCEPTION_HANDLERS
 from ..http.hosts import AllowedHostsMiddleware, answered_hosts
 from ..http.request_id import RequestIdMiddleware
 from ..observe.metrics import Metrics
-from ..routes import files, health, images, models, openapi, operations, playground, responses
+from ..routes import batches, file_api, files, health, images, models, openapi, operations, playground, responses
 from ..routes.state import ServerState
+from ..serving.batch.service import BatchApi
 from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.kept import KeptResponses
@@ -73,7 +74,8 @@ def create_app(
     metrics.watch(catalog, engine)
     store = ImageStore(image_dir, settings.url_ttl_seconds)
     serving = ImageServing(settings, catalog, engine, store)
-    state = ServerState(settings, catalog, engine, store, serving, metrics)
+    batch_api = BatchApi(settings, serving)  # events: the batch webhooks, when configured
+    state = ServerState(settings, catalog, engine, store, serving, metrics, batch_api)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,12 +88,16 @@ def create_app(
         )
         loading.start()
         sweeper = asyncio.create_task(_sweep_forever(store))
+        file_sweeper = asyncio.create_task(batch_api.sweep_forever())
+        await batch_api.start()
         try:
             yield
         finally:
             stop_loading.set()
             sweeper.cancel()
-            await asyncio.wait({sweeper})  # let it finish cancelling; raises nothing
+            file_sweeper.cancel()
+            await asyncio.wait({sweeper, file_sweeper})  # let them finish cancelling; raises nothing
+            await batch_api.stop()
             await asyncio.to_thread(engine.shutdown, 5.0)
             if own_image_dir:
                 shutil.rmtree(image_dir, ignore_errors=True)
@@ -104,6 +110,8 @@ def create_app(
             *images.routes(serving),
             *responses.routes(ResponsesServing(serving, KeptResponses(settings.url_ttl_seconds))),
             *files.routes,
+            *file_api.routes,
+            *batches.routes,
             *openapi.routes,
             *operations.routes,
         ],

@@ -118,9 +118,10 @@ class LocalEngine:
             worker.attach(lane)
             self._lanes[name] = lane
 
-    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> LocalJobHandle:
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False, background: bool = False) -> LocalJobHandle:
         lane = self._lanes[model]
-        handle = LocalJobHandle(asyncio.get_running_loop(), model, job, lane.replicas[0].batch_key(job))
+        key = lane.replicas[0].batch_key(job)
+        handle = LocalJobHandle(asyncio.get_running_loop(), model, job, key, background=background)
         lane.worker.submit(lane, handle, retried=retried)
         return handle
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..engine.base import Engine
 from ..observe.metrics import Metrics
+from ..serving.batch.service import BatchApi
 from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.models import Catalog
@@ -20,3 +21,4 @@ class ServerState:
     store: ImageStore
     images: ImageServing
     metrics: Metrics
+    batch_api: BatchApi  # the Files and Batch APIs
