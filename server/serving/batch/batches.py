@@ -203,13 +203,10 @@ class Batches:
                 where, args = "WHERE seq < ?", [cursor[0]["seq"]]
         rows = self.store.query(f"SELECT record FROM batches {where} ORDER BY seq DESC LIMIT ?", *args, limit + 1)
         data = [self.batch_object(json.loads(row["record"])) for row in rows[:limit]]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": len(rows) > limit,
-        }
+        page: dict[str, Any] = {"object": "list", "data": data, "has_more": len(rows) > limit}
+        if data:  # OpenAI's schema types the ids as strings, not null: an empty page leaves them out
+            page.update(first_id=data[0]["id"], last_id=data[-1]["id"])
+        return page
 
     def active(self) -> list[str]:
         rows = self.store.query("SELECT record FROM batches ORDER BY seq")
