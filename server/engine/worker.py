@@ -325,7 +325,9 @@ class DeviceWorker:
         while True:
             images = sum(handle.job.n for handle in batch)
             for handle in list(lane.waiting):
-                if handle.batch_key == key and images + handle.job.n <= self.policy.max_batch_images:
+                # An interactive call takes no batch lines: its client must not wait for a batch's images.
+                joins = handle.batch_key == key and (batch[0].background or not handle.background)
+                if joins and images + handle.job.n <= self.policy.max_batch_images:
                     lane.waiting.remove(handle)
                     lane.running.append(handle)
                     batch.append(handle)
