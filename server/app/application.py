@@ -29,8 +29,9 @@ from ..http.error_handlers import EXCEPTION_HANDLERS
 from ..http.hosts import AllowedHostsMiddleware, answered_hosts
 from ..http.request_id import RequestIdMiddleware
 from ..observe.metrics import Metrics
-from ..routes import files, health, images, models, openapi, operations, playground, responses
+from ..routes import batches, file_api, files, health, images, models, openapi, operations, playground, responses
 from ..routes.state import ServerState
+from ..serving.batch.service import BatchApi
 from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.kept import KeptResponses
@@ -77,7 +78,8 @@ def create_app(
     residency = ModelManager(settings, catalog, engine, metrics.models)
     serving = ImageServing(settings, catalog, engine, store, residency)
     webhooks = Webhooks.from_settings(settings, metrics.webhooks)
-    state = ServerState(settings, catalog, engine, store, serving, metrics, residency, webhooks)
+    batch_api = BatchApi(settings, serving, events=webhooks)
+    state = ServerState(settings, catalog, engine, store, serving, metrics, residency, webhooks, batch_api)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,9 +88,10 @@ def create_app(
         )
         loading.start()
         webhooks.start()
-        tasks = {asyncio.create_task(_sweep_forever(store))}
+        tasks = {asyncio.create_task(_sweep_forever(store)), asyncio.create_task(batch_api.sweep_forever())}
         if settings.idle_unload_seconds > 0:
             tasks.add(asyncio.create_task(residency.unload_idle_forever()))
+        await batch_api.start()
         try:
             yield
         finally:
@@ -96,6 +99,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)  # let them finish cancelling; raises nothing
+            await batch_api.stop()  # before the webhooks stop: its last events still go out
             await asyncio.to_thread(engine.shutdown, 5.0)
             await asyncio.to_thread(webhooks.stop)  # after the engine: events of its last jobs still go out
             if own_image_dir:
@@ -109,6 +113,8 @@ def create_app(
             *images.routes(serving),
             *responses.routes(ResponsesServing(serving, KeptResponses(settings.url_ttl_seconds))),
             *files.routes,
+            *file_api.routes,
+            *batches.routes,
             *openapi.routes,
             *operations.routes,
         ],

@@ -141,8 +141,11 @@ class Engine(Protocol):
         it has a job waiting or running, which an unload never cancels (blocking: call from a thread)."""
         ...
 
-    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> JobHandle:
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False, background: bool = False) -> JobHandle:
         """Queue ``job`` for a loaded model (call from the event loop); raises QueueFull or EngineStopped.
+
+        ``background``: a batch line, run in the capacity interactive jobs leave idle; it never makes the
+        queue refuse a job.
 
         ``retried``: the client says this request repeats one that was turned away. Such a
         job may also take a place in a reserve as large as the queue, so that clients

@@ -164,9 +164,10 @@ class LocalEngine:
         """Whether the model waits in CPU RAM (the warm tier)."""
         return model in self._parked
 
-    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> LocalJobHandle:
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False, background: bool = False) -> LocalJobHandle:
         lane = self._lanes[model]
-        handle = LocalJobHandle(asyncio.get_running_loop(), model, job, lane.replicas[0].batch_key(job))
+        key = lane.replicas[0].batch_key(job)
+        handle = LocalJobHandle(asyncio.get_running_loop(), model, job, key, background=background)
         lane.worker.submit(lane, handle, retried=retried)
         return handle
 

@@ -1,14 +1,11 @@
 """The worker side of the in-process engine: per device, slots that run batched pipeline calls, and the job handles.
 
-A slot takes a model's oldest waiting job and every compatible one behind it
-(``backend.batch_key``), up to ``max_batch_images``; when the model's last call
-held several jobs (clients are sending in parallel) it waits up to
-``batch_wait_ms`` for as many companions, and with one client it starts at once.
-On a CPU the cores are a budget the slots share: a call with nothing else to do
-takes them all, calls running side by side take a share each, and no call runs
-on more threads than there are free cores. Slot n starts work only while n
-others are busy, so a lone request always runs on the first slot. Measured
-defaults: (docs/performance.md, "Serving many users").
+A slot takes a model's oldest waiting job and every compatible one behind it (``backend.batch_key``), up to
+``max_batch_images``; when the model's last call held several jobs (clients are sending in parallel) it waits up to
+``batch_wait_ms`` for as many companions, and with one client it starts at once. On a CPU the cores are a budget
+the slots share: a call with nothing else to do takes them all, calls running side by side take a share each, and no
+call runs on more threads than there are free cores. Slot n starts work only while n others are busy, so a lone
+request always runs on the first slot. Measured defaults: (docs/performance.md, "Serving many users").
 
 A :class:`LocalJobHandle` is the event-loop side of a job; worker threads reach
 it only through ``loop.call_soon_threadsafe``. Its base, :class:`JobHandleBase`,
@@ -20,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 import time
 from collections import deque
@@ -33,9 +29,9 @@ from pipelines.base import BatchResult, ImageBackend, ImageJob, JobControl, Tick
 from pipelines.errors import Cancelled, NonFiniteOutput
 
 from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, Preview, QueueFull
+from .queue_figures import RejectionTurns
 
 AVERAGE_WEIGHT = 0.3  # weight of the newest figure in the moving average of seconds per image
-FIRST_IMAGE_SECONDS_GUESS = 2.0  # Retry-After basis before any image has been timed
 
 
 class JobHandleBase:
@@ -86,7 +82,7 @@ def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
         future.exception()
 
 
-class QueueFigures:
+class QueueFigures(RejectionTurns):
     """A model's figures as every engine keeps them: jobs by outcome, seconds per image, turns for rejected jobs."""
 
     def __init__(self, capacity: int) -> None:
@@ -104,22 +100,6 @@ class QueueFigures:
             self.seconds_per_image = per_image
         else:
             self.seconds_per_image += AVERAGE_WEIGHT * (per_image - self.seconds_per_image)
-
-    def turn_for(self, now: float, backlog_images: int, images: int, *, slots: int) -> float:
-        """Seconds until a rejected job of ``images`` should come back: rejected jobs get turns at the rate
-        the model serves images.
-
-        The first turn starts once the ``backlog_images`` waiting now are served; each
-        rejection takes the next turn (its images at the measured seconds per image,
-        per slot) and comes back at a random point within it, so rejected clients
-        return spread out rather than all at once into a queue that is full again.
-        """
-        per_image = self.seconds_per_image or FIRST_IMAGE_SECONDS_GUESS
-        slots = max(1, slots)
-        start = max(self.turns_until, now + backlog_images * per_image / slots)
-        turn = images * per_image / slots
-        self.turns_until = start + turn
-        return max(0.05, start - now + random.uniform(0.0, turn))
 
     def figures(self, *, queued: int, running: int) -> dict[str, Any]:
         """The figures ``Engine.stats`` answers with."""
@@ -140,9 +120,18 @@ class LocalJobHandle(JobHandleBase):
     It owns the job's ticket: the backend reaches the handle only through the ticket's control.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, model: str, job: ImageJob, batch_key: Hashable | None):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        model: str,
+        job: ImageJob,
+        batch_key: Hashable | None,
+        *,
+        background: bool = False,
+    ):
         super().__init__(loop, job)
         self.model = model
+        self.background = background  # a batch line: waits behind every interactive job, outside the queue's limit
         self.batch_key = batch_key
         self.submitted = time.monotonic()
         self._loop = loop
@@ -218,13 +207,21 @@ class DeviceWorker:
             self._lanes.append(lane)
 
     def submit(self, lane: ModelLane, handle: LocalJobHandle, *, retried: bool = False) -> None:
-        """Queue a job; a retried one (turned away before) may also take a place in an equal reserve."""
+        """Queue a job; a retried one (turned away before) may also take a place in an equal reserve.
+
+        Interactive jobs queue ahead of every background one (batch lines), which a slot takes only when no
+        interactive job waits, or as companions in an interactive job's call; background jobs take no place
+        in the queue's limit (their runner bounds how many wait)."""
         with self._condition:
             if self._stopping:
                 raise EngineStopped("the server is shutting down")
-            if len(lane.waiting) >= lane.capacity * (2 if retried else 1):
-                raise QueueFull(lane.name, len(lane.waiting), lane.retry_after(time.monotonic(), handle.job.n))
-            lane.waiting.append(handle)
+            if handle.background:
+                lane.waiting.append(handle)
+            else:
+                interactive = sum(not waiting.background for waiting in lane.waiting)
+                if interactive >= lane.capacity * (2 if retried else 1):
+                    raise QueueFull(lane.name, interactive, lane.retry_after(time.monotonic(), handle.job.n))
+                lane.waiting.insert(interactive, handle)  # interactive jobs are always the queue's head
             self._condition.notify_all()
 
     def withdraw(self, lane: ModelLane, handle: LocalJobHandle) -> bool:
@@ -333,7 +330,9 @@ class DeviceWorker:
         while True:
             images = sum(handle.job.n for handle in batch)
             for handle in list(lane.waiting):
-                if handle.batch_key == key and images + handle.job.n <= self.policy.max_batch_images:
+                # An interactive call takes no batch lines: its client must not wait for a batch's images.
+                joins = handle.batch_key == key and (batch[0].background or not handle.background)
+                if joins and images + handle.job.n <= self.policy.max_batch_images:
                     lane.waiting.remove(handle)
                     lane.running.append(handle)
                     batch.append(handle)

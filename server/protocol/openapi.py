@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import tables as t
+from .openapi_batches import batch_paths, batch_schemas
 from .openapi_responses import responses_paths, responses_schemas
 
 SIZE_PATTERN = "^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
@@ -105,7 +106,13 @@ def _json_edit_schema() -> dict[str, Any]:
 
 def _image_ref() -> dict[str, Any]:
     data_url = {"type": "string", "pattern": "^data:", "description": "A base64 data: URL; remote URLs are refused."}
-    return {"type": "object", "properties": {"image_url": data_url}, "required": ["image_url"]}
+    file_id = {"type": "string", "description": "An image uploaded to /v1/files (purpose vision or user_data)."}
+    return {
+        "anyOf": [
+            {"type": "object", "properties": {"image_url": data_url}, "required": ["image_url"]},
+            {"type": "object", "properties": {"file_id": file_id}, "required": ["file_id"]},
+        ]
+    }
 
 
 def _answer_schemas() -> dict[str, Any]:
@@ -292,6 +299,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         **responses_paths(_operation, _answer, _body),
+        **batch_paths(_operation, _answer, _body),
         "/v1/models": {"get": _operation("listModels", "Models and aliases.", _answer("ListModelsResponse"))},
         "/v1/models/{model}": {
             "get": _operation("retrieveModel", "One model or alias.", _answer("Model"), parameters=model_param)
@@ -317,13 +325,14 @@ def openapi_document() -> dict[str, Any]:
         **_error_schemas(),
         **_model_schemas(),
         **responses_schemas(field_schema, object_schema),
+        **batch_schemas(),
     }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Easel",
             "version": "1",
-            "description": "OpenAI's Images and Models API and the Responses API's image tool on local "
+            "description": "OpenAI's Images, Models, Files and Batch APIs and the Responses API's image tool on local "
             "prior+decoder models, plus Easel's extensions "
             "(x-easel-extension). The README says what each field means.",
         },

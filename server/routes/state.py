@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..engine.base import Engine
 from ..observe.metrics import Metrics
+from ..serving.batch.service import BatchApi
 from ..serving.files import ImageStore
 from ..serving.images import ImageServing
 from ..serving.models import Catalog
@@ -24,3 +25,4 @@ class ServerState:
     metrics: Metrics
     residency: ModelManager
     webhooks: Webhooks  # emit(event_type, data) from any thread: signed events to the configured URLs
+    batch_api: BatchApi  # the Files and Batch APIs

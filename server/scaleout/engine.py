@@ -235,13 +235,14 @@ class RayEngine:
         """Never here: each model is a Serve deployment whose replicas Serve itself starts and stops."""
         return False
 
-    def submit(self, model: str, job: ImageJob, *, retried: bool = False) -> RayJobHandle:
+    def submit(self, model: str, job: ImageJob, *, retried: bool = False, background: bool = False) -> RayJobHandle:
         """As LocalEngine's: ``--queue-size`` jobs may wait per model on this ingress, retried ones also an
-        equal reserve; a job waits here until a replica holds it (Serve's ``max_ongoing_requests``)."""
+        equal reserve; a job waits here until a replica holds it (Serve's ``max_ongoing_requests``). Background
+        jobs (batch lines) are outside that limit but have no lower priority on the replicas."""
         remote = self._models[model]
         if self._stopped or not self._taking:
             raise EngineStopped("the server is shutting down")
-        if remote.waiting >= remote.capacity * (2 if retried else 1):
+        if not background and remote.waiting >= remote.capacity * (2 if retried else 1):
             raise QueueFull(model, remote.waiting, remote.retry_after(job.n))
         self._loop = asyncio.get_running_loop()
         handle = RayJobHandle(remote, job)

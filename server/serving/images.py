@@ -48,7 +48,7 @@ from .masks import decode_edit_images, edit_compositor
 from .models import Catalog, NotResident, ReadyModel
 from .residency import ModelManager
 from .streaming import ImageStream, stream_job
-from .uploads import read_edit_body, read_variation_body
+from .uploads import FileBytes, read_edit_body, read_variation_body
 
 log = logging.getLogger("easel.images")
 
@@ -71,6 +71,7 @@ class ImageServing:
         self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
         self.draining = False  # set when the server shuts down: new image requests are refused
         self.memory = MemoryReturn()
+        self.file_bytes: FileBytes | None = None  # images JSON edits name by file_id (the Files API), when served
 
     # -- the endpoints (server/routes/images.py): read the body, then serve it ---------------------
 
@@ -78,7 +79,8 @@ class ImageServing:
         return await self.generate(request, GenerationRequest.parse(await read_json(request)))
 
     async def create_edit(self, request: Request) -> Response:
-        return await self.edit(request, EditRequest.parse(await read_edit_body(request, self.upload_limits)))
+        body = await read_edit_body(request, self.upload_limits, self.file_bytes)
+        return await self.edit(request, EditRequest.parse(body))
 
     async def create_variation(self, request: Request) -> Response:
         body = await read_variation_body(request, self.upload_limits)
@@ -192,38 +194,20 @@ class ImageServing:
 
     async def _respond(self, request: Request, started: StartedJob, *, prompt: str | None = None) -> Response:
         """The JSON answer with the job's images (499, nothing sent, if the client left first)."""
-        model, options, handle = started.model, started.options, started.handle
-        result = await self.wait(request, handle)
+        result = await self.wait(request, started.handle)
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        gpt_image = model.api_style == "gpt-image"
-        response_format = options.response_format or _default_format(model)
-        url_base = self._url_base(request) if response_format == "url" else None
-        usage_block = job_usage(handle.job, result.prompt_tokens) if gpt_image else None
+        url_base = self.url_base(request.base_url) if answers_with_urls(started.model, started.options) else None
 
         def render() -> JSONResponse:
             # Resizing, encoding, writing files, base64 and JSON of megabytes: all off the event loop.
-            files = started.finish(result.images)
-            names = self.store.save_all(files, options.output_format) if url_base is not None else None
-            urls = [f"{url_base}/{name}" for name in names] if names is not None else [None] * len(files)
-            finished = [
-                FinishedImage(data, seed, url) for data, seed, url in zip(files, handle.job.seeds, urls, strict=True)
-            ]
-            body = images_response(
-                created=int(time.time()),
-                images=finished,
-                api_style=model.api_style,
-                prompt=prompt,
-                options=options,
-                usage_block=usage_block,
-            )
-            return JSONResponse(body)
+            return JSONResponse(answer_body(started.model, started.prepared, result, self.store, url_base, prompt))
 
         try:
             response = await asyncio.to_thread(render)
         except StorageUnavailable as error:
             raise insufficient_storage(str(error), STORAGE_RETRY_AFTER_SECONDS) from None
-        self._return_memory_after(response, options, inline=url_base is None)
+        self._return_memory_after(response, started.options, inline=url_base is None)
         return response
 
     def _return_memory_after(self, response: Response, options: ImageOptions, inline: bool) -> None:
@@ -264,9 +248,40 @@ class ImageServing:
         self._return_memory_after(response, started.options, inline=True)
         return response
 
-    def _url_base(self, request: Request) -> str:
-        base = self.settings.public_base_url or str(request.base_url).rstrip("/")
+    def url_base(self, request_base: object) -> str:
+        """Where ``url`` images are served, as the client reached this server (or ``--public-base-url``)."""
+        base = self.settings.public_base_url or str(request_base).rstrip("/")
         return f"{base}/v1/files/images"
+
+
+def answers_with_urls(model: ReadyModel, options: ImageOptions) -> bool:
+    return (options.response_format or ("b64_json" if model.api_style == "gpt-image" else "url")) == "url"
+
+
+def answer_body(
+    model: ReadyModel,
+    prepared: PreparedJob,
+    result: JobResult,
+    store: ImageStore,
+    url_base: str | None,
+    prompt: str | None,
+) -> dict:
+    """The JSON answer for a finished job: files made, kept for URLs if ``url_base`` (CPU and disk: run in a thread).
+    Synchronous requests and batch lines both answer with it, so the same seed gives the same bytes."""
+    options, job = prepared.options, prepared.job
+    usage_block = job_usage(job, result.prompt_tokens) if model.api_style == "gpt-image" else None
+    files = prepared.finish(result.images)
+    names = store.save_all(files, options.output_format) if url_base is not None else None
+    urls = [f"{url_base}/{name}" for name in names] if names is not None else [None] * len(files)
+    finished = [FinishedImage(data, seed, url) for data, seed, url in zip(files, job.seeds, urls, strict=True)]
+    return images_response(
+        created=int(time.time()),
+        images=finished,
+        api_style=model.api_style,
+        prompt=prompt,
+        options=options,
+        usage_block=usage_block,
+    )
 
 
 ImageRequest = GenerationRequest | EditRequest | VariationRequest

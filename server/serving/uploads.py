@@ -14,7 +14,7 @@ Repeated ``name[]`` text parts (how the openai SDK sends a list field, e.g.
 JSON edits accept only ``data:`` URLs with base64 content. Easel never fetches
 ``http(s)`` URLs: a server that fetches what clients name can be steered at
 internal addresses (SSRF), and Easel is meant to run on offline machines.
-``file_id`` is refused: Easel has no Files API.
+``{"file_id": ...}`` names an image uploaded to ``/v1/files`` (purpose ``vision`` or ``user_data``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ MAX_FILE_PARTS = 20  # OpenAI takes up to 16 images and a mask; more is refused 
 MAX_EDIT_IMAGES = 16  # OpenAI's limit
 EDIT_FILE_PARTS = frozenset({"image", "image[]", "mask", "markup"})
 JSON_IMAGE_FIELDS = ("images", "mask", "markup")
+# (file_id, param) -> the uploaded image's bytes, or an APIError naming param; None: no Files API on this server.
+FileBytes = Callable[[str, str], bytes]
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ async def read_variation_body(request: Request, limits: UploadLimits) -> Uploade
     return UploadedBody(body.fields, True, "image", body.files.get("image", []))
 
 
-async def read_edit_body(request: Request, limits: UploadLimits) -> UploadedBody:
+async def read_edit_body(request: Request, limits: UploadLimits, files: FileBytes | None = None) -> UploadedBody:
     kind = media_type(request)
     if kind == "multipart/form-data":
         body = await read_multipart(request, EDIT_FILE_PARTS, limits)
@@ -96,7 +99,7 @@ async def read_edit_body(request: Request, limits: UploadLimits) -> UploadedBody
         refuse_too_many_images(len(images), "image")
         return UploadedBody(body.fields, True, "image", images, mask, markup)
     if kind == "application/json":
-        return await asyncio.to_thread(_json_edit_body, await request.body(), limits)
+        return await asyncio.to_thread(json_edit_body, await request.body(), limits, files)
     raise invalid(
         None,
         "Send an edit as multipart/form-data (image, mask, prompt, ...) or as application/json "
@@ -121,32 +124,37 @@ def refuse_too_many_images(count: int, param: str) -> None:
         )
 
 
-def _json_edit_body(raw: bytes, limits: UploadLimits) -> UploadedBody:
+def json_edit_body(raw: bytes, limits: UploadLimits, files: FileBytes | None = None) -> UploadedBody:
     """A JSON edit body with its data URLs decoded (megabytes of base64: run it in a thread)."""
-    payload = require_object(parse_json(raw))
+    return json_edit_payload(require_object(parse_json(raw)), limits, files)
+
+
+def json_edit_payload(payload: dict[str, Any], limits: UploadLimits, files: FileBytes | None = None) -> UploadedBody:
+    """A parsed JSON edit body (a batch line's ``body``) with its images read."""
     refs = payload.get("images")
     if refs is not None and not isinstance(refs, list):
         raise invalid("images", "'images' must be an array of {\"image_url\": ...} objects.", code="invalid_type")
     refuse_too_many_images(len(refs or []), "images")
-    images = [_numbered_ref(ref, number, len(refs or []), limits) for number, ref in enumerate(refs or [], start=1)]
-    mask, markup = (_optional_ref(payload, name, limits) for name in ("mask", "markup"))
+    count = len(refs or [])
+    images = [_numbered_ref(ref, number, count, limits, files) for number, ref in enumerate(refs or [], start=1)]
+    mask, markup = (_optional_ref(payload, name, limits, files) for name in ("mask", "markup"))
     fields = {name: value for name, value in payload.items() if name not in JSON_IMAGE_FIELDS}
     return UploadedBody(fields, False, "images", images, mask, markup)
 
 
-def _numbered_ref(ref: object, number: int, count: int, limits: UploadLimits) -> bytes:
+def _numbered_ref(ref: object, number: int, count: int, limits: UploadLimits, files: FileBytes | None) -> bytes:
     """One of the ``images``; with several, an error says which (1-based)."""
     try:
-        return image_ref_bytes(ref, "images", limits)
+        return image_ref_bytes(ref, "images", limits, files)
     except APIError as error:
         if count == 1:
             raise
         raise invalid("images", f"Image {number} of {count}: {error.message}", code=error.code) from None
 
 
-def _optional_ref(payload: dict[str, Any], name: str, limits: UploadLimits) -> bytes | None:
+def _optional_ref(payload: dict[str, Any], name: str, limits: UploadLimits, files: FileBytes | None) -> bytes | None:
     ref = payload.get(name)
-    return None if ref is None else image_ref_bytes(ref, name, limits)
+    return None if ref is None else image_ref_bytes(ref, name, limits, files)
 
 
 def data_url_bytes(url: str, param: str, limits: UploadLimits) -> bytes:
@@ -171,19 +179,30 @@ def data_url_bytes(url: str, param: str, limits: UploadLimits) -> bytes:
         raise invalid(param, f"'{param}' does not hold valid base64 data.") from None
 
 
-def image_ref_bytes(ref: object, param: str, limits: UploadLimits) -> bytes:
-    """The bytes behind one JSON image reference (``{"image_url": ...}``)."""
+def image_ref_bytes(ref: object, param: str, limits: UploadLimits, files: FileBytes | None = None) -> bytes:
+    """The bytes behind one JSON image reference (``{"image_url": ...}`` or ``{"file_id": ...}``)."""
     if not isinstance(ref, dict):
         raise invalid(param, f"'{param}' must be an object with an 'image_url'.")
     unknown = sorted(set(ref) - {"image_url", "file_id"})
     if unknown:
         raise invalid(param, f"'{param}' has unknown field(s): {', '.join(unknown)}.")
     if "file_id" in ref:
-        raise invalid(
-            param,
-            f"'{param}' uses file_id, but Easel has no Files API; send the image as a data URL in 'image_url'.",
-        )
+        return _file_ref_bytes(ref, param, limits, files)
     url = ref.get("image_url")
     if not isinstance(url, str):
         raise invalid(param, f"'{param}' must have a string 'image_url'.")
     return data_url_bytes(url, param, limits)
+
+
+def _file_ref_bytes(ref: dict[str, Any], param: str, limits: UploadLimits, files: FileBytes | None) -> bytes:
+    file_id = ref["file_id"]
+    if "image_url" in ref:
+        raise invalid(param, f"'{param}' gives both 'image_url' and 'file_id'; send one.")
+    if not isinstance(file_id, str) or not file_id:
+        raise invalid(param, f"'{param}' must have a string 'file_id'.")
+    if files is None:
+        raise invalid(param, f"'{param}' uses file_id, but this server has no Files API; send a data URL instead.")
+    data = files(file_id, param)
+    if len(data) > limits.max_bytes:
+        raise invalid(param, f"The '{param}' image is larger than {limits.max_bytes} bytes.")
+    return data

@@ -79,6 +79,9 @@ class Settings:
     image_dir: Path | None = option(
         None, "--image-dir", opt.path, "directory for URL images (default: a temporary one)"
     )
+    data_dir: Path | None = option(
+        None, "--data-dir", opt.path, "files and batches of the Files and Batch APIs (default: $EASEL_HOME/data)"
+    )
     log_level: str = option(
         "info", "--log-level", opt.choice("debug", "info", "warning", "error"), "debug, info, warning or error (info)"
     )

@@ -217,11 +217,11 @@ def test_json_body_with_data_urls(api_server) -> None:
             "images",
             "'images' is a remote URL; Easel does not fetch",
         ),
-        ([{"file_id": "file-abc"}], None, "images", "'images' uses file_id, but Easel has no Files API"),
+        ([{"file_id": "file-abc"}], None, "images", "'images' names file 'file-abc', which does not exist."),
         ([{"image_url": data_url(PICTURE_PNG)}] * 17, None, "images", "An edit takes at most 16 images, but 17"),
         ({"image_url": data_url(PICTURE_PNG)}, None, "images", "'images' must be an array"),
         (None, None, "images", "Missing required parameter: 'images'."),
-        ([{"image_url": data_url(PICTURE_PNG)}], {"file_id": "file-m"}, "mask", "'mask' uses file_id"),
+        ([{"image_url": data_url(PICTURE_PNG)}], {"file_id": "file-m"}, "mask", "'mask' names file 'file-m', which"),
     ],
 )
 def test_json_body_refusals(api_server, images, mask, param: str, message: str) -> None:

@@ -276,7 +276,7 @@ def test_data_url_over_the_byte_limit_is_refused_before_decoding() -> None:
 @pytest.mark.parametrize(
     "ref, message",
     [
-        ({"file_id": "file-abc"}, "'mask' uses file_id, but Easel has no Files API"),
+        ({"file_id": "file-abc"}, "'mask' uses file_id, but this server has no Files API"),
         ({"image_url": 3}, "'mask' must have a string 'image_url'."),
         ({"image_url": "data:,", "detail": "x"}, "'mask' has unknown field(s): detail."),
         ("data:image/png;base64,AAAA", "'mask' must be an object with an 'image_url'."),
