@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..http.errors import APIError
-from .images import ImageOptions, gpt_image_quality, usage
+from .images import ImageOptions, gpt_image_quality
+from .usage import usage
 
 StreamKind = Literal["image_generation", "image_edit"]
 

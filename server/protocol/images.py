@@ -1,22 +1,18 @@
-"""The image endpoints' shared fields, the generation request, the job it becomes, and the answer bodies.
+"""The image endpoints' shared fields, the generation request, the job it becomes, what its answer may cost, and
+the answer bodies.
 
-A request is parsed in two steps. ``parse`` checks what needs no model
-(types, ranges, values, one field against another). Once the serving layer
-knows the model, ``to_job`` checks what depends on it (size bounds, features,
-the OpenAI name's own limits) and converts the request into the
-:class:`ImageJob` a backend runs. Each field is read by its row in
-:mod:`server.protocol.tables`; edits and variations are
-:mod:`server.protocol.edits`.
-
-The name a client asks for decides the answer's style (:data:`ApiStyle`):
-``dall-e-2``, ``dall-e-3``, GPT image names, or ``easel`` for everything else
-(local names, custom aliases), which answers like ``dall-e-2`` and accepts
-every field. The fields and their meanings are listed in docs/api.md and docs/reference/fields.md.
+``parse`` checks what needs no model (types, ranges, values, one field against another); once the serving layer knows
+the model, ``to_job`` checks what depends on it and builds the :class:`ImageJob` a backend runs. Each field is read by
+its row in :mod:`server.protocol.tables`; edits and variations are :mod:`server.protocol.edits`. The name a client
+asks for decides the answer's style (:data:`ApiStyle`): ``dall-e-2``, ``dall-e-3``, GPT image names, or ``easel``
+for everything else (local names, custom aliases), which answers like ``dall-e-2`` and accepts every field. The
+fields are listed in docs/api.md and docs/reference/fields.md.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import re
 import secrets
 from dataclasses import dataclass, replace
@@ -34,7 +30,6 @@ from .fields import FieldReader, RequestedSize, parse_size, read_prompt, require
 ApiStyle = Literal["dall-e-2", "dall-e-3", "gpt-image", "easel"]
 
 RANDOM_SEED_RANGE = 2**31
-OUTPUT_TOKEN_PATCH = 8
 # Any current or future OpenAI image model name: gpt-image-2.6-flare, chatgpt-image-latest, a dated snapshot.
 OPENAI_IMAGE_NAME = re.compile(r"(gpt-image|chatgpt-image)(-[a-z0-9][a-z0-9.]*){1,6}")
 GENERATION_FIELDS = t.names(t.GENERATION)
@@ -307,6 +302,43 @@ def build_job(
     )
 
 
+# -- Memory per request (--max-request-mb; docs/limits.md). Files are fitted and encoded one at a time (one GIF frame
+# at a time) and held until the answer is sent. The estimate takes incompressible pixels: it bounds an answer.
+FILE_BYTES_PER_PIXEL = {"gif": 1.5}  # per frame: palette indices, which LZW may grow to 12-bit codes; others: RGB, 3
+INLINE_COPIES = 1 + 2 * 4 / 3  # b64_json and streams: the file, its base64 text, and that text in the JSON body
+MiB = 1024 * 1024
+
+
+def answer_peak_bytes(n: int, frames: int, pixels: int, output_format: str, inline: bool) -> int:
+    """The files held until sent, plus one frame at work (6 bytes a pixel: it and its resized copy) and, for a GIF,
+    every frame so far as a palette image and its difference from the last (2 bytes a pixel each)."""
+    per_file = FILE_BYTES_PER_PIXEL.get(output_format, 3.0) * pixels * frames
+    working = 6.0 * pixels + (2.0 * pixels * frames if output_format == "gif" else 0.0)
+    return math.ceil(n * per_file * (INLINE_COPIES if inline else 1.0) + working)
+
+
+def check_answer_memory(n: int, frames: int, width: int, height: int, fmt: str, inline: bool, *, limit: int) -> None:
+    """A 400 naming what to lower, and how far, when the answer could take more than ``limit`` bytes."""
+    peak = answer_peak_bytes(n, frames, width * height, fmt, inline)
+    if peak <= limit:
+        return
+    pixels = width * height
+    fits_n = max((k for k in range(1, n) if answer_peak_bytes(k, frames, pixels, fmt, inline) <= limit), default=0)
+    fits_frames = max((k for k in range(2, frames) if answer_peak_bytes(1, k, pixels, fmt, inline) <= limit), default=0)
+    if fits_n:
+        param, hint = "n", f"At most n={fits_n} fits at this size and format."
+    elif fits_frames:
+        param, hint = "frame_count", f"At most frame_count={fits_frames} fits with n=1 at this size."
+    else:
+        param, hint = "size", "Ask for a smaller size" + (" or response_format 'url'." if inline else ".")
+    message = (
+        f"This request's answer could take up to {math.ceil(peak / MiB):,} MiB of memory to encode and send ({n} x "
+        f"{frames} frame(s) at {width}x{height}, {fmt}{', base64 in JSON' if inline else ''}); this server allows "
+        f"{math.ceil(limit / MiB):,} MiB per request (--max-request-mb). {hint}"
+    )
+    raise invalid(param, message, code="answer_too_large")
+
+
 # -- answers -------------------------------------------------------------------------------------
 
 
@@ -315,33 +347,6 @@ class FinishedImage:
     data: bytes  # encoded file
     seed: int
     url: str | None = None  # set when response_format is url
-
-
-def output_image_tokens(native_width: int, native_height: int, n: int) -> int:
-    """8x8-pixel patches of the image as generated (before resizing), times ``n``.
-
-    For Kandinsky 2.2 that is exactly its number of latent positions. Ceiling
-    division: a partial patch at an edge still costs a patch.
-    """
-    per_image = -(-native_width // OUTPUT_TOKEN_PATCH) * -(-native_height // OUTPUT_TOKEN_PATCH)
-    return per_image * n
-
-
-def usage(input_text_tokens: int, output_tokens: int, input_image_tokens: int = 0) -> dict[str, Any]:
-    input_tokens = input_text_tokens + input_image_tokens
-    return {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"text_tokens": input_text_tokens, "image_tokens": input_image_tokens},
-        "output_tokens": output_tokens,
-        "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
-        "total_tokens": input_tokens + output_tokens,
-    }
-
-
-def job_usage(job: ImageJob, prompt_tokens: int) -> dict[str, Any]:
-    """A finished job's usage: the prompt's tokens, the input image's patches (edits, variations), every frame's."""
-    input_image_tokens = output_image_tokens(job.width, job.height, 1) if job.image is not None else 0
-    return usage(prompt_tokens, output_image_tokens(job.width, job.height, job.n * job.frames), input_image_tokens)
 
 
 def images_response(

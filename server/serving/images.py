@@ -1,9 +1,8 @@
 """Serving the image endpoints: resolve the model, submit the job, wait (or stream), finish the files, answer.
 
-A typed request (:mod:`server.protocol.images`) comes in; the answer goes out
-in the style of the model name the client used. The job waits in the engine;
-a client that disconnects before its images are ready cancels it. Log lines
-carry ``request.state.request_id``, set by :class:`~server.http.request_id.RequestIdMiddleware`.
+A typed request (:mod:`server.protocol.images`) comes in; the answer goes out in the style of the model name the
+client used. The job waits in the engine; a client that disconnects before its images are ready cancels it. Log
+lines carry ``request.state.request_id``, set by :class:`~server.http.request_id.RequestIdMiddleware`.
 """
 
 from __future__ import annotations
@@ -29,9 +28,18 @@ from ..http.errors import CLIENT_CLOSED_REQUEST, insufficient_storage, shutting_
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
-from ..protocol.images import ApiStyle, FinishedImage, GenerationRequest, ImageOptions, images_response, job_usage
+from ..protocol.images import (
+    ApiStyle,
+    FinishedImage,
+    GenerationRequest,
+    ImageOptions,
+    answer_peak_bytes,
+    check_answer_memory,
+    images_response,
+)
+from ..protocol.usage import job_usage
 from ..settings.config import Settings
-from .answer_memory import TRIM_AFTER_BYTES, MemoryReturn, answer_peak_bytes, check_answer_memory
+from .answer_memory import TRIM_AFTER_BYTES, MemoryReturn
 from .decoding import Fit, UploadLimits, decode_variation_input
 from .files import (
     STORAGE_RETRY_AFTER_SECONDS,
@@ -179,8 +187,7 @@ class ImageServing:
     def _check_memory(self, model: ReadyModel, options: ImageOptions) -> None:
         """A 400 before the job is queued if its answer could take more memory than ``--max-request-mb``."""
         inline = options.stream or (options.response_format or _default_format(model)) == "b64_json"
-        size = options.size
-        shape = (options.n, options.frames, size.width, size.height, options.output_format, inline)
+        shape = (options.n, options.frames, options.size.width, options.size.height, options.output_format, inline)
         check_answer_memory(*shape, limit=self.settings.max_request_bytes)
 
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:

@@ -26,9 +26,10 @@ from ..http.errors import CLIENT_CLOSED_REQUEST, APIError, internal_error, inval
 from ..protocol import tables as t
 from ..protocol.edits import EditRequest, UploadedBody
 from ..protocol.fields import FieldReader, read_json
-from ..protocol.images import GenerationRequest, api_style_for, base64_text, job_usage
+from ..protocol.images import GenerationRequest, api_style_for, base64_text
 from ..protocol.response_objects import EventCounter, ResponseDraft
 from ..protocol.responses import ResponsesRequest, parse_responses_request, tool_error
+from ..protocol.usage import job_usage
 from .images import ImageServing, StartedJob
 from .job_errors import job_error
 from .kept import KeptResponse, KeptResponses

@@ -17,7 +17,8 @@ import openai
 import pytest
 from PIL import Image
 
-from server.serving.answer_memory import MemoryReturn, MiB, answer_peak_bytes, check_answer_memory
+from server.protocol.images import MiB, answer_peak_bytes, check_answer_memory
+from server.serving.answer_memory import MemoryReturn
 from server.serving.files import fit_to_size
 from server.serving.formats import encode_gif
 from server.settings.model_specs import ModelSpec

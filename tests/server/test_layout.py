@@ -139,7 +139,7 @@ def test_a_generation_request_passes_at_most_ten_project_files(tiny_model_dirs):
         threading.setprofile(None)  # type: ignore[arg-type]
     assert response.status_code == 200 and "url" in response.json()["data"][0]
     files = list(seen)
-    assert len(files) <= MAX_REQUEST_PATH_FILES, files
+    assert len(files) <= MAX_REQUEST_PATH_FILES, "\n".join(files)
     # The flow reads top to bottom: serving's endpoint -> protocol -> engine -> backend -> files.
     order = [
         "server/serving/images.py",
