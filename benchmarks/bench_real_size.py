@@ -51,10 +51,9 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     results: dict = {"family": args.family, "cpu_threads": os.cpu_count()}
     hub, st = args.root / f"{args.family}-hub2023", args.root / f"{args.family}-bf16-safetensors"
-    results["write_seconds"] = {
-        "hub-2023": write(args.family, hub, "hub-2023", "float32"),
-        "safetensors-bf16": write(args.family, st, "safetensors", "bfloat16"),
-    }
+    results["write_seconds"] = {"hub-2023": write(args.family, hub, "hub-2023", "float32")}
+    if "serve-st" not in skip:  # the safetensors layout is written only to be served
+        results["write_seconds"]["safetensors-bf16"] = write(args.family, st, "safetensors", "bfloat16")
     results["footprint"] = footprint(hub)
     say(f"footprint: {json.dumps(results['footprint'])}")
     results["refusal_fp32_at_16GB"] = refusal(hub)

@@ -1,19 +1,22 @@
 """diffusers and transformers: weights converted to the serving dtype as they are read, at the cost of one copy.
 
-Both libraries read a ``.bin`` weight file with ``torch.load(mmap=True)``: its tensors are pages of the file, mapped
-into the process. When the file's dtype is the serving dtype the module's weights are those pages, which is as
-small as loading can be. When it is not (the hub's float32 files served in bfloat16, its float16 image encoder
-served in float32 or bfloat16) each tensor is copied in the new dtype, and every page of the file it was read
-from stays mapped, counted in the process's RSS, until the whole file has been read: a float32 UNet loaded in
-bfloat16 peaks at three times its bfloat16 size.
+Both libraries read a ``.bin`` weight file with ``torch.load(mmap=True)``, and diffusers reads a safetensors file
+with ``safetensors.torch.load_file``, which maps it too: the tensors are pages of the file, mapped into the process.
+When the file's dtype is the serving dtype, the module's weights are those pages, which is as small as loading can
+be. When it is not (the hub's float32 files served in bfloat16, its float16 image encoder served in float32 or
+bfloat16) each tensor is copied in the new dtype, and every page of the file it was read from stays mapped, counted
+in the process's RSS, until the whole file has been read: a float32 UNet loaded in bfloat16 peaks at three times
+its bfloat16 size.
 
 While :func:`converting_to` is active, each library's ``load_state_dict`` (the one function both call per weight
 file) hands back the file's tensors already converted, one at a time, and tells the kernel after each one that
-the file pages it was read from are no longer needed (``madvise(MADV_DONTNEED)``: the mapping is private and never
-written, so the pages simply leave the process; they stay in the page cache). The libraries then find every tensor
-in the dtype they would have converted it to, and keep it as it is. The values are those of the same ``.to(dtype)``
-the libraries call, so the weights are bit-identical; only the peak memory changes. Files already in the serving
-dtype, safetensors files, and anything not mapped from the file are left exactly as the libraries read them.
+the file pages it was read from are no longer needed (``madvise(MADV_DONTNEED)``: the mapping is never written, so
+the pages simply leave the process; they stay in the page cache, and a page touched again is read back from the
+file). The libraries then find every tensor in the dtype they would have converted it to, and keep it as it is.
+The values are those of the same ``.to(dtype)`` the libraries call, so the weights are bit-identical; only the
+peak memory changes. Files already in the serving dtype, and anything not mapped from the file, are left exactly
+as the libraries read them. (transformers reads a safetensors file through its own lazy slices, not
+``load_state_dict``, so it is not covered; the hub's transformers components are ``.bin`` files.)
 """
 
 from __future__ import annotations
@@ -66,8 +69,6 @@ def _converting(load_state_dict: Callable[..., Any]) -> Callable[..., Any]:
         state = load_state_dict(checkpoint_file, *args, **kwargs)
         dtype = _target.get()
         if dtype is None or not isinstance(checkpoint_file, str | os.PathLike) or not isinstance(state, dict):
-            return state
-        if str(checkpoint_file).endswith(".safetensors"):
             return state
         return convert_releasing(state, dtype, mapped_ranges(str(checkpoint_file)))
 

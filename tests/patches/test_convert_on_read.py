@@ -135,3 +135,33 @@ def test_no_module_easel_loads_keeps_weights_in_float32():
     assert {cls.__name__: getattr(cls, "_keep_in_fp32_modules", None) or [] for cls in classes} == {
         cls.__name__: [] for cls in classes
     }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_float32_safetensors_unet_loads_bit_identical_in_a_half_dtype(
+    tiny_model_dirs: dict[str, Path], dtype: torch.dtype
+):
+    folder = tiny_model_dirs["kandinsky"] / "unet"
+    assert (folder / "diffusion_pytorch_model.safetensors").is_file()
+    options = {"low_cpu_mem_usage": True, "local_files_only": True, "dtype": dtype}
+    theirs = UNet2DConditionModel.from_pretrained(folder, **options)
+    with converting_to(dtype):
+        ours = UNet2DConditionModel.from_pretrained(folder, **options)
+    _assert_bit_identical(_state(ours), _state(theirs), dtype)
+
+
+@linux_only
+def test_the_pages_of_a_converted_safetensors_tensor_leave_the_process(tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    file = tmp_path / "weights.safetensors"
+    written = {f"w{i}": torch.randn(1024, 1024) for i in range(8)}
+    save_file(written, file)
+    state = load_file(file)
+    assert all(torch.equal(state[name], tensor) for name, tensor in written.items())
+    assert _resident_bytes_of(file) >= 30 * MIB
+
+    converted = convert_releasing(state, torch.bfloat16, mapped_ranges(str(file)))
+
+    assert _resident_bytes_of(file) < 1 * MIB
+    assert all(torch.equal(converted[name], tensor.to(torch.bfloat16)) for name, tensor in written.items())
