@@ -1,5 +1,5 @@
 """One stage of a real-size Kandinsky 2.2 alone:
-``python -m benchmarks.real_size_stage unet|prior|image_encoder DIR DTYPE [SIDES|none] [--as-libraries-read]``.
+``python -m benchmarks.real_size_stage STAGE DIR DTYPE [SIDES|none] [--as-libraries-read]``.
 
 Loads the stage as the pipeline loader does (modules created empty and filled
 once, in ``DTYPE``, converted as they are read: :mod:`patches.convert_on_read`;
@@ -7,7 +7,8 @@ once, in ``DTYPE``, converted as they are read: :mod:`patches.convert_on_read`;
 compare), checks its weights for NaN/Inf as a model load does
 (:mod:`pipelines.finite_weights`), then times its forward pass on
 classifier-free guidance's batch of two: the decoder UNet at 512x512 and
-768x768 (latents at 1/8), the prior once (``none``: load only). Prints one
+768x768 (latents at 1/8), the prior once (``none``, and the other stages
+in ``FOLDERS``: load and check only). Prints one
 JSON line with the memory after loading (``VmHWM``, ``RssAnon``,
 ``RssFile``). Run by :mod:`benchmarks.bench_real_size`, which reads this
 process's peak RSS.
@@ -29,7 +30,13 @@ from pipelines.device import DTYPES
 from pipelines.finite_weights import check_finite_weights
 from weights.footprint import component_footprint
 
-FOLDERS = {"unet": "unet", "prior": "prior_prior", "image_encoder": "prior_image_encoder"}
+FOLDERS = {
+    "unet": "unet",
+    "prior": "prior_prior",
+    "image_encoder": "prior_image_encoder",
+    "text_encoder": "prior_text_encoder",
+    "movq": "movq",
+}
 EMBED = 1280  # Kandinsky 2.2's CLIP embedding width
 BATCH = 2  # conditional and unconditional
 
@@ -71,12 +78,12 @@ def main(
 
 
 def _model_class(stage: str):  # type: ignore[no-untyped-def]
-    from diffusers import PriorTransformer, UNet2DConditionModel
-    from transformers import CLIPVisionModelWithProjection
+    from diffusers import PriorTransformer, UNet2DConditionModel, VQModel
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-    return {"unet": UNet2DConditionModel, "prior": PriorTransformer, "image_encoder": CLIPVisionModelWithProjection}[
-        stage
-    ]
+    classes = {"unet": UNet2DConditionModel, "prior": PriorTransformer, "movq": VQModel}
+    classes |= {"image_encoder": CLIPVisionModelWithProjection, "text_encoder": CLIPTextModelWithProjection}
+    return classes[stage]
 
 
 def _memory() -> dict[str, int]:
