@@ -46,7 +46,11 @@ def main() -> None:
     parser.add_argument("--family", default="kandinsky22", choices=["kandinsky22"])
     parser.add_argument("--prior-steps", type=int, default=2)
     parser.add_argument("--decoder-steps", type=int, default=2, help="at 512x512 (768x768 runs one)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: serve-st,check,fp32,generate")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to skip: serve-st (also skips writing that layout),check,fp32,generate",
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     results: dict = {"family": args.family, "cpu_threads": os.cpu_count()}
