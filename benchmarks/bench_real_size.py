@@ -46,15 +46,18 @@ def main() -> None:
     parser.add_argument("--family", default="kandinsky22", choices=["kandinsky22"])
     parser.add_argument("--prior-steps", type=int, default=2)
     parser.add_argument("--decoder-steps", type=int, default=2, help="at 512x512 (768x768 runs one)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: serve-st,check,fp32,generate")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to skip: serve-st (also skips writing that layout),check,fp32,generate",
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     results: dict = {"family": args.family, "cpu_threads": os.cpu_count()}
     hub, st = args.root / f"{args.family}-hub2023", args.root / f"{args.family}-bf16-safetensors"
-    results["write_seconds"] = {
-        "hub-2023": write(args.family, hub, "hub-2023", "float32"),
-        "safetensors-bf16": write(args.family, st, "safetensors", "bfloat16"),
-    }
+    results["write_seconds"] = {"hub-2023": write(args.family, hub, "hub-2023", "float32")}
+    if "serve-st" not in skip:  # the safetensors layout is written only to be served
+        results["write_seconds"]["safetensors-bf16"] = write(args.family, st, "safetensors", "bfloat16")
     results["footprint"] = footprint(hub)
     say(f"footprint: {json.dumps(results['footprint'])}")
     results["refusal_fp32_at_16GB"] = refusal(hub)

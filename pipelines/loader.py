@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from patches.convert_on_read import converting_to
 from patches.huggingface_hub import go_offline
 
 from .base import ImageBackend
@@ -82,13 +83,15 @@ def load_backend(
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend
 
-        combined = _load_kandinsky(path, index, torch_device, torch_dtype)
+        with converting_to(torch_dtype):  # a file in another dtype costs its converted size, not both
+            combined = _load_kandinsky(path, index, torch_device, torch_dtype)
         check_finite_weights(path, combined.components)
         backend = KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
     else:
         from .karlo import KarloBackend
 
-        backend = KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
+        with converting_to(torch_dtype):
+            backend = KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
         check_finite_weights(path, backend.modules_by_folder())
     return optimize_backend(backend, options)
 
