@@ -246,7 +246,10 @@ def _image_url(part: Any, param: str) -> str:
     if not isinstance(part, dict):
         raise invalid(param, f"Invalid type for '{param}': expected an object.", code="invalid_type")
     if part.get("file_id") is not None:
-        message = f"'{param}' uses file_id, but Easel has no Files API; send the image as a data URL in image_url."
+        message = (
+            f"'{param}' uses file_id, which /v1/responses does not read (image edits do); "
+            "send the image as a data URL in image_url."
+        )
         raise invalid(param, message, code="unsupported_value")
     url = part.get("image_url")
     if not isinstance(url, str):

@@ -112,6 +112,10 @@ def read_all(sock: socket.socket) -> tuple[int, str | None]:
     return received, None
 
 
+def aborted_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "answer not taken by the client for 2 s" in r.getMessage()]
+
+
 def test_clients_that_never_read_lose_their_connections_and_health_answers_again(
     send_limited: LiveServer, big_image: str, caplog
 ) -> None:
@@ -122,6 +126,9 @@ def test_clients_that_never_read_lose_their_connections_and_health_answers_again
             # Every slot is held: this is what a server without a send deadline answers for as long as they like.
             assert health_status(send_limited.url) == 503
             seconds = wait_until(lambda: health_status(send_limited.url) == 200, 30, "the slots never came back")
+            # One free slot answers the probe; read only once every stalled answer was aborted, or reading would
+            # let an answer whose deadline has not come yet go through.
+            wait_until(lambda: len(aborted_records(caplog)) == MAX_CONNECTIONS, 30, "every stalled answer aborted")
             ends = [read_all(sock) for sock in stalled]
         finally:
             for sock in stalled:
@@ -129,8 +136,7 @@ def test_clients_that_never_read_lose_their_connections_and_health_answers_again
     assert seconds >= SEND_TIMEOUT * 0.5, seconds  # not at once: the deadline ended them
     for received, ended in ends:
         assert 0 < received < BIG and ended == "ConnectionResetError", (received, ended)  # part, then the abort
-    aborted = [r for r in caplog.records if "answer not taken by the client for 2 s" in r.getMessage()]
-    assert len(aborted) == MAX_CONNECTIONS
+    assert len(aborted_records(caplog)) == MAX_CONNECTIONS
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == ["1 connection(s) refused with 503: 4 already open (--max-connections)"]  # the probe's 503
 
