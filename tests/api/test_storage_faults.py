@@ -4,7 +4,8 @@ Each test mounts a small tmpfs as ``--image-dir`` (root only; skipped with the
 reason otherwise). ``b64_json`` answers keep working, a failed write removes
 its partial file and the request's other images at once, an expired URL is a
 404 even where its file cannot be deleted, and each disk condition is logged
-once as a warning, without a traceback.
+once as a warning, without a traceback. The Files API's data directory answers
+uploads it cannot store the same way.
 """
 
 from __future__ import annotations
@@ -121,3 +122,31 @@ def test_a_read_only_directory_answers_507_and_expired_urls_404_with_one_warning
                 assert not [r for r in caplog.records if r.exc_info]
             finally:
                 remount(images, "rw")
+
+
+def test_a_full_data_directory_answers_uploads_507_and_keeps_nothing_of_them(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    def upload(live, size: int) -> httpx.Response:
+        content = {"file": ("in.png", b"x" * size)}
+        return httpx.post(live.url + "/v1/files", files=content, data={"purpose": "vision"}, timeout=60)
+
+    with tmpfs(tmp_path / "data", 1024) as data:
+        settings = Settings(models=(ModelSpec(name=TINY, family="kandinsky22", path=tiny_model_dirs["kandinsky"]),))
+        settings = Settings(**{**settings.__dict__, "data_dir": data, "default_model": TINY})
+        with running_server(settings) as live:
+            first = upload(live, 100)
+            assert first.status_code == 200, first.text
+            filler = fill(data, 16 * 4096)
+            caplog.set_level(logging.WARNING)
+            answer = upload(live, 256 * 1024)
+            error = assert_envelope(answer, 507, code="insufficient_storage")
+            assert error["type"] == "server_error"
+            assert error["message"] == "The server cannot store files right now (no space left on device). Retry later."
+            assert answer.headers["retry-after"] == "30"
+            listed = httpx.get(live.url + "/v1/files", timeout=10).json()["data"]
+            assert [f["id"] for f in listed] == [first.json()["id"]]  # nothing of the failed upload is listed
+            assert [p.name for p in (data / "files").iterdir()] == [first.json()["id"]]  # nor left on disk
+            assert not [r for r in caplog.records if r.exc_info]
+            filler.unlink()
+            assert upload(live, 256 * 1024).status_code == 200

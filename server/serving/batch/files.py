@@ -10,11 +10,17 @@ files are swept, and only those this store made (its database rows) ever are.
 
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
 import time
 from typing import Any
 
-from ...http.errors import APIError, invalid, missing_parameter
+from ...http.errors import APIError, insufficient_storage, invalid, missing_parameter
+from ..files import STORAGE_ERRNOS, STORAGE_RETRY_AFTER_SECONDS
 from .store import Store, new_id
+
+log = logging.getLogger("easel.batch")
 
 UPLOAD_PURPOSES = ("batch", "vision", "user_data")
 OPENAI_ONLY_PURPOSES = ("assistants", "fine-tune", "evals")  # OpenAI's, for features Easel does not have
@@ -94,13 +100,24 @@ class Files:
         file_id = new_id("file-")
         now = int(time.time())
         expires_at = None if expires_in is None else now + expires_in
-        self.store.write_content(file_id, data)
-        with self.store.transaction() as db:
-            seq = self.store.next_seq(db, "files")
-            db.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (file_id, purpose, filename, len(data), now, expires_at, seq),
-            )
+        try:
+            self.store.write_content(file_id, data)
+        except OSError as error:
+            if error.errno not in STORAGE_ERRNOS:
+                raise
+            raise _unstorable(os.strerror(error.errno)) from None
+        try:
+            with self.store.transaction() as db:
+                seq = self.store.next_seq(db, "files")
+                db.execute(
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (file_id, purpose, filename, len(data), now, expires_at, seq),
+                )
+        except sqlite3.OperationalError as error:  # "database or disk is full": the contents go too
+            self.store.remove_content(file_id)
+            if "full" not in str(error) and "readonly" not in str(error):
+                raise
+            raise _unstorable(str(error)) from None
         return self.get(file_id)
 
     def row(self, file_id: str) -> Any:
@@ -168,3 +185,10 @@ class Files:
 
 def _expired(row: Any) -> bool:
     return row["expires_at"] is not None and row["expires_at"] <= time.time()
+
+
+def _unstorable(reason: str) -> APIError:
+    """A full or read-only data directory: 507 with Retry-After, logged without a traceback; nothing is kept."""
+    log.warning("cannot store an uploaded file in the data directory: %s", reason)
+    message = f"The server cannot store files right now ({reason.lower()}). Retry later."
+    return insufficient_storage(message, STORAGE_RETRY_AFTER_SECONDS)
