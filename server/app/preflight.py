@@ -133,6 +133,13 @@ def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
         where = settings.origin("dtype") if settings.dtype is not None else spec.source or "--model"
         copies = copies_for(str(device), settings.workers, parameter_count(spec.path))
         cost = model_cost(spec.path, spec.family, device, settings.dtype_for(spec.family), quantize, copies)
+        at_start = spec.name in preloaded and (
+            settings.preload or budget is None or spent + cost.device_bytes <= budget
+        )
+        try:
+            check_fits(spec.name, spec.family, spec.path, device, dtype, others=before if at_start else 0)
+        except ModelTooLarge as error:
+            raise ConfigError(f"{where}: {error}") from None  # first: what is free, and what dtype would fit
         if budget is not None and cost.device_bytes > budget:
             raise ConfigError(
                 f"{settings.origin('memory_budget')}: model {spec.name!r} can never fit: it needs "
@@ -140,13 +147,6 @@ def _check_memory(settings: Settings, specs: list[ModelSpec]) -> None:
                 f"copies + {_size(cost.margin_bytes)} working margin), more than the budget of {_size(budget)} "
                 f"({settings.memory_budget}); raise --memory-budget"
             )
-        at_start = spec.name in preloaded and (
-            settings.preload or budget is None or spent + cost.device_bytes <= budget
-        )
-        try:
-            check_fits(spec.name, spec.family, spec.path, device, dtype, others=before if at_start else 0)
-        except ModelTooLarge as error:
-            raise ConfigError(f"{where}: {error}") from None
         if at_start:  # what stays once loaded: with --quantize, the quantized size (loading needs the full one)
             spent += cost.device_bytes
             if budget is not None and spent > budget:  # only --preload can name more than fits

@@ -45,7 +45,6 @@ class ModelEntry:
         self.status: Status = "unloaded"
         self.info: ModelInfo | None = None  # kept after an unload: it still says what the model can do
         self.error: str | None = None
-        self.load_seconds: float | None = None
         self.facts: ModelFacts | None = None  # read from the directory before loading (server.serving.residency)
         self.tier: Tier | None = None  # where its weights are: the device, CPU RAM (the warm tier), or nowhere
         self.device_bytes = 0  # its cost while on the device (weights per copy, copies, working margin)
@@ -199,7 +198,6 @@ def residence(entry: ModelEntry) -> dict[str, Any]:
         "device_bytes": entry.device_bytes or None,  # None: its weights could not be read
         "host_bytes": entry.host_bytes or None,
         "pinned": entry.pinned,
-        "load_seconds": None if entry.load_seconds is None else round(entry.load_seconds, 3),
     }
 
 

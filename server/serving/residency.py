@@ -172,7 +172,7 @@ class ModelManager:
                 return
             seconds = time.monotonic() - started
             with self.catalog.lock:
-                entry.info, entry.load_seconds, entry.status, entry.tier = info, seconds, "ready", "device"
+                entry.info, entry.status, entry.tier = info, "ready", "device"
                 entry.failures, entry.last_used = 0, time.monotonic()
             self.metrics.loads.labels(entry.name, source).inc()
             self.metrics.load_seconds.labels(entry.name, source).observe(seconds)
