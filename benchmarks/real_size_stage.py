@@ -32,6 +32,7 @@ import torch
 from patches.convert_on_read import converting_to
 from pipelines.device import DTYPES
 from pipelines.finite_weights import check_finite_weights
+from pipelines.quantize import check_supported, quantize_models
 from pipelines.speed import QUANTIZE_MODES
 from weights.footprint import component_footprint
 
@@ -55,15 +56,11 @@ def main(
     convert: bool = True,
     quantize: str = "none",
 ) -> dict:
+    check_supported(quantize, torch.device("cpu"))  # as the server refuses fp8 here, before loading
     dtype = DTYPES[dtype_name]
     folder = model_dir / FOLDERS[stage]
     start = time.perf_counter()
     with converting_to(dtype) if convert else contextlib.nullcontext():
-        # Imported only now, as the loader does: diffusers binds its weight reader when its model modules are
-        # first imported, and a reader bound before converting_to patched it reads a single file unconverted.
-        from pipelines.quantize import check_supported, quantize_models
-
-        check_supported(quantize, torch.device("cpu"))  # as the server refuses fp8 here, before reading weights
         model = _model_class(stage).from_pretrained(folder, low_cpu_mem_usage=True, local_files_only=True, dtype=dtype)
     model = model.eval()
     result: dict = {
