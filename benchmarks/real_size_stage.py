@@ -1,5 +1,5 @@
 """One stage of a real-size Kandinsky 2.2 alone:
-``python -m benchmarks.real_size_stage STAGE DIR DTYPE [SIDES|none] [--as-libraries-read]``.
+``python -m benchmarks.real_size_stage STAGE DIR DTYPE [SIDES|none] [--as-libraries-read] [--quantize MODE]``.
 
 Loads the stage as the pipeline loader does (modules created empty and filled
 once, in ``DTYPE``, converted as they are read: :mod:`patches.convert_on_read`;
@@ -8,18 +8,22 @@ compare), checks its weights for NaN/Inf as a model load does
 (:mod:`pipelines.finite_weights`), then times its forward pass on
 classifier-free guidance's batch of two: the decoder UNet at 512x512 and
 768x768 (latents at 1/8), the prior once (``none``, and the other stages
-in ``FOLDERS``: load and check only). Prints one
-JSON line with the memory after loading (``VmHWM``, ``RssAnon``,
-``RssFile``). Run by :mod:`benchmarks.bench_real_size`, which reads this
-process's peak RSS.
+in ``FOLDERS``: load and check only). ``--quantize int8`` quantizes the
+stage after the check, with the loader's own function
+(:func:`pipelines.quantize.quantize_models`, as ``--quantize`` does when
+serving), before it is timed. Prints one JSON line with the memory after
+loading, checking and quantizing (``VmHWM``, ``RssAnon``, ``RssFile``) and
+the weights' in-memory size (``quantize``). Run by
+:mod:`benchmarks.bench_real_size`, which reads this process's peak RSS.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import gc
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +32,8 @@ import torch
 from patches.convert_on_read import converting_to
 from pipelines.device import DTYPES
 from pipelines.finite_weights import check_finite_weights
+from pipelines.quantize import check_supported, quantize_models
+from pipelines.speed import QUANTIZE_MODES
 from weights.footprint import component_footprint
 
 FOLDERS = {
@@ -42,15 +48,27 @@ BATCH = 2  # conditional and unconditional
 
 
 def main(
-    stage: str, model_dir: Path, dtype_name: str, sides: tuple[int, ...] = (512, 768), *, convert: bool = True
+    stage: str,
+    model_dir: Path,
+    dtype_name: str,
+    sides: tuple[int, ...] = (512, 768),
+    *,
+    convert: bool = True,
+    quantize: str = "none",
 ) -> dict:
+    check_supported(quantize, torch.device("cpu"))  # as the server refuses fp8 here, before loading
     dtype = DTYPES[dtype_name]
     folder = model_dir / FOLDERS[stage]
     start = time.perf_counter()
     with converting_to(dtype) if convert else contextlib.nullcontext():
         model = _model_class(stage).from_pretrained(folder, low_cpu_mem_usage=True, local_files_only=True, dtype=dtype)
     model = model.eval()
-    result: dict = {"stage": stage, "dtype": dtype_name, "converted_on_read": convert}
+    result: dict = {
+        "stage": stage,
+        "dtype": dtype_name,
+        "converted_on_read": convert,
+        "threads": torch.get_num_threads(),
+    }
     result["load_seconds"] = round(time.perf_counter() - start, 1)
     result["weights_bytes"] = component_footprint(folder).memory_bytes(dtype_name)
     result["after_load"] = _memory()
@@ -58,6 +76,12 @@ def main(
     check_finite_weights(model_dir, {FOLDERS[stage]: model})
     result["finite_check_seconds"] = round(time.perf_counter() - start, 2)
     result["after_finite_check"] = _memory()
+    start = time.perf_counter()
+    result["quantize"] = quantize_models([model], quantize).as_dict()  # "none": the weights' size, untouched
+    gc.collect()  # the full-precision weights quantizing replaced
+    if quantize != "none":
+        result["quantize_seconds"] = round(time.perf_counter() - start, 1)
+        result["after_quantize"] = _memory()
     with torch.inference_mode():
         if stage == "unet" and sides:
             embeds = {"image_embeds": torch.randn(BATCH, EMBED, dtype=dtype)}
@@ -103,9 +127,23 @@ def _time(step) -> float:  # type: ignore[no-untyped-def]
     return round(time.perf_counter() - start, 2)
 
 
+def parse_arguments(argv: list[str] | None = None) -> dict:
+    """The command line as :func:`main`'s arguments."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.real_size_stage", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=list(FOLDERS))
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("dtype_name", choices=list(DTYPES))
+    parser.add_argument("sides", nargs="?", default="512,768", help="comma-separated sides to time, or none")
+    parser.add_argument("--as-libraries-read", dest="convert", action="store_false")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
+    arguments = vars(parser.parse_args(argv))
+    text = arguments["sides"]
+    try:
+        arguments["sides"] = () if text == "none" else tuple(int(side) for side in text.split(","))
+    except ValueError:
+        parser.error(f"sides: comma-separated whole numbers or none, not {text!r}")
+    return arguments
+
+
 if __name__ == "__main__":
-    arguments = [argument for argument in sys.argv[1:] if argument != "--as-libraries-read"]
-    sides_text = arguments[3] if len(arguments) > 3 else "512,768"
-    sides = () if sides_text == "none" else tuple(int(side) for side in sides_text.split(","))
-    convert = "--as-libraries-read" not in sys.argv
-    print(json.dumps(main(arguments[0], Path(arguments[1]), arguments[2], sides, convert=convert)))
+    print(json.dumps(main(**parse_arguments())))

@@ -55,11 +55,16 @@ def converting_to(dtype: torch.dtype) -> Iterator[None]:
 
 
 def _install() -> None:
-    """Wrap each library's ``load_state_dict`` once; the wrapper does nothing outside :func:`converting_to`."""
+    """Wrap each library's ``load_state_dict`` once; the wrapper does nothing outside :func:`converting_to`.
+
+    diffusers' ``modeling_utils`` imports the function by name and calls that name for a single weight file, so
+    its copy is wrapped too: once it has been imported (every backend imports it) the module's own would not do.
+    """
     from diffusers.models import model_loading_utils
+    from diffusers.models import modeling_utils as diffusers_models
     from transformers import modeling_utils
 
-    for module in (model_loading_utils, modeling_utils):
+    for module in (model_loading_utils, diffusers_models, modeling_utils):
         if not getattr(module.load_state_dict, "_easel_converts", False):
             module.load_state_dict = _converting(module.load_state_dict)
 

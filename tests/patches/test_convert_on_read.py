@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -165,3 +166,31 @@ def test_the_pages_of_a_converted_safetensors_tensor_leave_the_process(tmp_path:
 
     assert _resident_bytes_of(file) < 1 * MIB
     assert all(torch.equal(converted[name], tensor.to(torch.bfloat16)) for name, tensor in written.items())
+
+
+LOAD_AND_COUNT = """
+import sys
+from pathlib import Path
+import patches.convert_on_read as convert_on_read
+from pipelines.kandinsky import KandinskyBackend  # imports diffusers' model modules before anything converts
+from pipelines.loader import load_backend
+
+converted = []
+original = convert_on_read.convert_releasing
+def counting(state, dtype, mapped):
+    converted.append(len(state))
+    return original(state, dtype, mapped)
+convert_on_read.convert_releasing = counting
+load_backend("t", "kandinsky22", Path(sys.argv[1]), device="cpu", dtype="bfloat16")
+print(len(converted))
+"""
+
+
+def test_the_loader_converts_every_weight_file_whatever_was_imported_first(legacy_kandinsky: Path):
+    # A fresh process: here the libraries' modules were imported long ago, in an order no server follows.
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_COUNT, str(legacy_kandinsky)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    # UNet, prior and MoVQ (diffusers), text and image encoders (transformers): all five files read converted.
+    assert done.stdout.splitlines()[-1] == "5"
