@@ -46,7 +46,7 @@ DEFAULT_HOST_BUDGET_FRACTION = 0.5  # of the host's RAM, for models kept warm of
 class Settings:
     models: tuple[ModelSpec, ...]
     aliases: Mapping[str, str] = field(default_factory=dict)
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: kept out of logs and tracebacks
     # -- options: a flag, an EASEL_* variable and a file key each --------------------------------------
     default_model: str | None = option(None, "--default-model", opt.text, "model used when a request names none")
     host: str = option("127.0.0.1", "--host", opt.text, "bind address (default 127.0.0.1)")
@@ -125,7 +125,11 @@ class Settings:
         repeat=True,
     )
     webhook_secret: str | None = option(
-        None, "--webhook-secret", opt.webhook_secret, "whsec_ secret that signs the events (whsec_ then base64)"
+        None,
+        "--webhook-secret",
+        opt.webhook_secret,
+        "whsec_ secret that signs the events (whsec_ then base64)",
+        secret=True,
     )
     webhook_timeout_seconds: float = option(
         600.0, "--webhook-timeout-seconds", opt.positive_number, "give up on one event at one URL after (600)"

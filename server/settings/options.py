@@ -60,9 +60,14 @@ def option(
     metavar: str | None = None,
     switch: bool = False,
     repeat: bool = False,
+    secret: bool = False,
 ):
-    """A settings field that is also a flag, a variable and a file key (see the module docstring)."""
-    return field(default=default, metadata={OPTION_KEY: Option(flag, parse, help, metavar, switch, repeat)})
+    """A settings field that is also a flag, a variable and a file key (see the module docstring).
+
+    ``secret`` keeps the value out of the settings' repr, which ends up in logs and tracebacks.
+    """
+    option_ = Option(flag, parse, help, metavar, switch, repeat)
+    return field(default=default, repr=not secret, metadata={OPTION_KEY: option_})
 
 
 def declared_options(cls: type) -> dict[str, Option]:

@@ -72,3 +72,13 @@ def test_a_malformed_secret_is_refused_in_one_line_that_does_not_repeat_it(secre
     line = capsys.readouterr().err
     expected = "EASEL_WEBHOOK_SECRET: not a webhook secret: expected whsec_ followed by the base64 of at least 16 bytes"
     assert line == f"easel: error: {expected}\n"  # the whole line: the secret is not in it
+
+
+def test_secrets_stay_out_of_the_settings_repr(tmp_path: Path):
+    """A Settings object lands in logs and tracebacks: its repr shows neither the webhook secret nor an API key."""
+    settings = read_settings(
+        ["--webhook-url", A, "--webhook-secret", SECRET, "--api-key", "sk-easel-test-key"], env_for(tmp_path)
+    )
+    assert settings.webhook_secret == SECRET and settings.api_keys == ("sk-easel-test-key",)
+    shown = repr(settings)
+    assert "webhook_urls=" in shown and SECRET not in shown and "sk-easel-test-key" not in shown
