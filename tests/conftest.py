@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -170,7 +171,9 @@ def tiny_settings(dirs: dict[str, Path], **overrides) -> Settings:
         ModelSpec(name=KARLO, family="karlo", path=dirs["karlo"]),
     )
     aliases = {alias: TINY for alias in load_registry().aliases}
-    values = dict(models=models, aliases=aliases, default_model=TINY)
+    # Its own Files/Batches directory: servers on the default one (under EASEL_HOME) would refuse each other.
+    data_dir = Path(tempfile.mkdtemp(prefix="easel-test-data-"))
+    values = dict(models=models, aliases=aliases, default_model=TINY, data_dir=data_dir)
     values.update(overrides)
     return Settings(**values)
 

@@ -73,10 +73,11 @@ RESPONSE_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image in the request, not yet decoded: a data URL, and the parameter its errors name."""
+    """An image in the request, not yet decoded: a data URL or a Files API id, and the parameter its errors name."""
 
-    url: str
+    url: str | None
     param: str
+    file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,23 +239,23 @@ def _mask(tool: dict[str, Any], index: int) -> ImageRef | None:
     mask = tool.get("input_image_mask")
     if mask is None:
         return None
-    param = f"tools[{index}].input_image_mask"
-    return ImageRef(_image_url(mask, param), param)
+    return _image_ref(mask, f"tools[{index}].input_image_mask")
 
 
-def _image_url(part: Any, param: str) -> str:
+def _image_ref(part: Any, param: str) -> ImageRef:
+    """A data URL in ``image_url``, or an image uploaded to /v1/files named by ``file_id`` (exactly one)."""
     if not isinstance(part, dict):
         raise invalid(param, f"Invalid type for '{param}': expected an object.", code="invalid_type")
-    if part.get("file_id") is not None:
-        message = (
-            f"'{param}' uses file_id, which /v1/responses does not read (image edits do); "
-            "send the image as a data URL in image_url."
-        )
-        raise invalid(param, message, code="unsupported_value")
-    url = part.get("image_url")
+    file_id, url = part.get("file_id"), part.get("image_url")
+    if file_id is not None:
+        if url is not None:
+            raise invalid(param, f"'{param}' gives both 'image_url' and 'file_id'; send one.")
+        if not isinstance(file_id, str) or not file_id:
+            raise invalid(f"{param}.file_id", f"'{param}.file_id' must be a non-empty string.", code="invalid_type")
+        return ImageRef(None, param, file_id)
     if not isinstance(url, str):
         raise missing_parameter(f"{param}.image_url")
-    return url
+    return ImageRef(url, param)
 
 
 @dataclass
@@ -305,7 +306,7 @@ def _read_user_content(content: Any, param: str, texts: list[str], images: list[
         if kind == "input_text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind == "input_image":
-            images.append(ImageRef(_image_url(part, part_param), part_param))
+            images.append(_image_ref(part, part_param))
         else:
             what = f"read '{kind}' parts; it reads input_text and input_image" if kind else "read other parts"
             raise invalid(part_param, LANGUAGE_MODEL_ONLY.format(what=what), code="unsupported_value")

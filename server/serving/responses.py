@@ -28,13 +28,13 @@ from ..protocol.edits import EditRequest, UploadedBody
 from ..protocol.fields import FieldReader, read_json
 from ..protocol.images import GenerationRequest, api_style_for, base64_text
 from ..protocol.response_objects import EventCounter, ResponseDraft
-from ..protocol.responses import ResponsesRequest, parse_responses_request, tool_error
+from ..protocol.responses import ImageRef, ResponsesRequest, parse_responses_request, tool_error
 from ..protocol.usage import job_usage
 from .images import ImageServing, StartedJob
 from .job_errors import job_error
 from .kept import KeptResponse, KeptResponses
 from .streaming import job_event_response
-from .uploads import data_url_bytes, refuse_too_many_images
+from .uploads import data_url_bytes, image_ref_bytes, refuse_too_many_images
 
 log = logging.getLogger("easel.responses")
 
@@ -87,13 +87,21 @@ class ResponsesServing:
 
     def _input_images(self, parsed: ResponsesRequest) -> tuple[list[bytes], bytes | None]:
         """The images to edit, in order (an earlier response's first), and the mask. Runs in a thread."""
-        limits = self.images.upload_limits
-        images = [data_url_bytes(ref.url, ref.param, limits) for ref in parsed.images]
+        images = [self._image_bytes(ref) for ref in parsed.images]
         earlier = self._earlier_image(parsed)
         if earlier is not None:
             images.insert(0, earlier)
-        mask = None if parsed.mask is None else data_url_bytes(parsed.mask.url, parsed.mask.param, limits)
+        mask = None if parsed.mask is None else self._image_bytes(parsed.mask)
         return images, mask
+
+    def _image_bytes(self, ref: ImageRef) -> bytes:
+        """As image edits read a JSON image reference: the data URL's bytes, or the uploaded file's."""
+        if ref.file_id is not None:
+            return image_ref_bytes(
+                {"file_id": ref.file_id}, ref.param, self.images.upload_limits, self.images.file_bytes
+            )
+        assert ref.url is not None  # the protocol gives an ImageRef one of the two
+        return data_url_bytes(ref.url, ref.param, self.images.upload_limits)
 
     def _earlier_image(self, parsed: ResponsesRequest) -> bytes | None:
         if parsed.previous_response_id is not None:

@@ -18,6 +18,7 @@ from tests.conftest import KARLO, SLOW, TINY, LiveServer, assert_envelope
 SIZE = 64
 FAST_TOOL = {"type": "image_generation", "size": f"{SIZE}x{SIZE}", "prior_steps": 2, "decoder_steps": 2}
 HOLE = (16, 16, 48, 48)  # the area an edit repaints
+TEXT = {"type": "input_text", "text": "a blue square"}
 
 
 def png(image: Image.Image) -> bytes:
@@ -166,6 +167,26 @@ def test_an_input_image_with_a_transparent_area_is_edited(client: openai.OpenAI)
     np.testing.assert_array_equal(kept(result), kept(np.asarray(photo.convert("RGB"))))
 
 
+def test_images_uploaded_to_the_files_api_are_read_by_file_id(client: openai.OpenAI) -> None:
+    """An input image and a mask named by file_id give the same bytes as the same images sent as data URLs."""
+    photo = png(Image.new("RGBA", (SIZE, SIZE), (30, 160, 90, 255)))
+    mask = base64.b64decode(mask_url().partition(",")[2])
+    photo_id = client.files.create(file=("photo.png", photo, "image/png"), purpose="vision").id
+    mask_id = client.files.create(file=("mask.png", mask, "image/png"), purpose="user_data").id
+
+    def edit(image: dict, mask_ref: dict) -> str:
+        content = [{"type": "input_text", "text": "a blue square"}, {"type": "input_image", **image}]
+        tool = FAST_TOOL | {"seed": 21, "input_image_mask": mask_ref}
+        response = client.responses.create(
+            model="gpt-4o-mini", input=[{"role": "user", "content": content}], tools=[tool]
+        )
+        assert response.output[0].action == "edit"
+        return response.output[0].result
+
+    by_id = edit({"file_id": photo_id}, {"file_id": mask_id})
+    assert by_id == edit({"image_url": data_url(photo)}, {"image_url": mask_url()})
+
+
 def test_previous_response_id_edits_the_last_image(client: openai.OpenAI) -> None:
     first = client.responses.create(model="gpt-4o-mini", input="a red circle", tools=[FAST_TOOL])
     tool = FAST_TOOL | {"input_image_mask": {"image_url": mask_url()}}
@@ -300,9 +321,14 @@ def test_which_model_draws(client: openai.OpenAI) -> None:
             "unsupported_value",
         ),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}, TEXT]}]},
             "input[0].content[0]",
-            "unsupported_value",
+            "file_not_found",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f", "image_url": "x"}, TEXT]}]},
+            "input[0].content[0]",
+            None,
         ),
         ({"input": "a\x00b"}, "input", "invalid_value"),
         ({"background": True}, "background", "unsupported_value"),
