@@ -167,26 +167,6 @@ def test_an_input_image_with_a_transparent_area_is_edited(client: openai.OpenAI)
     np.testing.assert_array_equal(kept(result), kept(np.asarray(photo.convert("RGB"))))
 
 
-def test_images_uploaded_to_the_files_api_are_read_by_file_id(client: openai.OpenAI) -> None:
-    """An input image and a mask named by file_id give the same bytes as the same images sent as data URLs."""
-    photo = png(Image.new("RGBA", (SIZE, SIZE), (30, 160, 90, 255)))
-    mask = base64.b64decode(mask_url().partition(",")[2])
-    photo_id = client.files.create(file=("photo.png", photo, "image/png"), purpose="vision").id
-    mask_id = client.files.create(file=("mask.png", mask, "image/png"), purpose="user_data").id
-
-    def edit(image: dict, mask_ref: dict) -> str:
-        content = [{"type": "input_text", "text": "a blue square"}, {"type": "input_image", **image}]
-        tool = FAST_TOOL | {"seed": 21, "input_image_mask": mask_ref}
-        response = client.responses.create(
-            model="gpt-4o-mini", input=[{"role": "user", "content": content}], tools=[tool]
-        )
-        assert response.output[0].action == "edit"
-        return response.output[0].result
-
-    by_id = edit({"file_id": photo_id}, {"file_id": mask_id})
-    assert by_id == edit({"image_url": data_url(photo)}, {"image_url": mask_url()})
-
-
 def test_previous_response_id_edits_the_last_image(client: openai.OpenAI) -> None:
     first = client.responses.create(model="gpt-4o-mini", input="a red circle", tools=[FAST_TOOL])
     tool = FAST_TOOL | {"input_image_mask": {"image_url": mask_url()}}
