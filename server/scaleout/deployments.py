@@ -156,6 +156,8 @@ def model_options(scaling: RayServeSettings, shutdown_timeout: float) -> dict[st
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests,
         }
+        if scaling.downscale_delay_seconds is not None:  # also from one replica to none (Serve's default)
+            options["autoscaling_config"]["downscale_delay_s"] = scaling.downscale_delay_seconds
     else:
         options["num_replicas"] = scaling.replicas
     return options

@@ -23,17 +23,9 @@ from tests.conftest import FAST, TINY, LiveServer
 
 from .conftest import ENGINE_CORES, RayApp, deployed, wait_until
 
-# Serve waits 600 s before it scales a model down; a test cannot. Starting from zero has no delay in Serve.
-BACK_TO_ZERO_QUICKLY = {
-    TINY: {
-        "autoscaling_config": {
-            "downscale_delay_s": 2.0,
-            "downscale_to_zero_delay_s": 2.0,
-            "metrics_interval_s": 0.5,
-            "look_back_period_s": 1.0,
-        }
-    }
-}
+# Serve waits 600 s before it scales a model down (--downscale-delay-seconds), and looks at its load over
+# the last 30 s; a test cannot. Starting from zero has no delay in Serve.
+LOOK_BRIEFLY = {TINY: {"autoscaling_config": {"metrics_interval_s": 0.5, "look_back_period_s": 1.0}}}
 CLIENTS = 4
 
 
@@ -41,9 +33,11 @@ CLIENTS = 4
 def at_zero(serve_port: int, tiny_model_dirs: dict[str, Path], tmp_path_factory) -> Iterator[RayApp]:
     # Up to two replicas, but four jobs per replica are the target: the four clients need only the one started.
     # As many cores per replica as the plain test server's engine: the same bytes.
-    scaling = RayServeSettings(min_replicas=0, max_replicas=2, target_ongoing_requests=4, replica_cpus=ENGINE_CORES)
+    scaling = RayServeSettings(
+        min_replicas=0, max_replicas=2, target_ongoing_requests=4, replica_cpus=ENGINE_CORES, downscale_delay_seconds=2
+    )
     image_dir = tmp_path_factory.mktemp("ray-images")
-    with deployed(serve_port, tiny_model_dirs["kandinsky"], image_dir, scaling, BACK_TO_ZERO_QUICKLY) as app:
+    with deployed(serve_port, tiny_model_dirs["kandinsky"], image_dir, scaling, LOOK_BRIEFLY) as app:
         yield app
 
 
