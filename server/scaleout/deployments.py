@@ -131,7 +131,11 @@ class EaselIngress:
             return RayEngine(self._models, self._settings.queue_size, metrics)
 
         application = serve.get_replica_context().app_name
-        keeping = preloaded_models(read_serve_state(application, list(self._models)))
+        try:
+            keeping = preloaded_models(read_serve_state(application, list(self._models)))
+        except Exception as error:  # Serve's details unreadable: wait for every model, as without scale to zero
+            log.error("cannot read Ray Serve's state, so every model counts as preloaded", exc_info=error)
+            keeping = tuple(self._models)
         app = create_app(replace(self._settings, preload=keeping), make_engine=ray_engine)
         state = app.state.easel
         self._watch = ServeWatch(application, state.catalog, state.metrics.models)

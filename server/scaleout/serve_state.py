@@ -78,11 +78,12 @@ def read_serve_state(app_name: str, models: list[str]) -> dict[str, ReplicaView]
 def _view(deployment: Any) -> ReplicaView:
     states = [(replica.replica_id, str(replica.state.value), replica.start_time_s) for replica in deployment.replicas]
     config = deployment.deployment_config
-    scaling = config.autoscaling_config
-    if scaling:  # a dict of Serve's AutoscalingConfig fields
+    scaling = config.autoscaling_config  # a dict of Serve's AutoscalingConfig fields; unset: a marker object
+    if isinstance(scaling, dict):
         lowest, highest = int(scaling.get("min_replicas", 1)), int(scaling.get("max_replicas", 1))
     else:
-        lowest = highest = int(config.num_replicas) if isinstance(config.num_replicas, int) else 1
+        fixed = config.num_replicas
+        lowest = highest = fixed if isinstance(fixed, int) else 1
     failed = str(deployment.status.value) in SERVE_FAILED
     return ReplicaView(
         running={replica: started for replica, state, started in states if state == "RUNNING"},
