@@ -149,6 +149,15 @@ def test_ray_flags_that_cannot_work_are_refused(argv: list[str]) -> None:
         load_settings(argv, {})
 
 
+def test_preload_is_refused_on_ray_where_the_deployments_say_what_loads_at_start(capsys) -> None:
+    with pytest.raises(SystemExit):
+        load_settings(["--ray", "--preload", "easel-mini"], {})
+    assert capsys.readouterr().err == (
+        "easel: error: --preload: not with --ray, where the models loaded at start are those whose deployment "
+        "keeps a replica (--min-replicas 1 or more, or --replicas)\n"
+    )
+
+
 def test_deployment_options_follow_the_flags() -> None:
     fixed = model_options(RayServeSettings(replicas=3, replica_cpus=2, replica_gpus=0.5, max_ongoing_requests=6), 12)
     assert fixed == {
