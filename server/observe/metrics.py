@@ -90,19 +90,24 @@ class Metrics:
         self.webhooks = WebhookMetrics.create(r)
         self.models = ModelMemoryMetrics(
             loads=Counter(
-                "easel_model_loads", "Models loaded, by source (disk, host)", ["model", "source"], registry=r
+                "easel_model_loads",
+                "Models loaded, by source (disk, host; on Ray Serve: replica, a replica started)",
+                ["model", "source"],
+                registry=r,
             ),
             load_failures=Counter("easel_model_load_failures", "Model loads that failed", ["model"], registry=r),
             load_seconds=Histogram(
                 "easel_model_load_seconds",
-                "Seconds a model took to load, by source (disk, or host: back from CPU RAM)",
+                "Seconds a model took to load, by source (disk; host: back from CPU RAM; "
+                "replica: a Ray Serve replica's start)",
                 ["model", "source"],
                 buckets=LATENCY_BUCKETS,
                 registry=r,
             ),
             evictions=Counter(
                 "easel_model_evictions",
-                "Models taken off the device, by reason (room: for another model's load; idle; request: the API)",
+                "Models taken off the device, by reason (room: for another model's load; idle; request: the API; "
+                "on Ray Serve: replica_stopped)",
                 ["model", "reason"],
                 registry=r,
             ),
@@ -146,7 +151,20 @@ class _StateCollector(Collector):
             if stats is not None:
                 queued.add_metric([name], stats["queued"])
                 running.add_metric([name], stats["running"])
-        yield from (queued, running, state, resident)
+        yield from (queued, running, state, resident, self._replicas())
+
+    def _replicas(self) -> GaugeMetricFamily:
+        replicas = GaugeMetricFamily(
+            "easel_model_replicas",
+            "On Ray Serve: the model deployment's replicas by state (running, starting, stopping)",
+            labels=["model", "state"],
+        )
+        for name, entry in self.catalog.entries.items():
+            counts = getattr(entry, "replicas", None)  # set by server.scaleout.serve_state; None in one process
+            for state, count in (counts or {}).items():
+                if state in ("running", "starting", "stopping"):
+                    replicas.add_metric([name, state], float(count))
+        return replicas
 
 
 async def serve_metrics(request: Request) -> Response:

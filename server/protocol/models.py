@@ -54,6 +54,7 @@ def model_object(
     max_n: int,
     facts: dict[str, Any] | None = None,
     memory: dict[str, Any] | None = None,
+    replicas: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """An OpenAI model object for ``model_id`` (an alias of ``model_name`` when they differ)."""
     body: dict[str, Any] = {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
@@ -64,6 +65,8 @@ def model_object(
     body["weights"] = None if facts is None else {key: value for key, value in facts.items() if key != "license"}
     if memory is not None:
         body["memory"] = memory  # where the weights are (tier) and what they cost
+    if replicas is not None:
+        body["replicas"] = replicas  # on Ray Serve: the model deployment's replicas by state, and its bounds
     if error is not None:
         body["error"] = error
     body["capabilities"] = None if info is None else capabilities(info, max_n)

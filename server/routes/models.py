@@ -4,7 +4,8 @@ operators' ``POST /v1/models/{model}/load`` and ``/unload`` (behind the API key,
 ``capabilities`` (sizes, endpoints, quality presets, parameter counts, device,
 dtype, ``max_n``) is null until a model has loaded once; ``status`` says ``unloaded``,
 ``loading``, ``ready`` or ``failed`` (then ``error`` says why); ``memory`` says
-where its weights are and what they cost (docs/models-memory.md). Unknown names are a 404.
+where its weights are and what they cost (docs/models-memory.md); on Ray Serve ``replicas`` counts the
+model deployment's replicas, and loading starts one (docs/ray.md, "Scale to zero"). Unknown names are a 404.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ async def unload_model(request: Request) -> JSONResponse:
     entry = state.catalog.entry(model_id)
     if entry.pinned:
         raise APIError(409, f"Model '{entry.name}' is pinned (--pin): it stays loaded.", code="model_pinned")
+    if state.settings.use_ray:  # the ingress holds no model: replicas do, and Serve alone stops them
+        raise APIError(
+            409,
+            f"Model '{entry.name}' runs on Ray Serve replicas, which Serve's autoscaler stops when the model is "
+            "idle (down to --min-replicas, which may be 0).",
+            code="model_autoscaled",
+        )
     wait = state.settings.load_timeout_seconds
     if not await asyncio.to_thread(state.residency.unload, entry, "request", wait=wait):
         raise APIError(

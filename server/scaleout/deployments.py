@@ -35,6 +35,7 @@ from ..settings.loading import load_settings
 from ..settings.ray_serve import RayServeSettings
 from .engine import RayEngine, off_the_loop_if_pixels
 from .figures import FigureLog
+from .serve_state import ServeWatch, model_deployment_name, preloaded_models, read_serve_state
 from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
 
 log = logging.getLogger("easel.scaleout")
@@ -46,10 +47,6 @@ REPLICA_QUEUE_SIZE = 10_000
 # Concurrent HTTP requests one ingress replica takes (Serve's default is 5): it is an async app whose own
 # --queue-size answers 429 when a model's queue is full; streams and url fetches must not wait behind jobs.
 INGRESS_MAX_ONGOING_REQUESTS = 1000
-
-
-def model_deployment_name(model: str) -> str:
-    return f"model-{model}"
 
 
 class ModelReplica:
@@ -118,17 +115,36 @@ def _log_unexpected(error: Exception, job: ImageJob) -> None:
 
 @serve.ingress()
 class EaselIngress:
-    """The HTTP app; its engine sends jobs to the model deployments."""
+    """The HTTP app; its engine sends jobs to the model deployments, its models' status comes from Serve's state.
+
+    The preloaded models (those ``/health/ready`` waits for) are the ones whose deployment keeps a replica
+    (``min_replicas`` of at least 1, or a fixed count); one at zero replicas starts on its first request.
+    """
 
     def __init__(self, settings: Settings, models: dict[str, DeploymentHandle]) -> None:
         self._settings = settings
         self._models = models
+        self._watch: ServeWatch | None = None
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         def ray_engine(metrics: EngineMetrics | None) -> RayEngine:
             return RayEngine(self._models, self._settings.queue_size, metrics)
 
-        return create_app(self._settings, make_engine=ray_engine)
+        application = serve.get_replica_context().app_name
+        try:
+            keeping = preloaded_models(read_serve_state(application, list(self._models)))
+        except Exception as error:  # Serve's details unreadable: wait for every model, as without scale to zero
+            log.error("cannot read Ray Serve's state, so every model counts as preloaded", exc_info=error)
+            keeping = tuple(self._models)
+        app = create_app(replace(self._settings, preload=keeping), make_engine=ray_engine)
+        state = app.state.easel
+        self._watch = ServeWatch(application, state.catalog, state.metrics.models)
+        self._watch.start()
+        return app
+
+    def __del__(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
 
 
 def model_options(scaling: RayServeSettings, shutdown_timeout: float) -> dict[str, Any]:
@@ -144,6 +160,8 @@ def model_options(scaling: RayServeSettings, shutdown_timeout: float) -> dict[st
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests,
         }
+        if scaling.downscale_delay_seconds is not None:  # also from one replica to none (Serve's default)
+            options["autoscaling_config"]["downscale_delay_s"] = scaling.downscale_delay_seconds
     else:
         options["num_replicas"] = scaling.replicas
     return options

@@ -55,6 +55,7 @@ class ModelEntry:
         self.failures = 0  # loads failed in a row: the back-off before the next try doubles with each
         self.pinned = False  # never evicted nor unloaded when idle (--pin)
         self.retry_at = 0.0  # monotonic time from which a request may try a failed model's load again
+        self.replicas: dict[str, int] | None = None  # on Ray: its Serve replicas by state (server.scaleout.serve_state)
 
     @property
     def name(self) -> str:
@@ -164,6 +165,7 @@ class Catalog:
             error=entry.error,
             info=entry.info,
             memory=residence(entry),
+            replicas=entry.replicas,
             max_n=max_n_for(api_style_for(model_id)),
             facts=None if entry.facts is None else entry.facts.as_json(),
         )

@@ -70,7 +70,8 @@ class ModelManager:
             entry.facts = _read_facts(entry)
             self._price(entry)
         named = self.settings.preload
-        order = list(named) if named else self._fitting(self.settings.default_model_name)
+        # On Ray the ingress names them (models that keep a replica): the others start on demand.
+        order = list(named) if named or self.settings.use_ray else self._fitting(self.settings.default_model_name)
         with self.catalog.lock:
             self.catalog.preloaded = tuple(order)
             for entry in self.catalog.entries.values():
@@ -174,8 +175,9 @@ class ModelManager:
             with self.catalog.lock:
                 entry.info, entry.status, entry.tier = info, "ready", "device"
                 entry.failures, entry.last_used = 0, time.monotonic()
-            self.metrics.loads.labels(entry.name, source).inc()
-            self.metrics.load_seconds.labels(entry.name, source).observe(seconds)
+            if not self.settings.use_ray:  # on Ray a load is a replica's start: counted from Serve's state
+                self.metrics.loads.labels(entry.name, source).inc()
+                self.metrics.load_seconds.labels(entry.name, source).observe(seconds)
             log.info(
                 "model %s ready on %s (%s) in %.1f s from %s", entry.name, info.device, info.dtype, seconds, source
             )

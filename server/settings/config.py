@@ -244,6 +244,12 @@ class Settings:
     ingress_replicas: int = option(
         RAY.ingress_replicas, "--ingress-replicas", opt.integer(1), "replicas of the HTTP front end (1)"
     )
+    downscale_delay_seconds: float | None = option(
+        RAY.downscale_delay_seconds,
+        "--downscale-delay-seconds",
+        opt.non_negative_number,
+        "autoscaling: a model idle this long loses a replica, down to --min-replicas (Serve's 600)",
+    )
     # -- speed (docs/performance.md, "Fast on a GPU"): applied once, when a model loads -----------------
     optimize: frozenset[str] | None = option(
         None, "--optimize", speed.parse_enabled, f"auto, none, or any of {', '.join(speed.OPTIMIZATIONS)} (auto)"

@@ -87,6 +87,11 @@ def read_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     ray_options = [origins[f.name] for f in fields(RayServeSettings) if f.name in origins]
     if ray_options and not values.get("use_ray"):  # it would be silently ignored
         raise ConfigError(f"{ray_options[0]}: needs --ray")
+    if values.get("use_ray") and "preload" in origins:  # it would be silently replaced
+        raise ConfigError(
+            f"{origins['preload']}: not with --ray, where the models loaded at start are those whose deployment "
+            "keeps a replica (--min-replicas 1 or more, or --replicas)"
+        )
     _check_webhooks(values, origins)
     keys = [*(args["api_key"] or []), *_listed(sources, "EASEL_API_KEYS", "api_keys")]
     values["default_model"] = default

@@ -22,6 +22,7 @@ class RayServeSettings:
     replica_cpus: float = 1.0  # Ray CPUs per model replica; also its torch threads (floor, at least 1)
     replica_gpus: float = 0.0  # Ray GPUs per model replica (fractions share a GPU)
     ingress_replicas: int = 1  # replicas of the HTTP app
+    downscale_delay_seconds: float | None = None  # idle this long, a model loses a replica (down to zero); Serve's 600
 
     def __post_init__(self) -> None:
         if (self.min_replicas is None) != (self.max_replicas is None):
@@ -30,6 +31,8 @@ class RayServeSettings:
             raise ValueError("need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1")
         if self.replicas < 1 or self.ingress_replicas < 1 or self.max_ongoing_requests < 1:
             raise ValueError("--replicas, --ingress-replicas and --max-ongoing-requests must be at least 1")
+        if self.downscale_delay_seconds is not None and not self.autoscaling:
+            raise ValueError("--downscale-delay-seconds needs autoscaling: --min-replicas and --max-replicas")
         if self.target_ongoing_requests <= 0 or self.replica_cpus < 0 or self.replica_gpus < 0:
             raise ValueError("--target-ongoing-requests must be positive, --replica-cpus/--replica-gpus not negative")
 

@@ -128,6 +128,8 @@ def test_ray_flags_and_their_environment_variables() -> None:
     scaling = load_settings([], env).ray
     assert scaling == RayServeSettings(min_replicas=1, max_replicas=4, target_ongoing_requests=3.0)
     assert scaling.autoscaling
+    zero = ["--ray", "--min-replicas", "0", "--max-replicas", "2", "--downscale-delay-seconds", "30"]
+    assert load_settings(zero, {}).ray == RayServeSettings(min_replicas=0, max_replicas=2, downscale_delay_seconds=30)
 
 
 @pytest.mark.parametrize(
@@ -138,11 +140,22 @@ def test_ray_flags_and_their_environment_variables() -> None:
         ["--ray", "--min-replicas", "3", "--max-replicas", "2"],
         ["--ray", "--replicas", "0"],
         ["--ray", "--replica-gpus", "-1"],
+        ["--ray", "--downscale-delay-seconds", "5"],  # a fixed replica count is never scaled down
+        ["--ray", "--min-replicas", "0", "--max-replicas", "1", "--downscale-delay-seconds", "-1"],
     ],
 )
 def test_ray_flags_that_cannot_work_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         load_settings(argv, {})
+
+
+def test_preload_is_refused_on_ray_where_the_deployments_say_what_loads_at_start(capsys) -> None:
+    with pytest.raises(SystemExit):
+        load_settings(["--ray", "--preload", "easel-mini"], {})
+    assert capsys.readouterr().err == (
+        "easel: error: --preload: not with --ray, where the models loaded at start are those whose deployment "
+        "keeps a replica (--min-replicas 1 or more, or --replicas)\n"
+    )
 
 
 def test_deployment_options_follow_the_flags() -> None:
@@ -156,6 +169,8 @@ def test_deployment_options_follow_the_flags() -> None:
     scaled = model_options(RayServeSettings(min_replicas=0, max_replicas=4, target_ongoing_requests=1.5), 30)
     assert "num_replicas" not in scaled
     assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 1.5}
+    quick = model_options(RayServeSettings(min_replicas=0, max_replicas=1, downscale_delay_seconds=20), 30)
+    assert quick["autoscaling_config"]["downscale_delay_s"] == 20
 
 
 def test_the_example_serve_config_is_valid_and_names_the_deployments_the_builder_makes() -> None:
