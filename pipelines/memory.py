@@ -149,12 +149,22 @@ def smaller_dtypes(device: torch.device, family: str, dtype: torch.dtype) -> lis
 
 
 def check_fits(
-    name: str, family: str, model_dir: Path, device: torch.device, dtype: torch.dtype, *, others: int = 0
+    name: str,
+    family: str,
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    others: int = 0,
+    releasable: int = 0,
 ) -> None:
-    """Raise :class:`ModelTooLarge` if the model cannot fit on ``device`` beside ``others`` bytes still to load."""
+    """Raise :class:`ModelTooLarge` if the model cannot fit on ``device`` beside ``others`` bytes still to load,
+    even once ``releasable`` bytes are freed (the weights of the idle models a load may evict first)."""
     footprint = model_footprint(model_dir)
     need = memory_need(footprint, dtype_name(dtype)) + others
     free = free_memory(device)
+    if releasable > 0:
+        free = FreeMemory(free.bytes + releasable, f"{free.source}, with {_gb(releasable)} of idle models evicted")
     if need <= free.bytes:
         return
     raise ModelTooLarge(refusal(name, footprint, dtype, need, free, smaller_dtypes(device, family, dtype), others))
