@@ -7,6 +7,7 @@ and every load passes ``local_files_only``). A missing model is a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,57 @@ def load_backend(
     (default: the device's defaults).
     """
     go_offline()
+    plan = check_before_loading(name, family, path, presets=presets, device=device, dtype=dtype, optimize=optimize)
+    path, torch_device, torch_dtype = plan.path, plan.device, plan.dtype
+    from .finite_weights import check_finite_weights
+    from .optimize import optimize_backend
+
+    backend: ImageBackend
+    if family == "kandinsky22":
+        from .kandinsky import KandinskyBackend
+
+        with converting_to(torch_dtype):  # a file in another dtype costs its converted size, not both
+            combined = _load_kandinsky(path, plan.index, torch_device, torch_dtype)
+        check_finite_weights(path, combined.components)
+        backend = KandinskyBackend(name, combined, read_easel_config(path), presets=plan.presets, device=torch_device)
+    else:
+        from .karlo import KarloBackend
+
+        with converting_to(torch_dtype):
+            backend = KarloBackend(name, path, presets=plan.presets, device=torch_device, dtype=torch_dtype)
+        check_finite_weights(path, backend.modules_by_folder())
+    return optimize_backend(backend, plan.options)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What the checks before a load settled: the folder, its parsed index, where and in what dtype it loads."""
+
+    path: Path
+    index: dict[str, Any]
+    presets: str
+    device: torch.device
+    dtype: torch.dtype
+    options: SpeedOptions
+
+
+def check_before_loading(
+    name: str,
+    family: str,
+    path: Path | str,
+    *,
+    presets: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    optimize: SpeedOptions | None = None,
+    releasable: int = 0,
+) -> LoadPlan:
+    """Everything about a load that can be checked before a byte of weights is read: the family and presets,
+    the folder and its files (:mod:`pipelines.preflight`), the device and dtype, the settings this device takes,
+    and that the model fits in what is free plus ``releasable`` bytes (the idle models a load may evict first).
+
+    The model-memory manager runs these before it evicts anyone, so a model that cannot load evicts nobody.
+    """
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}: expected one of {', '.join(FAMILIES)}")
     presets = presets or family
@@ -73,27 +125,12 @@ def load_backend(
     index = check_model_files(path)  # name a broken or missing file before the libraries guess at it
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(torch_device, dtype, family)
-    check_fits(name, family, path, torch_device, torch_dtype)  # refuse before a byte is loaded
-    from .finite_weights import check_finite_weights
-    from .optimize import optimize_backend, resolve
+    check_fits(name, family, path, torch_device, torch_dtype, releasable=releasable)  # refuse before loading
+    from .optimize import resolve
 
     options = optimize or SpeedOptions()
-    check_savings(options, torch_device, family, resolve(options.enabled, torch_device))  # refuse before loading
-    backend: ImageBackend
-    if family == "kandinsky22":
-        from .kandinsky import KandinskyBackend
-
-        with converting_to(torch_dtype):  # a file in another dtype costs its converted size, not both
-            combined = _load_kandinsky(path, index, torch_device, torch_dtype)
-        check_finite_weights(path, combined.components)
-        backend = KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
-    else:
-        from .karlo import KarloBackend
-
-        with converting_to(torch_dtype):
-            backend = KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
-        check_finite_weights(path, backend.modules_by_folder())
-    return optimize_backend(backend, options)
+    check_savings(options, torch_device, family, resolve(options.enabled, torch_device))
+    return LoadPlan(path, index, presets, torch_device, torch_dtype, options)
 
 
 def _load_kandinsky(model_dir: Path, index: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Any:

@@ -4,7 +4,7 @@ A model needs its weights in the serving dtype (:mod:`weights.footprint`)
 plus a working margin for the activations of one generation: a tenth of the
 weights, and at least 1 GiB. What is free is the smallest of the limits that
 apply: on a CPU, ``MemAvailable``, the process's cgroup memory limit (v1 or
-v2) less its usage, and ``RLIMIT_AS``/``RLIMIT_DATA`` less what the process
+v2, :mod:`pipelines.cgroup`) less its usage, and ``RLIMIT_AS``/``RLIMIT_DATA`` less what the process
 already maps; on CUDA, ``torch.cuda.mem_get_info``. A model that cannot fit
 is refused in one line that says what it needs, what is free, and which
 smaller dtype would fit, instead of being killed by the kernel half-way.
@@ -13,7 +13,6 @@ smaller dtype would fit, instead of being killed by the kernel half-way.
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from weights.footprint import DTYPE_BYTES, FLOATING, ModelFootprint, TensorInfo, model_footprint
 
+from .cgroup import cgroup_memory
 from .device import dtype_name
 
 GIB = 1024**3
@@ -35,7 +35,7 @@ UNET_FOLDERS = {"kandinsky22": ("unet",), "karlo": ("decoder", "super_res_first"
 EMBEDDING_TABLES = ("token_embedding.weight", "position_embedding.weight")
 WORKING_MARGIN_FRACTION = 0.10
 WORKING_MARGIN_FLOOR = 1 * GIB
-_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+_UNLIMITED = 1 << 60  # no limit that can be read
 
 
 class ModelTooLarge(ValueError):
@@ -105,9 +105,9 @@ def _cpu_limits() -> list[FreeMemory]:
     meminfo = _read_kib_fields(Path("/proc/meminfo"))
     if "MemAvailable" in meminfo:
         limits.append(FreeMemory(meminfo["MemAvailable"], "MemAvailable"))
-    cgroup = _cgroup_headroom()
+    cgroup = cgroup_memory()
     if cgroup is not None:
-        limits.append(FreeMemory(cgroup, "cgroup memory limit"))
+        limits.append(FreeMemory(cgroup.headroom, "cgroup memory limit"))
     status = _read_kib_fields(Path("/proc/self/status"))
     for name, limit, used in (
         ("RLIMIT_AS", resource.RLIMIT_AS, "VmSize"),
@@ -136,35 +136,6 @@ def _read_kib_fields(path: Path) -> dict[str, int]:
     return fields
 
 
-def _cgroup_headroom() -> int | None:
-    """The process's cgroup memory limit less its usage (v2, else v1), or None when there is no limit."""
-    for limit_file, usage_file in _cgroup_files():
-        try:
-            limit_text, usage_text = limit_file.read_text().strip(), usage_file.read_text().strip()
-        except OSError:
-            continue
-        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= _UNLIMITED:
-            continue
-        return max(0, int(limit_text) - int(usage_text))
-    return None
-
-
-def _cgroup_files() -> Iterable[tuple[Path, Path]]:
-    root = Path("/sys/fs/cgroup")
-    try:
-        entries = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return
-    for entry in entries:
-        _, controllers, path = entry.split(":", 2)
-        if controllers == "":  # v2: one unified hierarchy
-            yield root / path.lstrip("/") / "memory.max", root / path.lstrip("/") / "memory.current"
-        elif "memory" in controllers.split(","):
-            # Inside a container the v1 hierarchy is mounted at its own root; outside, under the path.
-            for base in (root / "memory" / path.lstrip("/"), root / "memory"):
-                yield base / "memory.limit_in_bytes", base / "memory.usage_in_bytes"
-
-
 def smaller_dtypes(device: torch.device, family: str, dtype: torch.dtype) -> list[torch.dtype]:
     """Dtypes that take less memory than ``dtype`` and that this family can run in on ``device``."""
     if dtype not in (torch.float32, torch.float64):
@@ -178,12 +149,22 @@ def smaller_dtypes(device: torch.device, family: str, dtype: torch.dtype) -> lis
 
 
 def check_fits(
-    name: str, family: str, model_dir: Path, device: torch.device, dtype: torch.dtype, *, others: int = 0
+    name: str,
+    family: str,
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    others: int = 0,
+    releasable: int = 0,
 ) -> None:
-    """Raise :class:`ModelTooLarge` if the model cannot fit on ``device`` beside ``others`` bytes still to load."""
+    """Raise :class:`ModelTooLarge` if the model cannot fit on ``device`` beside ``others`` bytes still to load,
+    even once ``releasable`` bytes are freed (the weights of the idle models a load may evict first)."""
     footprint = model_footprint(model_dir)
     need = memory_need(footprint, dtype_name(dtype)) + others
     free = free_memory(device)
+    if releasable > 0:
+        free = FreeMemory(free.bytes + releasable, f"{free.source}, with {_gb(releasable)} of idle models evicted")
     if need <= free.bytes:
         return
     raise ModelTooLarge(refusal(name, footprint, dtype, need, free, smaller_dtypes(device, family, dtype), others))

@@ -19,6 +19,7 @@ import torch
 
 from weights.footprint import model_footprint
 
+from .cgroup import cgroup_memory
 from .device import choose_device, choose_dtype, dtype_name
 from .memory import _read_kib_fields, resident_bytes, working_margin
 
@@ -45,15 +46,20 @@ def serving_device(device: str | None) -> torch.device:
 
 
 def total_memory(device: torch.device) -> int:
-    """The device's whole memory (a CUDA device's, or the machine's RAM)."""
+    """The device's whole memory (a CUDA device's, or the RAM this process may use)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[1])
     return host_memory()
 
 
 def host_memory() -> int:
-    """The machine's RAM (``MemTotal``); what is free right now is checked before each load (pipelines.memory)."""
-    return _read_kib_fields(Path("/proc/meminfo")).get("MemTotal", 0)
+    """The RAM this process may use: the machine's (``MemTotal``), or its container's memory limit where that is
+    smaller (:mod:`pipelines.cgroup`). What is free right now is checked before each load (pipelines.memory)."""
+    machine = _read_kib_fields(Path("/proc/meminfo")).get("MemTotal", 0)
+    cgroup = cgroup_memory()
+    if cgroup is None:
+        return machine
+    return min(machine, cgroup.limit) if machine else cgroup.limit
 
 
 def model_cost(

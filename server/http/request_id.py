@@ -19,6 +19,12 @@ REQUEST_ID_HEADER = "x-request-id"
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def is_retry(headers: Headers) -> bool:
+    """Whether the client sent this request again after a failure: OpenAI's SDKs count their retries in
+    ``x-stainless-retry-count``. A retry after a 429 gets the queue's reserve."""
+    return headers.get("x-stainless-retry-count", "0") not in ("", "0")
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(16)
 

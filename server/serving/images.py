@@ -25,6 +25,7 @@ from pipelines.base import ImageJob, ModelInfo, Task
 
 from ..engine.base import Engine, JobHandle, JobResult
 from ..http.errors import CLIENT_CLOSED_REQUEST, insufficient_storage, shutting_down
+from ..http.request_id import is_retry
 from ..protocol.edits import EditRequest, VariationRequest
 from ..protocol.events import ImageEventFields, StreamKind
 from ..protocol.fields import read_json
@@ -155,10 +156,8 @@ class ImageServing:
     @contextlib.asynccontextmanager
     async def _holding(self, request: Request, requested: str | None, task: Task) -> AsyncIterator[ReadyModel]:
         """The loaded model for the request (loaded first if it is not), held so that it is not evicted until
-        the job is queued; its name goes on the access log line, found or not.
-
-        The metrics label requests with the configured model they resolved to instead: a
-        label per name a client makes up would grow without bound.
+        the job is queued; its name goes on the access log line, found or not. The metrics label requests with
+        the configured model they resolved to instead: a label per name a client makes up would grow without bound.
         """
         request.state.model = requested or self.catalog.default_name
         while True:
@@ -169,9 +168,10 @@ class ImageServing:
                 break
             except NotResident as absent:  # loads, or waits for the load under way; then asks again
                 try:
-                    await self.residency.bring(absent.entry)
+                    await self.residency.bring(absent.entry, retried=is_retry(request.headers))
                 except Exception as error:
                     raise job_error(error, request.state.request_id) from None
+                request.state.held_a_place = True  # while it waited: the queue's reserve takes its job
         request.state.served_model = model.name
         try:
             yield model
@@ -193,8 +193,7 @@ class ImageServing:
     def _submit(self, request: Request, model: ReadyModel, job: ImageJob) -> JobHandle:
         """Queue the job; a full queue is a 429 with Retry-After, a stopping engine a 503."""
         try:
-            # OpenAI's SDKs count their retries in this header; a retry after a 429 gets the queue's reserve.
-            retried = request.headers.get("x-stainless-retry-count", "0") not in ("", "0")
+            retried = is_retry(request.headers) or getattr(request.state, "held_a_place", False)
             return self.engine.submit(model.name, job, retried=retried)
         except Exception as error:
             raise job_error(error, request.state.request_id) from None

@@ -4,12 +4,16 @@ A model costs its weights in the serving dtype (once per worker copy) plus
 a working margin (:mod:`pipelines.residency`). The preloaded models load at
 start; any other loads on the first request that names it, which waits in
 that model's queue with the others that came for it (they share the load),
-for up to ``--load-timeout-seconds``. A load that needs room evicts idle
-models, least recently used first, never a pinned one, and never one with a
-job waiting or running: it waits for it to go idle. On a GPU an evicted model
-moves to CPU RAM while ``--host-memory-budget`` allows (the warm tier). A load
-that fails marks the model ``failed``; a request after the back-off retries it.
-All loads and unloads run one at a time, in threads. (docs/models-memory.md)
+for up to ``--load-timeout-seconds``; a request waiting for a load holds a
+place in the model's queue (past ``--queue-size``: 429, as a full queue).
+Whatever can be checked before a load (the folder, its files and weight
+headers, the settings, room once the idle models are gone) is checked before
+anyone is evicted. A load that needs room evicts idle models, least recently
+used first, never a pinned one, and never one with a job waiting or running:
+it waits for it to go idle. On a GPU an evicted model moves to CPU RAM while
+``--host-memory-budget`` allows (the warm tier). A load that fails marks the
+model ``failed``; a request after the back-off retries it. All loads and
+unloads run one at a time, in threads. (docs/models-memory.md)
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from ..engine.base import Engine, EngineStopped, ModelToLoad, copies_for
+from ..engine.base import Engine, EngineStopped, ModelToLoad, QueueFull, copies_for
 from ..observe.metrics import ModelMemoryMetrics
 from ..settings.config import Settings
 from .model_facts import model_facts
@@ -30,6 +34,7 @@ log = logging.getLogger("easel.models")
 
 MAX_BACKOFF_SECONDS = 60.0
 IDLE_POLL_SECONDS = 0.05  # how often a load that needs room looks for a model gone idle
+LOAD_GUESS_SECONDS = 5.0  # a first load's expected time, before one has been measured
 
 
 class LoadTimedOut(Exception):
@@ -56,6 +61,9 @@ class ModelManager:
         self._load_lock = threading.Lock()  # one load or unload at a time: the budget is checked and spent in turn
         self._loads: dict[str, asyncio.Future[None]] = {}  # the load each model's waiting requests share
         self._stop = threading.Event()
+        self._waiting: dict[str, int] = {}  # requests waiting for each model's load (the event loop's only)
+        self._load_started: dict[str, float] = {}  # when each model's shared load began
+        self._load_seconds: dict[str, float] = {}  # how long each model's last load took
 
     # -- start: read the device, decide the preloads, load them (a background thread) -------------------
 
@@ -128,27 +136,45 @@ class ModelManager:
 
     # -- requests: wait for a model to be on the device --------------------------------------------------
 
-    async def bring(self, entry: ModelEntry, *, now: bool = False) -> None:
+    async def bring(self, entry: ModelEntry, *, now: bool = False, retried: bool = False) -> None:
         """Return once the model is ready, loading it if needed (requests for it share the load); raises
         LoadTimedOut past --load-timeout-seconds, or the 503 of a model that failed to load (within the back-off
-        after a failure, at once, unless ``now``: an operator's load)."""
+        after a failure, at once, unless ``now``: an operator's load).
+
+        A request waiting for the load holds a place in the model's queue, as a queued job does: past
+        ``--queue-size`` (twice that for a client's retry, as the engine allows) it gets QueueFull, the 429 of
+        a full queue. An operator's load (``now``) takes no place.
+        """
         with self.catalog.lock:
             if entry.status == "ready":
                 return
             if entry.status == "failed" and time.monotonic() < entry.retry_at and not now:
                 raise failed_to_load(entry)
+        waiting = self._waiting.get(entry.name, 0)
+        if not now and waiting >= self.settings.queue_size * (2 if retried else 1):
+            raise QueueFull(entry.name, waiting, self._load_time_left(entry.name))
         self.metrics.waited.labels(entry.name).inc()
         shared = self._loads.get(entry.name)
         if shared is None:
+            self._load_started[entry.name] = time.monotonic()
             shared = self._loads[entry.name] = asyncio.ensure_future(asyncio.to_thread(self.load, entry, True))
             shared.add_done_callback(lambda _: self._loads.pop(entry.name, None))
         timeout = self.settings.load_timeout_seconds
+        self._waiting[entry.name] = waiting + (0 if now else 1)
         try:
             await asyncio.wait_for(asyncio.shield(shared), timeout)
         except asyncio.TimeoutError:
             raise LoadTimedOut(entry.name, timeout) from None
+        finally:
+            self._waiting[entry.name] -= 0 if now else 1
         if entry.status != "ready":
             raise failed_to_load(entry) if entry.status == "failed" else LoadTimedOut(entry.name, timeout)
+
+    def _load_time_left(self, name: str) -> float:
+        """Seconds until the load under way is likely done: its last load's time (else a guess) less the time
+        it has run, and at least one; a turned-away request's Retry-After."""
+        expected = self._load_seconds.get(name, LOAD_GUESS_SECONDS)
+        return max(1.0, expected - (time.monotonic() - self._load_started.get(name, time.monotonic())))
 
     # -- loading and unloading (blocking: threads) ------------------------------------------------------
 
@@ -162,6 +188,8 @@ class ModelManager:
             source = "host" if entry.tier == "host" else "disk"
             started = time.monotonic()
             try:
+                if self.budget_bytes is not None and entry.tier is None:
+                    self._check_before_evicting(entry)
                 self._make_room(entry)
                 spec = entry.spec
                 dtype, speed = self.settings.dtype_for(spec.family), speed_options(self.settings, spec)
@@ -171,7 +199,7 @@ class ModelManager:
             except BaseException as error:  # MemoryError too: this model fails, the server and the others go on
                 self._failed(entry, error)
                 return
-            seconds = time.monotonic() - started
+            seconds = self._load_seconds[entry.name] = time.monotonic() - started
             with self.catalog.lock:
                 entry.info, entry.status, entry.tier = info, "ready", "device"
                 entry.failures, entry.last_used = 0, time.monotonic()
@@ -192,7 +220,40 @@ class ModelManager:
             entry.failures += 1
             entry.retry_at = time.monotonic() + min(MAX_BACKOFF_SECONDS, 2.0 ** (entry.failures - 1))
         self.metrics.load_failures.labels(entry.name).inc()
-        log.error("model %s failed to load: %s", entry.name, entry.error, exc_info=not isinstance(error, OSError))
+        log.error(
+            "model %s failed to load: %s",
+            entry.name,
+            entry.error,
+            exc_info=not (expected or isinstance(error, OSError)),
+        )
+
+    def _check_before_evicting(self, entry: ModelEntry) -> None:
+        """Fail a load that cannot succeed before it evicts anyone: the loader's checks (the folder and its
+        files, the weights' headers, the dtype and settings, room in what is free once the idle models are
+        evicted), then the cost again from the headers, which may have changed since the server started."""
+        from pipelines.loader import check_before_loading
+
+        spec = entry.spec
+        releasable = sum(other.host_bytes for other in self._movable(entry))
+        check_before_loading(
+            spec.name,
+            spec.family,
+            spec.path,
+            presets=spec.presets,
+            device=self.settings.device,
+            dtype=self.settings.dtype_for(spec.family),
+            optimize=speed_options(self.settings, spec),
+            releasable=releasable,
+        )
+        self._price(entry)
+
+    def _movable(self, entry: ModelEntry) -> list[ModelEntry]:
+        """The models a load of ``entry`` may evict, least recently used first."""
+        others = self.catalog.entries.values()
+        return sorted(
+            (other for other in others if other.tier == "device" and other is not entry and not other.pinned),
+            key=lambda other: other.last_used,
+        )
 
     def _resident(self) -> int:
         return sum(other.device_bytes for other in self.catalog.entries.values() if other.tier == "device")
@@ -206,10 +267,7 @@ class ModelManager:
                          f"--memory-budget of {_gb(self.budget_bytes)}")  # fmt: skip
         deadline = time.monotonic() + self.settings.load_timeout_seconds
         while self._resident() + entry.device_bytes > self.budget_bytes:
-            movable = sorted(
-                (o for o in self.catalog.entries.values() if o.tier == "device" and o is not entry and not o.pinned),
-                key=lambda other: other.last_used,
-            )  # fmt: skip
+            movable = self._movable(entry)
             if not movable:
                 raise NoRoom(f"model {entry.name!r} ({_gb(entry.device_bytes)}) does not fit beside the pinned "
                              f"models in --memory-budget {_gb(self.budget_bytes)}")  # fmt: skip
