@@ -94,7 +94,7 @@ class Webhooks:
         self._journal = Journal(database)
         left = self._journal.pending(self.urls)
         if left:
-            log.info("webhooks: %d deliveries left by an earlier server, sending them", len(left))
+            log.info("webhooks: deliveries left by an earlier server: %d; sending them", len(left))
         self._hand_over(left)
 
     def _hand_over(self, deliveries: list[Delivery]) -> None:
