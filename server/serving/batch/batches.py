@@ -29,6 +29,11 @@ TIMESTAMPS = (
     "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
     "cancelled_at",
 )  # fmt: skip
+# The unfinished batches and their statuses: what the runner lease's holder watches for (.lease).
+ACTIVE_QUERY = (
+    "SELECT id, json_extract(record, '$.status') AS status FROM batches "
+    f"WHERE status IN ({', '.join(repr(status) for status in ACTIVE)}) ORDER BY seq"
+)
 MAX_METADATA = (16, 64, 512)  # keys, key length, value length: OpenAI's
 MAX_LIST = 100
 
@@ -212,9 +217,7 @@ class Batches:
 
     def active(self) -> dict[str, str]:
         """The unfinished batches' statuses by id, oldest first."""
-        rows = self.store.query("SELECT record FROM batches ORDER BY seq")
-        records = map(json.loads, (row["record"] for row in rows))
-        return {record["id"]: record["status"] for record in records if record["status"] in ACTIVE}
+        return {row["id"]: row["status"] for row in self.store.query(ACTIVE_QUERY)}
 
     # -- changing ------------------------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ without dying keeps the lease.
 
 A thread of its own tries for the lease every :data:`TRY_SECONDS` once the
 store exists and, while it holds it, watches the database for commits made by
-any process (SQLite's ``data_version``), which is how the holder hears of a
-batch created or cancelled on another server. Its loop calls only the
-standard library: an idle server runs none of Easel's code for it.
+any process (SQLite's ``data_version``) that change the unfinished batches
+and their statuses (``watch_query``): that is how the holder hears of a batch
+created or cancelled on another server. Its loop calls only the standard
+library and SQLite: an idle server runs none of Easel's code for it.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ TRY_SECONDS = 0.5  # how soon a batch created elsewhere, or a lease left by a de
 
 
 class RunnerLease:
-    def __init__(self, directory: Path, database: str) -> None:
+    def __init__(self, directory: Path, database: str, watch_query: str) -> None:
         self.path = directory / LOCK_FILE
         self._database = directory / database
+        self._watch_query = watch_query
         self._file: IO[bytes] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.taken = asyncio.Event()  # set once this process holds the lease
-        self.changed = asyncio.Event()  # set when the database has changed since the holder last looked
+        self.changed = asyncio.Event()  # set when watch_query's answer has changed since the holder last looked
 
     @property
     def held(self) -> bool:
@@ -65,7 +67,7 @@ class RunnerLease:
             self._file = None
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        seen = None
+        version = seen = None
         watching: sqlite3.Connection | None = None
         try:
             while not self._stop.is_set():
@@ -80,10 +82,10 @@ class RunnerLease:
                         watching = sqlite3.connect(self._database, check_same_thread=False)
                         log.info("this server now runs the batches and webhooks of %s", self.path.parent)
                         loop.call_soon_threadsafe(self.taken.set)
-                if watching is not None:
-                    version = watching.execute("PRAGMA data_version").fetchone()[0]
-                    if version != seen:
-                        seen = version
+                if watching is not None and version != (version := watching.execute("PRAGMA data_version").fetchone()):
+                    answer = watching.execute(self._watch_query).fetchall()
+                    if answer != seen:
+                        seen = answer
                         loop.call_soon_threadsafe(self.changed.set)
                 self._stop.wait(TRY_SECONDS)
         except (OSError, sqlite3.Error, RuntimeError):  # RuntimeError: the event loop has closed

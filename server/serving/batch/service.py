@@ -19,7 +19,7 @@ from weights.registry import easel_home
 from ...http.errors import APIError
 from ...settings.config import Settings
 from ..images import ImageServing
-from .batches import Batches
+from .batches import ACTIVE_QUERY, Batches
 from .files import Files, no_such_image_file
 from .lease import RunnerLease
 from .runner import BatchEvents, BatchRunner, NoEvents
@@ -41,7 +41,7 @@ class BatchApi:
         self._files: Files | None = None
         self._batches: Batches | None = None
         self._runner: BatchRunner | None = None
-        self.lease = RunnerLease(self.directory, DATABASE)
+        self.lease = RunnerLease(self.directory, DATABASE, ACTIVE_QUERY)
         serving.file_bytes = self._image_bytes
 
     def _image_bytes(self, file_id: str, param: str) -> bytes:
