@@ -88,7 +88,11 @@ def create_app(
         )
         loading.start()
         webhooks.start()
-        tasks = {asyncio.create_task(_sweep_forever(store)), asyncio.create_task(batch_api.sweep_forever())}
+        tasks = {
+            asyncio.create_task(_sweep_forever(store)),
+            asyncio.create_task(batch_api.sweep_forever()),
+            asyncio.create_task(batch_api.run_forever()),
+        }
         if settings.idle_unload_seconds > 0:
             tasks.add(asyncio.create_task(residency.unload_idle_forever()))
         await batch_api.start()
@@ -102,6 +106,7 @@ def create_app(
             await batch_api.stop()  # before the webhooks stop: its last events still go out
             await asyncio.to_thread(engine.shutdown, 5.0)
             await asyncio.to_thread(webhooks.stop)  # after the engine: events of its last jobs still go out
+            batch_api.close()  # after the webhooks: they keep in the store what they could not send
             if own_image_dir:
                 shutil.rmtree(image_dir, ignore_errors=True)
 

@@ -24,7 +24,7 @@ async def create_batch(request: Request) -> JSONResponse:
     url_base = api.serving.url_base(request.base_url)
     default_model = request.app.state.easel.catalog.default_name
     batch = await asyncio.to_thread(api.batches.create, body, url_base, default_model)
-    api.runner.start(batch["id"])
+    api.created(batch["id"])
     return JSONResponse(batch)
 
 
@@ -41,7 +41,7 @@ async def list_batches(request: Request) -> JSONResponse:
 async def cancel_batch(request: Request) -> JSONResponse:
     api = _api(request)
     batch = await asyncio.to_thread(api.batches.request_cancel, request.path_params["batch_id"])
-    api.runner.cancel(batch["id"])
+    api.cancelled(batch["id"])
     return JSONResponse(batch)
 
 

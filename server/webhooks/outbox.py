@@ -4,22 +4,28 @@
 never waits on the network, whether called from the server's event loop or a worker
 thread. Each event goes to every configured URL as its own delivery
 (:mod:`server.webhooks.sending`); a slow or dead receiver holds up nothing but its own
-retries. At shutdown the deliveries still pending get a short, bounded drain; what is
-left after it is dropped, each with a log line and a count.
+retries. At shutdown the deliveries still pending get a short, bounded drain. Once the
+batch store is open (:meth:`Webhooks.take_over`), events are recorded in it
+(:mod:`server.webhooks.journal`) and what the drain leaves is sent by the next server
+to hold the runner lease; without it, what is left is dropped, each with a log line
+and a count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import httpx
 
 from ..settings.config import Settings
-from .events import Event, new_event, signing_key
-from .sending import RetryPolicy, Target, WebhookMetrics, deliver, give_up
+from .events import new_event, signing_key
+from .journal import Database, Delivery, Journal
+from .sending import RetryPolicy, Target, WebhookMetrics, deliver, give_up, shown
 
 log = logging.getLogger("easel.webhooks")
 
@@ -48,11 +54,12 @@ class Webhooks:
         self._lock = threading.Lock()  # guards the hand-over: _loop, _early, _stopped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._early: list[Event] = []  # emitted before start(); sent once it runs
+        self._early: list[Delivery] = []  # emitted before start(); sent once it runs
         self._stopped = False
+        self._journal: Journal | None = None
         self._client: httpx.AsyncClient | None = None
-        self._targets: list[Target] = []
-        self._pending: dict[asyncio.Task[None], tuple[Event, str]] = {}  # touched only on the delivery thread
+        self._targets: dict[str, Target] = {}
+        self._pending: dict[asyncio.Task[None], Delivery] = {}  # touched only on the delivery thread
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: WebhookMetrics | None = None) -> Webhooks:
@@ -60,21 +67,50 @@ class Webhooks:
         return cls(settings.webhook_urls, settings.webhook_secret, policy=policy, metrics=metrics)
 
     def emit(self, event_type: str, data: dict[str, object]) -> None:
-        """Send an event of ``event_type`` (one of :data:`~server.webhooks.EVENT_TYPES`) to every URL, at once."""
+        """Send an event of ``event_type`` (one of :data:`~server.webhooks.EVENT_TYPES`) to every URL, at once,
+        from memory: a restart forgets it (:meth:`record` keeps it on disk)."""
         event = new_event(event_type, data)  # a bad type or data fails here, in the caller, with or without URLs
+        self._hand_over([Delivery(event, url, time.time(), journaled=False) for url in self.urls])
+
+    def record(self, db: sqlite3.Connection, event_type: str, data: dict[str, object]) -> Callable[[], None]:
+        """Write the event's deliveries into ``db``'s open transaction (the batch store's, once
+        :meth:`take_over` gave it); call what this returns once that transaction commits, to send them."""
+        event = new_event(event_type, data)
         if not self.urls:
+            return lambda: None
+        if self._journal is None:
+            return lambda: self._hand_over([Delivery(event, url, time.time(), journaled=False) for url in self.urls])
+        if self._journal.count(db) + len(self.urls) > MAX_PENDING:
+            self._drop([Delivery(event, url, time.time()) for url in self.urls], "overflow", "too many pending")
+            return lambda: None
+        deliveries = self._journal.add(db, event, self.urls, time.time())
+        return lambda: self._hand_over(deliveries)
+
+    def take_over(self, database: Database) -> None:
+        """This server now holds the runner lease: record events in ``database`` and send what it holds,
+        left by a server that stopped or died (blocking: a query)."""
+        if not self.urls:
+            return
+        self._journal = Journal(database)
+        left = self._journal.pending(self.urls)
+        if left:
+            log.info("webhooks: deliveries left by an earlier server: %d; sending them", len(left))
+        self._hand_over(left)
+
+    def _hand_over(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
             return
         with self._lock:
             if self._stopped:
-                self._drop([event], "emitted after the server stopped")
+                self._drop(deliveries, "shutdown", "emitted after the server stopped")
             elif self._loop is None:
-                self._early.append(event)
+                self._early.extend(deliveries)
             else:
-                self._loop.call_soon_threadsafe(self._launch, event)
+                self._loop.call_soon_threadsafe(self._launch, deliveries)
 
     def pending(self) -> int:
         """Deliveries under way (an event at one URL), retries and waits included."""
-        return len(self._pending) + len(self._early) * len(self.urls)
+        return len(self._pending) + len(self._early)
 
     def start(self) -> None:
         """Start the delivery thread (nothing to start without URLs)."""
@@ -94,7 +130,7 @@ class Webhooks:
             self._stopped = True
             loop, thread = self._loop, self._thread
             early, self._early = self._early, []
-        self._drop(early, "the server stopped before webhooks started")
+        self._drop(early, "shutdown", "the server stopped before webhooks started")
         if loop is None or thread is None:
             return
         drained = asyncio.run_coroutine_threadsafe(self._drain(drain_seconds), loop)
@@ -117,12 +153,11 @@ class Webhooks:
                 headers={"user-agent": "easel-webhooks"},
                 limits=httpx.Limits(max_connections=ATTEMPTS_PER_URL * len(self.urls)),
             )
-            self._targets = [Target(url, asyncio.Semaphore(ATTEMPTS_PER_URL)) for url in self.urls]
+            self._targets = {url: Target(url, asyncio.Semaphore(ATTEMPTS_PER_URL)) for url in self.urls}
             with self._lock:
                 self._loop = loop
                 early, self._early = self._early, []
-            for event in early:
-                self._launch(event)
+            self._launch(early)
         finally:
             ready.set()
         try:
@@ -130,36 +165,59 @@ class Webhooks:
         finally:
             loop.close()
 
-    def _launch(self, event: Event) -> None:
-        assert self._loop is not None and self._client is not None
-        for target in self._targets:
-            if len(self._pending) >= MAX_PENDING:
-                give_up(event, target.url, "overflow", f"{MAX_PENDING} deliveries already pending", self.metrics)
+    def _launch(self, deliveries: list[Delivery]) -> None:
+        assert self._loop is not None
+        under_way = {delivery.key for delivery in self._pending.values()}
+        for delivery in deliveries:
+            if delivery.key in under_way:  # a journaled delivery handed over twice
                 continue
-            task = self._loop.create_task(deliver(self._client, event, target, self._key, self.policy, self.metrics))
-            self._pending[task] = (event, target.url)
+            if len(self._pending) >= MAX_PENDING:
+                self._drop([delivery], "overflow", f"{MAX_PENDING} deliveries already pending")
+                continue
+            task = self._loop.create_task(self._send(delivery))
+            self._pending[task] = delivery
             task.add_done_callback(self._finished)
 
+    async def _send(self, delivery: Delivery) -> None:
+        assert self._client is not None
+        journal = self._journal if delivery.journaled else None
+
+        async def failed() -> None:
+            if journal is not None:
+                await asyncio.to_thread(journal.attempted, delivery)
+
+        await deliver(
+            self._client, delivery.event, self._targets[delivery.url], self._key, self.policy, self.metrics,
+            made=delivery.attempts, age=time.time() - delivery.created_at, failed=failed,
+        )  # fmt: skip
+        if journal is not None:  # delivered or given up: not to be sent again
+            await asyncio.to_thread(journal.forget, delivery)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
-        event, url = self._pending.pop(task)
+        delivery = self._pending.pop(task)
         error = None if task.cancelled() else task.exception()
         if error is not None:  # a bug, not the receiver's doing: counted as given up, with the traceback
+            event = delivery.event
             log.error("webhook %s %s: delivery failed", event.type, event.id, exc_info=error)
-            give_up(event, url, "error", f"{type(error).__name__} in Easel", self.metrics)
+            give_up(event, delivery.url, "error", f"{type(error).__name__} in Easel", self.metrics)
 
     async def _drain(self, seconds: float) -> None:
         if self._pending:
             log.info("webhooks: up to %.0f s for %d pending deliveries", seconds, len(self._pending))
             _, left = await asyncio.wait(set(self._pending), timeout=seconds)
+            self._drop([self._pending[task] for task in left], "shutdown", "still pending when the server stopped")
             for task in left:
-                event, url = self._pending[task]
-                give_up(event, url, "shutdown", "still pending when the server stopped", self.metrics)
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
-    def _drop(self, events: list[Event], why: str) -> None:
-        for event in events:
-            for url in self.urls:
-                give_up(event, url, "shutdown", why, self.metrics)
+    def _drop(self, deliveries: list[Delivery], reason: str, why: str) -> None:
+        """Journaled deliveries stay on disk for the next server to hold the lease; the others are given up."""
+        for delivery in deliveries:
+            event = delivery.event
+            if delivery.journaled and reason == "shutdown":
+                log.warning("webhook %s %s to %s: %s; kept to send after a restart", event.type, event.id,
+                            shown(delivery.url), why)  # fmt: skip
+            else:
+                give_up(event, delivery.url, reason, why, self.metrics)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -120,12 +121,27 @@ class Target:
 
 
 async def deliver(
-    client: httpx.AsyncClient, event: Event, target: Target, key: bytes, policy: RetryPolicy, metrics: WebhookMetrics
+    client: httpx.AsyncClient,
+    event: Event,
+    target: Target,
+    key: bytes,
+    policy: RetryPolicy,
+    metrics: WebhookMetrics,
+    *,
+    made: int = 0,
+    age: float = 0.0,
+    failed: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Try until delivered, refused, or out of attempts or time; every outcome is one log line and a count."""
+    """Try until delivered, refused, or out of attempts or time; every outcome is one log line and a count.
+
+    ``made`` attempts were made and ``age`` seconds spent before (by a server that stopped since), and count
+    against the policy's bounds; ``failed()`` hears of each failed attempt before its wait."""
     url = target.url
-    deadline = time.monotonic() + policy.give_up_after
-    for number in range(1, policy.attempts + 1):
+    deadline = time.monotonic() + policy.give_up_after - max(0.0, age)
+    if made >= policy.attempts or time.monotonic() >= deadline:
+        give_up(event, url, "exhausted", f"out of attempts or time after {made} attempts before a restart", metrics)
+        return
+    for number in range(made + 1, policy.attempts + 1):
         async with target.gate:
             timeout = min(policy.attempt_timeout, max(0.001, deadline - time.monotonic()))
             result = await attempt(client, event, url, key, timeout)
@@ -134,6 +150,8 @@ async def deliver(
             log.info("webhook %s %s delivered to %s (attempt %d)", event.type, event.id, shown(url), number)
             return
         metrics.failed_attempts.labels(event_type=event.type).inc()
+        if failed is not None:
+            await failed()
         if not result.retry:
             give_up(event, url, "refused", f"{result.what} on attempt {number}, not retried", metrics)
             return

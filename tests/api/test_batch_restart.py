@@ -28,11 +28,12 @@ PATIENCE = 300  # bounds a hang only: every wait below is on a condition
 
 
 @contextlib.contextmanager
-def server(model_dir: Path, data_dir: Path, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+def server(model_dir: Path, data_dir: Path, log: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``easel serve`` as a process of its own (to be killed), ready; ``extra``: more options."""
     port = free_port()
     command = [
         sys.executable, "-m", "server", "--model", f"tiny=kandinsky22:{model_dir}", "--port", str(port),
-        "--data-dir", str(data_dir), "--max-batch-images", "1", "--workers", "1",
+        "--data-dir", str(data_dir), "--max-batch-images", "1", "--workers", "1", *extra,
     ]  # fmt: skip
     with open(log, "a") as output:
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True)

@@ -11,7 +11,9 @@ body that endpoint refuses becomes that line's answer in the error file.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,11 @@ TIMESTAMPS = (
     "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
     "cancelled_at",
 )  # fmt: skip
+# The unfinished batches and their statuses: what the runner lease's holder watches for (.lease).
+ACTIVE_QUERY = (
+    "SELECT id, json_extract(record, '$.status') AS status FROM batches "
+    f"WHERE status IN ({', '.join(repr(status) for status in ACTIVE)}) ORDER BY seq"
+)
 MAX_METADATA = (16, 64, 512)  # keys, key length, value length: OpenAI's
 MAX_LIST = 100
 
@@ -208,17 +215,22 @@ class Batches:
             page.update(first_id=data[0]["id"], last_id=data[-1]["id"])
         return page
 
-    def active(self) -> list[str]:
-        rows = self.store.query("SELECT record FROM batches ORDER BY seq")
-        return [
-            record["id"] for record in map(json.loads, (row["record"] for row in rows)) if record["status"] in ACTIVE
-        ]
+    def active(self) -> dict[str, str]:
+        """The unfinished batches' statuses by id, oldest first."""
+        return {row["id"]: row["status"] for row in self.store.query(ACTIVE_QUERY)}
 
     # -- changing ------------------------------------------------------------------------------------
 
-    def update(self, batch_id: str, expect: tuple[str, ...] | None = None, **changes: Any) -> dict[str, Any]:
+    def update(
+        self,
+        batch_id: str,
+        expect: tuple[str, ...] | None = None,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+        **changes: Any,
+    ) -> dict[str, Any]:
         """Change fields of the record, only while its status is one of ``expect`` if given (a cancel and the
-        runner may race); a new status stamps its ``<status>_at`` time. Returns the record as it now is."""
+        runner may race); a new status stamps its ``<status>_at`` time; ``also(db)`` writes more in the same
+        transaction when the change is made. Returns the record as it now is."""
         with self.store.transaction() as db:
             row = db.execute("SELECT record FROM batches WHERE id = ?", (batch_id,)).fetchone()
             record = json.loads(row["record"])
@@ -229,6 +241,8 @@ class Batches:
                 changes.setdefault(f"{status}_at", int(time.time()))
             record.update(changes)
             db.execute("UPDATE batches SET record = ? WHERE id = ?", (dumps(record), batch_id))
+            if also is not None:
+                also(db)
         return record
 
     def request_cancel(self, batch_id: str) -> dict[str, Any]:

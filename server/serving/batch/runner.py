@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ...engine.base import JobHandle
@@ -22,7 +24,7 @@ from ..images import ImageServing
 from .batches import FINISHED, Batches
 from .files import Files
 from .lines import Interrupted, answer_line
-from .store import new_id
+from .store import Store, new_id
 
 log = logging.getLogger("easel.batches")
 
@@ -32,16 +34,27 @@ EXPIRED_MESSAGE = "This request could not be executed before the completion wind
 
 class BatchEvents(Protocol):
     """Where a batch's end is announced: ``batch.completed``, ``batch.failed``, ``batch.cancelled`` or
-    ``batch.expired`` with ``{"id": batch_id}``; must not block."""
+    ``batch.expired`` with ``{"id": batch_id}`` (:class:`server.webhooks.Webhooks`)."""
 
-    def emit(self, event_type: str, data: dict[str, object]) -> None: ...
+    def record(self, db: sqlite3.Connection, event_type: str, data: dict[str, object]) -> Callable[[], None]:
+        """Keep the event in ``db``'s open transaction, the one that settles the batch; the callable returned
+        sends it once that commits, without blocking."""
+        ...
+
+    def take_over(self, database: Store) -> None:
+        """This server now holds the runner lease: send the events ``database`` still holds."""
+        ...
 
 
 class NoEvents:
     """No webhooks configured: the ends of batches are only logged."""
 
-    def emit(self, event_type: str, data: dict[str, object]) -> None:
+    def record(self, db: sqlite3.Connection, event_type: str, data: dict[str, object]) -> Callable[[], None]:
         log.debug("%s %s", event_type, data)
+        return lambda: None
+
+    def take_over(self, database: Store) -> None:
+        pass
 
 
 class BatchRunner:
@@ -60,6 +73,12 @@ class BatchRunner:
             task = asyncio.create_task(self._run(batch_id), name=f"easel-{batch_id}")
             self._tasks[batch_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(batch_id, None))
+
+    def running(self, batch_id: str) -> bool:
+        return batch_id in self._tasks
+
+    def cancelling(self, batch_id: str) -> bool:
+        return batch_id in self._cancelled
 
     def cancel(self, batch_id: str) -> None:
         """Stop taking the batch's lines and drop those in the engine; it then finishes as cancelled."""
@@ -169,13 +188,22 @@ class BatchRunner:
             log.error("batch %s failed: its output could not be written: %s", batch_id, error)
             failure = {"code": "output_not_written", "message": f"The output could not be written: {error.strerror}"}
             errors = {"object": "list", "data": [{**failure, "param": None, "line": None}]}
-            self.batches.update(batch_id, status="failed", errors=errors)
-            self.events.emit("batch.failed", {"id": batch_id})
+            self._settle(batch_id, status="failed", errors=errors)
             return
-        self.batches.update(batch_id, None, status=final, **outputs)
+        self._settle(batch_id, status=final, **outputs)
         self._cancelled.discard(batch_id)
         log.info("batch %s %s", batch_id, final)
-        self.events.emit(f"batch.{final}", {"id": batch_id})
+
+    def _settle(self, batch_id: str, **changes: Any) -> None:
+        """The batch's last change and its event, in one transaction: it ends if and only if it is announced."""
+        sends: list[Callable[[], None]] = []
+
+        def announce(db: sqlite3.Connection) -> None:
+            sends.append(self.events.record(db, f"batch.{changes['status']}", {"id": batch_id}))
+
+        self.batches.update(batch_id, None, announce, **changes)
+        for send in sends:
+            send()
 
     def _answers_file(self, batch_id: str, record: dict[str, Any], *, ok: bool) -> str | None:
         answers = self.batches.answered(batch_id, ok)

@@ -2,8 +2,8 @@
 
 Layout under the data directory (``--data-dir``, default ``$EASEL_HOME/data``)::
 
-    easel.sqlite3        files, batches and each batch line's answer
-    easel.lock           held (flock) by the one server using this directory
+    easel.sqlite3        files, batches, each batch line's answer, webhook deliveries still to make
+    easel.lock           the runner lease (:mod:`.lease`): held by the one server that runs the batches
     files/file-<hex>     a file's bytes, written to a temporary name and renamed into place
 
 Nothing here shares a name with the ``url`` image store (``--image-dir``). A
@@ -11,13 +11,14 @@ line's answer is committed in the same transaction that marks it done, so a
 server killed at any moment restarts with every line either answered once or
 still to run. The database is opened on the first use of either API, or at
 start-up when it already exists (to resume batches): a server that never uses
-them writes nothing.
+them writes nothing. Several servers on one machine may share the directory
+(SQLite's WAL mode serves processes of one host); :mod:`.lease` picks the one
+that runs batches.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ...http.errors import SERVER_ERROR, APIError
+from ...webhooks import OUTBOX_SCHEMA
 
 DATABASE = "easel.sqlite3"
 SCHEMA = """
@@ -44,20 +45,11 @@ CREATE TABLE IF NOT EXISTS lines (
     PRIMARY KEY (batch_id, line)
 );
 """
+BUSY_WAIT_MS = 10_000  # another process's write transaction: wait for it rather than fail
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
-
-
-class StoreBusy(APIError):
-    def __init__(self, directory: Path) -> None:
-        super().__init__(
-            503,
-            f"Another Easel server is using the data directory {directory}; give this one its own --data-dir.",
-            type=SERVER_ERROR,
-            code="data_dir_in_use",
-        )
 
 
 class Store:
@@ -67,17 +59,13 @@ class Store:
         self.directory = directory
         self.contents = directory / "files"
         self.contents.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(directory / "easel.lock", "a+b")  # noqa: SIM115 - held for the server's lifetime
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StoreBusy(directory) from None
-        self._db = sqlite3.connect(directory / DATABASE, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            directory / DATABASE, check_same_thread=False, isolation_level=None, timeout=BUSY_WAIT_MS / 1000
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed answer survives a power cut, not only a kill
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + OUTBOX_SCHEMA)
         self._mutex = threading.Lock()
 
     @staticmethod
@@ -87,7 +75,6 @@ class Store:
     def close(self) -> None:
         with self._mutex:
             self._db.close()
-        self._lock_file.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
