@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("images", "make images from a prompt, here or on a running server"),
     "edit": ("images", "edit an image as a prompt says (all of it, or a masked part)"),
     "vary": ("images", "make variations of an image"),
+    "batch": ("batch", "submit, follow, download, list and cancel image batches on a running server"),
     "models": ("models", "list local models: family, size on disk, parameters, native size, origin"),
     "pull": ("pull", "download a known model from the Hugging Face hub and register it"),
     "train": ("lab", "train the embedded model (python -m pipelines.lab.training.train)"),

@@ -41,7 +41,7 @@ def run_remote(request: Request, server: str, api_key: str | None, partial_image
         with httpx.Client(timeout=TIMEOUT, headers=headers) as client, _send(client, url, request, fields) as response:
             if response.status_code >= 400:
                 response.read()
-                raise _api_error(response)
+                raise api_error(response)
             if streamed:
                 return _collect_stream(response, partial_images, int(fields.get("n", 1)))
             response.read()
@@ -60,7 +60,8 @@ def _send(client: httpx.Client, url: str, request: Request, fields: dict[str, An
     return client.stream("POST", url, data=form, files=files)
 
 
-def _api_error(response: httpx.Response) -> CommandError:
+def api_error(response: httpx.Response) -> CommandError:
+    """The API's error envelope as a one-line :class:`CommandError` (status, message, and the field it names)."""
     try:
         error = response.json()["error"]
         return CommandError(f"{response.status_code}: {error['message']}", error.get("param"))

@@ -11,13 +11,15 @@ nothing of any other host.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
-from ..conftest import KARLO, TEST_KEY, TINY, LiveServer, running_server, tiny_settings
+from ..conftest import FAST, KARLO, TEST_KEY, TINY, LiveServer, running_server, tiny_settings
 
 TIMEOUT_MS = 120_000  # a loaded CI machine; a tiny-model request usually takes well under a second
 
@@ -36,8 +38,9 @@ IMAGE_FACTS = """img => {
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tiny_model_dirs: dict[str, Path]) -> Iterator[LiveServer]:
-    with running_server(tiny_settings(tiny_model_dirs, api_keys=(TEST_KEY,))) as live:
+def keyed_server(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    data_dir = tmp_path_factory.mktemp("playground-data")  # the batches the Batches panel lists
+    with running_server(tiny_settings(tiny_model_dirs, api_keys=(TEST_KEY,), data_dir=data_dir)) as live:
         yield live
 
 
@@ -154,10 +157,51 @@ def test_an_api_error_is_shown_in_words(page):
     assert page.locator("#results img").count() == 0
 
 
+def submit_batch(server: LiveServer, lines: int) -> str:
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    body = {"model": TINY, "size": "64x64", "response_format": "b64_json", **FAST}
+    requests = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/images/generations",
+         "body": {**body, "prompt": f"a red circle {i}", "seed": i}}
+        for i in range(lines)
+    ]  # fmt: skip
+    data = "".join(json.dumps(line) + "\n" for line in requests)
+    upload = httpx.post(f"{server.api_url}/files", headers=headers, files={"file": ("in.jsonl", data)},
+                        data={"purpose": "batch"}, timeout=30)  # fmt: skip
+    batch = {"input_file_id": upload.json()["id"], "endpoint": "/v1/images/generations", "completion_window": "24h"}
+    return str(httpx.post(f"{server.api_url}/batches", headers=headers, json=batch, timeout=30).json()["id"])
+
+
+def test_the_batches_panel_follows_a_batch_to_completed_and_downloads_its_output(page, keyed_server, tmp_path: Path):
+    enter_key(page)
+    page.click("#tab-batches")
+    expect(page.locator("#batches-state")).to_contain_text("No batches yet.")
+    batch_id = submit_batch(keyed_server, 3)
+    page.click("#refresh-batches")
+    item = page.locator(f"#batch-list li[data-id='{batch_id}']")
+    expect(item).to_have_count(1)
+    # No more clicks: the panel refreshes itself while the batch is unfinished.
+    expect(item.locator(".batch-state")).to_have_text("completed", timeout=TIMEOUT_MS)
+    expect(item.locator(".batch-counts")).to_have_text("3/3 answered (3 completed, 0 failed)")
+    assert item.locator("progress").evaluate("bar => [bar.value, bar.max]") == [3, 3]
+    expect(page.locator("#batches-state")).to_have_text("1 newest, 0 unfinished")
+    with page.expect_download() as download:
+        item.locator("a.output-link").click()
+    saved = tmp_path / "output.jsonl"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename == f"{batch_id}_output.jsonl"
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    batch = httpx.get(f"{keyed_server.api_url}/batches/{batch_id}", headers=headers, timeout=30).json()
+    content = httpx.get(f"{keyed_server.api_url}/files/{batch['output_file_id']}/content", headers=headers, timeout=30)
+    assert saved.read_bytes() == content.content
+    assert [json.loads(line)["custom_id"] for line in saved.read_text().splitlines()] == ["c0", "c1", "c2"]
+    assert item.locator("a.error-link").count() == 0
+
+
 def test_a_phone_sized_screen_needs_no_sideways_scrolling(page):
     page.set_viewport_size({"width": 375, "height": 740})
     enter_key(page)
-    for tab in ("generate", "edit", "vary"):
+    for tab in ("generate", "edit", "vary", "batches"):
         page.click(f"#tab-{tab}")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), tab
         button = page.locator(f"#{tab} button.primary").bounding_box()
@@ -165,8 +209,6 @@ def test_a_phone_sized_screen_needs_no_sideways_scrolling(page):
 
 
 def test_the_page_is_served_without_a_key_and_allows_nothing_foreign(keyed_server):
-    import httpx
-
     response = httpx.get(keyed_server.url + "/", timeout=10)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
