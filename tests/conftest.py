@@ -187,8 +187,11 @@ def tiny_settings(dirs: dict[str, Path], **overrides) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def api_server(tiny_model_dirs: dict[str, Path]) -> Iterator[LiveServer]:
-    with running_server(tiny_settings(tiny_model_dirs)) as live:
+def api_server(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    # Its own data directory: the default one ($EASEL_HOME/data) is locked by whichever server uses it first, so
+    # the session servers of parallel workers (or of two pytest runs) answered each other's file requests 503.
+    settings = tiny_settings(tiny_model_dirs, data_dir=tmp_path_factory.mktemp("api-server-data"))
+    with running_server(settings) as live:
         yield live
 
 
