@@ -104,17 +104,24 @@ def mark_lanes(items: list[pytest.Item]) -> None:
                 item.add_marker(marker)
 
 
+# Session-scoped fixtures too costly to build once per worker (a Ray instance, a trained model), with the xdist
+# group their tests share. The root conftest's tiny models and server are cheap: every worker builds its own.
+SHARED_SESSION_FIXTURES = {"serve_port": "ray", "tiny_model": "trained-tiny-model"}
+
+
 def group_shared_fixtures(items: list[pytest.Item]) -> None:
     """Under ``--dist loadgroup``, keep the tests that share an expensive fixture on one xdist worker.
 
     Tests of a module whose module-scoped fixture starts a server or builds a model run together, so the
-    fixture is built once, not once per worker; the Ray tests share one Ray instance per session.
+    fixture is built once, not once per worker; the tests of each of :data:`SHARED_SESSION_FIXTURES` (the
+    Ray instance, the lab's trained tiny model) run together too, so it is built once per session.
     """
     cache: dict[types.CodeType, bool] = {}
     for item in items:
         definitions = [d for defs in _fixture_definitions(item) for d in defs]
-        if any(d.argname == "serve_port" for d in definitions):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        shared = [SHARED_SESSION_FIXTURES[d.argname] for d in definitions if d.argname in SHARED_SESSION_FIXTURES]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
         elif any(d.scope == "module" and _reaches(d.func, STARTERS | MODEL_MAKERS, cache) for d in definitions):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from ..conftest import LOOPBACK_TLS
 from .test_shutdown import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ def server(model_dir: Path, data_dir: Path, log: Path, *extra: str) -> Iterator[
         while True:
             assert process.poll() is None, log.read_text()
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                if httpx.get(url + "/health/ready", timeout=2, verify=LOOPBACK_TLS).status_code == 200:
                     break
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.2)

@@ -19,7 +19,7 @@ import pytest
 
 from server.settings.model_specs import ModelSpec
 
-from ..conftest import TINY, LiveServer, running_server, tiny_settings
+from ..conftest import LOOPBACK_TLS, TINY, LiveServer, running_server, tiny_settings
 from ..raw_http import connect, exchange, read_answer, request_head
 
 DEADLINE = 1.0
@@ -110,7 +110,7 @@ def test_over_the_connection_limit_is_a_503_and_the_server_recovers(guarded_serv
         for sock in held:
             sock.close()
     deadline = time.monotonic() + 5
-    while httpx.get(guarded_server.url + "/health").status_code != 200:
+    while httpx.get(guarded_server.url + "/health", verify=LOOPBACK_TLS).status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.1)
 

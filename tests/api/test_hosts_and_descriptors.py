@@ -24,7 +24,7 @@ from server.settings.config import Settings
 from weights.spec import ModelSpec
 
 from ..cli.conftest import REPO, clean_env, free_port
-from ..conftest import TINY, assert_envelope, running_server
+from ..conftest import LOOPBACK_TLS, TINY, assert_envelope, running_server
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_the_soft_descriptor_limit_is_raised_to_fit_the_connections(tmp_path: Pa
         while True:
             assert process.poll() is None, "the server stopped"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5, verify=LOOPBACK_TLS).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

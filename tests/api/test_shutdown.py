@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import assert_envelope
+from ..conftest import LOOPBACK_TLS, assert_envelope
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW = {"prior_steps": 2, "decoder_steps": 200}
@@ -44,7 +44,7 @@ def server_process(
         while True:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                if httpx.get(url + "/health/ready", timeout=2, verify=LOOPBACK_TLS).status_code == 200:
                     break
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.2)
@@ -63,7 +63,7 @@ def generate(url: str, **fields) -> httpx.Response:
 def wait_running(url: str, count: int) -> None:
     deadline = time.monotonic() + 60
     while True:
-        stats = httpx.get(url + "/health/ready", timeout=5).json()["models"]["tiny"]
+        stats = httpx.get(url + "/health/ready", timeout=5, verify=LOOPBACK_TLS).json()["models"]["tiny"]
         if stats["running"] + stats["queued"] >= count:
             return
         assert time.monotonic() < deadline, stats

@@ -24,7 +24,7 @@ from openai import OpenAI
 from openai.types.webhooks import BatchCompletedWebhookEvent
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..conftest import FAST, TINY, LiveServer, running_server, tiny_settings
+from ..conftest import FAST, LOOPBACK_TLS, TINY, LiveServer, running_server, tiny_settings
 from ..webhook_receivers import Recorder, Silent, recording, silent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def setup(tiny_model_dirs) -> Iterator[Setup]:
 
 
 def delivered(live: LiveServer, event_type: str) -> float:
-    text = httpx.get(live.url + "/metrics", timeout=10).text
+    text = httpx.get(live.url + "/metrics", timeout=10, verify=LOOPBACK_TLS).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "easel_webhook_deliveries_total" and sample.labels == {"event_type": event_type}:

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..conftest import LOOPBACK_TLS
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -67,7 +69,7 @@ def _wait_ready(process: subprocess.Popen, url: str, log, timeout: float) -> str
             log.seek(0)
             pytest.fail(f"easel serve exited {process.returncode}: {log.read()[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
+            if httpx.get(url + "/health/ready", timeout=5, verify=LOOPBACK_TLS).status_code == 200:
                 return url
         if time.monotonic() > deadline:
             pytest.fail("easel serve did not get ready")

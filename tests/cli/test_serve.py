@@ -20,6 +20,7 @@ import pytest
 
 from cli.main import COMMANDS
 
+from ..conftest import LOOPBACK_TLS
 from .conftest import REPO, clean_env, easel, free_port
 
 
@@ -121,7 +122,8 @@ def test_keep_going_serves_on_and_reports_the_failure(
         while True:
             assert process.poll() is None, "the server stopped"
             try:
-                models = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).json()["models"]
+                ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5, verify=LOOPBACK_TLS)
+                models = ready.json()["models"]
                 if models["bad"]["status"] == "failed" and models["tiny"]["status"] == "ready":
                     break
             except httpx.HTTPError:

@@ -31,7 +31,7 @@ from server.scaleout.launch import APP_NAME, running_on_ray, use_easel_proxy_mid
 from server.settings.config import Settings  # noqa: E402
 from server.settings.model_specs import ModelSpec  # noqa: E402
 from server.settings.ray_serve import RayServeSettings  # noqa: E402
-from tests.conftest import TINY  # noqa: E402
+from tests.conftest import LOOPBACK_TLS, TINY  # noqa: E402
 from weights.registry import load_registry  # noqa: E402
 
 # What the plain test server's engine runs a lone call on: the cores this process may use (not torch's own
@@ -86,7 +86,7 @@ class RayApp:
         return self.url + "/v1"
 
     def readiness(self) -> dict:
-        return httpx.get(self.url + "/health/ready", timeout=10).json()
+        return httpx.get(self.url + "/health/ready", timeout=10, verify=LOOPBACK_TLS).json()
 
     def replica_states(self, model: str = TINY) -> dict[str, int]:
         """Serve's count of the model's replicas per state (RUNNING, STARTING, STOPPING...)."""

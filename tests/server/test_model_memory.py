@@ -25,7 +25,7 @@ from server.settings.config import Settings
 from server.settings.model_specs import ModelSpec
 from server.settings.options import MemoryAmount
 
-from ..conftest import FAST, TEST_KEY, LiveServer, running_server
+from ..conftest import FAST, LOOPBACK_TLS, TEST_KEY, LiveServer, running_server
 
 KEY_HEADER = {"authorization": f"Bearer {TEST_KEY}"}
 
@@ -44,7 +44,7 @@ def three_models(path: Path, **overrides) -> Settings:
 
 
 def metric(server: LiveServer, name: str, **labels: str) -> float:
-    text = httpx.get(server.url + "/metrics", headers=KEY_HEADER, timeout=10).text
+    text = httpx.get(server.url + "/metrics", headers=KEY_HEADER, timeout=10, verify=LOOPBACK_TLS).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
@@ -53,7 +53,7 @@ def metric(server: LiveServer, name: str, **labels: str) -> float:
 
 
 def model(server: LiveServer, name: str) -> dict:
-    return httpx.get(server.api_url + f"/models/{name}", headers=KEY_HEADER, timeout=10).json()
+    return httpx.get(server.api_url + f"/models/{name}", headers=KEY_HEADER, timeout=10, verify=LOOPBACK_TLS).json()
 
 
 def generate(client: openai.OpenAI, name: str) -> None:
