@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 
 from .app.preflight import check_before_listening
 from .app.runner import EaselServer, build_server
-from .engine.spinning import spin_briefly
 from .observe.logs import configure_logging
 from .settings.config import Settings
 from .settings.loading import load_settings
@@ -36,8 +35,6 @@ def easel_version() -> str:
 
 def serve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Serve until stopped; returns the exit status (a configuration mistake exits with 2 before that)."""
-    if env is None:  # this process's own environment: before anything imports torch (the checks below do)
-        spin_briefly()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--version" in argv:
         print(f"easel {easel_version()}")
