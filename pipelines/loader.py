@@ -7,6 +7,7 @@ and every load passes ``local_files_only``). A missing model is a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from patches.convert_on_read import converting_to
 from patches.huggingface_hub import go_offline
 
 from .base import ImageBackend
-from .device import choose_device, choose_dtype, from_pretrained_options
+from .compute_dtype import check_upcast_options, compute_dtype_for, store_narrow_compute_wide
+from .device import choose_device, choose_dtype, dtype_name, from_pretrained_options
 from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
 from .preflight import check_model_files
@@ -75,10 +77,16 @@ def load_backend(
     torch_dtype = choose_dtype(torch_device, dtype, family)
     check_fits(name, family, path, torch_device, torch_dtype)  # refuse before a byte is loaded
     from .finite_weights import check_finite_weights
-    from .optimize import optimize_backend, resolve
+    from .optimize import backend_pipelines, optimize_backend, pipeline_models, resolve
 
     options = optimize or SpeedOptions()
-    check_savings(options, torch_device, family, resolve(options.enabled, torch_device))  # refuse before loading
+    enabled = resolve(options.enabled, torch_device)
+    check_savings(options, torch_device, family, enabled)  # refuse before loading
+    compute_dtype = compute_dtype_for(torch_device, torch_dtype)
+    upcast = compute_dtype != torch_dtype
+    if upcast:
+        check_upcast_options(enabled)
+    upcast_done: dict[str, Any] = {}
     backend: ImageBackend
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend
@@ -86,14 +94,30 @@ def load_backend(
         with converting_to(torch_dtype):  # a file in another dtype costs its converted size, not both
             combined = _load_kandinsky(path, index, torch_device, torch_dtype)
         check_finite_weights(path, combined.components)
+        if upcast:  # before the backend computes its zero-image embedding
+            models = pipeline_models([combined.prior_pipe, combined.decoder_pipe])
+            upcast_done = store_narrow_compute_wide(name, models, torch_dtype, compute_dtype, options.quantize)
         backend = KandinskyBackend(name, combined, read_easel_config(path), presets=presets, device=torch_device)
     else:
         from .karlo import KarloBackend
 
         with converting_to(torch_dtype):
-            backend = KarloBackend(name, path, presets=presets, device=torch_device, dtype=torch_dtype)
+            backend = KarloBackend(
+                name, path, presets=presets, device=torch_device, dtype=torch_dtype, compute_dtype=compute_dtype
+            )
         check_finite_weights(path, backend.modules_by_folder())
-    return optimize_backend(backend, options)
+        if upcast:
+            models = pipeline_models(backend_pipelines(backend))
+            upcast_done = store_narrow_compute_wide(name, models, torch_dtype, compute_dtype, options.quantize)
+    if not upcast:
+        return optimize_backend(backend, options)
+    backend = optimize_backend(backend, replace(options, quantize="none"))  # quantized above, from float32
+    info = backend.info
+    optimizations = {**info.optimizations, **upcast_done}
+    backend.info = replace(
+        info, dtype=dtype_name(torch_dtype), compute_dtype=dtype_name(compute_dtype), optimizations=optimizations
+    )
+    return backend
 
 
 def _load_kandinsky(model_dir: Path, index: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
