@@ -9,7 +9,7 @@ Then, each in its own process and one at a time (it waits for enough free memory
 
 - ``easel serve`` in float32 under a 16 GB address-space limit: the one-line refusal, before loading;
 - ``easel serve`` in bfloat16 on each layout: seconds to ready, and its peak RSS at ready against the
-  weights' in-memory size; on the 2023 layout, one generation at 512x512 and one at 768x768, whose
+  weights' in-memory size; on the 2023 layout, one generation at 512x512 and one at 768x768 (``--sizes``), whose
   prior and decoder seconds per step come from the server's ``/metrics`` (``easel_stage_seconds``);
 - the pull's load check (``python -m cli.check``) in bfloat16: its peak RSS, to compare with serving;
 - float32 by stage (the whole model does not fit beside other work here): the decoder UNet alone and
@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--family", default="kandinsky22", choices=["kandinsky22", "karlo"])
     parser.add_argument("--quantize", default="none", choices=["none", "int8"])
     parser.add_argument("--prior-steps", type=int, default=2)
-    parser.add_argument("--decoder-steps", type=int, default=2, help="at 512x512 (768x768 runs one)")
+    parser.add_argument("--decoder-steps", type=int, default=2, help="at each size (2 is the fewest allowed)")
+    parser.add_argument("--sizes", default="512x512,768x768", help="Kandinsky's generation sizes, comma-separated")
     parser.add_argument(
         "--skip",
         default="",
@@ -241,9 +242,10 @@ def model_capabilities(url: str) -> dict:
 def generations(url: str, args: argparse.Namespace, family: str = "kandinsky22") -> dict:
     """Seconds per step of prior and decoder at 512x512 and 768x768 (Karlo: 256x256), from the stage timings."""
     steps = {}
-    sizes = (
-        (("256x256", args.decoder_steps),) if family == "karlo" else (("512x512", args.decoder_steps), ("768x768", 1))
-    )
+    # The same decoder steps at each size (2, the default, is the fewest a request may ask for).
+    sizes = [(size, args.decoder_steps) for size in args.sizes.split(",")]
+    if family == "karlo":  # one fixed size
+        sizes = [("256x256", args.decoder_steps)]
     for size, decoder_steps in sizes:
         before = stage_seconds(url)
         start = time.perf_counter()
