@@ -1,6 +1,6 @@
-"""Kandinsky 2.2 at its real size on this machine: loading time, memory on load, seconds per step, fp32 and bf16.
+"""Kandinsky 2.2 and Karlo at their real size on this machine: loading time, memory on load, seconds per step.
 
-    python benchmarks/bench_real_size.py [--root /work/realsize] [--family kandinsky22]
+    python benchmarks/bench_real_size.py [--root /work/realsize] [--family kandinsky22|karlo] [--quantize int8]
 
 Writes the family's real configuration with random weights (:mod:`benchmarks.real_size_models`)
 to ``--root`` (outside git) in two layouts: the hub's 2023 one (``.bin``, float32, the image encoder
@@ -9,15 +9,23 @@ Then, each in its own process and one at a time (it waits for enough free memory
 
 - ``easel serve`` in float32 under a 16 GB address-space limit: the one-line refusal, before loading;
 - ``easel serve`` in bfloat16 on each layout: seconds to ready, and its peak RSS at ready against the
-  weights' in-memory size; on the 2023 layout, one generation at 512x512 and one at 768x768, whose
+  weights' in-memory size; on the 2023 layout, one generation at 512x512 and one at 768x768 (``--sizes``), whose
   prior and decoder seconds per step come from the server's ``/metrics`` (``easel_stage_seconds``);
 - the pull's load check (``python -m cli.check``) in bfloat16: its peak RSS, to compare with serving;
 - float32 by stage (the whole model does not fit beside other work here): the decoder UNet alone and
   the prior alone, loaded as the pipeline loads them: seconds to load, peak RSS, seconds per step
   (classifier-free guidance's batch of two, as in serving).
 
+``--family karlo`` writes Karlo's real configuration with its image-variation encoder (3.73 B
+parameters) as safetensors in bfloat16 and serves it in bfloat16: seconds to ready, peak RSS, and one
+generation at its 256x256, each stage's seconds per step from ``/metrics``. ``--quantize int8`` serves
+with int8 weights (``--skip`` then applies as usual; its results go to ``results-int8.json``).
+
+On a CPU without bfloat16 instructions ``--dtype bfloat16`` keeps the weights in bfloat16 and computes
+in float32 (:mod:`pipelines.compute_dtype`); the server's ``/v1/models`` says which (``compute_dtype``).
+
 Random weights: the FLOPs and bytes are real, the images are noise. The table goes to stdout and,
-as JSON, to ``--root/results.json``.
+as JSON, to ``--root/results.json`` (``results-karlo.json`` for Karlo).
 """
 
 from __future__ import annotations
@@ -38,14 +46,17 @@ REPO = Path(__file__).resolve().parents[1]
 LIMIT_16GB = 16 * 10**9
 HEADROOM_FOR_OTHERS = 5 * 10**9  # this machine is shared: leave this much free beside a real-size process
 PROMPT = "a lighthouse on a cliff at sunset, oil painting"
+KARLO_LOW_SUPER_RES_STEPS = 4  # pipelines/presets.py: Karlo's "low"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("/work/realsize"))
-    parser.add_argument("--family", default="kandinsky22", choices=["kandinsky22"])
+    parser.add_argument("--family", default="kandinsky22", choices=["kandinsky22", "karlo"])
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"])
     parser.add_argument("--prior-steps", type=int, default=2)
-    parser.add_argument("--decoder-steps", type=int, default=2, help="at 512x512 (768x768 runs one)")
+    parser.add_argument("--decoder-steps", type=int, default=2, help="at each size (2 is the fewest allowed)")
+    parser.add_argument("--sizes", default="512x512,768x768", help="Kandinsky's generation sizes, comma-separated")
     parser.add_argument(
         "--skip",
         default="",
@@ -53,7 +64,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    results: dict = {"family": args.family, "cpu_threads": os.cpu_count()}
+    if args.family == "karlo":
+        print(karlo_table(karlo(args)))
+        return
+    results: dict = {"family": args.family, "cpu_threads": os.cpu_count(), "quantize": args.quantize}
+    args.results_name = "results.json" if args.quantize == "none" else f"results-{args.quantize}.json"
     hub, st = args.root / f"{args.family}-hub2023", args.root / f"{args.family}-bf16-safetensors"
     results["write_seconds"] = {"hub-2023": write(args.family, hub, "hub-2023", "float32")}
     if "serve-st" not in skip:  # the safetensors layout is written only to be served
@@ -64,22 +79,36 @@ def main() -> None:
     say(f"fp32 under a 16 GB limit: {results['refusal_fp32_at_16GB']}")
     weights_bf16 = results["footprint"]["memory_bytes"]["bfloat16"]
     results["serve_bf16_hub2023"] = serve(hub, "bfloat16", weights_bf16, generate="generate" not in skip, args=args)
-    save(args.root, results)
+    save(args.root, results, args.results_name)
     if "check" not in skip:
         results["check_bf16_hub2023"] = check(hub, "bfloat16", weights_bf16)
-        save(args.root, results)
+        save(args.root, results, args.results_name)
     if "fp32" not in skip:
         results["fp32_by_stage"] = by_stage(hub, "float32")
-        save(args.root, results)
+        save(args.root, results, args.results_name)
     if "serve-st" not in skip:
         results["serve_bf16_safetensors"] = serve(st, "bfloat16", weights_bf16, generate=False, args=args)
-    save(args.root, results)
+    save(args.root, results, args.results_name)
     print(table(results))
 
 
-def save(root: Path, results: dict) -> None:
+def karlo(args: argparse.Namespace) -> dict:
+    """Karlo written as safetensors in bfloat16 and served in bfloat16, with one generation at 256x256."""
+    target = args.root / "karlo-bf16-safetensors"
+    results: dict = {"family": "karlo", "cpu_threads": os.cpu_count()}
+    results["write_seconds"] = write("karlo", target, "safetensors", "bfloat16")
+    results["footprint"] = footprint(target)
+    say(f"footprint: {json.dumps(results['footprint'])}")
+    save(args.root, results, "results-karlo.json")
+    weights = results["footprint"]["memory_bytes"]["bfloat16"]
+    results["serve_bf16"] = serve(target, "bfloat16", weights, generate=True, args=args, family="karlo")
+    save(args.root, results, "results-karlo.json")
+    return results
+
+
+def save(root: Path, results: dict, name: str = "results.json") -> None:
     """Results so far, so a run cut short still leaves its figures."""
-    (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (root / name).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def say(line: str) -> None:
@@ -149,13 +178,17 @@ def refusal(model: Path) -> dict:
     return {"exit": done.returncode, "seconds": round(time.perf_counter() - start, 1), "stderr": done.stderr.strip()}
 
 
-def serve(model: Path, dtype: str, weights: int, *, generate: bool, args: argparse.Namespace) -> dict:
+def serve(
+    model: Path, dtype: str, weights: int, *, generate: bool, args: argparse.Namespace, family: str = "kandinsky22"
+) -> dict:
+    quantize = getattr(args, "quantize", "none")
     wait_for_free_memory(int(weights * 1.3))
     port = free_port()
-    command = [sys.executable, "-m", "server", "--model", f"k=kandinsky22:{model}", "--dtype", dtype]
-    command += ["--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", "server", "--model", f"k={family}:{model}", "--dtype", dtype]
+    command += ["--port", str(port), "--log-level", "info", "--quantize", quantize]
     start = time.perf_counter()
-    log = (model.parent / f"serve-{model.name}-{dtype}.log").open("w")  # a file: a pipe nobody reads would fill
+    suffix = "" if quantize == "none" else f"-{quantize}"
+    log = (model.parent / f"serve-{model.name}-{dtype}{suffix}.log").open("w")  # a file: a pipe nobody reads would fill
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -164,9 +197,14 @@ def serve(model: Path, dtype: str, weights: int, *, generate: bool, args: argpar
         result["rss_ratio_at_ready"] = round(result["peak_rss_at_ready"] / weights, 3)
         result["peak_anonymous_rss_sampled"] = anon  # without the weight files' mapped pages (page cache)
         result["anonymous_ratio"] = round(anon / weights, 3)
+        result["capabilities"] = model_capabilities(url)
         say(f"serve {model.name} {dtype}: {json.dumps(result)}")
         if generate:
-            result["steps"] = generations(url, args)
+            try:
+                result["steps"] = generations(url, args, family)
+            except httpx.HTTPError as error:  # keep the figures of loading
+                result["steps_error"] = str(error)
+                return result
             result["peak_rss_after_generating"] = peak_rss(process.pid)
             say(f"serve {model.name} {dtype} steps: {json.dumps(result['steps'])}")
         return result
@@ -195,14 +233,26 @@ def anonymous_rss(pid: int) -> int:
     return int(re.search(r"RssAnon:\s+(\d+) kB", text).group(1)) * 1024  # type: ignore[union-attr]
 
 
-def generations(url: str, args: argparse.Namespace) -> dict:
-    """Seconds per step of prior and decoder at 512x512 and 768x768, from the server's stage timings."""
+def model_capabilities(url: str) -> dict:
+    """What /v1/models says of the loaded model: dtype, compute dtype, quantization."""
+    capabilities = httpx.get(f"{url}/v1/models/k", timeout=30).json()["capabilities"]
+    return {key: capabilities.get(key) for key in ("dtype", "compute_dtype", "optimizations")}
+
+
+def generations(url: str, args: argparse.Namespace, family: str = "kandinsky22") -> dict:
+    """Seconds per step of prior and decoder at 512x512 and 768x768 (Karlo: 256x256), from the stage timings."""
     steps = {}
-    for size, decoder_steps in (("512x512", args.decoder_steps), ("768x768", 1)):
+    # The same decoder steps at each size (2, the default, is the fewest a request may ask for).
+    sizes = [(size, args.decoder_steps) for size in args.sizes.split(",")]
+    if family == "karlo":  # one fixed size
+        sizes = [("256x256", args.decoder_steps)]
+    for size, decoder_steps in sizes:
         before = stage_seconds(url)
         start = time.perf_counter()
         body = {"model": "k", "prompt": PROMPT, "size": size, "response_format": "b64_json"}
         body |= {"prior_steps": args.prior_steps, "decoder_steps": decoder_steps}
+        if family == "karlo":  # the low preset's super-resolution: 1 step of the first UNet, 3 of the last
+            body["quality"] = "low"
         response = httpx.post(f"{url}/v1/images/generations", json=body, timeout=None)
         response.raise_for_status()
         after = stage_seconds(url)
@@ -213,6 +263,9 @@ def generations(url: str, args: argparse.Namespace) -> dict:
             "prior_seconds_per_step": round(spent.get("prior", 0) / args.prior_steps, 2),
             "decoder_seconds_per_step": round(spent.get("decoder", 0) / decoder_steps, 2),
         }
+        for stage, count in (("super_res_first", 1), ("super_res_last", KARLO_LOW_SUPER_RES_STEPS - 1)):
+            if stage in spent:
+                steps[size][f"{stage}_seconds_per_step"] = round(spent[stage] / count, 2)
         say(f"{size}: {json.dumps(steps[size])}")
     return steps
 
@@ -254,6 +307,17 @@ def by_stage(model: Path, dtype: str) -> dict:
         results[stage] = result
         say(f"{stage} alone, {dtype}: {json.dumps(result)}")
     return results
+
+
+def karlo_table(results: dict) -> str:
+    r, fp = results["serve_bf16"], results["footprint"]
+    step = r.get("steps", {}).get("256x256", {})
+    return "\n".join([
+        f"Karlo at real size: {fp['parameters'] / 1e9:.2f} B parameters; bfloat16 weights "
+        f"{fp['memory_bytes']['bfloat16'] / 1e9:.1f} GB; computing in {r['capabilities'].get('compute_dtype')}",
+        f"ready {r['ready_seconds']} s, peak RSS {r['peak_rss_at_ready'] / 1e9:.1f} GB ({r['rss_ratio_at_ready']}x)",
+        f"s/step at 256x256: {json.dumps({k: v for k, v in step.items() if k.endswith('per_step')})}",
+    ])  # fmt: skip
 
 
 def table(results: dict) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from benchmarks.gpu_models import real_kandinsky_models, real_karlo_models
 from pipelines.tiny import build_tiny_kandinsky, build_tiny_karlo
@@ -42,8 +43,10 @@ FOLDERS = {
         "movq": "movq",
     },
     "karlo": {name: name for name in ("text_encoder", "prior", "decoder", "super_res_first", "super_res_last")}
-    | {"text_proj": "text_proj"},
+    | {"text_proj": "text_proj", "image_encoder": "image_encoder"},
 }
+# Karlo with its image-variation encoder (CLIP ViT-L/14's vision tower): 3.73 B parameters in all.
+KARLO_PARAMETERS = 3.73e9
 IMAGE_ENCODERS = ("image_encoder",)
 CLIP_IMAGE_SIZE = 224
 EOS_TOKEN_ID = 49407  # CLIP's end-of-text id
@@ -55,7 +58,22 @@ def meta_modules(family: str) -> dict[str, torch.nn.Module]:
     with torch.device("meta"):
         if family == "kandinsky22":
             return real_kandinsky_models(EOS_TOKEN_ID)
-        return real_karlo_models(EOS_TOKEN_ID)
+        return real_karlo_models(EOS_TOKEN_ID) | {"image_encoder": clip_vision_large()}
+
+
+def clip_vision_large() -> CLIPVisionModelWithProjection:
+    """CLIP ViT-L/14's vision tower with its 768-wide projection: Karlo's image-variation encoder."""
+    config = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        projection_dim=768,
+        patch_size=14,
+        image_size=CLIP_IMAGE_SIZE,
+        hidden_act="quick_gelu",
+    )
+    return CLIPVisionModelWithProjection(config)
 
 
 def write_real_model(
@@ -67,9 +85,6 @@ def write_real_model(
     # The tiny model gives the parts without weights (tokenizer, schedulers, processor, index); the real modules
     # replace its weight folders.
     (build_tiny_kandinsky if family == "kandinsky22" else build_tiny_karlo)(target)
-    if family == "karlo":
-        for folder in ("image_encoder", "feature_extractor"):  # the variations encoder is not written at real size
-            shutil.rmtree(target / folder, ignore_errors=True)
     modules = meta_modules(family)
     for name in list(modules):
         module = modules.pop(name)  # nn.Module.to works in place: drop every reference once written
@@ -81,8 +96,8 @@ def write_real_model(
         write_module(module, folder, stored, bin_format=layout == "hub-2023", sparse=sparse)
         del module
         gc.collect()
-    if family == "kandinsky22":
-        _real_image_processor(target / "prior_image_processor" / "preprocessor_config.json")
+    processor = "prior_image_processor" if family == "kandinsky22" else "feature_extractor"
+    _real_image_processor(target / processor / "preprocessor_config.json")
     (target / "easel.json").write_text(json.dumps({"native_size": 512}) + "\n")
     if layout == "hub-2023":
         to_legacy_layout(target)

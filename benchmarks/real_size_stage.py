@@ -1,5 +1,6 @@
 """One stage of a real-size Kandinsky 2.2 alone:
-``python -m benchmarks.real_size_stage STAGE DIR DTYPE [SIDES|none] [--as-libraries-read] [--quantize MODE]``.
+``python -m benchmarks.real_size_stage STAGE DIR DTYPE [SIDES|none] [--as-libraries-read] [--quantize MODE]
+[--compute float32]``.
 
 Loads the stage as the pipeline loader does (modules created empty and filled
 once, in ``DTYPE``, converted as they are read: :mod:`patches.convert_on_read`;
@@ -13,7 +14,13 @@ stage after the check, with the loader's own function
 (:func:`pipelines.quantize.quantize_models`, as ``--quantize`` does when
 serving), before it is timed. Prints one JSON line with the memory after
 loading, checking and quantizing (``VmHWM``, ``RssAnon``, ``RssFile``) and
-the weights' in-memory size (``quantize``). Run by
+the weights' in-memory size (``quantize``). ``--compute float32`` keeps
+bfloat16 weights in memory and computes each layer in float32, as serving
+does on a CPU without bfloat16 instructions (:mod:`pipelines.compute_dtype`;
+``--quantize int8`` then quantizes from float32 first, as the loader does).
+Each step is timed in wall seconds and in this process's CPU seconds
+(``cpu_seconds_per_step``): on one thread the latter is what the step costs
+on an idle core, whatever else the machine runs. Run by
 :mod:`benchmarks.bench_real_size`, which reads this process's peak RSS.
 """
 
@@ -30,6 +37,7 @@ from pathlib import Path
 import torch
 
 from patches.convert_on_read import converting_to
+from pipelines.compute_dtype import upcast_compute
 from pipelines.device import DTYPES
 from pipelines.finite_weights import check_finite_weights
 from pipelines.quantize import check_supported, quantize_models
@@ -55,9 +63,11 @@ def main(
     *,
     convert: bool = True,
     quantize: str = "none",
+    compute: str | None = None,
 ) -> dict:
     check_supported(quantize, torch.device("cpu"))  # as the server refuses fp8 here, before loading
     dtype = DTYPES[dtype_name]
+    compute_dtype = DTYPES[compute] if compute else dtype  # what the inputs and the layers compute in
     folder = model_dir / FOLDERS[stage]
     start = time.perf_counter()
     with converting_to(dtype) if convert else contextlib.nullcontext():
@@ -77,18 +87,26 @@ def main(
     result["finite_check_seconds"] = round(time.perf_counter() - start, 2)
     result["after_finite_check"] = _memory()
     start = time.perf_counter()
-    result["quantize"] = quantize_models([model], quantize).as_dict()  # "none": the weights' size, untouched
+    widen = compute_dtype if compute_dtype != dtype else None
+    result["quantize"] = quantize_models([model], quantize, widen).as_dict()  # "none": the weights' size, untouched
     gc.collect()  # the full-precision weights quantizing replaced
     if quantize != "none":
         result["quantize_seconds"] = round(time.perf_counter() - start, 1)
         result["after_quantize"] = _memory()
+    if widen is not None:
+        result["compute_dtype"] = compute
+        result["layers_cast"] = upcast_compute([model], dtype, compute_dtype)
+        result["after_casting_hooks"] = _memory()
+    dtype = compute_dtype  # the inputs
     with torch.inference_mode():
         if stage == "unet" and sides:
             embeds = {"image_embeds": torch.randn(BATCH, EMBED, dtype=dtype)}
-            result["seconds_per_step"] = {
+            timed = {
                 f"{side}x{side}": _time(lambda s=side: model(_latents(s, dtype), 500, None, added_cond_kwargs=embeds))
                 for side in sides
             }
+            result["seconds_per_step"] = {side: wall for side, (wall, _) in timed.items()}
+            result["cpu_seconds_per_step"] = {side: cpu for side, (_, cpu) in timed.items()}
         elif stage == "prior" and sides:
             inputs = {
                 "hidden_states": torch.randn(BATCH, EMBED, dtype=dtype),
@@ -97,7 +115,9 @@ def main(
                 "encoder_hidden_states": torch.randn(BATCH, 77, EMBED, dtype=dtype),
                 "attention_mask": torch.ones(BATCH, 77, dtype=torch.bool),
             }
-            result["seconds_per_step"] = {"prior": _time(lambda: model(**inputs))}
+            wall, cpu = _time(lambda: model(**inputs))
+            result["seconds_per_step"], result["cpu_seconds_per_step"] = {"prior": wall}, {"prior": cpu}
+    result["after_steps"] = _memory()
     return result
 
 
@@ -121,10 +141,11 @@ def _latents(side: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(BATCH, 4, side // 8, side // 8, dtype=dtype)
 
 
-def _time(step) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
+def _time(step) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The step's wall seconds and this process's CPU seconds (all threads) spent on it."""
+    start, cpu = time.perf_counter(), time.process_time()
     step()
-    return round(time.perf_counter() - start, 2)
+    return round(time.perf_counter() - start, 2), round(time.process_time() - cpu, 2)
 
 
 def parse_arguments(argv: list[str] | None = None) -> dict:
@@ -136,6 +157,9 @@ def parse_arguments(argv: list[str] | None = None) -> dict:
     parser.add_argument("sides", nargs="?", default="512,768", help="comma-separated sides to time, or none")
     parser.add_argument("--as-libraries-read", dest="convert", action="store_false")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
+    parser.add_argument(  # absent unless given
+        "--compute", choices=["float32"], default=argparse.SUPPRESS, help="keep DTYPE weights, compute in this"
+    )
     arguments = vars(parser.parse_args(argv))
     text = arguments["sides"]
     try:

@@ -69,7 +69,7 @@ class ModelInfo:
     presets: dict[str, StagePreset]  # quality name -> preset
     parameter_counts: dict[str, int]  # component -> number of parameters
     device: str
-    dtype: str
+    dtype: str  # the weights' in memory
     supports_negative_prompt: bool = True
     supports_guidance_interval: bool = True  # honours StagePreset.decoder_guidance_min_timestep
     supports_step_cache: bool = False  # honours StagePreset.decoder_step_cache (not when compiled)
@@ -79,6 +79,7 @@ class ModelInfo:
     optimizations: dict[str, Any] = field(default_factory=dict)  # what pipelines.optimize turned on at load
     edit_modes: tuple[str, ...] = ("masked", "whole_image")  # with "edit" in tasks: the edits it can make
     edit_strength: bool = True  # whole-image edits start the decoder from the noised input (False: from noise)
+    compute_dtype: str | None = None  # what layers compute in, where not ``dtype`` (pipelines.compute_dtype)
 
     def native_size_for(self, width: int, height: int) -> tuple[int, int]:
         """Nearest native resolution with the requested aspect ratio."""

@@ -64,8 +64,19 @@ DEFAULT_SUPER_RES_STEPS = 7  # Karlo's own default, for presets that do not set 
 class KarloBackend:
     """An :class:`pipelines.base.ImageBackend` for UnCLIP (Karlo) models."""
 
-    def __init__(self, name: str, model_dir: Path, *, presets: str, device: torch.device, dtype: torch.dtype):
-        if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        *,
+        presets: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        compute_dtype: torch.dtype | None = None,
+    ):
+        """``compute_dtype``: what the layers will compute in, where the loader makes it differ from ``dtype``
+        (bfloat16 weights computing in float32: :mod:`pipelines.compute_dtype`)."""
+        if device.type == "cpu" and (compute_dtype or dtype) in (torch.float16, torch.bfloat16):
             # The super-resolution stage's antialiased bicubic upscale has no CPU half kernel.
             raise ValueError(f"Karlo cannot run in {dtype_name(dtype)} on the CPU: use float32")
         register_unclip()

@@ -7,7 +7,7 @@ and every load passes ``local_files_only``). A missing model is a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from patches.convert_on_read import converting_to
 from patches.huggingface_hub import go_offline
 
 from .base import ImageBackend
-from .device import choose_device, choose_dtype, from_pretrained_options
+from .compute_dtype import check_upcast_options, compute_dtype_for, store_narrow_compute_wide
+from .device import choose_device, choose_dtype, dtype_name, from_pretrained_options
 from .memory import check_fits
 from .model_config import FAMILIES, read_easel_config
 from .preflight import check_model_files
@@ -60,10 +61,13 @@ def load_backend(
     """
     go_offline()
     plan = check_before_loading(name, family, path, presets=presets, device=device, dtype=dtype, optimize=optimize)
-    path, torch_device, torch_dtype = plan.path, plan.device, plan.dtype
+    path, torch_device, torch_dtype, options = plan.path, plan.device, plan.dtype, plan.options
     from .finite_weights import check_finite_weights
-    from .optimize import optimize_backend
+    from .optimize import backend_pipelines, optimize_backend, pipeline_models
 
+    compute_dtype = compute_dtype_for(torch_device, torch_dtype)
+    upcast = compute_dtype != torch_dtype
+    upcast_done: dict[str, Any] = {}
     backend: ImageBackend
     if family == "kandinsky22":
         from .kandinsky import KandinskyBackend
@@ -71,14 +75,30 @@ def load_backend(
         with converting_to(torch_dtype):  # a file in another dtype costs its converted size, not both
             combined = _load_kandinsky(path, plan.index, torch_device, torch_dtype)
         check_finite_weights(path, combined.components)
+        if upcast:  # before the backend computes its zero-image embedding
+            models = pipeline_models([combined.prior_pipe, combined.decoder_pipe])
+            upcast_done = store_narrow_compute_wide(name, models, torch_dtype, compute_dtype, options.quantize)
         backend = KandinskyBackend(name, combined, read_easel_config(path), presets=plan.presets, device=torch_device)
     else:
         from .karlo import KarloBackend
 
         with converting_to(torch_dtype):
-            backend = KarloBackend(name, path, presets=plan.presets, device=torch_device, dtype=torch_dtype)
+            backend = KarloBackend(
+                name, path, presets=plan.presets, device=torch_device, dtype=torch_dtype, compute_dtype=compute_dtype
+            )
         check_finite_weights(path, backend.modules_by_folder())
-    return optimize_backend(backend, plan.options)
+        if upcast:
+            models = pipeline_models(backend_pipelines(backend))
+            upcast_done = store_narrow_compute_wide(name, models, torch_dtype, compute_dtype, options.quantize)
+    if not upcast:
+        return optimize_backend(backend, options)
+    backend = optimize_backend(backend, replace(options, quantize="none"))  # quantized above, from float32
+    info = backend.info
+    optimizations = {**info.optimizations, **upcast_done}
+    backend.info = replace(
+        info, dtype=dtype_name(torch_dtype), compute_dtype=dtype_name(compute_dtype), optimizations=optimizations
+    )
+    return backend
 
 
 @dataclass(frozen=True)
@@ -129,7 +149,10 @@ def check_before_loading(
     from .optimize import resolve
 
     options = optimize or SpeedOptions()
-    check_savings(options, torch_device, family, resolve(options.enabled, torch_device))
+    enabled = resolve(options.enabled, torch_device)
+    check_savings(options, torch_device, family, enabled)
+    if compute_dtype_for(torch_device, torch_dtype) != torch_dtype:
+        check_upcast_options(enabled)
     return LoadPlan(path, index, presets, torch_device, torch_dtype, options)
 
 

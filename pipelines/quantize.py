@@ -71,17 +71,24 @@ def check_supported(mode: str, device: torch.device) -> None:
         raise ValueError(f"fp8 quantization needs compute capability 8.9+ (Ada, Hopper); {device} has {shown}")
 
 
-def quantize_models(models: list[torch.nn.Module], mode: str) -> QuantizeReport:
-    """Quantize the large layers of the denoisers and text/image encoders among ``models``, in place."""
+def quantize_models(
+    models: list[torch.nn.Module], mode: str, compute_dtype: torch.dtype | None = None
+) -> QuantizeReport:
+    """Quantize the large layers of the denoisers and text/image encoders among ``models``, in place.
+
+    ``compute_dtype``: widen each large layer to it just before quantizing it, one layer at a time, so the
+    quantized layer computes in it (float32 for half-precision weights on a CPU without half-precision
+    instructions: :mod:`pipelines.compute_dtype`); None: quantize in the stored dtype.
+    """
     targets = [model for model in models if isinstance(model, QUANTIZED_MODELS)]
     before = sum(weight_bytes(model) for model in targets)
     if mode == "none":
         return QuantizeReport(mode, 0, before, before)
     layers = 0
     for model in targets:
-        layers += _quantize_linears(model, mode)
+        layers += _quantize_linears(model, mode, compute_dtype)
         if isinstance(model, (UNet2DConditionModel, UNet2DModel)):
-            layers += _quantize_convolutions(model, mode)
+            layers += _quantize_convolutions(model, mode, compute_dtype)
     _return_freed_memory()
     return QuantizeReport(mode, layers, before, sum(weight_bytes(model) for model in targets))
 
@@ -117,7 +124,13 @@ def _is_large(layer: torch.nn.Module) -> bool:
     return layer.weight.numel() >= MIN_WEIGHT_ELEMENTS
 
 
-def _quantize_linears(model: torch.nn.Module, mode: str) -> int:
+def is_quantized(layer: torch.nn.Module) -> bool:
+    """Whether ``layer`` is a linear layer whose weight torchao has replaced by its quantized tensor."""
+    weight = getattr(layer, "weight", None) if isinstance(layer, torch.nn.Linear) else None
+    return weight is not None and hasattr(weight, "__tensor_flatten__")
+
+
+def _quantize_linears(model: torch.nn.Module, mode: str, compute_dtype: torch.dtype | None = None) -> int:
     from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
     chosen = [name for name, layer in model.named_modules() if isinstance(layer, torch.nn.Linear) and _is_large(layer)]
@@ -130,16 +143,22 @@ def _quantize_linears(model: torch.nn.Module, mode: str) -> int:
         if mode == "int8"
         else Float8WeightOnlyConfig(set_inductor_config=False)
     )
-    quantize_(model, config, filter_fn=lambda _module, name: name in wanted)
+    if compute_dtype is None:
+        quantize_(model, config, filter_fn=lambda _module, name: name in wanted)
+        return len(chosen)
+    for name in chosen:  # one layer at a time: only one is ever held widened
+        layer = model.get_submodule(name).to(compute_dtype)
+        quantize_(layer, config, filter_fn=lambda module, _name, layer=layer: module is layer)
     return len(chosen)
 
 
-def _quantize_convolutions(model: torch.nn.Module, mode: str) -> int:
+def _quantize_convolutions(model: torch.nn.Module, mode: str, compute_dtype: torch.dtype | None = None) -> int:
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Conv2d and _is_large(child):
-                setattr(parent, name, QuantizedConv2d.from_conv(child, mode))
+                widened = child if compute_dtype is None else child.to(compute_dtype)
+                setattr(parent, name, QuantizedConv2d.from_conv(widened, mode))
                 replaced += 1
     return replaced
 

@@ -37,6 +37,8 @@ def capabilities(info: ModelInfo, max_n: int) -> dict[str, Any]:
         "parameter_counts": dict(info.parameter_counts),
         "device": info.device,
         "dtype": info.dtype,
+        # float32 where half-precision weights compute wide, on a CPU without half-precision instructions
+        "compute_dtype": info.compute_dtype or info.dtype,
         "optimizations": dict(info.optimizations),
         "max_n": max_n,
     }

@@ -60,3 +60,12 @@ def test_int8_quantizes_the_stage_as_the_loader_does_and_reports_its_size(tiny_k
     assert report["weight_bytes_before"] == plain["quantize"]["weight_bytes_after"]
     assert report["weight_bytes_after"] < report["weight_bytes_before"] / 2
     assert set(quantized["after_quantize"]) == {"peak_rss", "anonymous", "file_mapped"}
+
+
+def test_compute_float32_keeps_bfloat16_weights_and_hooks_every_layer(tiny_kandinsky: Path):
+    assert parse_arguments(["unet", "/m", "bfloat16", "none", "--compute", "float32"])["compute"] == "float32"
+    plain = real_size_stage.main("unet", tiny_kandinsky, "bfloat16", ())
+    wide = real_size_stage.main("unet", tiny_kandinsky, "bfloat16", (), compute="float32", quantize="int8")
+    assert "layers_cast" not in plain and wide["compute_dtype"] == "float32" and wide["layers_cast"] > 0
+    assert wide["quantize"]["layers"] > 0  # quantized from float32 first, the rest hooked
+    assert set(wide["after_casting_hooks"]) == {"peak_rss", "anonymous", "file_mapped"}
