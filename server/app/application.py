@@ -75,7 +75,7 @@ def create_app(
     engine = (make_engine or local_engine_factory(settings, loader))(metrics.engine)
     metrics.watch(catalog, engine)
     store = ImageStore(image_dir, settings.url_ttl_seconds)
-    residency = ModelManager(settings, catalog, engine, metrics.models)
+    residency = ModelManager(settings, catalog, engine, metrics.models, loader_checks=loader is None)
     serving = ImageServing(settings, catalog, engine, store, residency)
     webhooks = Webhooks.from_settings(settings, metrics.webhooks)
     batch_api = BatchApi(settings, serving, events=webhooks)

@@ -122,7 +122,12 @@ def test_a_model_at_zero_starts_on_demand_once_for_concurrent_requests_and_retur
 
     # A lone request at zero starts a replica again and gets the bytes plain serving gives.
     assert generate(11, at_zero) == generate(11, api_server)
-    assert added(samples(at_zero), before, "easel_model_loads_total", model=TINY, source="replica") == 2
+    # Counted when the ingress next reads Serve's state (once a second), which may come after the answer.
+    wait_until(
+        lambda: added(samples(at_zero), before, "easel_model_loads_total", model=TINY, source="replica") == 2,
+        30,
+        "the second replica start counted",
+    )
     # Serve alone stops replicas: the operators' unload says so at once.
     refused = httpx.post(f"{at_zero.api_url}/models/{TINY}/unload", timeout=10)
     assert "autoscaler" in assert_envelope(refused, 409, code="model_autoscaled")["message"]
