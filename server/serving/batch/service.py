@@ -110,11 +110,11 @@ class BatchApi:
 
     async def _take_over(self, term: int) -> None:
         assert self._store is not None
-        await asyncio.to_thread(self.events.take_over, self._store)
         try:
+            await asyncio.to_thread(self.events.take_over, self._store)
             await asyncio.to_thread(remove_orphans, self._store, term)
-        except (OSError, sqlite3.Error, Fenced):
-            log.exception("removing orphaned files failed; the next sweep tries again")
+        except (OSError, sqlite3.Error, Fenced):  # the batches run regardless
+            log.exception("taking over the webhooks or removing orphaned files failed; the batches run all the same")
 
     async def _run_term(self, runner: BatchRunner) -> None:
         """Look at the unfinished batches each time the database changes, until the lease is lost."""
