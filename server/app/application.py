@@ -92,6 +92,7 @@ def create_app(
             asyncio.create_task(_sweep_forever(store)),
             asyncio.create_task(batch_api.sweep_forever()),
             asyncio.create_task(batch_api.run_forever()),
+            asyncio.create_task(batch_api.beat_forever()),
         }
         if settings.idle_unload_seconds > 0:
             tasks.add(asyncio.create_task(residency.unload_idle_forever()))

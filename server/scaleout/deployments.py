@@ -36,7 +36,7 @@ from ..settings.ray_serve import RayServeSettings
 from .engine import RayEngine, off_the_loop_if_pixels
 from .figures import FigureLog
 from .serve_state import ServeWatch, model_deployment_name, preloaded_models, read_serve_state
-from .wire import Message, accepted, error_message, job_from_wire, preview_message, result_message
+from .wire import Message, accepted, error_message, is_background, job_from_wire, preview_message, result_message
 
 log = logging.getLogger("easel.scaleout")
 
@@ -79,10 +79,11 @@ class ModelReplica:
         return {"replica": self._replica, **(self._engine.stats(self._name) or {})}
 
     async def run(self, wire_job: Message) -> AsyncIterator[Message]:
-        """Messages for one job (:mod:`server.scaleout.wire`); cancelling the call cancels the job."""
+        """Messages for one job (:mod:`server.scaleout.wire`); cancelling the call cancels the job. A batch line
+        (``background``) waits behind this replica's interactive jobs, as in one process."""
         job = await off_the_loop_if_pixels(wire_job["image"] is not None, job_from_wire, wire_job)
         try:
-            handle = self._engine.submit(self._name, job)
+            handle = self._engine.submit(self._name, job, background=is_background(wire_job))
         except Exception as error:  # QueueFull, EngineStopped: the ingress answers them
             yield self._ending(error_message(error))
             return

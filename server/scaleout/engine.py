@@ -107,9 +107,10 @@ class RemoteModel(QueueFigures):
 class RayJobHandle(JobHandleBase):
     """A job on a model deployment, seen from the ingress's event loop."""
 
-    def __init__(self, model: RemoteModel, job: ImageJob) -> None:
+    def __init__(self, model: RemoteModel, job: ImageJob, *, background: bool = False) -> None:
         super().__init__(asyncio.get_running_loop(), job)
         self.model = model
+        self.background = background  # a batch line: the replica queues it behind its interactive jobs
         self.replica: str | None = None  # the replica holding the job, once accepted
         self._previews_forwarded = 0
         self._call: DeploymentResponseGenerator | None = None
@@ -131,7 +132,7 @@ class RayJobHandle(JobHandleBase):
 
     async def _drive(self) -> None:
         try:
-            wire = await off_the_loop_if_pixels(self.job.image is not None, job_to_wire, self.job)
+            wire = await off_the_loop_if_pixels(self.job.image is not None, self._to_wire, self.job)
             for attempt in range(1, ATTEMPTS_PER_JOB + 1):
                 try:
                     await self._run_once(wire)
@@ -147,6 +148,9 @@ class RayJobHandle(JobHandleBase):
             self._settle(error=Cancelled())
         except Exception as error:  # the request that owns the job reports it (server.serving.job_errors)
             self._settle(error=error)
+
+    def _to_wire(self, job: ImageJob) -> Message:
+        return job_to_wire(job, background=self.background)
 
     async def _run_once(self, wire: Message) -> None:
         self._call = self.model.stream.run.remote(wire)
@@ -238,14 +242,16 @@ class RayEngine:
     def submit(self, model: str, job: ImageJob, *, retried: bool = False, background: bool = False) -> RayJobHandle:
         """As LocalEngine's: ``--queue-size`` jobs may wait per model on this ingress, retried ones also an
         equal reserve; a job waits here until a replica holds it (Serve's ``max_ongoing_requests``). Background
-        jobs (batch lines) are outside that limit but have no lower priority on the replicas."""
+        jobs (batch lines) are outside that limit, and the replica holding one queues it behind its interactive
+        jobs. Serve's router does not tell them apart: while every replica holds ``max_ongoing_requests`` jobs,
+        a batch line waits for a place as an interactive job does."""
         remote = self._models[model]
         if self._stopped or not self._taking:
             raise EngineStopped("the server is shutting down")
         if not background and remote.waiting >= remote.capacity * (2 if retried else 1):
             raise QueueFull(model, remote.waiting, remote.retry_after(job.n))
         self._loop = asyncio.get_running_loop()
-        handle = RayJobHandle(remote, job)
+        handle = RayJobHandle(remote, job, background=background)
         self._live.add(handle)
         handle.when_done(self._live.discard)
         return handle

@@ -2,7 +2,9 @@
 
 An :class:`ImageJob` is plain data with PIL images; it travels with its
 images as raw pixels, which cost no encoding (each side's engine makes the
-job's control, :class:`pipelines.base.JobControl`, for itself). A
+job's control, :class:`pipelines.base.JobControl`, for itself), and with
+whether it is a background job (a batch line), which the replica's engine
+queues behind its interactive jobs as the ingress's would. A
 replica answers a job with a stream of messages: ``accepted`` (it holds the
 job now), ``preview`` (partial images), then ``result`` or ``error``.
 Errors travel as their kind and fields and are rebuilt as the same exception
@@ -25,6 +27,7 @@ Message = dict[str, Any]
 WireImage = tuple[str, int, int, bytes]  # mode, width, height, raw pixels
 _IMAGES = ("image", "mask")
 _IMAGE_LISTS = ("references",)
+_BACKGROUND = "background"  # not an ImageJob field: how the replica's engine queues the job
 
 
 class RemoteError(RuntimeError):
@@ -40,9 +43,10 @@ def image_from_wire(data: WireImage) -> Image.Image:
     return Image.frombytes(mode, (width, height), pixels)
 
 
-def job_to_wire(job: ImageJob) -> Message:
+def job_to_wire(job: ImageJob, *, background: bool = False) -> Message:
     sent_apart = _IMAGES + _IMAGE_LISTS
     data = {f.name: getattr(job, f.name) for f in fields(job) if f.name not in sent_apart}
+    data[_BACKGROUND] = background
     data["preset"] = asdict(job.preset)
     for name in _IMAGES:
         image = getattr(job, name)
@@ -54,6 +58,7 @@ def job_to_wire(job: ImageJob) -> Message:
 
 def job_from_wire(data: Message) -> ImageJob:
     values = dict(data)
+    values.pop(_BACKGROUND, None)
     values["preset"] = StagePreset(**values["preset"])
     for name in _IMAGES:
         if values[name] is not None:
@@ -61,6 +66,11 @@ def job_from_wire(data: Message) -> ImageJob:
     for name in _IMAGE_LISTS:
         values[name] = [image_from_wire(image) for image in values[name]]
     return ImageJob(**values)
+
+
+def is_background(data: Message) -> bool:
+    """Whether the job is a batch line, to be queued behind interactive jobs (a message without the flag: no)."""
+    return bool(data.get(_BACKGROUND, False))
 
 
 def accepted(replica: str) -> Message:

@@ -82,6 +82,12 @@ class Settings:
     data_dir: Path | None = option(
         None, "--data-dir", opt.path, "files and batches of the Files and Batch APIs (default: $EASEL_HOME/data)"
     )
+    runner_stall_seconds: float = option(
+        1800.0,
+        "--runner-stall-seconds",
+        opt.non_negative_number,
+        "give the batch runner lease up after its batch lines made no progress this long (1800; 0: never)",
+    )
     log_level: str = option(
         "info", "--log-level", opt.choice("debug", "info", "warning", "error"), "debug, info, warning or error (info)"
     )

@@ -22,6 +22,7 @@ from server.scaleout.wire import (
     RemoteError,
     error_from_wire,
     error_message,
+    is_background,
     job_from_wire,
     job_to_wire,
     preview_from_wire,
@@ -256,3 +257,12 @@ def test_a_replicas_figures_reach_the_ingress_once_and_only_those_it_does_not_co
         on_replica.queue_wait.labels("m").observe(number)
     kept = log.drain()
     assert len(kept) == MAX_WAITING_FIGURES and kept[0][3] == 5.0
+
+
+def test_whether_a_job_is_a_batch_line_crosses_with_it() -> None:
+    job = edit_job()
+    for background in (True, False):
+        wire = pickle.loads(pickle.dumps(job_to_wire(job, background=background)))
+        assert is_background(wire) is background
+        assert job_from_wire(wire).seeds == job.seeds  # the flag is not a field of the job
+    assert is_background({"seeds": [1]}) is False  # a message from an ingress that sends no flag

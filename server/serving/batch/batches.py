@@ -226,12 +226,15 @@ class Batches:
         batch_id: str,
         expect: tuple[str, ...] | None = None,
         also: Callable[[sqlite3.Connection], None] | None = None,
+        *,
+        term: int | None = None,
         **changes: Any,
     ) -> dict[str, Any]:
         """Change fields of the record, only while its status is one of ``expect`` if given (a cancel and the
         runner may race); a new status stamps its ``<status>_at`` time; ``also(db)`` writes more in the same
-        transaction when the change is made. Returns the record as it now is."""
-        with self.store.transaction() as db:
+        transaction when the change is made. ``term``: the runner's, which must still be current (else
+        :class:`~.lease.Fenced`, and nothing changes). Returns the record as it now is."""
+        with self.store.transaction(term) as db:
             row = db.execute("SELECT record FROM batches WHERE id = ?", (batch_id,)).fetchone()
             record = json.loads(row["record"])
             if expect is not None and record["status"] not in expect:
@@ -267,9 +270,12 @@ class Batches:
         )
         return [row["answer"] for row in rows]
 
-    def answer(self, batch_id: str, line: int, answer: dict[str, Any], ok: bool, tokens: tuple[int, int]) -> None:
-        """Record a line's answer; a line already answered keeps its first (never answered twice)."""
-        with self.store.transaction() as db:
+    def answer(
+        self, batch_id: str, line: int, answer: dict[str, Any], ok: bool, tokens: tuple[int, int], term: int
+    ) -> None:
+        """Record a line's answer, as runner ``term`` (:class:`~.lease.Fenced` once that term is over); a line
+        already answered keeps its first (never answered twice)."""
+        with self.store.transaction(term) as db:
             db.execute(
                 "UPDATE lines SET answer = ?, ok = ?, input_tokens = ?, output_tokens = ? "
                 "WHERE batch_id = ? AND line = ? AND answer IS NULL",

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ...http.errors import APIError, insufficient_storage, invalid, missing_parameter
@@ -86,6 +87,18 @@ def check_batch_file(data: bytes) -> None:
         raise invalid("file", f"A batch file may hold at most {MAX_BATCH_LINES} lines.", "too_many_lines")
 
 
+@dataclass(frozen=True)
+class NewFile:
+    """A file whose contents are written and whose row is not yet committed (:meth:`Files.stage`)."""
+
+    id: str
+    purpose: str
+    filename: str
+    size: int
+    created_at: int
+    expires_at: int | None
+
+
 class Files:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -97,28 +110,37 @@ class Files:
 
     def add(self, data: bytes, filename: str, purpose: str, expires_in: int | None) -> dict[str, Any]:
         """Store a file (its bytes first: a row never names missing contents); its file object."""
-        file_id = new_id("file-")
-        now = int(time.time())
-        expires_at = None if expires_in is None else now + expires_in
         try:
-            self.store.write_content(file_id, data)
+            new = self.stage(data, filename, purpose, expires_in)
         except OSError as error:
             if error.errno not in STORAGE_ERRNOS:
                 raise
             raise _unstorable(os.strerror(error.errno)) from None
         try:
             with self.store.transaction() as db:
-                seq = self.store.next_seq(db, "files")
-                db.execute(
-                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (file_id, purpose, filename, len(data), now, expires_at, seq),
-                )
+                self.record(db, new)
         except sqlite3.OperationalError as error:  # "database or disk is full": the contents go too
-            self.store.remove_content(file_id)
+            self.store.remove_content(new.id)
             if "full" not in str(error) and "readonly" not in str(error):
                 raise
             raise _unstorable(str(error)) from None
-        return self.get(file_id)
+        return self.get(new.id)
+
+    def stage(self, data: bytes, filename: str, purpose: str, expires_in: int | None) -> NewFile:
+        """Write a new file's contents (OSError if they cannot be); :meth:`record` then makes it a file."""
+        now = int(time.time())
+        expires_at = None if expires_in is None else now + expires_in
+        new = NewFile(new_id("file-"), purpose, filename, len(data), now, expires_at)
+        self.store.write_content(new.id, data)
+        return new
+
+    def record(self, db: sqlite3.Connection, new: NewFile) -> None:
+        """The staged file's row, in ``db``'s open transaction: from its commit on, the file exists."""
+        seq = self.store.next_seq(db, "files")
+        db.execute(
+            "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (new.id, new.purpose, new.filename, new.size, new.created_at, new.expires_at, seq),
+        )
 
     def row(self, file_id: str) -> Any:
         rows = self.store.query("SELECT * FROM files WHERE id = ?", file_id)

@@ -5,8 +5,12 @@ requests always go first; a window of :data:`LINES_IN_FLIGHT` lines across all
 batches keeps the engine's calls full without flooding its queue. Each answer
 is committed as its line finishes; a server stopped or killed picks up the
 unanswered lines on its next start. When a batch finishes (or is cancelled,
-or outlives its window), its answers become the output and error files, and
-:class:`BatchEvents` hears of it (webhooks, when configured).
+or outlives its window), its answers become the output and error files,
+committed with the batch's last status and its event (:class:`BatchEvents`:
+webhooks, when configured) in one transaction, so a settled batch names every
+output file there is. Every write is made as the runner's lease term
+(:mod:`.lease`): a runner whose server lost the lease, even one that wakes up
+from a hang long after, writes nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Any, Protocol
 from ...engine.base import JobHandle
 from ..images import ImageServing
 from .batches import FINISHED, Batches
-from .files import Files
+from .files import Files, NewFile
+from .lease import Fenced
 from .lines import Interrupted, answer_line
+from .progress import Progress
 from .store import Store, new_id
 
 log = logging.getLogger("easel.batches")
@@ -58,11 +64,17 @@ class NoEvents:
 
 
 class BatchRunner:
-    def __init__(self, batches: Batches, files: Files, serving: ImageServing, events: BatchEvents) -> None:
+    """The batches of one lease term: made when this server takes the lease, abandoned when it gives it up."""
+
+    def __init__(
+        self, batches: Batches, files: Files, serving: ImageServing, events: BatchEvents, term: int, progress: Progress
+    ) -> None:
         self.batches = batches
         self.files = files
         self.serving = serving
         self.events = events
+        self.term = term
+        self.progress = progress
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._handles: dict[str, set[JobHandle]] = {}
         self._cancelled: set[str] = set()
@@ -77,6 +89,10 @@ class BatchRunner:
     def running(self, batch_id: str) -> bool:
         return batch_id in self._tasks
 
+    @property
+    def working(self) -> bool:
+        return bool(self._tasks)
+
     def cancelling(self, batch_id: str) -> bool:
         return batch_id in self._cancelled
 
@@ -86,6 +102,13 @@ class BatchRunner:
         for handle in list(self._handles.get(batch_id, ())):
             self.serving.engine.cancel(handle)
         self.start(batch_id)  # a batch found cancelling at start-up has no task yet
+
+    async def abandon(self) -> None:
+        """This server gave the lease up: drop the lines in the engine and stop, committing nothing more."""
+        for handles in list(self._handles.values()):
+            for handle in list(handles):
+                self.serving.engine.cancel(handle)
+        await self.stop()
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -98,7 +121,9 @@ class BatchRunner:
         try:
             record = await asyncio.to_thread(self.batches.record, batch_id)
             if record["status"] == "validating":
-                record = await asyncio.to_thread(self.batches.update, batch_id, ("validating",), status="in_progress")
+                record = await asyncio.to_thread(
+                    lambda: self.batches.update(batch_id, ("validating",), term=self.term, status="in_progress")
+                )
             if record["status"] == "cancelling":
                 self._cancelled.add(batch_id)
             if record["status"] == "in_progress" and batch_id not in self._cancelled:
@@ -106,8 +131,12 @@ class BatchRunner:
             await asyncio.to_thread(self._finish, batch_id)
         except asyncio.CancelledError:
             raise
+        except Fenced:
+            log.warning("batch %s: this server no longer holds the runner lease; the holder runs it", batch_id)
         except Exception:
             log.exception("batch %s stopped on an unexpected error; it resumes on the next start", batch_id)
+        finally:
+            self.progress.moved()
 
     def _stopping(self, batch_id: str, expires_at: int) -> bool:
         return batch_id in self._cancelled or self.serving.draining or time.time() >= expires_at
@@ -152,13 +181,20 @@ class BatchRunner:
         except Exception:  # a bug: the line stays unanswered and runs again on the next start
             log.exception("batch %s line %d failed [request_id=%s]", batch_id, row["line"], request_id)
             return
+        finally:
+            self.progress.moved()
         line = {
             "id": new_id("batch_req_"),
             "custom_id": row["custom_id"],
             "response": {"status_code": answer.status, "request_id": request_id, "body": answer.body},
             "error": None,
         }
-        await asyncio.to_thread(self.batches.answer, batch_id, row["line"], line, answer.status == 200, answer.tokens)
+        try:
+            await asyncio.to_thread(
+                self.batches.answer, batch_id, row["line"], line, answer.status == 200, answer.tokens, self.term
+            )
+        except Fenced:  # this server gave the lease up while the line ran: the holder answers it
+            log.info("batch %s line %d: not committed, this server no longer runs batches", batch_id, row["line"])
 
     def _finish(self, batch_id: str) -> None:
         """Write the output and error files and settle the status (blocking: run it in a thread)."""
@@ -173,43 +209,57 @@ class BatchRunner:
             for row in pending:
                 error = {"code": "batch_expired", "message": EXPIRED_MESSAGE}
                 line = {"id": new_id("batch_req_"), "custom_id": row["custom_id"], "response": None, "error": error}
-                self.batches.answer(batch_id, row["line"], line, False, (0, 0))
+                self.batches.answer(batch_id, row["line"], line, False, (0, 0), self.term)
         elif pending:
             return  # the server is stopping: the rest runs on its next start
         else:
             final = "completed"
-        self.batches.update(batch_id, ("in_progress",), status="finalizing")
+        self.batches.update(batch_id, ("in_progress",), term=self.term, status="finalizing")
+        staged: list[NewFile] = []
         try:
-            outputs: dict[str, Any] = {
-                "output_file_id": self._answers_file(batch_id, record, ok=True),
-                "error_file_id": self._answers_file(batch_id, record, ok=False),
+            outputs = {
+                "output_file_id": self._stage_answers(batch_id, record, staged, ok=True),
+                "error_file_id": self._stage_answers(batch_id, record, staged, ok=False),
             }
         except OSError as error:
+            self._unstage(staged)
             log.error("batch %s failed: its output could not be written: %s", batch_id, error)
             failure = {"code": "output_not_written", "message": f"The output could not be written: {error.strerror}"}
             errors = {"object": "list", "data": [{**failure, "param": None, "line": None}]}
-            self._settle(batch_id, status="failed", errors=errors)
+            self._settle(batch_id, [], status="failed", errors=errors)
             return
-        self._settle(batch_id, status=final, **outputs)
+        try:
+            self._settle(batch_id, staged, status=final, **outputs)
+        except BaseException:  # fenced, or the database failed: the staged contents must not outlive the try
+            self._unstage(staged)
+            raise
         self._cancelled.discard(batch_id)
         log.info("batch %s %s", batch_id, final)
 
-    def _settle(self, batch_id: str, **changes: Any) -> None:
-        """The batch's last change and its event, in one transaction: it ends if and only if it is announced."""
+    def _settle(self, batch_id: str, staged: list[NewFile], **changes: Any) -> None:
+        """The batch's last change, its output files and its event, in one transaction: it ends if and only if it
+        is announced, and its files exist if and only if it names them."""
         sends: list[Callable[[], None]] = []
 
-        def announce(db: sqlite3.Connection) -> None:
+        def also(db: sqlite3.Connection) -> None:
+            for new in staged:
+                self.files.record(db, new)
             sends.append(self.events.record(db, f"batch.{changes['status']}", {"id": batch_id}))
 
-        self.batches.update(batch_id, None, announce, **changes)
+        self.batches.update(batch_id, None, also, term=self.term, **changes)
+        self.progress.moved()
         for send in sends:
             send()
 
-    def _answers_file(self, batch_id: str, record: dict[str, Any], *, ok: bool) -> str | None:
+    def _unstage(self, staged: list[NewFile]) -> None:
+        for new in staged:
+            self.files.store.remove_content(new.id)
+
+    def _stage_answers(self, batch_id: str, record: dict[str, Any], staged: list[NewFile], *, ok: bool) -> str | None:
         answers = self.batches.answered(batch_id, ok)
         if not answers:
             return None
         data = "".join(answer + "\n" for answer in answers).encode("utf-8")
         name = f"{batch_id}_{'output' if ok else 'error'}.jsonl"
-        expiry = record.get("output_expires_after")
-        return str(self.files.add(data, name, "batch_output", expiry)["id"])
+        staged.append(self.files.stage(data, name, "batch_output", record.get("output_expires_after")))
+        return staged[-1].id

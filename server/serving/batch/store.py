@@ -4,6 +4,7 @@ Layout under the data directory (``--data-dir``, default ``$EASEL_HOME/data``)::
 
     easel.sqlite3        files, batches, each batch line's answer, webhook deliveries still to make
     easel.lock           the runner lease (:mod:`.lease`): held by the one server that runs the batches
+                         (its term, which fences a holder that lost it, is a table in the database)
     files/file-<hex>     a file's bytes, written to a temporary name and renamed into place
 
 Nothing here shares a name with the ``url`` image store (``--image-dir``). A
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ...webhooks import OUTBOX_SCHEMA
+from .lease import TERM_SCHEMA, check_term
 
 DATABASE = "easel.sqlite3"
 SCHEMA = """
@@ -65,7 +67,7 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed answer survives a power cut, not only a kill
-        self._db.executescript(SCHEMA + OUTBOX_SCHEMA)
+        self._db.executescript(SCHEMA + OUTBOX_SCHEMA + TERM_SCHEMA)
         self._mutex = threading.Lock()
 
     @staticmethod
@@ -77,10 +79,14 @@ class Store:
             self._db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, term: int | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction; with the batch runner's ``term``, made only while that term is the current one
+        (else :class:`~.lease.Fenced`, and nothing is written): a runner that lost the lease writes nothing."""
         with self._mutex:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if term is not None:
+                    check_term(self._db, term)
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
