@@ -75,6 +75,7 @@ class EngineMetrics:
     cancelled: Any  # Counter by model: jobs cancelled (client gone) or dropped
     busy_seconds: Any  # Counter by device: seconds a worker slot spent in pipeline calls
     nonfinite: Any  # Counter by model and stage: jobs failed because a stage output NaN or infinite values
+    requeued: Any  # Counter by model: batch-line jobs queued again when their call gave its slot up
 
 
 DEFAULT_MAX_BATCH_IMAGES = {"gpu": 16, "cpu": 8}

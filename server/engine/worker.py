@@ -384,6 +384,7 @@ class DeviceWorker:
                 self.metrics.stage_seconds.labels(lane.name, stage).observe(stage_seconds)
             self.metrics.images.labels(lane.name).inc(made)
             self.metrics.cancelled.labels(lane.name).inc(left)
+            self.metrics.requeued.labels(lane.name).inc(len(requeued))
             self.metrics.busy_seconds.labels(self.device).inc(seconds)
             for outcome in result.outcomes:
                 if isinstance(outcome, NonFiniteOutput):
