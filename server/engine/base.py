@@ -10,13 +10,13 @@ slot in behind the same methods.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from PIL import Image
 
-from pipelines.base import ImageJob, ModelInfo
+from pipelines.base import ImageJob, ModelInfo, Ticket
 from pipelines.speed import SpeedOptions
 from weights.spec import ModelSpec
 
@@ -75,6 +75,7 @@ class EngineMetrics:
     cancelled: Any  # Counter by model: jobs cancelled (client gone) or dropped
     busy_seconds: Any  # Counter by device: seconds a worker slot spent in pipeline calls
     nonfinite: Any  # Counter by model and stage: jobs failed because a stage output NaN or infinite values
+    requeued: Any  # Counter by model: batch-line jobs queued again when their call gave its slot up
 
 
 DEFAULT_MAX_BATCH_IMAGES = {"gpu": 16, "cpu": 8}
@@ -129,6 +130,25 @@ class JobHandle(Protocol):
     def previews(self) -> AsyncIterator[Preview]:
         """Partial images as the backend emits them; ends when the job finishes."""
         ...
+
+
+class SlotJob(Protocol):
+    """A submitted job, seen from a worker slot's thread (the in-process engine's handle)."""
+
+    job: ImageJob
+    ticket: Ticket  # what the backend gets: the job and its control
+    background: bool  # a batch line
+    batch_key: Hashable | None
+    submitted: float  # monotonic
+    # While it runs in a call of batch lines: asked at each denoising step; may pause; True: give the slot up.
+    checkpoint: Callable[[], bool] | None
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def request_cancel(self) -> None: ...
+
+    def finish_from_worker(self, result: JobResult | None = None, error: BaseException | None = None) -> None: ...
 
 
 class Engine(Protocol):

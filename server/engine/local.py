@@ -1,14 +1,22 @@
-"""The in-process engine: the models' lanes on per-device workers (:mod:`server.engine.worker`), in this process."""
+"""The in-process engine: the models' lanes on per-device workers (:mod:`server.engine.worker`), in this process.
+
+Its job handles are here too: :class:`JobHandleBase`, the result a request awaits and the previews it streams, is
+shared with the Ray engine's handles (:mod:`server.scaleout.engine`); a :class:`LocalJobHandle` is reached from
+worker threads only through ``loop.call_soon_threadsafe``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
 
-from pipelines.base import ImageBackend, ImageJob, ModelInfo
+from PIL import Image
+
+from pipelines.base import ImageBackend, ImageJob, JobControl, ModelInfo, Ticket
 from pipelines.errors import Cancelled
 
 from .base import (
@@ -16,11 +24,116 @@ from .base import (
     EngineMetrics,
     EngineStopped,
     JobHandle,
+    JobResult,
     ModelToLoad,
+    Preview,
     copies_for,
     cpu_cores,
 )
-from .worker import DeviceWorker, LocalJobHandle, ModelLane
+from .worker import DeviceWorker, ModelLane
+
+
+class JobHandleBase:
+    """What every engine's job handle shares: the result the request awaits and the previews it streams.
+
+    Call every method on the event loop; subclasses decide how a job's news reaches it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, job: ImageJob) -> None:
+        self.job = job
+        self._result: asyncio.Future[JobResult] = loop.create_future()
+        # A job whose client left settles with an error nobody awaits; mark it seen.
+        self._result.add_done_callback(_mark_retrieved)
+        self._previews: asyncio.Queue[Preview | None] = asyncio.Queue()
+
+    @property
+    def done(self) -> bool:
+        return self._result.done()
+
+    async def result(self) -> JobResult:
+        # Shield: a caller that stops waiting must not cancel the future the engine will settle.
+        return await asyncio.shield(self._result)
+
+    async def previews(self) -> AsyncIterator[Preview]:
+        while (preview := await self._previews.get()) is not None:
+            yield preview
+
+    def _add_preview(self, preview: Preview) -> None:
+        self._previews.put_nowait(preview)
+
+    def _settle(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
+        """End the previews and settle the result (the first settlement counts; later ones only end previews)."""
+        self._previews.put_nowait(None)
+        if self._result.done():
+            return
+        if isinstance(error, StopIteration):
+            # A future refuses StopIteration (TypeError), which would leave the request waiting forever.
+            error = RuntimeError(f"backend raised StopIteration: {error}")
+        if error is not None:
+            self._result.set_exception(error)
+        else:
+            assert result is not None
+            self._result.set_result(result)
+
+
+def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class LocalJobHandle(JobHandleBase):
+    """A submitted job, seen from the event loop; worker threads call only its ``*_from_worker`` methods.
+
+    It owns the job's ticket: the backend reaches the handle only through the ticket's control.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        model: str,
+        job: ImageJob,
+        batch_key: Hashable | None,
+        *,
+        background: bool = False,
+    ):
+        super().__init__(loop, job)
+        self.model = model
+        self.background = background  # a batch line: waits behind every interactive job, outside the queue's limit
+        self.batch_key = batch_key
+        self.submitted = time.monotonic()
+        self._loop = loop
+        self._cancel = threading.Event()
+        self.ticket = Ticket(job, JobControl(on_preview=self.preview_from_worker, should_cancel=self._should_stop))
+        # Set by the worker while the job runs in a call that gives way to interactive jobs (a batch line's
+        # call): asked at each denoising step, it may pause there, and says whether the call gives its slot up.
+        self.checkpoint: Callable[[], bool] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def _should_stop(self) -> bool:
+        if self._cancel.is_set():
+            return True
+        checkpoint = self.checkpoint
+        return checkpoint is not None and checkpoint()
+
+    def request_cancel(self) -> None:
+        """Ask the backend to drop this job at its next denoising step (any thread)."""
+        self._cancel.set()
+
+    # -- called from worker threads -------------------------------------------------------------
+
+    def preview_from_worker(self, index: int, images: list[Image.Image]) -> None:
+        self._post(self._add_preview, Preview(index, images))
+
+    def finish_from_worker(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
+        self._post(self._settle, result, error)
+
+    def _post(self, callback: Callable[..., object], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
 
 Loader = Callable[..., ImageBackend]  # pipelines.loader.load_backend's signature
 

@@ -1,4 +1,4 @@
-"""The worker side of the in-process engine: per device, slots that run batched pipeline calls, and the job handles.
+"""The worker side of the in-process engine: per device, slots that run batched pipeline calls.
 
 A slot takes a model's oldest waiting job and every compatible one behind it (``backend.batch_key``), up to
 ``max_batch_images``; when the model's last call held several jobs (clients are sending in parallel) it waits up to
@@ -7,79 +7,27 @@ the slots share: a call with nothing else to do takes them all, calls running si
 call runs on more threads than there are free cores. Slot n starts work only while n others are busy, so a lone
 request always runs on the first slot. Measured defaults: (docs/performance.md, "Serving many users").
 
-A :class:`LocalJobHandle` is the event-loop side of a job; worker threads reach
-it only through ``loop.call_soon_threadsafe``. Its base, :class:`JobHandleBase`,
-and a model's :class:`QueueFigures` (moving average, Retry-After turns, stats)
-are shared with the Ray engine's handles and models (:mod:`server.scaleout.engine`).
+Batch lines (background jobs) queue behind every interactive job, run in calls of their own, and give way to
+interactive jobs at denoising-step boundaries (:mod:`server.engine.giving_way`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
-from pipelines.base import BatchResult, ImageBackend, ImageJob, JobControl, Ticket, run_isolated, use_cpu_threads
+from pipelines.base import BatchResult, ImageBackend, run_isolated, use_cpu_threads
 from pipelines.errors import Cancelled, NonFiniteOutput
 
-from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, Preview, QueueFull
+from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, QueueFull, SlotJob
+from .giving_way import call_to_give_way
 from .queue_figures import RejectionTurns
 
 AVERAGE_WEIGHT = 0.3  # weight of the newest figure in the moving average of seconds per image
-
-
-class JobHandleBase:
-    """What every engine's job handle shares: the result the request awaits and the previews it streams.
-
-    Call every method on the event loop; subclasses decide how a job's news reaches it.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, job: ImageJob) -> None:
-        self.job = job
-        self._result: asyncio.Future[JobResult] = loop.create_future()
-        # A job whose client left settles with an error nobody awaits; mark it seen.
-        self._result.add_done_callback(_mark_retrieved)
-        self._previews: asyncio.Queue[Preview | None] = asyncio.Queue()
-
-    @property
-    def done(self) -> bool:
-        return self._result.done()
-
-    async def result(self) -> JobResult:
-        # Shield: a caller that stops waiting must not cancel the future the engine will settle.
-        return await asyncio.shield(self._result)
-
-    async def previews(self) -> AsyncIterator[Preview]:
-        while (preview := await self._previews.get()) is not None:
-            yield preview
-
-    def _add_preview(self, preview: Preview) -> None:
-        self._previews.put_nowait(preview)
-
-    def _settle(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
-        """End the previews and settle the result (the first settlement counts; later ones only end previews)."""
-        self._previews.put_nowait(None)
-        if self._result.done():
-            return
-        if isinstance(error, StopIteration):
-            # A future refuses StopIteration (TypeError), which would leave the request waiting forever.
-            error = RuntimeError(f"backend raised StopIteration: {error}")
-        if error is not None:
-            self._result.set_exception(error)
-        else:
-            assert result is not None
-            self._result.set_result(result)
-
-
-def _mark_retrieved(future: asyncio.Future[JobResult]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class QueueFigures(RejectionTurns):
@@ -114,51 +62,6 @@ class QueueFigures(RejectionTurns):
         }
 
 
-class LocalJobHandle(JobHandleBase):
-    """A submitted job, seen from the event loop; worker threads call only its ``*_from_worker`` methods.
-
-    It owns the job's ticket: the backend reaches the handle only through the ticket's control.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        model: str,
-        job: ImageJob,
-        batch_key: Hashable | None,
-        *,
-        background: bool = False,
-    ):
-        super().__init__(loop, job)
-        self.model = model
-        self.background = background  # a batch line: waits behind every interactive job, outside the queue's limit
-        self.batch_key = batch_key
-        self.submitted = time.monotonic()
-        self._loop = loop
-        self._cancel = threading.Event()
-        self.ticket = Ticket(job, JobControl(on_preview=self.preview_from_worker, should_cancel=self._cancel.is_set))
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def request_cancel(self) -> None:
-        """Ask the backend to drop this job at its next denoising step (any thread)."""
-        self._cancel.set()
-
-    # -- called from worker threads -------------------------------------------------------------
-
-    def preview_from_worker(self, index: int, images: list[Image.Image]) -> None:
-        self._post(self._add_preview, Preview(index, images))
-
-    def finish_from_worker(self, result: JobResult | None = None, error: BaseException | None = None) -> None:
-        self._post(self._settle, result, error)
-
-    def _post(self, callback: Callable[..., object], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(callback, *args)
-
-
 class ModelLane(QueueFigures):
     """One model: its replicas (one per slot), its queue and its figures. Guarded by its worker's condition."""
 
@@ -167,17 +70,36 @@ class ModelLane(QueueFigures):
         self.name = name
         self.replicas = replicas
         self.worker = worker
-        self.waiting: deque[LocalJobHandle] = deque()
-        self.running: list[LocalJobHandle] = []
+        self.waiting: deque[SlotJob] = deque()
+        self.running: list[SlotJob] = []
         self.last_batch_jobs = 1
 
     def retry_after(self, now: float, images: int) -> float:
         """When a rejected job should come back (QueueFigures.turn_for); each slot serves in parallel."""
-        backlog_images = sum(handle.job.n for handle in self.waiting)
+        backlog_images = sum(handle.job.n for handle in self.waiting if not handle.background)
         return self.turn_for(now, backlog_images, images, slots=len(self.replicas))
 
     def stats(self) -> dict[str, Any]:
         return self.figures(queued=len(self.waiting), running=len(self.running))
+
+    def interactive_waiting(self) -> bool:
+        return bool(self.waiting) and not self.waiting[0].background  # they queue ahead of every batch line
+
+    def interactive_running(self) -> bool:
+        return any(not handle.background for handle in self.running)
+
+
+@dataclass(eq=False)
+class RunningCall:
+    """A pipeline call on a slot (server.engine.giving_way)."""
+
+    slot: int
+    lane: ModelLane
+    handles: list[SlotJob]
+    threads: int  # CPU threads it holds from the device's budget
+    started: float  # monotonic
+    background: bool  # every job in it is a batch line
+    yielding: bool = False  # giving its slot up: stops at its next step, its jobs queue again
 
 
 class DeviceWorker:
@@ -191,6 +113,7 @@ class DeviceWorker:
         self.cores = cores
         self._threads_in_use = 0
         self._busy_slots = 0
+        self._calls: dict[int, RunningCall] = {}  # by slot
         self._condition = threading.Condition()
         self._lanes: list[ModelLane] = []
         self._turn = 0
@@ -206,12 +129,10 @@ class DeviceWorker:
         with self._condition:
             self._lanes.append(lane)
 
-    def submit(self, lane: ModelLane, handle: LocalJobHandle, *, retried: bool = False) -> None:
-        """Queue a job; a retried one (turned away before) may also take a place in an equal reserve.
-
-        Interactive jobs queue ahead of every background one (batch lines), which a slot takes only when no
-        interactive job waits, or as companions in an interactive job's call; background jobs take no place
-        in the queue's limit (their runner bounds how many wait)."""
+    def submit(self, lane: ModelLane, handle: SlotJob, *, retried: bool = False) -> None:
+        """Queue a job; a retried one (turned away before) may also take a place in an equal reserve. Interactive
+        jobs queue ahead of every batch line; batch lines take no place in the queue's limit (their runner bounds
+        how many wait)."""
         with self._condition:
             if self._stopping:
                 raise EngineStopped("the server is shutting down")
@@ -224,7 +145,7 @@ class DeviceWorker:
                 lane.waiting.insert(interactive, handle)  # interactive jobs are always the queue's head
             self._condition.notify_all()
 
-    def withdraw(self, lane: ModelLane, handle: LocalJobHandle) -> bool:
+    def withdraw(self, lane: ModelLane, handle: SlotJob) -> bool:
         """Remove a job that has not started; False if it is running or finished."""
         with self._condition:
             try:
@@ -232,6 +153,7 @@ class DeviceWorker:
             except ValueError:
                 return False
             lane.cancelled += 1
+            self._condition.notify_all()  # calls paused for it may go on
             return True
 
     def detach(self, lane: ModelLane) -> bool:
@@ -275,19 +197,19 @@ class DeviceWorker:
     def _run(self, slot: int) -> None:
         while True:
             with self._condition:
-                picked = self._take_batch(slot)
-                if picked is None:
+                call = self._take_batch(slot)
+                if call is None:
                     return
-                lane, batch, threads = picked
             try:
-                self._execute(slot, lane, batch, threads)
+                self._execute(call)
             finally:
                 with self._condition:
-                    self._threads_in_use -= threads
+                    del self._calls[slot]
+                    self._threads_in_use -= call.threads
                     self._busy_slots -= 1
                     self._condition.notify_all()
 
-    def _take_batch(self, slot: int) -> tuple[ModelLane, list[LocalJobHandle], int] | None:
+    def _take_batch(self, slot: int) -> RunningCall | None:
         """The next batch and the threads it may use, waiting as needed. Call with the condition held."""
         while True:
             lane = self._next_lane(slot) if self._may_take(slot) else None
@@ -305,23 +227,43 @@ class DeviceWorker:
         self._threads_in_use -= 1
         threads = self._threads_for(lane)
         self._threads_in_use += threads
-        return lane, batch, threads
+        self._calls[slot] = RunningCall(slot, lane, batch, threads, time.monotonic(), batch[0].background)
+        self._condition.notify_all()  # slot n + 1 may take work now that n are busy
+        return self._calls[slot]
 
     def _may_take(self, slot: int) -> bool:
-        # Slot n takes work only while n others are busy: a lone request always runs on slot 0, whose
-        # model copy and OpenMP threads are warm (alternating slots made a lone request 1.4x slower).
-        return self._busy_slots >= slot and (self._threads_in_use < self.cores or not self.cpu)
+        # Slot n takes work only while n others are busy (paused or not): a lone request always runs on slot 0,
+        # whose model copy and OpenMP threads are warm (alternating slots made a lone request 1.4x slower).
+        return self._busy_slots >= slot and (self._active_threads() < self.cores or not self.cpu)
+
+    def _interactive_demand(self) -> bool:
+        return any(lane.interactive_waiting() or lane.interactive_running() for lane in self._lanes)
+
+    def _background_calls(self) -> list[RunningCall]:
+        """Calls of batch lines that give way now: while interactive work waits or runs, they pause at their next
+        step, so their slots and threads do not count (none if there is no such work)."""
+        if not self._interactive_demand():
+            return []
+        return [call for call in self._calls.values() if call.background]
+
+    def _active_threads(self) -> int:
+        return self._threads_in_use - sum(call.threads for call in self._background_calls())
+
+    def _takeable(self, lane: ModelLane, demand: bool) -> bool:
+        # While interactive work waits or runs, no batch line starts: it would only pause at its first step.
+        return lane.interactive_waiting() if demand else bool(lane.waiting)
 
     def _next_lane(self, slot: int) -> ModelLane | None:
         """The next model with waiting jobs that this slot has a replica of, taking turns between models."""
+        demand = self._interactive_demand()
         for offset in range(len(self._lanes)):
             lane = self._lanes[(self._turn + offset) % len(self._lanes)]
-            if lane.waiting and slot < len(lane.replicas):
+            if self._takeable(lane, demand) and slot < len(lane.replicas):
                 self._turn = (self._turn + offset + 1) % len(self._lanes)
                 return lane
         return None
 
-    def _gather(self, lane: ModelLane, batch: list[LocalJobHandle]) -> None:
+    def _gather(self, lane: ModelLane, batch: list[SlotJob]) -> None:
         """Add compatible waiting jobs to ``batch``; wait for companions while clients run in parallel."""
         key = batch[0].batch_key
         if key is None:
@@ -330,8 +272,9 @@ class DeviceWorker:
         while True:
             images = sum(handle.job.n for handle in batch)
             for handle in list(lane.waiting):
-                # An interactive call takes no batch lines: its client must not wait for a batch's images.
-                joins = handle.batch_key == key and (batch[0].background or not handle.background)
+                # Batch lines and interactive jobs never share a call: an interactive client must not wait for a
+                # batch's images, and a call of batch lines alone can pause and give way.
+                joins = handle.batch_key == key and handle.background == batch[0].background
                 if joins and images + handle.job.n <= self.policy.max_batch_images:
                     lane.waiting.remove(handle)
                     lane.running.append(handle)
@@ -347,52 +290,103 @@ class DeviceWorker:
         if not self.cpu:
             return 1
         # Split the cores only when another slot is running or could take the waiting work.
-        parallel = self._busy_slots > 1 or any(other.waiting and len(other.replicas) > 1 for other in self._lanes)
+        demand = self._interactive_demand()
+        others = any(self._takeable(other, demand) and len(other.replicas) > 1 for other in self._lanes)
+        parallel = others or self._busy_slots - len(self._background_calls()) > 1
         share = max(1, self.cores // self.policy.workers) if parallel else self.cores
-        return max(1, min(share, self.cores - self._threads_in_use))
+        return max(1, min(share, self.cores - self._active_threads()))
 
-    def _execute(self, slot: int, lane: ModelLane, batch: list[LocalJobHandle], threads: int) -> None:
+    def _execute(self, call: RunningCall) -> None:
         started = time.monotonic()
-        backend = lane.replicas[slot]
+        backend = call.lane.replicas[call.slot]
         if self.cpu:
-            use_cpu_threads(threads)
-        jobs = [handle.job for handle in batch]
+            use_cpu_threads(call.threads)
         # Counted here, on the backend's own thread: a tokenizer is not safe to share across threads.
-        tokens = [backend.count_tokens(job.prompt) if job.prompt else 0 for job in jobs]
-        result = run_isolated(backend, [handle.ticket for handle in batch])
+        tokens = [backend.count_tokens(handle.job.prompt) if handle.job.prompt else 0 for handle in call.handles]
+        if call.background:
+            for handle in call.handles:
+                handle.checkpoint = functools.partial(self._checkpoint, call)
+        try:
+            result = run_isolated(backend, [handle.ticket for handle in call.handles])
+        finally:
+            for handle in call.handles:
+                handle.checkpoint = None
         seconds = time.monotonic() - started
-        self._record(lane, batch, result, seconds, started)
-        for handle, outcome, prompt_tokens in zip(batch, result.outcomes, tokens, strict=True):
+        requeued = self._record(call, result, seconds, started)
+        for handle, outcome, prompt_tokens in zip(call.handles, result.outcomes, tokens, strict=True):
+            if handle in requeued:
+                continue
             if isinstance(outcome, BaseException):
                 handle.finish_from_worker(error=outcome)
             else:
                 handle.finish_from_worker(JobResult(outcome, prompt_tokens, seconds))
 
-    def _record(
-        self, lane: ModelLane, batch: list[LocalJobHandle], result: BatchResult, seconds: float, started: float
-    ) -> None:
+    def _checkpoint(self, call: RunningCall) -> bool:
+        """A background call at a step boundary: pause while interactive work waits or runs; True to give way."""
+        paused = False
+        with self._condition:
+            while not call.yielding and not self._stopping and self._interactive_demand():
+                if not self._make_room():
+                    paused = True
+                    self._condition.wait(0.5)  # woken when work ends; looks again, should a wake-up be missed
+            yielding = call.yielding
+        if paused and self.cpu:
+            use_cpu_threads(call.threads)  # MKL's count is process-wide: an interactive call may have changed it
+        return yielding
+
+    def _make_room(self) -> bool:
+        """Ask a background call to give its slot up to a waiting interactive job, unless one runs; True if asked."""
+        waiting = [lane for lane in self._lanes if lane.interactive_waiting()]
+        if not waiting or any(lane.interactive_running() for lane in self._lanes):
+            return False
+        reach = min(len(self._slots), max(len(lane.replicas) for lane in waiting))
+        call = call_to_give_way(self._calls, reach=reach)
+        if call is not None:
+            call.yielding = True
+            self._condition.notify_all()
+        return call is not None
+
+    def _requeue(self, call: RunningCall, result: BatchResult) -> list[SlotJob]:
+        """The jobs of a call that gave way, queued again at the head of the batch lines (condition held)."""
+        outcomes = zip(call.handles, result.outcomes, strict=True)
+        yielded = [handle for handle, outcome in outcomes if isinstance(outcome, Cancelled) and not handle.cancelled]
+        if not call.yielding or self._stopping:  # stopping: they end cancelled, as the other running jobs do
+            return []
+        at = sum(not waiting.background for waiting in call.lane.waiting)
+        for handle in reversed(yielded):
+            call.lane.waiting.insert(at, handle)
+        return yielded
+
+    def _record(self, call: RunningCall, result: BatchResult, seconds: float, started: float) -> list[SlotJob]:
+        """Count the call's outcomes and requeue the jobs of a call that gave way; those jobs (not finished)."""
+        lane, batch = call.lane, call.handles
         made = sum(len(o) for o in result.outcomes if not isinstance(o, BaseException))
         done = sum(not isinstance(o, BaseException) for o in result.outcomes)
-        left = sum(isinstance(o, Cancelled) for o in result.outcomes)
         # Figures first, so whoever wakes on a result sees them updated.
         with self._condition:
             for handle in batch:
                 lane.running.remove(handle)
+            requeued = self._requeue(call, result)
+            left = sum(isinstance(o, Cancelled) for o in result.outcomes) - len(requeued)
             lane.completed += done
             lane.cancelled += left
-            lane.failed += len(batch) - done - left
+            lane.failed += len(batch) - done - left - len(requeued)
             if made:
                 lane.record(seconds, made)
-            lane.last_batch_jobs = len(batch)
+            if not call.background:  # how many clients send in parallel: batch lines queue all at once
+                lane.last_batch_jobs = len(batch)
         if self.metrics is not None:
             self.metrics.batch_images.labels(lane.name).observe(sum(handle.job.n for handle in batch))
             for handle in batch:
-                self.metrics.queue_wait.labels(lane.name).observe(started - handle.submitted)
+                if handle not in requeued:
+                    self.metrics.queue_wait.labels(lane.name).observe(started - handle.submitted)
             for stage, stage_seconds in result.stage_seconds.items():
                 self.metrics.stage_seconds.labels(lane.name, stage).observe(stage_seconds)
             self.metrics.images.labels(lane.name).inc(made)
             self.metrics.cancelled.labels(lane.name).inc(left)
+            self.metrics.requeued.labels(lane.name).inc(len(requeued))
             self.metrics.busy_seconds.labels(self.device).inc(seconds)
             for outcome in result.outcomes:
                 if isinstance(outcome, NonFiniteOutput):
                     self.metrics.nonfinite.labels(lane.name, outcome.stage).inc()
+        return requeued

@@ -85,6 +85,12 @@ class Metrics:
                 ["model", "stage"],
                 registry=r,
             ),
+            requeued=Counter(
+                "easel_batch_jobs_requeued",
+                "Batch-line jobs queued again because their pipeline call gave its slot to an interactive request",
+                ["model"],
+                registry=r,
+            ),
         )
 
         self.webhooks = WebhookMetrics.create(r)

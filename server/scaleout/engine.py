@@ -43,8 +43,8 @@ from ..engine.base import (
     QueueFull,
     WorkerLost,
 )
-from ..engine.local import wait_until
-from ..engine.worker import JobHandleBase, QueueFigures
+from ..engine.local import JobHandleBase, wait_until
+from ..engine.worker import QueueFigures
 from .figures import Figure, replay
 from .wire import Message, RemoteError, error_from_wire, job_to_wire, preview_from_wire, result_from_wire
 

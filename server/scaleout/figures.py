@@ -1,7 +1,8 @@
 """Engine figures measured on a model replica, carried to the ingress with each job's answer.
 
 A pipeline call runs on a model replica, so the figures taken inside it
-(queue wait, images per call, stage seconds, busy seconds, non-finite outputs) are measured there,
+(queue wait, images per call, stage seconds, busy seconds, non-finite outputs, requeued batch lines) are
+measured there,
 in a process no scrape reaches. The replica's engine records them into a
 :class:`FigureLog`; every message that ends a job takes what has been recorded
 since the last one (:meth:`FigureLog.drain`), and the ingress that receives it
@@ -21,7 +22,7 @@ from typing import Any
 from ..engine.base import EngineMetrics
 
 Figure = tuple[str, tuple[str, ...], str, float]  # EngineMetrics field, label values, "observe" or "inc", value
-FORWARDED = ("queue_wait", "batch_images", "stage_seconds", "busy_seconds", "nonfinite")
+FORWARDED = ("queue_wait", "batch_images", "stage_seconds", "busy_seconds", "nonfinite", "requeued")
 # Figures wait here only while no job ends on this replica (its clients all left); past this many, the
 # oldest go, so a replica nobody asks for answers cannot grow without bound.
 MAX_WAITING_FIGURES = 10_000

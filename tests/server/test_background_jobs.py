@@ -1,11 +1,16 @@
-"""Background jobs (batch lines) in the engine: behind every interactive job, and never companions in an
-interactive job's call."""
+"""Background jobs (batch lines) in the engine: behind every interactive job, never in a call with one, and giving
+way to interactive jobs at denoising-step boundaries."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from dataclasses import replace
 
-from .test_batching_engine import prompted, recorded  # noqa: F401 - recorded is a fixture
+from pipelines.base import Ticket
+from server.engine.local import LocalEngine
+
+from .test_batching_engine import RecordingBackend, new_tracker, prompted, recorded  # noqa: F401 - a fixture
 from .test_engine import wait_until
 
 
@@ -22,3 +27,117 @@ def test_interactive_jobs_run_before_waiting_background_jobs_and_without_them(re
     asyncio.run(scenario())
     # The interactive jobs, queued last, go first, in a call of their own; the batch lines share the next one.
     assert backend.calls == [["busy"], ["i0", "i1"], ["b0", "b1", "b2"]]
+
+
+class HeldBackend(RecordingBackend):
+    """The recording tiny backend whose calls of batch lines ("bg..." prompts) stop at their first denoising step
+    until ``go`` is set (``held`` counts the calls waiting there), so an interactive job can be sent while they
+    run on any machine; ``ended`` lists each call's first prompt as it ends."""
+
+    def __init__(self, inner, tracker: dict | None = None) -> None:
+        super().__init__(inner, tracker)
+        self.go = threading.Event()
+        self.held = 0
+        self.ended: list[str] = []
+
+    def run_batch(self, tickets):
+        if tickets[0].job.prompt.startswith("bg"):
+            tickets = [Ticket(t.job, replace(t.control, should_cancel=self._held(t.control))) for t in tickets]
+        try:
+            return super().run_batch(tickets)
+        finally:
+            self.ended.append(tickets[0].job.prompt)
+
+    def _held(self, control):
+        first = [True]
+
+        def should_cancel() -> bool:
+            if first[0]:
+                first[0] = False
+                with self.tracker["lock"]:
+                    self.held += 1
+                self.go.wait()
+            return control.should_cancel()
+
+        return should_cancel
+
+
+def _pixels(images) -> list[bytes]:
+    return [image.tobytes() for image in images]
+
+
+def test_a_running_batch_call_gives_its_only_slot_to_an_interactive_job_and_runs_again_to_the_same_pixels(
+    tiny_backend,
+):
+    backend = HeldBackend(tiny_backend)
+    engine = LocalEngine(queue_size=8, workers=1, max_batch_images=3, batch_wait_ms=0)
+    engine.add_model("tiny", backend)
+    try:
+
+        async def scenario():
+            backend.go.set()
+            alone = await engine.submit(
+                "tiny", prompted(tiny_backend, "bg line", decoder_steps=8), background=True
+            ).result()
+            backend.go.clear()
+            line = engine.submit("tiny", prompted(tiny_backend, "bg line", decoder_steps=8), background=True)
+            await wait_until(lambda: backend.held == 2)
+            interactive = engine.submit("tiny", prompted(tiny_backend, "interactive"))
+            backend.go.set()
+            first = await interactive.result()
+            assert not line.done  # the interactive job did not wait for the batch line
+            return alone, await line.result(), first
+
+        alone, line, interactive = asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    assert len(interactive.images) == 1
+    # The batch line stopped at a step boundary, let the interactive job run, then ran again from its seed.
+    assert backend.calls == [["bg line"], ["bg line"], ["interactive"], ["bg line"]]
+    assert _pixels(line.images) == _pixels(alone.images)
+    stats = engine.stats("tiny")
+    assert (stats["completed"], stats["cancelled"], stats["failed"], stats["queued"]) == (3, 0, 0, 0)
+
+
+def test_with_every_slot_on_batch_lines_one_pauses_and_the_newest_gives_way_to_an_interactive_job_on_every_core(
+    tiny_backend, tiny_model_dirs
+):
+    from pipelines.loader import load_backend
+
+    tracker = new_tracker()
+    second = load_backend("tiny", "kandinsky22", tiny_model_dirs["kandinsky"])
+    replicas = [HeldBackend(tiny_backend, tracker), HeldBackend(second, tracker)]
+    for replica in replicas:  # one gate and one record of ends for both slots
+        replica.go, replica.ended = replicas[0].go, replicas[0].ended
+    engine = LocalEngine(queue_size=8, workers=2, max_batch_images=1, batch_wait_ms=0, cores=2)
+    engine.add_model("tiny", replicas)
+    try:
+
+        async def scenario():
+            # Queued at once, as a batch's runner queues its lines: the first slot sees the second waiting.
+            with engine._lanes["tiny"].worker._condition:
+                lines = [
+                    engine.submit("tiny", prompted(tiny_backend, f"bg {i}", decoder_steps=8), background=True)
+                    for i in range(2)
+                ]
+            await wait_until(lambda: replicas[0].held + replicas[1].held == 2)
+            interactive = engine.submit("tiny", prompted(tiny_backend, "interactive"))
+            replicas[0].go.set()
+            await interactive.result()
+            return await asyncio.gather(*(line.result() for line in lines))
+
+        results = asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    calls = [(call[0], threads) for replica in replicas for call, threads in zip(replica.calls, replica.threads)]
+    ended = replicas[0].ended
+    # Both lines started on a core each; one gave its slot up and ran again, the other paused and ran once.
+    runs = {name: [threads for call, threads in calls if call == name] for name in ("bg 0", "bg 1")}
+    assert sorted(len(run) for run in runs.values()) == [1, 2] and runs["bg 0"][0] == runs["bg 1"][0] == 1
+    paused = next(name for name, run in runs.items() if len(run) == 1)
+    # The interactive job ran on both cores, and ended before the paused line went on.
+    assert ("interactive", 2) in calls
+    assert [name for name in ended if name in ("interactive", paused)] == ["interactive", paused]
+    assert all(len(result.images) == 1 for result in results)
+    stats = engine.stats("tiny")
+    assert (stats["completed"], stats["cancelled"], stats["failed"]) == (3, 0, 0)
