@@ -140,7 +140,7 @@ class SlotJob(Protocol):
     background: bool  # a batch line
     batch_key: Hashable | None
     submitted: float  # monotonic
-    # While it runs in a call of batch lines: asked at each denoising step; may pause; True: give the slot up.
+    # While it runs: asked at each denoising step; counts it; in a call of batch lines may pause; True: give way.
     checkpoint: Callable[[], bool] | None
 
     @property

@@ -104,8 +104,9 @@ class LocalJobHandle(JobHandleBase):
         self._loop = loop
         self._cancel = threading.Event()
         self.ticket = Ticket(job, JobControl(on_preview=self.preview_from_worker, should_cancel=self._should_stop))
-        # Set by the worker while the job runs in a call that gives way to interactive jobs (a batch line's
-        # call): asked at each denoising step, it may pause there, and says whether the call gives its slot up.
+        # Set by the worker while the job runs: asked at each denoising step, it counts the step, may pause there
+        # (in a call of batch lines, which gives way to interactive jobs), and says whether the call gives its
+        # slot up.
         self.checkpoint: Callable[[], bool] | None = None
 
     @property

@@ -38,6 +38,7 @@ class QueueFigures(RejectionTurns):
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
+        self.steps = 0  # denoising steps its jobs have made (a job's step in a shared call counts once per job)
         self.seconds_per_image: float | None = None  # a moving average
         self.turns_until = 0.0  # when the turns handed to rejected jobs run out (monotonic; see turn_for)
 
@@ -58,6 +59,7 @@ class QueueFigures(RejectionTurns):
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "steps": self.steps,
             "average_seconds": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
         }
 
@@ -303,9 +305,8 @@ class DeviceWorker:
             use_cpu_threads(call.threads)
         # Counted here, on the backend's own thread: a tokenizer is not safe to share across threads.
         tokens = [backend.count_tokens(handle.job.prompt) if handle.job.prompt else 0 for handle in call.handles]
-        if call.background:
-            for handle in call.handles:
-                handle.checkpoint = functools.partial(self._checkpoint, call)
+        for handle in call.handles:
+            handle.checkpoint = functools.partial(self._checkpoint, call)
         try:
             result = run_isolated(backend, [handle.ticket for handle in call.handles])
         finally:
@@ -322,7 +323,11 @@ class DeviceWorker:
                 handle.finish_from_worker(JobResult(outcome, prompt_tokens, seconds))
 
     def _checkpoint(self, call: RunningCall) -> bool:
-        """A background call at a step boundary: pause while interactive work waits or runs; True to give way."""
+        """A job of the call at a step boundary: counted; in a background call, pauses while interactive work
+        waits or runs; True to give way."""
+        call.lane.steps += 1  # read without the lock: a figure that shows a long call is moving
+        if not call.background:
+            return False
         paused = False
         with self._condition:
             while not call.yielding and not self._stopping and self._interactive_demand():

@@ -141,3 +141,18 @@ def test_with_every_slot_on_batch_lines_one_pauses_and_the_newest_gives_way_to_a
     assert all(len(result.images) == 1 for result in results)
     stats = engine.stats("tiny")
     assert (stats["completed"], stats["cancelled"], stats["failed"]) == (3, 0, 0)
+
+
+def test_a_running_call_counts_its_denoising_steps_before_it_ends(recorded, tiny_backend):  # noqa: F811
+    """The batch runner's watchdog reads this figure: a long call on a CPU must show it moves."""
+    engine, backend = recorded
+
+    async def scenario():
+        long = engine.submit("tiny", prompted(tiny_backend, "long", decoder_steps=400), background=True)
+        await wait_until(lambda: engine.stats("tiny")["steps"] >= 20)
+        assert engine.stats("tiny")["running"] == 1 and not long.done
+        await long.result()
+        return engine.stats("tiny")["steps"]
+
+    steps = asyncio.run(scenario())
+    assert steps >= 2 + 400  # every prior and decoder step of the job

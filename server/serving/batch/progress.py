@@ -3,13 +3,14 @@
 The flock of the runner lease (:mod:`.lease`) outlives a process that hangs
 without dying: a pipeline call that never returns, a deadlock, a wedged event
 loop. So the holder's event loop beats once a second (:meth:`Progress.beat`),
-saying whether the runner has lines to run and how many jobs the engine has
-finished; the runner marks each line it settles (:meth:`Progress.moved`). The
+saying whether the runner has lines to run and how far the engine has got (jobs
+finished plus denoising steps made, one count); the runner marks each line it settles (:meth:`Progress.moved`). The
 lease's own thread reads these (:meth:`Progress.stalled`) and gives the lease
 up when the loop has not beaten, or the runner has had work but neither it nor
 the engine has finished anything, for ``--runner-stall-seconds``. Any job the
 engine finishes counts, interactive ones too: batch lines that wait behind a
-stream of interactive requests are slow, not stuck.
+stream of interactive requests are slow, not stuck; so does each denoising step,
+so a call that takes minutes on a CPU is slow, not stuck.
 
 Written on the event loop and read by the lease's thread: plain floats, ints
 and a bool, each written whole, need no lock.
@@ -24,7 +25,7 @@ class Progress:
     def __init__(self) -> None:
         self.beat_at = self.moved_at = time.monotonic()
         self.working = False  # the runner has batches it is running
-        self._engine_done: int | None = None  # jobs the engine has finished (any outcome), at the last beat
+        self._engine_done: int | None = None  # jobs the engine has finished plus steps made, at the last beat
 
     def restart(self) -> None:
         """The lease was just taken: nothing before counts against this holder."""
@@ -35,7 +36,8 @@ class Progress:
         self.moved_at = time.monotonic()
 
     def beat(self, working: bool, engine_done: int) -> None:
-        """The event loop is alive: the runner has work or not; the engine has finished ``engine_done`` jobs."""
+        """The event loop is alive: the runner has work or not; ``engine_done``: the engine's jobs finished plus
+        its denoising steps made."""
         now = time.monotonic()
         if engine_done != self._engine_done or (working and not self.working):
             self.moved_at = now  # the engine moved, or the runner just got work: time counts from here

@@ -140,8 +140,8 @@ class BatchApi:
                 runner.start(batch_id)
 
     async def beat_forever(self) -> None:
-        """Tell the lease's watchdog that this event loop runs, whether the runner has work, and how many jobs
-        the engine has finished."""
+        """Tell the lease's watchdog that this event loop runs, whether the runner has work, and how far the
+        engine has got (jobs finished and denoising steps made: a long call on a CPU moves step by step)."""
         engine, names = self.serving.engine, list(self.serving.catalog.entries)
         while True:
             await self.lease.taken.wait()  # a server that does not run batches runs none of this
@@ -149,6 +149,7 @@ class BatchApi:
             for name in names:
                 stats = engine.stats(name) or {}
                 done += stats.get("completed", 0) + stats.get("failed", 0) + stats.get("cancelled", 0)
+                done += stats.get("steps", 0)
             self.progress.beat(self._runner is not None and self._runner.working, done)
             await asyncio.sleep(BEAT_SECONDS)
 
