@@ -38,7 +38,6 @@ class QueueFigures(RejectionTurns):
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
-        self.steps = 0  # denoising steps its jobs have made (a job's step in a shared call counts once per job)
         self.seconds_per_image: float | None = None  # a moving average
         self.turns_until = 0.0  # when the turns handed to rejected jobs run out (monotonic; see turn_for)
 
@@ -59,7 +58,6 @@ class QueueFigures(RejectionTurns):
             "completed": self.completed,
             "failed": self.failed,
             "cancelled": self.cancelled,
-            "steps": self.steps,
             "average_seconds": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
         }
 
@@ -75,6 +73,7 @@ class ModelLane(QueueFigures):
         self.waiting: deque[SlotJob] = deque()
         self.running: list[SlotJob] = []
         self.last_batch_jobs = 1
+        self.steps = 0  # denoising steps its jobs have made (a step of a shared call counts once per job)
 
     def retry_after(self, now: float, images: int) -> float:
         """When a rejected job should come back (QueueFigures.turn_for); each slot serves in parallel."""
@@ -82,7 +81,7 @@ class ModelLane(QueueFigures):
         return self.turn_for(now, backlog_images, images, slots=len(self.replicas))
 
     def stats(self) -> dict[str, Any]:
-        return self.figures(queued=len(self.waiting), running=len(self.running))
+        return {**self.figures(queued=len(self.waiting), running=len(self.running)), "steps": self.steps}
 
     def interactive_waiting(self) -> bool:
         return bool(self.waiting) and not self.waiting[0].background  # they queue ahead of every batch line
