@@ -19,9 +19,7 @@ import pytest
 from ..conftest import LOOPBACK_TLS, assert_envelope
 
 REPO = Path(__file__).resolve().parents[2]
-# Seconds of work per job on any CPU, so that a signal finds it still queued or running; the tests that need a job
-# to outlast the shutdown timeout ask for more steps themselves.
-SLOW = {"prior_steps": 2, "decoder_steps": 60}
+SLOW = {"prior_steps": 2, "decoder_steps": 200}
 # How long a busy machine may take to finish the jobs a shutdown waits for: the tests wait on the answers, never on
 # the clock, so this only bounds a hang.
 PATIENCE = 600
