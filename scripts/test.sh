@@ -5,7 +5,7 @@
 #
 # The suite runs on every core with pytest-xdist: EASEL_TEST_WORKERS workers (default: two per core, since most
 # tests wait on servers rather than compute), tests of a heavy shared server kept on one worker (--dist loadgroup,
-# groups set in tests/lanes.py). `-n 0` or `-p no:xdist` runs it in this one process, for debugging.
+# groups set in tests/lanes.py), in the order tests/schedule.py puts them: the longest first. `-n 0` or `-p no:xdist` runs it in this one process, for debugging.
 # scripts/test.sh --fast runs the fast lane: the tests that start no server or process and build no model
 # (-m "not server and not model"; tests/lanes.py marks them by reading their code).
 # scripts/test.sh --container runs only the container test (-m container: builds the Dockerfile's image and runs it
@@ -31,7 +31,13 @@ if [ "${lane[1]}" != "container" ]; then
     rm -rf "$docs_site"
 fi
 
-parallel=(-n "${EASEL_TEST_WORKERS:-$(($("$py" -c 'import os; print(len(os.sched_getaffinity(0)))') * 2))}" --dist loadgroup)
+# Every pytest process rewrites the asserts of the test modules and of its plugins' packages (hypothesis and
+# schemathesis: about 490 modules), 6 CPU seconds each time unless the rewritten code is cached; so cache compiled
+# code even where PYTHONDONTWRITEBYTECODE is set, in one folder under .venv, never beside the sources.
+export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-$repo_root/.venv/pycache}"
+unset PYTHONDONTWRITEBYTECODE
+
+parallel=(-n "${EASEL_TEST_WORKERS:-$(($("$py" -c 'import os; print(len(os.sched_getaffinity(0)))') * 2))}" --dist loadgroup --no-loadscope-reorder)
 for arg in "$@"; do
     if [ "$arg" = "no:xdist" ] || [ "$arg" = "-pno:xdist" ]; then
         parallel=()

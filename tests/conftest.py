@@ -42,7 +42,7 @@ from server.settings.config import Settings
 from server.settings.model_specs import ModelSpec
 from weights.registry import load_registry
 
-from . import lanes
+from . import lanes, schedule
 
 # The tests' own model calls (tiny models run outside a server) use one thread: over tensors this small,
 # threads only contend. Set here, once, for the whole run; a server's engine sets its own count per call.
@@ -63,6 +63,7 @@ LOOPBACK_TLS = ssl.create_default_context()
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     lanes.mark_lanes(items)
     lanes.group_shared_fixtures(items)
+    schedule.longest_first(items)  # after the groups: a group is handed out whole
 
 
 @pytest.fixture(autouse=True)

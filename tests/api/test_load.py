@@ -21,7 +21,7 @@ from pipelines.base import ImageJob
 from ..conftest import FAST, TINY, LiveServer, running_server, tiny_settings
 
 CLIENTS = 16
-REQUESTS_PER_CLIENT = 25
+REQUESTS_PER_CLIENT = 10  # enough to keep the queue of 4 full, and each client's images many, at a third of the CPU
 # A batched image may differ from the same seed's image alone: batched matrix products round differently.
 # tests/pipelines/test_batching.py measures it; docs/serving.md states it for easel-mini.
 BATCH_TOLERANCE = 6

@@ -28,6 +28,7 @@ def test_grouped(n):
 def test_a_group_runs_on_one_worker(tmp_path: Path):
     (tmp_path / "test_grouped.py").write_text(GROUPED)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup"]
+    command.append("--no-loadscope-reorder")  # as scripts/test.sh runs the suite
     run = subprocess.run(
         [*command, "test_grouped.py"],
         cwd=tmp_path,
