@@ -1,6 +1,6 @@
 """Serving many users: throughput and latency of a real server under 1 to 16 clients, engine settings side by side.
 
-    python benchmarks/bench_load.py [--seconds 20] [--clients 1,2,4,8,16]
+    python benchmarks/bench_load.py [--seconds 20] [--clients 1,2,4,8,16] [--data-dir DIR]
 
 For each engine setting (one worker and no batching, as before; batching; two
 worker slots; both: the default) it starts ``python -m server`` on the shipped
@@ -14,6 +14,10 @@ easel-mini, then measures, in one run:
 - how far a batched image is from the same seed's image made alone (the
   largest pixel difference), and that one worker without batching gives the
   same bytes twice.
+
+Each server gets the Files and Batches data directory ``--data-dir`` (default:
+a new empty one per server), never the one of ``$EASEL_HOME``, so what an earlier
+run left there cannot change the figures unnoticed.
 
 Requests are easel-mini's default: 256x256, quality medium, b64_json. The
 figures go to stdout as they come and as a table at the end (docs/performance.md, "Serving many users").
@@ -33,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,14 +61,23 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 @contextlib.contextmanager
-def server(flags: list[str]) -> Iterator[str]:
+def server(flags: list[str], data_dir: Path | None = None) -> Iterator[str]:
+    """``python -m server`` with ``flags`` on a free port, once ready; its Files and Batches data directory is
+    ``data_dir``, else a new empty one (a store left by an earlier run would start a runner on it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "server", "--port", str(port), "--queue-size", "64", "--log-level", "error"]
+    with contextlib.ExitStack() as cleanup:
+        if "--data-dir" not in flags:
+            data_dir = data_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="easel-bench-")))
+            command += ["--data-dir", str(data_dir)]
+        yield from _started([*command, *flags], f"http://127.0.0.1:{port}")
+
+
+def _started(command: list[str], url: str) -> Iterator[str]:
     env = {**os.environ, "EASEL_HOME": str(REPO / "runs" / "bench-home")}  # the shipped registry's models only
-    process = subprocess.Popen([*command, *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -188,6 +202,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
     parser.add_argument("--clients", default="1,2,4,8,16")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    parser.add_argument("--data-dir", type=Path, help="the servers' Files/Batches directory (default: a new one each)")
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
     chosen = [name for name in SETTINGS if name in args.settings.split(",")]
@@ -198,7 +213,7 @@ def main() -> None:
     baseline_rate: float | None = None
     for name in chosen:
         print(f"\n== {name} {SETTINGS[name] or '(defaults)'}", flush=True)
-        with server(SETTINGS[name]) as url:
+        with server(SETTINGS[name], args.data_dir) as url:
             asyncio.run(closed_loop(url, 2, 3))  # warm-up
             table[name] = {}
             for clients in client_counts:
@@ -222,8 +237,8 @@ def main() -> None:
             )
     if "before" in table and "default" in table:
         with (
-            server(SETTINGS["before"]) as alone,
-            server([]) as batched,
+            server(SETTINGS["before"], args.data_dir) as alone,
+            server([], args.data_dir) as batched,
         ):
             worst = asyncio.run(batched_against_alone(alone, batched, 8))
             again = asyncio.run(batched_against_alone(alone, alone, 4))
