@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from ..conftest import FAST
-from .conftest import REPO, clean_env, easel, free_port, serving
+from .conftest import REPO, clean_env, ctrl_c_works, easel, free_port, serving
 from .fakehub import FakeHub
 from .hubrepos import DECODER, KARLO, KARLO_VARIATIONS, PRIOR, UNET, build_hub_repos
 
@@ -56,9 +56,8 @@ def test_an_interrupted_pull_resumes_then_checks_registers_and_serves(hub: FakeH
     size = (hub.repos[DECODER] / UNET).stat().st_size
     hub.stall_after[f"{DECODER}/{UNET}"] = size // 2
     env = clean_env(tmp_path / "home", HF_ENDPOINT=hub.url)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "cli", "pull", "kandinsky-2-2"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
-    )
+    command = [sys.executable, "-m", "cli", "pull", "kandinsky-2-2"]
+    first = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_works)
     wait_for(hub.stalled.is_set, first)  # the pull reached the UNet; a busy machine may take minutes to get there
     # The hub holds the connection open until it is stopped; Ctrl-C once the client has written what it got.
     part = tmp_path / "home/downloads" / DECODER.replace("/", "--") / "unet"
