@@ -32,11 +32,20 @@ APP_NAME = "easel"
 # Ray's HTTP proxy reads this when it starts (docs/ray.md, "Headers").
 PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "server.scaleout.proxy.proxy_middlewares"
+# Serve kills an HTTP proxy that has not reported ready within 5 s, and serve.start then fails; a busy machine
+# takes longer than that to start the proxy's Python process. serve.start itself waits 60 s for its proxies.
+PROXY_READY_VARIABLE = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+PROXY_READY_SECONDS = "60"
 
 
 def use_easel_proxy_middleware() -> None:
     """Make the HTTP proxies of a Ray instance started from this process answer as plain Easel does."""
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
+
+
+def give_proxies_time_to_start() -> None:
+    """Let a Ray instance started from this process wait for its HTTP proxies as long as serve.start does."""
+    os.environ.setdefault(PROXY_READY_VARIABLE, PROXY_READY_SECONDS)
 
 
 @contextlib.contextmanager
@@ -61,6 +70,7 @@ def serve_on_ray(settings: Settings, *, on_load_failure: LoadFailed | None = Non
     assert image_dir is not None
     settings = replace(settings, image_dir=image_dir, use_ray=True)
     use_easel_proxy_middleware()
+    give_proxies_time_to_start()
     ray.init(logging_level=settings.log_level.upper())  # RAY_ADDRESS, when set, names the cluster
     # After ray.init, whose own SIGTERM handler would abort the process without deleting the app.
     stop = threading.Event()

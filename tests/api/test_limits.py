@@ -120,7 +120,7 @@ def test_body_under_the_limit_is_read(strict_server: LiveServer):
 
 async def _wait_stats(server: LiveServer, condition, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=30) as http:  # not httpx's 5 s: a loaded machine may answer slower
         while True:
             stats = (await http.get(server.url + "/health/ready")).json()["models"][TINY]
             if condition(stats):
@@ -162,7 +162,7 @@ def test_full_queue_is_429_and_disconnected_clients_drop_their_jobs(strict_serve
 
             # The running client hangs up: its job stops at the next denoising step.
             running.cancel()
-            stats = await _wait_stats(strict_server, lambda s: s["running"] == 0, timeout=20)
+            stats = await _wait_stats(strict_server, lambda s: s["running"] == 0)
             assert stats["cancelled"] == before["cancelled"] + 2
             assert stats["completed"] == before["completed"]
             for task in (running, waiting):
@@ -187,7 +187,7 @@ def test_health_answers_quickly_during_a_generation(strict_server: LiveServer):
             still = (await http.get(strict_server.url + "/health/ready")).json()["models"][TINY]
             assert still["running"] == 1  # the generation was in progress throughout
             job.cancel()
-            await _wait_stats(strict_server, lambda s: s["running"] == 0, timeout=20)
+            await _wait_stats(strict_server, lambda s: s["running"] == 0)
         return timings
 
     timings = asyncio.run(scenario())
@@ -210,7 +210,7 @@ def test_url_expires_and_its_file_is_deleted(strict_server: LiveServer):
     fetched = httpx.get(url)  # no key needed for image URLs
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert path.is_file()
-    deadline = time.monotonic() + URL_TTL + 5
+    deadline = time.monotonic() + URL_TTL + 60  # only ends a hung test: a loaded machine may sweep late
     while path.exists():  # the periodic sweep deletes it
         assert time.monotonic() < deadline, "expired image still on disk"
         time.sleep(0.1)

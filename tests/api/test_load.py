@@ -140,8 +140,11 @@ def test_a_storm_of_disconnects_leaves_nothing_behind(loaded: LiveServer):
             break
         assert time.monotonic() < deadline, stats
         time.sleep(0.1)
-    time.sleep(1.0)  # sockets in their last close
     assert counter(loaded, "easel_jobs_cancelled_total") > cancelled  # the jobs of clients that left were dropped
-    assert threading.active_count() <= threads + 2
-    assert open_descriptors() <= descriptors + 5
-    assert httpx.get(loaded.url + "/health", timeout=5).json() == {"status": "ok"}
+    # Sockets in their last close and threads on their way out take a moment, longer on a loaded machine; a leak
+    # never goes away, so waiting for them costs nothing but the wait.
+    deadline = time.monotonic() + 30
+    while threading.active_count() > threads + 2 or open_descriptors() > descriptors + 5:
+        assert time.monotonic() < deadline, (threading.active_count(), threads, open_descriptors(), descriptors)
+        time.sleep(0.1)
+    assert httpx.get(loaded.url + "/health", timeout=30).json() == {"status": "ok"}

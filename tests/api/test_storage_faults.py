@@ -69,6 +69,14 @@ def storage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
     return [r for r in caplog.records if r.name == "easel.files" and r.levelno == logging.WARNING]
 
 
+def wait_for_warning(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 60) -> None:
+    """Until a storage warning containing ``text`` is logged; the timeout only ends a hung test."""
+    deadline = time.monotonic() + timeout
+    while not any(text in r.getMessage() for r in storage_warnings(caplog)):
+        assert time.monotonic() < deadline, f"no warning saying {text!r}"
+        time.sleep(0.05)
+
+
 def test_a_full_disk_answers_507_removes_every_file_of_the_request_and_b64_still_works(
     tiny_model_dirs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -116,6 +124,10 @@ def test_a_read_only_directory_answers_507_and_expired_urls_404_with_one_warning
                 time.sleep(1.5)  # the URL's TTL passes; the sweeper (every 0.25 s) cannot delete it
                 assert_envelope(httpx.get(url, timeout=10), 404, code="image_not_found")
                 assert our_files(images) == [url.rsplit("/", 1)[1]]  # still there: the disk is read-only
+                # The first sweep after the TTL warns; a loaded machine may run it late, so wait for it, then
+                # let a few more sweeps (every 0.25 s) pass: each of them must stay silent.
+                wait_for_warning(caplog, "cannot be swept")
+                time.sleep(1.0)
                 messages = [r.getMessage() for r in storage_warnings(caplog)]
                 assert sum("cannot store images" in m for m in messages) == 1
                 assert sum("cannot be swept" in m for m in messages) == 1  # several sweeps, one warning

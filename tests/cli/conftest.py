@@ -38,6 +38,15 @@ def easel(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.C
     )
 
 
+def ctrl_c_works() -> None:
+    """``preexec_fn`` for a child that the test interrupts with SIGINT, as Ctrl-C does.
+
+    A suite started in the background (``nohup``, ``cmd &`` in a script, some CI runners) runs with SIGINT
+    ignored, and its children inherit that: Python then installs no KeyboardInterrupt handler, and the test's
+    Ctrl-C would do nothing. A terminal's Ctrl-C reaches a foreground command with the default action."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

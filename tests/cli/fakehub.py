@@ -34,7 +34,7 @@ class HubRequest:
 @dataclass
 class FakeHub:
     repos: dict[str, Path]  # repo id -> directory
-    stall_after: dict[str, int] = field(default_factory=dict)  # "repo/file" -> bytes sent before stalling (once)
+    stall_after: dict[str, int] = field(default_factory=dict)  # "repo/file" -> the byte every answer stalls at
     drops: dict[str, list[int]] = field(default_factory=dict)  # "repo/file" -> bytes sent on each dropped answer
     corrupt: set[str] = field(default_factory=set)  # "repo/file" served with its first byte flipped
     xet: set[str] = field(default_factory=set)  # "repo/file" listed without LFS metadata, as Xet files may be
@@ -132,8 +132,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 (206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}) if start else (200, {})
             )
             key = f"{repo}/{name}"
-            if key in hub.stall_after and not hub.stalled.is_set():
-                self._stall(data, hub.stall_after[key])
+            if key in hub.stall_after and not hub.release.is_set():
+                self._stall(status, data, start, hub.stall_after[key], headers)
                 return
             if hub.drops.get(key):
                 self._drop(status, data[start:], hub.drops[key].pop(0), headers)
@@ -152,12 +152,17 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
-        def _stall(self, data: bytes, sent: int) -> None:
-            """Send the first ``sent`` bytes of a full answer, then hang until released (a dead connection)."""
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
+        def _stall(self, status: int, data: bytes, start: int, stop: int, headers: dict) -> None:
+            """Send the file from ``start`` up to byte ``stop``, then hang until released (a dead connection).
+
+            Every answer stalls there, a retry's too: a client whose read times out before the test
+            interrupts it (a loaded machine) finds the hub as dead as before, and gets no further."""
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data) - start))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data[:sent])
+            self.wfile.write(data[start : max(start, stop)])
             self.wfile.flush()
             hub.stalled.set()
             hub.release.wait()  # until the test or the hub's stop releases it: no timing to outlast

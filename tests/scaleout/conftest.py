@@ -27,7 +27,12 @@ from ray import serve  # noqa: E402
 
 from server.engine.base import cpu_cores  # noqa: E402
 from server.scaleout.deployments import model_deployment_name  # noqa: E402
-from server.scaleout.launch import APP_NAME, running_on_ray, use_easel_proxy_middleware  # noqa: E402
+from server.scaleout.launch import (  # noqa: E402
+    APP_NAME,
+    give_proxies_time_to_start,
+    running_on_ray,
+    use_easel_proxy_middleware,
+)
 from server.settings.config import Settings  # noqa: E402
 from server.settings.model_specs import ModelSpec  # noqa: E402
 from server.settings.ray_serve import RayServeSettings  # noqa: E402
@@ -59,6 +64,7 @@ def ray_dir() -> Iterator[Path]:
 def serve_port(ray_dir: Path) -> Iterator[int]:
     """A local Ray instance with Serve's HTTP proxy on a free loopback port."""
     use_easel_proxy_middleware()  # before ray.init: the proxy reads it from the environment it inherits
+    give_proxies_time_to_start()  # as does Serve's controller: a loaded machine starts its proxy slowly
     ray.init(
         _temp_dir=str(ray_dir),
         num_cpus=RAY_CPUS,

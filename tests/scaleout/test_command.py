@@ -40,7 +40,7 @@ def test_the_command_serves_on_the_cluster_in_ray_address_until_sigterm(
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, 180, "the command's app to be ready")
+        wait_until(ready, 600, "the command's app to be ready")  # bounds a hang: loaded, replicas start slowly
         client = OpenAI(base_url=url + "/v1", api_key="any", max_retries=0)
         answer = client.images.generate(prompt="a red circle", size="64x64", extra_body={"seed": 1, **FAST})
         assert httpx.get(answer.data[0].url, timeout=10).status_code == 200

@@ -141,7 +141,7 @@ def serving_replica(ray_dir: Path, deployment: str, request_id: str) -> str:
                 return log.stem.rsplit("_", 1)[1]
         return None
 
-    return wait_until(find, 30, f"a log line for {request_id}")
+    return wait_until(find, 120, f"a log line for {request_id}")
 
 
 def test_url_images_made_by_either_replica_are_fetched_through_either_ingress(
@@ -218,7 +218,7 @@ def test_a_full_queue_is_a_429_and_leaving_clients_free_every_replica(two_replic
         replicas_idle = all(stats["running"] == 0 for stats in two_replicas.replica_stats().values())
         return replicas_idle and two_replicas.readiness()["models"][TINY]["queued"] == 0
 
-    wait_until(idle, 60, "every job of the clients that left to be dropped")
+    wait_until(idle, 180, "every job of the clients that left to be dropped")
 
 
 def replica_actor_names() -> list[str]:
@@ -272,16 +272,16 @@ def test_killing_a_replica_under_load_loses_no_request(two_replicas: RayApp) -> 
     threads = [threading.Thread(target=client_loop, args=(number,)) for number in range(CLIENTS)]
     for thread in threads:
         thread.start()
-    assert started.wait(60)
-    busy = next(replica for replica, stats in wait_until(busy_replicas, 30, "a busy replica").items())
+    assert started.wait(300)
+    busy = next(replica for replica, stats in wait_until(busy_replicas, 120, "a busy replica").items())
     victim = next(name for name in before if name.endswith(f"#{busy}"))
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     for thread in threads:
-        thread.join(180)
+        thread.join(600)  # only ends a hung test: 24 generations on a loaded machine take minutes
     assert failures == []
     assert len(finished) == CLIENTS * 4
     # The jobs the dead replica held were sent again by an ingress (each counts its own; Serve picks one).
-    wait_until(lambda: two_replicas.readiness()["models"][TINY]["resent"] > 0, 30, "an ingress that resent a job")
+    wait_until(lambda: two_replicas.readiness()["models"][TINY]["resent"] > 0, 120, "an ingress that resent a job")
 
     # Serve replaces the dead replica. Its status can still count the dead one as RUNNING until a health
     # check notices, so wait for a new actor by name as well as for the count.

@@ -245,6 +245,7 @@ def test_an_attempt_without_an_answer_ends_at_its_time_out_and_is_retried(starte
         webhooks = started([receiver.url], policy)
         webhooks.emit("batch.expired", {"id": "batch_1"})
         wait_until(lambda: count(webhooks, "given_up", "batch.expired", reason="exhausted") == 1)
+        receiver.wait_for(2)  # its accepting thread may run late on a loaded machine: the client is done already
         assert len(receiver.connections) == 2  # a fresh connection for the second attempt
     assert count(webhooks, "failed_attempts", "batch.expired") == 2
     lines = [r.getMessage() for r in caplog.records]
