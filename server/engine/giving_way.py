@@ -2,11 +2,11 @@
 
 A background call (every job in it a batch line) checks in at each denoising step. While an interactive job waits
 or runs on the same device, the call pauses there and its cores go back to the budget, so the interactive call runs
-on all of them, as on an idle server. When an interactive job waits, none runs, and every slot that could take it
-holds a background call, the newest of those calls gives its slot up: it stops at its next step, and its jobs queue
-again at the head of the batch lines, to run later from the same seeds (the same bytes). The newest, so the oldest
-call keeps its progress however often interactive jobs come. A step that has started is never interrupted, so an
-interactive job waits at most about one step of a background call before it starts.
+on all of them, as on an idle server. When an interactive job waits, none runs, and the first slot holds a
+background call, that call gives the slot up (:func:`call_to_give_way` says why that one): it stops at its next step,
+and its jobs queue again at the head of the batch lines, to run later from the same seeds (the same bytes). A step
+that has started is never interrupted, so an interactive job waits at most about one step of a background call
+before it starts.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Protocol, TypeVar
 class SlotCall(Protocol):
     """A pipeline call on a worker slot."""
 
-    slot: int
-    started: float  # monotonic
     background: bool  # every job in it is a batch line
     yielding: bool  # giving its slot up
 
@@ -27,14 +25,15 @@ class SlotCall(Protocol):
 Call = TypeVar("Call", bound=SlotCall)
 
 
-def call_to_give_way(calls: Mapping[int, Call], *, reach: int) -> Call | None:
-    """The background call that should give its slot up for a waiting interactive job, if any.
+def call_to_give_way(calls: Mapping[int, Call]) -> Call | None:
+    """The call that should give its slot up for a waiting interactive job (none runs), if any: slot 0's, when it
+    holds batch lines and is not giving way already.
 
-    ``calls``: the running calls by slot; ``reach``: the slots below it have a copy of a waiting job's model.
-    None when a call is giving way already, or a slot within reach is free (it takes the job once the
-    background calls pause).
+    Slot 0's, whatever the other slots do: the interactive call then runs where a lone request always runs, on
+    warm threads, with every core. A second slot given two threads for it keeps a larger OpenMP team alive for
+    good, and with more OpenMP threads than cores libgomp stops spinning between parallel regions, which made
+    every later request on a small model about twice as slow. Slot 0's call is the one that starts again; the
+    others only pause, so they keep their progress however often interactive jobs come.
     """
-    if any(call.yielding for call in calls.values()) or any(slot not in calls for slot in range(reach)):
-        return None
-    candidates = [call for call in calls.values() if call.background and call.slot < reach]
-    return max(candidates, key=lambda call: call.started, default=None)
+    first = calls.get(0)
+    return first if first is not None and first.background and not first.yielding else None

@@ -234,8 +234,10 @@ class DeviceWorker:
 
     def _may_take(self, slot: int) -> bool:
         # Slot n takes work only while n others are busy (paused or not): a lone request always runs on slot 0,
-        # whose model copy and OpenMP threads are warm (alternating slots made a lone request 1.4x slower).
-        return self._busy_slots >= slot and (self._active_threads() < self.cores or not self.cpu)
+        # whose model copy and OpenMP threads are warm (alternating slots made a lone request 1.4x slower), and
+        # the interactive job slot 0 is giving its batch lines up for is slot 0's.
+        giving_way = slot > 0 and any(call.yielding for call in self._calls.values())
+        return not giving_way and self._busy_slots >= slot and (self._active_threads() < self.cores or not self.cpu)
 
     def _interactive_demand(self) -> bool:
         return any(lane.interactive_waiting() or lane.interactive_running() for lane in self._lanes)
@@ -340,11 +342,10 @@ class DeviceWorker:
 
     def _make_room(self) -> bool:
         """Ask a background call to give its slot up to a waiting interactive job, unless one runs; True if asked."""
-        waiting = [lane for lane in self._lanes if lane.interactive_waiting()]
+        waiting = any(lane.interactive_waiting() for lane in self._lanes)
         if not waiting or any(lane.interactive_running() for lane in self._lanes):
             return False
-        reach = min(len(self._slots), max(len(lane.replicas) for lane in waiting))
-        call = call_to_give_way(self._calls, reach=reach)
+        call = call_to_give_way(self._calls)
         if call is not None:
             call.yielding = True
             self._condition.notify_all()
