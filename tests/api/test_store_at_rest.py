@@ -91,7 +91,7 @@ def test_a_server_on_a_used_store_asks_sqlite_one_statement_per_lease_try_idle_o
         # Its first look at the unfinished batches (there are none) is done once the next tries have run.
         first = statements.watches()
         wait_until(lambda: statements.watches() >= first + 2, "the lease's tries after its first look")
-        assert not state.runner._tasks  # finished batches start no runner task
+        assert not state.working  # finished batches start no runner task
 
         mark, watched = len(statements.seen), statements.watches()
         wait_until(lambda: statements.watches() >= watched + TRIES, "lease tries while idle")

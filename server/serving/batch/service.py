@@ -150,8 +150,13 @@ class BatchApi:
                 stats = engine.stats(name) or {}
                 done += stats.get("completed", 0) + stats.get("failed", 0) + stats.get("cancelled", 0)
                 done += stats.get("steps", 0)
-            self.progress.beat(self._runner is not None and self._runner.working, done)
+            self.progress.beat(self.working, done)
             await asyncio.sleep(BEAT_SECONDS)
+
+    @property
+    def working(self) -> bool:
+        """This server holds the lease and runs batches now."""
+        return self._runner is not None and self._runner.working
 
     async def stop(self) -> None:
         """Stop running batches (the store stays open, and the lease held, until :meth:`close`)."""
