@@ -9,7 +9,6 @@ import io
 import json
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,11 @@ from openai import OpenAI
 from server.serving.batch import service
 
 from ..conftest import running_server, tiny_settings
+from .test_shared_data_dir import wait_until
 
-PATIENCE = 300  # bounds a hang only: every wait is on a condition
 TRIES = 6  # lease tries watched while idle, and again after the generations
 WATCH = "PRAGMA data_version"
 BODY = {"prompt": "a red circle", "size": "64x64", "prior_steps": 2, "decoder_steps": 4}
-
-
-def wait_until(condition, what: str):
-    deadline = time.monotonic() + PATIENCE
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 class Statements:

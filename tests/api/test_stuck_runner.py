@@ -21,6 +21,7 @@ from server.serving.batch.orphans import ORPHAN_AGE_SECONDS
 from server.serving.batch.store import Store
 
 from ..conftest import running_server, tiny_settings
+from .test_shared_data_dir import wait_until
 
 LINES = 8
 HANG_LINE = 3  # its prompt hangs the first holder's pipeline call
@@ -45,14 +46,6 @@ class HangingBackend:
             self.hung.set()
             self.release.wait()
         return self.inner.run_batch(tickets)
-
-
-def wait_until(condition, what: str):
-    deadline = time.monotonic() + PATIENCE
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def body(i: int) -> dict:
