@@ -139,8 +139,9 @@ def test_a_holder_whose_pipeline_call_hangs_gives_the_lease_up_and_the_other_ser
 def test_a_holder_whose_event_loop_stops_turning_gives_the_lease_up(
     tiny_model_dirs, tmp_path: Path, release: threading.Event, caplog
 ):
-    """The holder's event loop is blocked (a blocking call on it: here, its first look for a ready model for a
-    batch line waits for the test). Its lease thread sees no beat and gives up; the other server runs the batch."""
+    """The holder's event loop is blocked (a blocking call on it: here, its once-a-second beat waits for the test,
+    so the loop stops before any batch exists and nothing else can trip the watchdog first). Its lease thread sees no
+    beat and gives up; the other server runs the batch."""
     settings = tiny_settings(
         tiny_model_dirs, data_dir=tmp_path / "data", max_batch_images=1, workers=1, runner_stall_seconds=STALL_SECONDS
     )
@@ -154,21 +155,21 @@ def test_a_holder_whose_event_loop_stops_turning_gives_the_lease_up(
             file=("in.jsonl", content), purpose="batch"
         )
         wait_until(lambda: stuck.state.batch_api.lease.held, "the first server to take the lease")
-        catalog = stuck.state.batch_api.serving.catalog
-        ready, blocked = catalog.ready, threading.Event()
+        progress = stuck.state.batch_api.progress
+        beat, blocked = progress.beat, threading.Event()
 
-        def ready_after_the_test(*args):  # runs on the holder's event loop: blocks it
+        def beat_after_the_test(*args):  # runs on the holder's event loop: blocks it
             blocked.set()
             release.wait(PATIENCE)
-            return ready(*args)
+            return beat(*args)
 
-        catalog.ready = ready_after_the_test
+        progress.beat = beat_after_the_test
+        wait_until(blocked.is_set, "the holder's event loop to block")
         with running_server(settings) as healthy, caplog.at_level(logging.INFO, logger="easel.batches"):
             sdk = OpenAI(base_url=healthy.api_url, api_key="any", max_retries=0)
             batch = sdk.batches.create(
                 input_file_id=upload.id, endpoint="/v1/images/generations", completion_window="24h"
             )
-            wait_until(blocked.is_set, "the holder's event loop to block")
             wait_until(lambda: healthy.state.batch_api.lease.held, "the healthy server to take the lease over")
             done = wait_until(
                 lambda: (found := sdk.batches.retrieve(batch.id)).status == "completed" and found, "the batch"
@@ -180,7 +181,7 @@ def test_a_holder_whose_event_loop_stops_turning_gives_the_lease_up(
             assert [json.loads(text)["custom_id"] for text in written.splitlines()] == [f"c{i}" for i in range(4)]
 
             # The loop turns again: the first server hears it gave the lease up, and commits nothing.
-            catalog.ready = ready
+            progress.beat = beat
             release.set()
             wait_until(lambda: stuck.state.batch_api.lease.lost.is_set(), "the first server to see the lease lost")
             wait_until(lambda: stuck.readiness().get("status") == "ready", "the first server to answer again")
