@@ -4,8 +4,9 @@ Under ``--dist loadgroup`` each xdist group (or ungrouped test) is a unit of wor
 collection first names it (with ``--no-loadscope-reorder``, which ``scripts/test.sh`` passes: xdist would
 otherwise put the groups with the most tests first, whatever they cost). A test file of minutes started last
 keeps one worker busy after the others are done, so :func:`longest_first` moves the units of the files in
-:data:`SECONDS` to the front, the costliest first; every other test keeps its place. Each file's tests stay
-together and in their order, so a module-scoped fixture is still built once per worker that runs the file.
+:data:`SECONDS` to the front, the costliest first; every other test keeps its place. A group spanning several
+files (the Ray tests share one Ray instance) costs the sum of its files. Each file's tests stay together and in
+their order, so a module-scoped fixture is still built once per worker that runs the file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ SECONDS = {
     "tests/benchmarks/test_bench_gpu.py": 150,
     "tests/cli/test_pull.py": 140,
     "tests/pipelines/test_optimize.py": 130,
-    "tests/scaleout/test_autoscaling.py": 120,
     "tests/cli/test_serve.py": 100,
     "tests/api/test_batch_restart.py": 100,
     "tests/server/test_model_memory.py": 90,
@@ -33,6 +33,16 @@ SECONDS = {
     "tests/lab/test_training.py": 65,
     "tests/api/test_openapi_fuzz.py": 60,
     "tests/api/test_hosts_and_descriptors.py": 60,
+    # The Ray group, one unit of about 660 s in all: each of its replicas is a process that imports torch and
+    # diffusers, slow on a machine whose cores the other workers keep busy.
+    "tests/scaleout/test_autoscaling.py": 420,
+    "tests/scaleout/test_replicas.py": 65,
+    "tests/scaleout/test_batches_on_ray.py": 55,
+    "tests/scaleout/test_scale_to_zero.py": 35,
+    "tests/scaleout/test_scale_to_zero_timeout.py": 30,
+    "tests/scaleout/test_command.py": 25,
+    "tests/scaleout/test_ingress_envelope.py": 20,
+    "tests/scaleout/test_savings_on_ray.py": 20,
 }
 
 
@@ -43,9 +53,10 @@ def scope_of(item: pytest.Item) -> str:
 
 
 def longest_first(items: list[pytest.Item]) -> None:
-    """Reorder ``items`` in place: the units of the costliest files first, the rest as collected."""
-    cost: dict[str, int] = {}
+    """Reorder ``items`` in place: the costliest units first (a unit costs the sum of its files), the rest as
+    collected."""
+    files: dict[str, set[str]] = {}
     for item in items:
-        scope = scope_of(item)
-        cost[scope] = max(cost.get(scope, 0), SECONDS.get(item.nodeid.split("::")[0], 0))
+        files.setdefault(scope_of(item), set()).add(item.nodeid.split("::")[0])
+    cost = {scope: sum(SECONDS.get(file, 0) for file in named) for scope, named in files.items()}
     items.sort(key=lambda item: -cost[scope_of(item)])  # stable: a file's tests keep their order

@@ -13,6 +13,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import ray
 from ray import serve
+from ray.serve.schema import ProxyStatus
 
 from ..serving.models import LoadFailed
 from ..settings.config import Settings
@@ -33,9 +35,11 @@ APP_NAME = "easel"
 PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "server.scaleout.proxy.proxy_middlewares"
 # Serve kills an HTTP proxy that has not reported ready within 5 s, and serve.start then fails; a busy machine
-# takes longer than that to start the proxy's Python process. serve.start itself waits 60 s for its proxies.
+# takes longer than that to start the proxy's Python process (minutes, with every core taken).
 PROXY_READY_VARIABLE = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
-PROXY_READY_SECONDS = "60"
+PROXY_READY_SECONDS = "300"
+# serve.start waits a fixed 60 s for its proxies, then fails though they are still starting; start_serve waits on.
+PROXY_START_SECONDS = 600.0
 
 
 def use_easel_proxy_middleware() -> None:
@@ -48,10 +52,32 @@ def give_proxies_time_to_start() -> None:
     os.environ.setdefault(PROXY_READY_VARIABLE, PROXY_READY_SECONDS)
 
 
+def start_serve(host: str, port: int, patience: float = PROXY_START_SECONDS) -> None:
+    """``serve.start``, waiting up to ``patience`` seconds for the HTTP proxies where a busy machine starts them
+    after serve.start's own 60 s."""
+    options = {"host": host, "port": port}
+    try:
+        serve.start(http_options=options)
+        return
+    except TimeoutError:
+        log.warning("Ray Serve's HTTP proxy is not up after 60 s (a busy machine?): waiting up to %.0f s", patience)
+    deadline = time.monotonic() + patience
+    serve.start(http_options=options)  # the controller the first call started: returns without waiting
+    while not _proxies_up():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Ray Serve's HTTP proxies did not start in {patience:.0f} s")
+        time.sleep(0.5)
+
+
+def _proxies_up() -> bool:
+    proxies = serve.status().proxies
+    return bool(proxies) and all(status == ProxyStatus.HEALTHY for status in proxies.values())
+
+
 @contextlib.contextmanager
 def running_on_ray(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[str]:
     """Deploy the app on the connected Ray cluster (Serve listening on ``settings.host:port``); yields its URL."""
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    start_serve(settings.host, settings.port)
     serve.run(build_app(settings, overrides), name=APP_NAME, route_prefix="/")
     try:
         yield f"http://{settings.host}:{settings.port}"

@@ -31,6 +31,7 @@ from server.scaleout.launch import (  # noqa: E402
     APP_NAME,
     give_proxies_time_to_start,
     running_on_ray,
+    start_serve,
     use_easel_proxy_middleware,
 )
 from server.settings.config import Settings  # noqa: E402
@@ -74,7 +75,7 @@ def serve_port(ray_dir: Path) -> Iterator[int]:
         configure_logging=False,
     )
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve("127.0.0.1", port)
     try:
         yield port
     finally:
