@@ -32,9 +32,11 @@ CLIENTS = 4
 @pytest.fixture(scope="module")
 def at_zero(serve_port: int, tiny_model_dirs: dict[str, Path], tmp_path_factory) -> Iterator[RayApp]:
     # Up to two replicas, but four jobs per replica are the target: the four clients need only the one started.
-    # As many cores per replica as the plain test server's engine: the same bytes.
+    # As many cores per replica as the plain test server's engine: the same bytes. Serve sees no request between
+    # the replica's answer to the ingress's load and the clients' jobs reaching it; on a busy machine that gap
+    # outlasted a 2 s delay, and Serve took the new replica back to zero before the jobs came.
     scaling = RayServeSettings(
-        min_replicas=0, max_replicas=2, target_ongoing_requests=4, replica_cpus=ENGINE_CORES, downscale_delay_seconds=2
+        min_replicas=0, max_replicas=2, target_ongoing_requests=4, replica_cpus=ENGINE_CORES, downscale_delay_seconds=10
     )
     image_dir = tmp_path_factory.mktemp("ray-images")
     with deployed(serve_port, tiny_model_dirs["kandinsky"], image_dir, scaling, LOOK_BRIEFLY) as app:
