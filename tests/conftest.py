@@ -42,7 +42,7 @@ from server.settings.config import Settings
 from server.settings.model_specs import ModelSpec
 from weights.registry import load_registry
 
-from . import lanes, schedule
+from . import lanes, priority, schedule
 
 # The tests' own model calls (tiny models run outside a server) use one thread: over tensors this small,
 # threads only contend. Set here, once, for the whole run; a server's engine sets its own count per call.
@@ -57,6 +57,10 @@ EASEL_MINI = Path(__file__).resolve().parents[1] / "weights" / "easel-mini"  # t
 # A plain httpx.get builds a new TLS context, reading the CA bundle: about 40 ms of CPU, even for http://. Polls
 # that ask every 50 ms while a server loads pass this one, built once: the same request for 2 ms.
 LOOPBACK_TLS = ssl.create_default_context()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    priority.register(config)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
