@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -39,9 +40,14 @@ from benchmarks.bench_load import server as load_server
 PROMPTS = ("a red circle in the center", "a blue square on the left", "a yellow star at the top", "a green heart")
 
 
-def server() -> contextlib.AbstractContextManager[str]:
-    """bench_load's server, with a data directory of its own (batches and files start empty)."""
-    return load_server(["--data-dir", tempfile.mkdtemp(prefix="easel-bench-batch-")])
+@contextlib.contextmanager
+def server() -> Iterator[str]:
+    """bench_load's server, with a data directory of its own (batches and files start empty), removed after."""
+    with (
+        tempfile.TemporaryDirectory(prefix="easel-bench-batch-") as data_dir,
+        load_server(["--data-dir", data_dir]) as url,
+    ):
+        yield url
 
 
 def body(i: int, size: str) -> dict:
