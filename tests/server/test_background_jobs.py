@@ -142,16 +142,21 @@ def test_with_every_slot_on_batch_lines_the_first_gives_way_to_an_interactive_jo
     assert (stats["completed"], stats["cancelled"], stats["failed"]) == (3, 0, 0)
 
 
+# Enough decoder steps that the job is still running long after the first 20 are counted (the poll looks every
+# 10 ms); each is a real step of the tiny model, so more only costs CPU.
+LONG_STEPS = 120
+
+
 def test_a_running_call_counts_its_denoising_steps_before_it_ends(recorded, tiny_backend):  # noqa: F811
     """The batch runner's watchdog reads this figure: a long call on a CPU must show it moves."""
     engine, backend = recorded
 
     async def scenario():
-        long = engine.submit("tiny", prompted(tiny_backend, "long", decoder_steps=400), background=True)
+        long = engine.submit("tiny", prompted(tiny_backend, "long", decoder_steps=LONG_STEPS), background=True)
         await wait_until(lambda: engine.stats("tiny")["steps"] >= 20)
         assert engine.stats("tiny")["running"] == 1 and not long.done
         await long.result()
         return engine.stats("tiny")["steps"]
 
     steps = asyncio.run(scenario())
-    assert steps >= 2 + 400  # every prior and decoder step of the job
+    assert steps >= 2 + LONG_STEPS  # every prior and decoder step of the job
