@@ -55,9 +55,8 @@ def test_a_proxy_up_in_time_is_not_looked_at_again(monkeypatch, no_sleep):
     assert (len(serve.starts), serve.looks) == (1, 0)
 
 
-def test_a_proxy_that_never_starts_fails_the_start_after_the_patience(monkeypatch):
+def test_a_proxy_that_never_starts_fails_the_start_after_the_patience(monkeypatch, no_sleep):
     serve = SlowProxies(ready_at=10**9)
     monkeypatch.setattr(launch, "serve", serve)
-    monkeypatch.setattr(launch.time, "sleep", lambda seconds: None)
     with pytest.raises(TimeoutError, match="did not start in 0 s"):
         launch.start_serve("127.0.0.1", 8123, patience=0.0)
