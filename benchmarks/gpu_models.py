@@ -236,14 +236,14 @@ def build_real_karlo(device: torch.device, dtype: torch.dtype) -> UnCLIPPipeline
 
 
 _TINY_DIRS: dict[str, Path] = {}
+_TINY_ROOT = tempfile.TemporaryDirectory(prefix="easel-bench-gpu-")  # removed, with the models, when the process ends
 
 
 def tiny_dir(family: str) -> Path:
     """The project's tiny model of ``family``, written once per process."""
     if family not in _TINY_DIRS:
-        root = Path(tempfile.mkdtemp(prefix="easel-bench-gpu-"))
         builder = build_tiny_kandinsky if family == "kandinsky22" else build_tiny_karlo
-        _TINY_DIRS[family] = builder(root / family)
+        _TINY_DIRS[family] = builder(Path(_TINY_ROOT.name) / family)
     return _TINY_DIRS[family]
 
 

@@ -57,6 +57,8 @@ EASEL_MINI = Path(__file__).resolve().parents[1] / "weights" / "easel-mini"  # t
 # A plain httpx.get builds a new TLS context, reading the CA bundle: about 40 ms of CPU, even for http://. Polls
 # that ask every 50 ms while a server loads pass this one, built once: the same request for 2 ms.
 LOOPBACK_TLS = ssl.create_default_context()
+# Where tiny_settings gives each server its own Files/Batches directory; removed, with them, when this process ends.
+_DATA_DIRS = tempfile.TemporaryDirectory(prefix="easel-test-data-")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -188,7 +190,7 @@ def tiny_settings(dirs: dict[str, Path], **overrides) -> Settings:
     )
     aliases = {alias: TINY for alias in load_registry().aliases}
     # Its own Files/Batches directory: servers on the default one (under EASEL_HOME) would refuse each other.
-    data_dir = Path(tempfile.mkdtemp(prefix="easel-test-data-"))
+    data_dir = Path(tempfile.mkdtemp(dir=_DATA_DIRS.name))
     values = dict(models=models, aliases=aliases, default_model=TINY, data_dir=data_dir)
     values.update(overrides)
     return Settings(**values)
