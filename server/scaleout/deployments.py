@@ -25,11 +25,11 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from pipelines.base import ImageJob
-from pipelines.speed import SpeedOptions
 
 from ..app.application import create_app, local_engine_factory
 from ..engine.base import EngineMetrics, ModelToLoad
 from ..serving.job_errors import ERROR_TABLE
+from ..serving.models import model_to_load
 from ..settings.config import Settings
 from ..settings.loading import load_settings
 from ..settings.ray_serve import RayServeSettings
@@ -183,12 +183,9 @@ def build_app(settings: Settings, overrides: Mapping[str, Mapping[str, Any]] | N
         for key, value in (overrides or {}).get(spec.name, {}).items():
             options[key] = {**options[key], **value} if isinstance(value, Mapping) and key in options else value
         deployment = serve.deployment(ModelReplica).options(name=model_deployment_name(spec.name), **options)
-        # --quantize and --step-cache change what a replica holds and computes, so replicas load with them too.
-        quantize, step_cache, _, _ = settings.savings_for(spec)
-        to_load = ModelToLoad(
-            spec, settings.device, settings.dtype, SpeedOptions(quantize=quantize, step_cache=step_cache)
-        )
-        models[spec.name] = deployment.bind(to_load, settings)
+        # A replica loads its model as one process would: --dtype/--family-dtype, --optimize, --quantize,
+        # --step-cache and the model's easel.toml entry all change what it holds and computes.
+        models[spec.name] = deployment.bind(model_to_load(settings, spec), settings)
     ingress = serve.deployment(EaselIngress).options(
         name=INGRESS_NAME,
         num_replicas=scaling.ingress_replicas,

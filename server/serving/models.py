@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pipelines.base import ModelInfo, Task
 from pipelines.speed import SpeedOptions, warmup_batches_for
 
-from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine
+from ..engine.base import DEFAULT_MAX_BATCH_IMAGES, Engine, ModelToLoad
 from ..http.errors import SERVER_ERROR, APIError, shown
 from ..protocol.images import ApiStyle, api_style_for, check_task, is_openai_image_name, max_n_for
 from ..protocol.models import model_object
@@ -245,3 +245,8 @@ def speed_options(settings: Settings, spec: ModelSpec | None = None) -> SpeedOpt
     if spec is not None:  # the model's easel.toml entry may set its own
         quantize, step_cache, _, _ = settings.savings_for(spec)
     return SpeedOptions(settings.optimize, settings.compile_cache_dir, batches, quantize, step_cache)
+
+
+def model_to_load(settings: Settings, spec: ModelSpec) -> ModelToLoad:
+    """What an engine loads for ``spec``: the same dtype and speed settings in one process and on a Ray replica."""
+    return ModelToLoad(spec, settings.device, settings.dtype_for(spec.family), speed_options(settings, spec))

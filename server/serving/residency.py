@@ -24,11 +24,11 @@ import threading
 import time
 from typing import Any
 
-from ..engine.base import Engine, EngineStopped, ModelToLoad, QueueFull, copies_for
+from ..engine.base import Engine, EngineStopped, QueueFull, copies_for
 from ..observe.metrics import ModelMemoryMetrics
 from ..settings.config import Settings
 from .model_facts import model_facts
-from .models import Catalog, LoadFailed, ModelEntry, failed_to_load, speed_options
+from .models import Catalog, LoadFailed, ModelEntry, failed_to_load, model_to_load
 
 log = logging.getLogger("easel.models")
 
@@ -202,9 +202,7 @@ class ModelManager:
                 if self.loader_checks and self.budget_bytes is not None and entry.tier is None:
                     self._check_before_evicting(entry)
                 self._make_room(entry)
-                spec = entry.spec
-                dtype, speed = self.settings.dtype_for(spec.family), speed_options(self.settings, spec)
-                info = self.engine.load(ModelToLoad(spec, self.settings.device, dtype, speed))
+                info = self.engine.load(model_to_load(self.settings, entry.spec))
             except EngineStopped:  # the server stopped while this model loaded
                 return
             except BaseException as error:  # MemoryError too: this model fails, the server and the others go on
@@ -244,16 +242,16 @@ class ModelManager:
         evicted), then the cost again from the headers, which may have changed since the server started."""
         from pipelines.loader import check_before_loading
 
-        spec = entry.spec
+        model = model_to_load(self.settings, entry.spec)
         releasable = sum(other.host_bytes for other in self._movable(entry))
         check_before_loading(
-            spec.name,
-            spec.family,
-            spec.path,
-            presets=spec.presets,
-            device=self.settings.device,
-            dtype=self.settings.dtype_for(spec.family),
-            optimize=speed_options(self.settings, spec),
+            model.name,
+            model.spec.family,
+            model.spec.path,
+            presets=model.spec.presets,
+            device=model.device,
+            dtype=model.dtype,
+            optimize=model.optimize,
             releasable=releasable,
         )
         self._price(entry)

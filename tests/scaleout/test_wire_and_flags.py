@@ -13,9 +13,10 @@ from ray.serve.schema import ServeDeploySchema
 
 from pipelines.base import ImageJob, StagePreset
 from pipelines.errors import Cancelled, MissingComponent, NonFiniteOutput
+from pipelines.speed import SpeedOptions
 from server.engine.base import EngineStopped, JobResult, Preview, QueueFull
 from server.observe.metrics import Metrics
-from server.scaleout.deployments import INGRESS_NAME, build, model_deployment_name, model_options
+from server.scaleout.deployments import INGRESS_NAME, build, build_app, model_deployment_name, model_options
 from server.scaleout.engine import RayEngine
 from server.scaleout.figures import MAX_WAITING_FIGURES, FigureLog, replay
 from server.scaleout.wire import (
@@ -31,6 +32,7 @@ from server.scaleout.wire import (
     result_message,
 )
 from server.serving.job_errors import job_error
+from server.serving.models import model_to_load
 from server.settings.loading import load_settings
 from server.settings.ray_serve import RayServeSettings
 
@@ -172,6 +174,30 @@ def test_deployment_options_follow_the_flags() -> None:
     assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 1.5}
     quick = model_options(RayServeSettings(min_replicas=0, max_replicas=1, downscale_delay_seconds=20), 30)
     assert quick["autoscaling_config"]["downscale_delay_s"] == 20
+
+
+def test_a_replica_loads_its_model_with_the_dtype_and_speed_settings_one_process_would(tmp_path: Path) -> None:
+    argv = [
+        "--ray",
+        "--image-dir",
+        str(tmp_path),
+        "--model",
+        f"k=kandinsky22:{tmp_path}",
+        "--model",
+        f"u=karlo:{tmp_path}",
+    ]
+    argv += ["--family-dtype", "kandinsky22=bfloat16", "--optimize", "channels_last", "--step-cache", "3"]
+    argv += ["--compile-cache-dir", str(tmp_path / "compiled"), "--compile-warmup-batches", "1,3"]
+    settings = load_settings(argv, {})
+    models = build_app(settings)._bound_deployment.init_args[1]
+    loads = {name: app._bound_deployment.init_args[0] for name, app in models.items()}
+    assert loads == {spec.name: model_to_load(settings, spec) for spec in settings.models}
+    kandinsky, karlo = loads["k"], loads["u"]
+    assert (kandinsky.dtype, karlo.dtype) == ("bfloat16", None)
+    assert kandinsky.optimize == SpeedOptions(
+        frozenset({"channels_last"}), tmp_path / "compiled", (1, 3), quantize="none", step_cache=3
+    )
+    assert karlo.optimize.step_cache == 0  # Karlo's decoder has no step cache
 
 
 def test_the_example_serve_config_is_valid_and_names_the_deployments_the_builder_makes() -> None:
