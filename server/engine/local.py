@@ -116,8 +116,8 @@ class LocalJobHandle(JobHandleBase):
     def _should_stop(self) -> bool:
         if self._cancel.is_set():
             return True
-        checkpoint = self.checkpoint
-        return checkpoint is not None and checkpoint()
+        checkpoint = self.checkpoint  # may pause; a cancel that comes meanwhile stops the job at once
+        return checkpoint is not None and (checkpoint() or self._cancel.is_set())
 
     def request_cancel(self) -> None:
         """Ask the backend to drop this job at its next denoising step (any thread)."""

@@ -68,6 +68,10 @@ class RunningCall:
     background: bool  # every job in it is a batch line
     yielding: bool = False  # giving its slot up: stops at its next step, its jobs queue again
 
+    def cancelled(self) -> bool:
+        """Every job in it is cancelled: nothing it would pause for is left, so it goes on to its end."""
+        return all(handle.cancelled for handle in self.handles)
+
 
 class DeviceWorker:
     """The slots that run every pipeline call for one device; see the module docstring for the policy."""
@@ -115,12 +119,13 @@ class DeviceWorker:
     def withdraw(self, lane: ModelLane, handle: SlotJob) -> bool:
         """Remove a job that has not started; False if it is running or finished."""
         with self._condition:
+            # Either way a paused call may now go on: one paused for this job, or one whose jobs are all cancelled.
+            self._condition.notify_all()
             try:
                 lane.waiting.remove(handle)
             except ValueError:
                 return False
             lane.cancelled += 1
-            self._condition.notify_all()  # calls paused for it may go on
             return True
 
     def detach(self, lane: ModelLane) -> bool:
@@ -297,7 +302,7 @@ class DeviceWorker:
             return False
         paused = False
         with self._condition:
-            while not call.yielding and not self._stopping and self._interactive_demand():
+            while not call.yielding and not self._stopping and self._interactive_demand() and not call.cancelled():
                 if not self._make_room():
                     paused = True
                     self._condition.wait(0.5)  # woken when work ends; looks again, should a wake-up be missed

@@ -8,6 +8,7 @@ import threading
 from dataclasses import replace
 
 from pipelines.base import Ticket
+from pipelines.errors import Cancelled
 from server.engine.local import LocalEngine
 
 from .test_batching_engine import RecordingBackend, new_tracker, prompted, recorded  # noqa: F401 - a fixture
@@ -140,6 +141,75 @@ def test_with_every_slot_on_batch_lines_the_first_gives_way_to_an_interactive_jo
     assert all(len(result.images) == 1 for result in results)
     stats = engine.stats("tiny")
     assert (stats["completed"], stats["cancelled"], stats["failed"]) == (3, 0, 0)
+
+
+class HeldInteractive(HeldBackend):
+    """HeldBackend that also holds the "held interactive" call at each denoising step until ``release`` is set;
+    ``interactive_started`` tells it has reached its first."""
+
+    def __init__(self, inner, tracker: dict | None = None) -> None:
+        super().__init__(inner, tracker)
+        self.release = threading.Event()
+        self.interactive_started = threading.Event()
+
+    def run_batch(self, tickets):
+        if tickets[0].job.prompt == "held interactive":
+            tickets = [
+                Ticket(t.job, replace(t.control, should_cancel=self._until_released(t.control))) for t in tickets
+            ]
+        return super().run_batch(tickets)
+
+    def _until_released(self, control):
+        def should_cancel() -> bool:
+            self.interactive_started.set()
+            self.release.wait()
+            return control.should_cancel()
+
+        return should_cancel
+
+
+def test_a_paused_call_whose_jobs_are_all_cancelled_ends_while_the_interactive_job_still_runs(
+    tiny_backend, tiny_model_dirs
+):
+    from pipelines.loader import load_backend
+
+    tracker = new_tracker()
+    second = load_backend("tiny", "kandinsky22", tiny_model_dirs["kandinsky"])
+    replicas = [HeldInteractive(tiny_backend, tracker), HeldInteractive(second, tracker)]
+    for replica in replicas:  # one set of gates for both slots
+        replica.go, replica.ended = replicas[0].go, replicas[0].ended
+        replica.release, replica.interactive_started = replicas[0].release, replicas[0].interactive_started
+    engine = LocalEngine(queue_size=8, workers=2, max_batch_images=1, batch_wait_ms=0, cores=2)
+    engine.add_model("tiny", replicas)
+    try:
+
+        async def scenario():
+            with engine._lanes["tiny"].worker._condition:  # both lines start, one per slot
+                lines = [
+                    engine.submit("tiny", prompted(tiny_backend, f"bg {i}", decoder_steps=8), background=True)
+                    for i in range(2)
+                ]
+            await wait_until(lambda: replicas[0].held + replicas[1].held == 2)
+            interactive = engine.submit("tiny", prompted(tiny_backend, "held interactive"))
+            replicas[0].go.set()
+            await wait_until(replicas[0].interactive_started.is_set)
+            # One line gave its slot up and waits in the queue; the other is paused on its slot.
+            for line in lines:
+                engine.cancel(line)
+            ends = asyncio.gather(*(line.result() for line in lines), return_exceptions=True)
+            outcomes = await asyncio.wait_for(ends, timeout=30)  # paused until the interactive job ended, before
+            assert not interactive.done
+            replicas[0].release.set()
+            return outcomes, await interactive.result()
+
+        outcomes, interactive = asyncio.run(scenario())
+    finally:
+        replicas[0].release.set()
+        engine.shutdown()
+    assert [type(outcome) for outcome in outcomes] == [Cancelled, Cancelled]
+    assert len(interactive.images) == 1
+    stats = engine.stats("tiny")
+    assert (stats["completed"], stats["cancelled"], stats["failed"]) == (1, 2, 0)
 
 
 # Enough decoder steps that the job is still running long after the first 20 are counted (the poll looks every
