@@ -67,7 +67,8 @@ def submit_batch(url: str, count: int, size: str, offset: int = 0) -> tuple[Open
 def wait_batch(sdk: OpenAI, batch_id: str) -> None:
     while (batch := sdk.batches.retrieve(batch_id)).status not in ("completed", "failed", "cancelled", "expired"):
         time.sleep(0.2)
-    assert batch.status == "completed" and batch.request_counts.completed == batch.request_counts.total, batch
+    counts = batch.request_counts
+    assert batch.status == "completed" and counts is not None and counts.completed == counts.total, batch
 
 
 def batch_rate(url: str, count: int, size: str) -> float:

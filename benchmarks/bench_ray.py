@@ -141,7 +141,7 @@ def store_costs(ray_module, rounds: int = 30) -> tuple[float, float]:
             found = store.read(store.save(data, "png"))
             on_disk.append(time.perf_counter() - started)
             assert found is not None and found[0] == data
-    actor = BytesStore.remote()
+    actor = BytesStore.remote()  # type: ignore[attr-defined]  # ray.remote's class gains .remote
     in_actor = []
     for number in range(rounds):
         started = time.perf_counter()

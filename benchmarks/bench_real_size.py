@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -193,7 +194,7 @@ def serve(
     url = f"http://127.0.0.1:{port}"
     try:
         ready, anon = wait_ready(url, process)
-        result = {"ready_seconds": round(ready - start, 1), "peak_rss_at_ready": peak_rss(process.pid)}
+        result: dict[str, Any] = {"ready_seconds": round(ready - start, 1), "peak_rss_at_ready": peak_rss(process.pid)}
         result["rss_ratio_at_ready"] = round(result["peak_rss_at_ready"] / weights, 3)
         result["peak_anonymous_rss_sampled"] = anon  # without the weight files' mapped pages (page cache)
         result["anonymous_ratio"] = round(anon / weights, 3)
@@ -300,7 +301,8 @@ def by_stage(model: Path, dtype: str) -> dict:
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         _, status, usage = os.wait4(process.pid, 0)
         out = process.stdout.read() if process.stdout else ""
-        result = json.loads(out.strip().splitlines()[-1]) if os.waitstatus_to_exitcode(status) == 0 else {"out": out}
+        ok = os.waitstatus_to_exitcode(status) == 0
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1]) if ok else {"out": out}
         result["peak_rss"] = usage.ru_maxrss * 1024
         if "weights_bytes" in result:
             result["rss_ratio"] = round(result["peak_rss"] / result["weights_bytes"], 3)

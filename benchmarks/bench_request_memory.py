@@ -28,9 +28,13 @@ import argparse
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import httpx
-from bench_uploads import MIB, PeakSampler, child_server, resident_bytes
+
+from benchmarks.bench_uploads import MIB, PeakSampler, child_server, resident_bytes
 
 AUDIT = {"n": 10, "size": "2048x2048", "output_format": "gif", "frame_count": 16, "response_format": "b64_json"}
 STEPS = {"prior_steps": 2, "decoder_steps": 2}

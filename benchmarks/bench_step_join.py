@@ -196,7 +196,8 @@ def joining(costs: Costs, arrivals: list[float], max_batch: int, *, prior_first:
     jobs = [Job(t) for t in arrivals]
     prior = 0 if prior_first else costs.prior_steps  # the prior steps taken inside iterations
     total = prior + len(costs.decoder_guided)
-    now, next_arrival, active = 0.0, 0, []
+    now, next_arrival = 0.0, 0
+    active: list[Job] = []
     while next_arrival < len(jobs) or active:
         if not active:
             now = max(now, jobs[next_arrival].arrived)

@@ -110,7 +110,7 @@ def write_module(module: torch.nn.Module, folder: Path, dtype: torch.dtype, *, b
     if transformers_module:
         module.config.save_pretrained(folder)
     else:
-        module.save_config(folder)  # type: ignore[operator]
+        module.save_config(folder)
     stem = "model" if transformers_module else "diffusion_pytorch_model"
     if sparse:
         shapes = {name: (tuple(t.shape), dtype) for name, t in module.state_dict().items()}
