@@ -25,7 +25,41 @@ from pipelines.errors import Cancelled, NonFiniteOutput
 
 from .base import BatchPolicy, EngineMetrics, EngineStopped, JobResult, QueueFull, SlotJob
 from .giving_way import call_to_give_way
-from .queue_figures import QueueFigures
+from .queue_figures import RejectionTurns
+
+AVERAGE_WEIGHT = 0.3  # weight of the newest figure in the moving average of seconds per image
+
+
+class QueueFigures(RejectionTurns):
+    """A model's figures as every engine keeps them: jobs by outcome, seconds per image, turns for rejected jobs."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.seconds_per_image: float | None = None  # a moving average
+        self.turns_until = 0.0  # when the turns handed to rejected jobs run out (monotonic; see turn_for)
+
+    def record(self, seconds: float, images: int) -> None:
+        """A pipeline call (or a job) that made ``images`` in ``seconds``."""
+        per_image = seconds / max(images, 1)
+        if self.seconds_per_image is None:
+            self.seconds_per_image = per_image
+        else:
+            self.seconds_per_image += AVERAGE_WEIGHT * (per_image - self.seconds_per_image)
+
+    def figures(self, *, queued: int, running: int) -> dict[str, Any]:
+        """The figures ``Engine.stats`` answers with."""
+        return {
+            "queued": queued,
+            "running": running,
+            "queue_size": self.capacity,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "average_seconds": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
+        }
 
 
 class ModelLane(QueueFigures):
@@ -68,8 +102,7 @@ class RunningCall:
     background: bool  # every job in it is a batch line
     yielding: bool = False  # giving its slot up: stops at its next step, its jobs queue again
 
-    def cancelled(self) -> bool:
-        """Every job in it is cancelled: nothing it would pause for is left, so it goes on to its end."""
+    def cancelled(self) -> bool:  # every job in it is: nothing it would pause for is left, so it goes on to its end
         return all(handle.cancelled for handle in self.handles)
 
 
@@ -119,8 +152,7 @@ class DeviceWorker:
     def withdraw(self, lane: ModelLane, handle: SlotJob) -> bool:
         """Remove a job that has not started; False if it is running or finished."""
         with self._condition:
-            # Either way a paused call may now go on: one paused for this job, or one whose jobs are all cancelled.
-            self._condition.notify_all()
+            self._condition.notify_all()  # calls paused for this job, or whose jobs are all cancelled, go on
             try:
                 lane.waiting.remove(handle)
             except ValueError:

@@ -44,7 +44,7 @@ from ..engine.base import (
     WorkerLost,
 )
 from ..engine.local import JobHandleBase, wait_until
-from ..engine.queue_figures import QueueFigures
+from ..engine.worker import QueueFigures
 from .figures import Figure, replay
 from .wire import Message, RemoteError, error_from_wire, job_to_wire, preview_from_wire, result_from_wire
 
