@@ -35,6 +35,8 @@ class HeldBackend(RecordingBackend):
     until ``go`` is set (``held`` counts the calls waiting there), so an interactive job can be sent while they
     run on any machine; ``ended`` lists each call's first prompt as it ends."""
 
+    SHARED = ("go", "ended")  # what the replicas of two_slot_engine share
+
     def __init__(self, inner, tracker: dict | None = None) -> None:
         super().__init__(inner, tracker)
         self.go = threading.Event()
@@ -61,6 +63,32 @@ class HeldBackend(RecordingBackend):
             return control.should_cancel()
 
         return should_cancel
+
+
+def two_slot_engine(held_backend: type[HeldBackend], tiny_backend, tiny_model_dirs):
+    """An engine with two slots, each a replica of the tiny model wrapped in ``held_backend``, with one set of gates
+    and one record of ends for both (its ``SHARED`` attributes); the engine and the two replicas."""
+    from pipelines.loader import load_backend
+
+    tracker = new_tracker()
+    second = load_backend("tiny", "kandinsky22", tiny_model_dirs["kandinsky"])
+    replicas = [held_backend(tiny_backend, tracker), held_backend(second, tracker)]
+    for name in held_backend.SHARED:
+        setattr(replicas[1], name, getattr(replicas[0], name))
+    engine = LocalEngine(queue_size=8, workers=2, max_batch_images=1, batch_wait_ms=0, cores=2)
+    engine.add_model("tiny", replicas)
+    return engine, replicas
+
+
+async def two_lines_held(engine, replicas, tiny_backend) -> list:
+    """Two batch lines queued at once, as a batch's runner queues its lines (the first slot sees the second
+    waiting), once each is held at its first step on a slot of its own."""
+    with engine._lanes["tiny"].worker._condition:
+        lines = [
+            engine.submit("tiny", prompted(tiny_backend, f"bg {i}", decoder_steps=8), background=True) for i in range(2)
+        ]
+    await wait_until(lambda: replicas[0].held + replicas[1].held == 2)
+    return lines
 
 
 def _pixels(images) -> list[bytes]:
@@ -103,25 +131,11 @@ def test_a_running_batch_call_gives_its_only_slot_to_an_interactive_job_and_runs
 def test_with_every_slot_on_batch_lines_the_first_gives_way_to_an_interactive_job_on_every_core_the_other_pauses(
     tiny_backend, tiny_model_dirs
 ):
-    from pipelines.loader import load_backend
-
-    tracker = new_tracker()
-    second = load_backend("tiny", "kandinsky22", tiny_model_dirs["kandinsky"])
-    replicas = [HeldBackend(tiny_backend, tracker), HeldBackend(second, tracker)]
-    for replica in replicas:  # one gate and one record of ends for both slots
-        replica.go, replica.ended = replicas[0].go, replicas[0].ended
-    engine = LocalEngine(queue_size=8, workers=2, max_batch_images=1, batch_wait_ms=0, cores=2)
-    engine.add_model("tiny", replicas)
+    engine, replicas = two_slot_engine(HeldBackend, tiny_backend, tiny_model_dirs)
     try:
 
         async def scenario():
-            # Queued at once, as a batch's runner queues its lines: the first slot sees the second waiting.
-            with engine._lanes["tiny"].worker._condition:
-                lines = [
-                    engine.submit("tiny", prompted(tiny_backend, f"bg {i}", decoder_steps=8), background=True)
-                    for i in range(2)
-                ]
-            await wait_until(lambda: replicas[0].held + replicas[1].held == 2)
+            lines = await two_lines_held(engine, replicas, tiny_backend)
             interactive = engine.submit("tiny", prompted(tiny_backend, "interactive"))
             replicas[0].go.set()
             await interactive.result()
@@ -147,6 +161,8 @@ class HeldInteractive(HeldBackend):
     """HeldBackend that also holds the "held interactive" call at each denoising step until ``release`` is set;
     ``interactive_started`` tells it has reached its first."""
 
+    SHARED = (*HeldBackend.SHARED, "release", "interactive_started")
+
     def __init__(self, inner, tracker: dict | None = None) -> None:
         super().__init__(inner, tracker)
         self.release = threading.Event()
@@ -171,25 +187,11 @@ class HeldInteractive(HeldBackend):
 def test_a_paused_call_whose_jobs_are_all_cancelled_ends_while_the_interactive_job_still_runs(
     tiny_backend, tiny_model_dirs
 ):
-    from pipelines.loader import load_backend
-
-    tracker = new_tracker()
-    second = load_backend("tiny", "kandinsky22", tiny_model_dirs["kandinsky"])
-    replicas = [HeldInteractive(tiny_backend, tracker), HeldInteractive(second, tracker)]
-    for replica in replicas:  # one set of gates for both slots
-        replica.go, replica.ended = replicas[0].go, replicas[0].ended
-        replica.release, replica.interactive_started = replicas[0].release, replicas[0].interactive_started
-    engine = LocalEngine(queue_size=8, workers=2, max_batch_images=1, batch_wait_ms=0, cores=2)
-    engine.add_model("tiny", replicas)
+    engine, replicas = two_slot_engine(HeldInteractive, tiny_backend, tiny_model_dirs)
     try:
 
         async def scenario():
-            with engine._lanes["tiny"].worker._condition:  # both lines start, one per slot
-                lines = [
-                    engine.submit("tiny", prompted(tiny_backend, f"bg {i}", decoder_steps=8), background=True)
-                    for i in range(2)
-                ]
-            await wait_until(lambda: replicas[0].held + replicas[1].held == 2)
+            lines = await two_lines_held(engine, replicas, tiny_backend)
             interactive = engine.submit("tiny", prompted(tiny_backend, "held interactive"))
             replicas[0].go.set()
             await wait_until(replicas[0].interactive_started.is_set)
